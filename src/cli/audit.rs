@@ -1,0 +1,126 @@
+//! `mapek audit log`, `mapek audit verify` and `mapek status`.
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use std::process::ExitCode;
+
+use super::Global;
+use crate::clock::rfc3339;
+use crate::keys::{parse_public_hex, KeyPair};
+use crate::knowledge::audit::verify_chain;
+use crate::knowledge::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// What the daemon did and why, oldest first.
+    Log {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only the last N entries.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Check the hash chain and every signature; exit 1 naming the first entry altered or removed.
+    Verify {
+        /// The daemon's public key (hex); by default, the public half of the configured key file.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+}
+
+pub async fn audit(global: &Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let config = global.config()?;
+    let store = Store::open(&config.database_url).await?;
+    let entries = store.audit_entries().await;
+    store.close().await;
+    let entries = entries?;
+    match command {
+        AuditCommand::Log { json, limit } => {
+            let skip = limit.map(|l| entries.len().saturating_sub(l)).unwrap_or(0);
+            for e in &entries[skip..] {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    let detail: serde_json::Value =
+                        serde_json::from_str(&e.detail).unwrap_or_default();
+                    let field = |k: &str| {
+                        detail
+                            .get(k)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("-")
+                            .to_string()
+                    };
+                    println!(
+                        "{:>6}  {}  {:<22} {:<28} policy={} action={} finding={} remediation={}",
+                        e.seq,
+                        rfc3339(e.at),
+                        e.kind,
+                        e.subject,
+                        field("policy"),
+                        field("action"),
+                        field("finding"),
+                        e.remediation_id.as_deref().unwrap_or("-"),
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify { public_key } => {
+            let key = match public_key {
+                Some(hex) => {
+                    parse_public_hex(&hex).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?
+                }
+                None => KeyPair::load(&config.key_file)
+                    .context("no --public-key given and the daemon's key file is unreadable")?
+                    .public(),
+            };
+            match verify_chain(&entries, &key) {
+                Ok(n) => {
+                    println!("audit log intact: {n} entries, chain and signatures verified");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(b) => {
+                    eprintln!("audit log broken: {b}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
+    let config = global.config()?;
+    let store = Store::open(&config.database_url).await?;
+    let open = store.open_findings().await?;
+    let counts = store.remediation_counts().await?;
+    let recent = store.recent_remediations(10).await?;
+    store.close().await;
+    println!("open findings: {}", open.len());
+    for f in open.iter().take(20) {
+        println!(
+            "  {:<20} {:<9} {:<8} {}",
+            f.kind.as_str(),
+            f.severity.as_str(),
+            f.state.as_str(),
+            f.subject
+        );
+    }
+    println!("remediations by status:");
+    for (status, n) in counts {
+        println!("  {status:<12} {n}");
+    }
+    println!("latest remediations:");
+    for r in recent {
+        println!(
+            "  {}  {}  {:<28} {:<12} {:<10} {}",
+            r.id,
+            rfc3339(r.created_at),
+            r.subject.to_string(),
+            r.action.as_str(),
+            r.status.as_str(),
+            r.policy
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

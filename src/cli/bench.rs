@@ -1,0 +1,127 @@
+//! `mapek bench`: a generated registry, one full cycle and one unchanged cycle, timed, with peak memory.
+
+use clap::Args;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::analyze::{self, Rules};
+use crate::clock::{Clock, SystemClock};
+use crate::execute;
+use crate::keys::KeyPair;
+use crate::knowledge::Store;
+use crate::monitor::{self, MonitorState};
+use crate::plan::{self, policy::PolicySet};
+use crate::registry::generate::{self, GenerateSpec};
+use crate::registry::SqlRegistry;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Packages in the generated registry.
+    #[arg(long, default_value_t = 50_000)]
+    pub packages: usize,
+    /// Releases per package at most (1 to this many, uniformly).
+    #[arg(long, default_value_t = 3)]
+    pub max_releases: usize,
+    /// How many times to repeat the measurement (each on a fresh store); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+/// Peak resident memory of this process, from /proc (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// One full loop cycle (monitor, analyze, plan, execute) with the stages the daemon runs.
+async fn one_cycle(
+    state: &mut MonitorState,
+    registry: &Arc<SqlRegistry>,
+    store: &Store,
+    trust: &Arc<crate::keys::TrustStore>,
+    policies: &PolicySet,
+    key: &KeyPair,
+) -> anyhow::Result<(usize, usize)> {
+    let now = SystemClock.now_ms();
+    let observed = monitor::cycle(state, registry, store, trust, now, i64::MAX).await?;
+    analyze::cycle(store, &observed.observations, &Rules::default(), now).await?;
+    plan::cycle(store, registry, policies, key, false, now).await?;
+    execute::cycle(store, registry, key, now).await?;
+    Ok((observed.observations.len(), observed.verified))
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let policies = PolicySet::from_sources(
+        &super::demo::DEFAULT_POLICIES
+            .iter()
+            .map(|(n, t)| (std::path::PathBuf::from(n), t.to_string()))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| anyhow::anyhow!("embedded policies: {e:?}"))?;
+    let key = KeyPair::from_seed("daemon", [7; 32]);
+    let (mut full, mut unchanged) = (Vec::new(), Vec::new());
+    let mut releases = 0;
+    for run in 0..args.runs.max(1) {
+        let dir = tempfile::Builder::new().prefix("mapek-bench").tempdir()?;
+        let store = Store::open(&dir.path().join("bench.db").display().to_string()).await?;
+        let registry = Arc::new(SqlRegistry::new(
+            store.clone(),
+            dir.path().join("artifacts"),
+        ));
+        let spec = GenerateSpec {
+            packages: args.packages,
+            max_releases: args.max_releases,
+            seed: 1,
+            ..GenerateSpec::default()
+        };
+        let generated = generate::generate(&registry, &spec, SystemClock.now_ms()).await?;
+        releases = generated.releases;
+        let trust = Arc::new(generated.trust);
+        let mut state = MonitorState::new();
+        let t = Instant::now();
+        let (seen, verified) =
+            one_cycle(&mut state, &registry, &store, &trust, &policies, &key).await?;
+        full.push(t.elapsed());
+        anyhow::ensure!(
+            seen == releases && verified == releases,
+            "first cycle saw {seen} and verified {verified} of {releases} releases"
+        );
+        let t = Instant::now();
+        let (seen, _) = one_cycle(&mut state, &registry, &store, &trust, &policies, &key).await?;
+        unchanged.push(t.elapsed());
+        anyhow::ensure!(seen == 0, "unchanged cycle rescanned {seen} releases");
+        eprintln!(
+            "run {}: full {:?}, unchanged {:?}",
+            run + 1,
+            full[run],
+            unchanged[run]
+        );
+        store.close().await;
+    }
+    println!(
+        "packages: {}, releases: {releases}, runs: {}",
+        args.packages,
+        full.len()
+    );
+    println!(
+        "first full cycle (every signature verified): median {:.3} s",
+        median(full).as_secs_f64()
+    );
+    println!(
+        "unchanged cycle: median {:.3} s",
+        median(unchanged).as_secs_f64()
+    );
+    match peak_rss_mib() {
+        Some(m) => println!("peak resident memory: {m:.0} MiB"),
+        None => println!("peak resident memory: unavailable on this platform"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,88 @@
+//! The demo: a generated registry under ./mapek-demo with real artifacts and signatures, and three planted problems.
+
+use anyhow::Context as _;
+use std::path::Path;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::keys::KeyPair;
+use crate::knowledge::Store;
+use crate::registry::generate::{self, GenerateSpec};
+use crate::registry::{Registry, SqlRegistry};
+
+/// The default policy set, embedded so the demo needs nothing but the binary.
+pub const DEFAULT_POLICIES: [(&str, &str); 1] = [(
+    "integrity.toml",
+    include_str!("../../policies/integrity.toml"),
+)];
+
+/// Creates the demo's store, keys, policies and registry on first use; later runs reuse them.
+pub async fn prepare(config: &Config) -> anyhow::Result<()> {
+    let dir = config
+        .key_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !config.key_file.exists() {
+        KeyPair::generate("daemon")?.save(&dir)?;
+    }
+    if !config.policies.exists() {
+        std::fs::create_dir_all(&config.policies)?;
+        for (name, text) in DEFAULT_POLICIES {
+            std::fs::write(config.policies.join(name), text)?;
+        }
+    }
+    let store = Store::open(&config.database_url).await?;
+    let registry = SqlRegistry::new(store.clone(), config.artifact_root.clone());
+    if registry.counts().await?.packages > 0 {
+        store.close().await;
+        return Ok(());
+    }
+    tracing::info!(dir = %dir.display(), "creating the demo registry");
+    let spec = GenerateSpec {
+        packages: 300,
+        publishers: 5,
+        seed: 42,
+        ..GenerateSpec::default()
+    };
+    let generated = generate::generate(&registry, &spec, SystemClock.now_ms()).await?;
+    std::fs::write(&config.trusted_keys, generated.trust.to_toml())?;
+
+    // One tampered artifact.
+    let tampered = registry
+        .release("pkg-00042", "1.0.0")
+        .await?
+        .context("demo release pkg-00042@1.0.0")?;
+    if let Some(file) = &tampered.artifact {
+        generate::tamper_artifact(&config.artifact_root, file)?;
+    }
+    // One bad signature: a signature over other bytes by the right key.
+    let publisher = &generated.publishers[77 % generated.publishers.len()];
+    registry
+        .set_signature(
+            "pkg-00077",
+            "1.0.0",
+            &publisher.sign(b"not these bytes"),
+            &publisher.key_id,
+        )
+        .await?;
+    // One release signed by a key the trust store does not know.
+    let rogue = generate::derived_key(spec.seed, "pub-rogue");
+    let release = registry
+        .release("pkg-00123", "1.0.0")
+        .await?
+        .context("demo release pkg-00123@1.0.0")?;
+    let bytes = registry.read_artifact(release.artifact.as_deref().unwrap_or_default())?;
+    registry
+        .set_signature("pkg-00123", "1.0.0", &rogue.sign(&bytes), &rogue.key_id)
+        .await?;
+    tracing::info!(
+        packages = spec.packages,
+        releases = generated.releases,
+        "demo registry ready: planted a tampered artifact (pkg-00042@1.0.0), a bad signature \
+         (pkg-00077@1.0.0) and a release signed by an unknown key (pkg-00123@1.0.0)"
+    );
+    store.close().await;
+    Ok(())
+}

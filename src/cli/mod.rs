@@ -1,0 +1,109 @@
+//! The command line: arguments turned into a validated form, then one function per command.
+
+mod audit;
+mod bench;
+mod demo;
+mod registry;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mapek",
+    version,
+    about = "The autonomic control plane of the ggen marketplace"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every command that touches the stores.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Configuration file (see deploy/mapek.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Database URL: a SQLite path or sqlite:// URL, or postgres://. Overrides the configuration.
+    #[arg(long, global = true, env = "MAPEK_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Use the demo's store under ./mapek-demo (created on first use).
+    #[arg(long, global = true)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Run(run::RunArgs),
+    /// The managed registry.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Ed25519 keys.
+    #[command(subcommand)]
+    Keys(registry::KeysCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Policy files.
+    #[command(subcommand)]
+    Policy(registry::PolicyCommand),
+    /// Findings and remediations at a glance.
+    Status,
+    /// Time a full and an unchanged cycle on a generated registry, and report peak memory.
+    Bench(bench::BenchArgs),
+}
+
+pub const DEMO_DIR: &str = "mapek-demo";
+
+impl Global {
+    /// The configuration these options select.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = if self.demo {
+            Config::demo(Path::new(DEMO_DIR))
+        } else if let Some(path) = &self.config {
+            Config::load(path)?
+        } else {
+            Config::defaults(Path::new("."))
+        };
+        if let Some(url) = &self.database_url {
+            config.database_url = url.clone();
+        }
+        Ok(config)
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAPEK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs a command and maps its outcome to an exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(&cli.global, args).await,
+            Command::Registry(c) => registry::registry(&cli.global, c).await,
+            Command::Keys(c) => registry::keys(c),
+            Command::Audit(c) => audit::audit(&cli.global, c).await,
+            Command::Policy(c) => registry::policy(c),
+            Command::Status => audit::status(&cli.global).await,
+            Command::Bench(args) => bench::bench(args).await,
+        }
+    })
+}

@@ -1,0 +1,149 @@
+//! `mapek run`: open the stores, load keys and policies, start the loop and the HTTP listener, stop on a signal.
+
+use anyhow::Context as _;
+use clap::Args;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use super::{demo, init_logging, Global};
+use crate::analyze::Rules;
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::{self, RunOptions, Runtime};
+use crate::keys::{KeyPair, TrustStore};
+use crate::knowledge::{redact, Store};
+use crate::plan::policy::PolicySet;
+use crate::registry::SqlRegistry;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run one full cycle and exit.
+    #[arg(long, conflicts_with = "cycles")]
+    pub once: bool,
+    /// Run this many cycles and exit.
+    #[arg(long)]
+    pub cycles: Option<u64>,
+    /// Plan and record what would be done; execute nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Builds the shared runtime of the stages from a configuration.
+pub async fn runtime(config: &Config, dry_run: bool) -> anyhow::Result<Runtime> {
+    let store = Store::open(&config.database_url).await?;
+    let key = KeyPair::load(&config.key_file).with_context(|| {
+        format!(
+            "the daemon needs its signing key; create one with `mapek keys generate --id daemon --out {}`",
+            config.key_file.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".into())
+        )
+    })?;
+    let trust = TrustStore::load(&config.trusted_keys)
+        .context("the daemon will not judge signatures without a trust store")?;
+    let policies = PolicySet::load_dir(&config.policies).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("the policy set is refused:\n  {}", lines.join("\n  "))
+    })?;
+    Ok(Runtime {
+        registry: Arc::new(SqlRegistry::new(
+            store.clone(),
+            config.artifact_root.clone(),
+        )),
+        store,
+        key,
+        policies: Arc::new(policies),
+        trust: Arc::new(trust),
+        trust_path: Some(config.trusted_keys.clone()),
+        clock: Arc::new(SystemClock),
+        metrics: Arc::new(Metrics::new()?),
+        dry_run: dry_run || config.dry_run,
+        full_scan_every: config.full_scan_interval,
+        rules: Rules::default(),
+    })
+}
+
+pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = global.config()?;
+    init_logging(config.log_format);
+    if global.demo {
+        demo::prepare(&config).await?;
+    }
+    let rt = Arc::new(runtime(&config, args.dry_run).await?);
+    tracing::info!(
+        database = %redact(&config.database_url),
+        policies = rt.policies.policies.len(),
+        trusted_keys = rt.trust.keys.len(),
+        dry_run = rt.dry_run,
+        interval = ?config.interval,
+        "mapek starting"
+    );
+    let cancel = CancellationToken::new();
+    let cycles = if args.once { Some(1) } else { args.cycles };
+    let mut http = None;
+    if cycles.is_none() {
+        if let Some(addr) = config.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(%addr, "serving /metrics and /healthz");
+            http = Some(tokio::spawn(daemon::http::serve(
+                listener,
+                rt.metrics.clone(),
+                cancel.clone(),
+            )));
+        }
+        tokio::spawn(stop_on_signal(cancel.clone()));
+    }
+    let summary = daemon::run(
+        rt.clone(),
+        RunOptions {
+            cycles,
+            interval: config.interval,
+        },
+        cancel.clone(),
+    )
+    .await?;
+    cancel.cancel();
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    rt.store.close().await;
+    tracing::info!(
+        cycles = summary.cycles,
+        stage_errors = summary.stage_errors,
+        "mapek stopped"
+    );
+    Ok(if summary.stage_errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Cancels on Ctrl-C or SIGTERM; the stages finish their current work and stop.
+async fn stop_on_signal(cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                cancel.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = cancel.cancelled() => return,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    cancel.cancel();
+}

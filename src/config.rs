@@ -1,0 +1,225 @@
+//! The daemon's configuration file (`mapek.toml`): plain data, validated into a `Config` in one step.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::keys::{line_of, toml_error};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: field `{field}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        field: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// The file as written. Every field is optional; relative paths are relative to the file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// `sqlite://path` (or a plain path) or `postgres://...`; holds the registry and the knowledge.
+    database_url: Option<String>,
+    /// Directory of policy files.
+    policies: Option<PathBuf>,
+    /// ggen `trusted-keys.toml`.
+    trusted_keys: Option<PathBuf>,
+    /// The daemon's Ed25519 secret key (hex).
+    key_file: Option<PathBuf>,
+    /// Where relative artifact paths of releases are resolved.
+    artifact_root: Option<PathBuf>,
+    /// The cycle interval.
+    interval: Option<toml::Spanned<String>>,
+    /// How often every artifact is hashed again, not only the changed ones.
+    full_scan_interval: Option<toml::Spanned<String>>,
+    /// HTTP listener for `/metrics` and `/healthz`.
+    listen: Option<toml::Spanned<String>>,
+    log_format: Option<LogFormat>,
+    /// Plan and record, never execute.
+    dry_run: Option<bool>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub policies: PathBuf,
+    pub trusted_keys: PathBuf,
+    pub key_file: PathBuf,
+    pub artifact_root: PathBuf,
+    pub interval: Duration,
+    pub full_scan_interval: Duration,
+    pub listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub dry_run: bool,
+}
+
+impl Config {
+    /// Defaults relative to `base`: everything in the working directory.
+    pub fn defaults(base: &Path) -> Self {
+        Self {
+            database_url: base.join("mapek.db").display().to_string(),
+            policies: base.join("policies"),
+            trusted_keys: base.join("trusted-keys.toml"),
+            key_file: base.join("daemon.key"),
+            artifact_root: base.to_path_buf(),
+            interval: Duration::from_secs(60),
+            full_scan_interval: Duration::from_secs(3600),
+            listen: None,
+            log_format: LogFormat::Pretty,
+            dry_run: false,
+        }
+    }
+
+    /// The demo's embedded configuration, rooted at `dir` (`./mapek-demo`).
+    pub fn demo(dir: &Path) -> Self {
+        Self {
+            database_url: dir.join("mapek.db").display().to_string(),
+            policies: dir.join("policies"),
+            trusted_keys: dir.join("trusted-keys.toml"),
+            key_file: dir.join("daemon.key"),
+            artifact_root: dir.join("artifacts"),
+            interval: Duration::from_secs(10),
+            full_scan_interval: Duration::from_secs(300),
+            listen: "127.0.0.1:9700".parse().ok(),
+            ..Self::defaults(dir)
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &src)
+    }
+
+    pub fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(src).map_err(|e| {
+            let (line, reason) = toml_error(src, &e);
+            ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line,
+                field: field_of(&reason),
+                reason,
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Self::defaults(base);
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let invalid =
+            |field: &str, span: std::ops::Range<usize>, reason: String| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: line_of(src, span.start),
+                field: field.into(),
+                reason,
+            };
+        if let Some(url) = file.database_url {
+            config.database_url = if url.starts_with("postgres") || url.starts_with("sqlite:") {
+                url
+            } else {
+                rel(PathBuf::from(url)).display().to_string()
+            };
+        }
+        if let Some(p) = file.policies {
+            config.policies = rel(p);
+        }
+        if let Some(p) = file.trusted_keys {
+            config.trusted_keys = rel(p);
+        }
+        if let Some(p) = file.key_file {
+            config.key_file = rel(p);
+        }
+        if let Some(p) = file.artifact_root {
+            config.artifact_root = rel(p);
+        }
+        for (field, value, slot) in [
+            ("interval", file.interval, &mut config.interval),
+            (
+                "full_scan_interval",
+                file.full_scan_interval,
+                &mut config.full_scan_interval,
+            ),
+        ] {
+            if let Some(v) = value {
+                let d = humantime::parse_duration(v.get_ref())
+                    .map_err(|e| invalid(field, v.span(), format!("not a duration: {e}")))?;
+                if d.is_zero() {
+                    return Err(invalid(field, v.span(), "must be more than zero".into()));
+                }
+                *slot = d;
+            }
+        }
+        if let Some(l) = file.listen {
+            config.listen =
+                Some(l.get_ref().parse().map_err(|e| {
+                    invalid("listen", l.span(), format!("not a socket address: {e}"))
+                })?);
+        }
+        if let Some(f) = file.log_format {
+            config.log_format = f;
+        }
+        if let Some(d) = file.dry_run {
+            config.dry_run = d;
+        }
+        Ok(config)
+    }
+}
+
+/// Pulls the field name out of serde's messages ("unknown field `x`", "missing field `x`").
+pub fn field_of(reason: &str) -> String {
+    reason
+        .split('`')
+        .nth(1)
+        .map(str::to_string)
+        .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_is_refused_with_line_and_field() {
+        let src = "interval = \"30s\"\nlisen = \"127.0.0.1:1\"\n";
+        let err = Config::parse(Path::new("/etc/mapek.toml"), src).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("/etc/mapek.toml:2: field `lisen`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_line() {
+        let src = "\n\ninterval = \"soon\"\n";
+        let err = Config::parse(Path::new("m.toml"), src).unwrap_err();
+        assert!(
+            err.to_string().starts_with("m.toml:3: field `interval`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let src = "policies = \"pol\"\ndatabase_url = \"state/m.db\"\ninterval = \"15s\"\n";
+        let c = Config::parse(Path::new("/srv/mapek/mapek.toml"), src).unwrap();
+        assert_eq!(c.policies, PathBuf::from("/srv/mapek/pol"));
+        assert_eq!(c.database_url, "/srv/mapek/state/m.db");
+        assert_eq!(c.interval, Duration::from_secs(15));
+    }
+}

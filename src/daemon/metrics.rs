@@ -1,0 +1,104 @@
+//! The Prometheus metrics of the loop (`mapek_` namespace, bounded labels: never a package name).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::model::FindingKind;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub cycles: IntCounter,
+    pub stage_duration: HistogramVec,
+    pub stage_errors: IntCounterVec,
+    pub findings_open: IntGaugeVec,
+    pub findings_fired: IntCounterVec,
+    pub remediations: IntCounterVec,
+    pub releases_scanned: IntCounterVec,
+    pub signature_checks: IntCounterVec,
+    pub policy_eval_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let buckets = vec![
+            0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        let m = Self {
+            cycles: IntCounter::new("mapek_cycles_total", "Loop cycles completed")?,
+            stage_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "mapek_stage_duration_seconds",
+                    "Duration of each stage of a cycle (stage=cycle for the whole cycle)",
+                )
+                .buckets(buckets),
+                &["stage"],
+            )?,
+            stage_errors: IntCounterVec::new(
+                Opts::new("mapek_stage_errors_total", "Stage runs that failed"),
+                &["stage"],
+            )?,
+            findings_open: IntGaugeVec::new(
+                Opts::new("mapek_findings_open", "Findings pending or firing, by kind"),
+                &["kind"],
+            )?,
+            findings_fired: IntCounterVec::new(
+                Opts::new("mapek_findings_fired_total", "Findings that started firing"),
+                &["kind", "severity"],
+            )?,
+            remediations: IntCounterVec::new(
+                Opts::new(
+                    "mapek_remediations_total",
+                    "Remediations by policy, action and outcome",
+                ),
+                &["policy", "action", "outcome"],
+            )?,
+            releases_scanned: IntCounterVec::new(
+                Opts::new(
+                    "mapek_releases_scanned_total",
+                    "Releases observed by the monitor",
+                ),
+                &["scan"],
+            )?,
+            signature_checks: IntCounterVec::new(
+                Opts::new(
+                    "mapek_signature_checks_total",
+                    "Signature checks, verified or answered from the cache",
+                ),
+                &["source"],
+            )?,
+            policy_eval_errors: IntCounterVec::new(
+                Opts::new(
+                    "mapek_policy_eval_errors_total",
+                    "Policy conditions that failed at run time (counted as false)",
+                ),
+                &["policy"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.cycles.clone()))?;
+        m.registry.register(Box::new(m.stage_duration.clone()))?;
+        m.registry.register(Box::new(m.stage_errors.clone()))?;
+        m.registry.register(Box::new(m.findings_open.clone()))?;
+        m.registry.register(Box::new(m.findings_fired.clone()))?;
+        m.registry.register(Box::new(m.remediations.clone()))?;
+        m.registry.register(Box::new(m.releases_scanned.clone()))?;
+        m.registry.register(Box::new(m.signature_checks.clone()))?;
+        m.registry
+            .register(Box::new(m.policy_eval_errors.clone()))?;
+        for kind in FindingKind::ALL {
+            m.findings_open.with_label_values(&[kind.as_str()]).set(0);
+        }
+        Ok(m)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,365 @@
+//! The daemon: each stage a task under one supervisor, joined by bounded channels, woken by a ticker.
+
+pub mod http;
+pub mod metrics;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::analyze::{self, Rules};
+use crate::clock::Clock;
+use crate::execute::{self, Outcome};
+use crate::keys::{KeyPair, TrustStore};
+use crate::knowledge::Store;
+use crate::monitor::{self, MonitorOutput, MonitorState};
+use crate::plan::{self, policy::PolicySet};
+use crate::registry::SqlRegistry;
+use metrics::Metrics;
+
+/// Everything the stages share.
+pub struct Runtime {
+    pub store: Store,
+    pub registry: Arc<SqlRegistry>,
+    pub key: KeyPair,
+    pub policies: Arc<PolicySet>,
+    pub trust: Arc<TrustStore>,
+    pub trust_path: Option<PathBuf>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub dry_run: bool,
+    pub full_scan_every: Duration,
+    pub rules: Rules,
+}
+
+/// How many cycles to run (None: until cancelled) and how often.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub cycles: Option<u64>,
+    pub interval: Duration,
+}
+
+/// What a run did, for `--once` and tests.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub cycles: u64,
+    pub stage_errors: u64,
+}
+
+/// One cycle travelling down the pipeline; dropping `done` tells the ticker it is over.
+struct Cycle {
+    n: u64,
+    started: Instant,
+    _done: Option<oneshot::Sender<()>>,
+}
+
+/// Runs the loop until `cancel` fires or the requested cycles are done, then waits for every
+/// task to finish its current work.
+pub async fn run(
+    rt: Arc<Runtime>,
+    opts: RunOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<RunSummary> {
+    let tracker = TaskTracker::new();
+    let errors = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
+    let (mon_tx, mon_rx) = mpsc::channel::<(Cycle, MonitorOutput)>(1);
+    let (ana_tx, ana_rx) = mpsc::channel::<Cycle>(1);
+    let (plan_tx, plan_rx) = mpsc::channel::<Cycle>(1);
+
+    tracker.spawn(ticker(opts, tick_tx, cancel.clone()));
+    tracker.spawn(monitor_task(
+        rt.clone(),
+        tick_rx,
+        mon_tx,
+        errors.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(analyze_task(
+        rt.clone(),
+        mon_rx,
+        ana_tx,
+        errors.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(plan_task(
+        rt.clone(),
+        ana_rx,
+        plan_tx,
+        errors.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(execute_task(
+        rt.clone(),
+        plan_rx,
+        errors.clone(),
+        completed.clone(),
+        cancel.clone(),
+    ));
+    tracker.close();
+    tracker.wait().await;
+    Ok(RunSummary {
+        cycles: completed.load(Ordering::SeqCst),
+        stage_errors: errors.load(Ordering::SeqCst),
+    })
+}
+
+async fn ticker(opts: RunOptions, tx: mpsc::Sender<Cycle>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(opts.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0;
+    loop {
+        if opts.cycles.is_some_and(|max| n >= max) {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        n += 1;
+        let (done_tx, done_rx) = oneshot::channel();
+        let cycle = Cycle {
+            n,
+            started: Instant::now(),
+            _done: Some(done_tx),
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            sent = tx.send(cycle) => if sent.is_err() { break },
+        }
+        if opts.cycles.is_some() {
+            // Counted runs go one cycle at a time, so `--cycles N` means N whole cycles.
+            let _ = done_rx.await;
+        }
+    }
+}
+
+fn stage_failed(rt: &Runtime, errors: &AtomicU64, stage: &str, error: &dyn std::fmt::Display) {
+    errors.fetch_add(1, Ordering::SeqCst);
+    rt.metrics.stage_errors.with_label_values(&[stage]).inc();
+    tracing::error!(stage, %error, "stage failed; the cycle ends here and the next one retries");
+}
+
+fn observe(rt: &Runtime, stage: &str, started: Instant) {
+    rt.metrics
+        .stage_duration
+        .with_label_values(&[stage])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Reloads the trust store when its file changed; a bad file keeps the last good store.
+fn refresh_trust(rt: &Runtime, current: &mut Arc<TrustStore>) {
+    let Some(path) = &rt.trust_path else { return };
+    match TrustStore::load(path) {
+        Ok(t) if t.digest != current.digest => {
+            tracing::info!(file = %path.display(), keys = t.keys.len(), "trust store reloaded");
+            *current = Arc::new(t);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "trust store unreadable; keeping the last good one");
+        }
+    }
+}
+
+async fn monitor_task(
+    rt: Arc<Runtime>,
+    mut rx: mpsc::Receiver<Cycle>,
+    tx: mpsc::Sender<(Cycle, MonitorOutput)>,
+    errors: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let mut state = MonitorState::new();
+    let mut trust = rt.trust.clone();
+    loop {
+        let cycle = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = rx.recv() => match c { Some(c) => c, None => break },
+        };
+        let started = Instant::now();
+        refresh_trust(&rt, &mut trust);
+        let every = rt.full_scan_every.as_millis() as i64;
+        match monitor::cycle(
+            &mut state,
+            &rt.registry,
+            &rt.store,
+            &trust,
+            rt.clock.now_ms(),
+            every,
+        )
+        .await
+        {
+            Ok(out) => {
+                observe(&rt, "monitor", started);
+                let scan = if out.full_scan { "full" } else { "incremental" };
+                rt.metrics
+                    .releases_scanned
+                    .with_label_values(&[scan])
+                    .inc_by(out.observations.len() as u64);
+                rt.metrics
+                    .signature_checks
+                    .with_label_values(&["verified"])
+                    .inc_by(out.verified as u64);
+                rt.metrics
+                    .signature_checks
+                    .with_label_values(&["cache"])
+                    .inc_by(out.cache_hits as u64);
+                tracing::debug!(
+                    cycle = cycle.n,
+                    scan,
+                    releases = out.observations.len(),
+                    verified = out.verified,
+                    "monitor pass"
+                );
+                if tx.send((cycle, out)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => stage_failed(&rt, &errors, "monitor", &e),
+        }
+    }
+}
+
+async fn analyze_task(
+    rt: Arc<Runtime>,
+    mut rx: mpsc::Receiver<(Cycle, MonitorOutput)>,
+    tx: mpsc::Sender<Cycle>,
+    errors: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (cycle, input) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = rx.recv() => match c { Some(c) => c, None => break },
+        };
+        let started = Instant::now();
+        match analyze::cycle(&rt.store, &input.observations, &rt.rules, rt.clock.now_ms()).await {
+            Ok(out) => {
+                observe(&rt, "analyze", started);
+                for f in &out.fired {
+                    rt.metrics
+                        .findings_fired
+                        .with_label_values(&[f.kind.as_str(), f.severity.as_str()])
+                        .inc();
+                    tracing::warn!(kind = %f.kind, severity = f.severity.as_str(), subject = %f.subject, message = %f.message, "finding fired");
+                }
+                for f in &out.resolved {
+                    tracing::info!(kind = %f.kind, subject = %f.subject, "finding resolved");
+                }
+                for kind in crate::model::FindingKind::ALL {
+                    let n = out.open_by_kind.get(&kind).copied().unwrap_or(0);
+                    rt.metrics
+                        .findings_open
+                        .with_label_values(&[kind.as_str()])
+                        .set(n);
+                }
+                if tx.send(cycle).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => stage_failed(&rt, &errors, "analyze", &e),
+        }
+    }
+}
+
+async fn plan_task(
+    rt: Arc<Runtime>,
+    mut rx: mpsc::Receiver<Cycle>,
+    tx: mpsc::Sender<Cycle>,
+    errors: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let cycle = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = rx.recv() => match c { Some(c) => c, None => break },
+        };
+        let started = Instant::now();
+        match plan::cycle(
+            &rt.store,
+            &rt.registry,
+            &rt.policies,
+            &rt.key,
+            rt.dry_run,
+            rt.clock.now_ms(),
+        )
+        .await
+        {
+            Ok(out) => {
+                observe(&rt, "plan", started);
+                for e in &out.eval_errors {
+                    rt.metrics
+                        .policy_eval_errors
+                        .with_label_values(&[e.policy.as_str()])
+                        .inc();
+                    tracing::warn!(policy = %e.policy, finding = %e.finding, reason = %e.reason, "policy condition failed; counted as false");
+                }
+                for r in &out.remediations {
+                    rt.metrics
+                        .remediations
+                        .with_label_values(&[
+                            r.policy.as_str(),
+                            r.action.as_str(),
+                            r.status.as_str(),
+                        ])
+                        .inc();
+                    tracing::info!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, status = r.status.as_str(), reason = %r.reason, "remediation planned");
+                }
+                if tx.send(cycle).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => stage_failed(&rt, &errors, "plan", &e),
+        }
+    }
+}
+
+async fn execute_task(
+    rt: Arc<Runtime>,
+    mut rx: mpsc::Receiver<Cycle>,
+    errors: Arc<AtomicU64>,
+    completed: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let cycle = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = rx.recv() => match c { Some(c) => c, None => break },
+        };
+        let started = Instant::now();
+        match execute::cycle(&rt.store, &rt.registry, &rt.key, rt.clock.now_ms()).await {
+            Ok(out) => {
+                observe(&rt, "execute", started);
+                for (r, outcome) in &out.results {
+                    let label = match outcome {
+                        Outcome::Executed { .. } => "executed",
+                        Outcome::Refused => "refused",
+                        Outcome::Failed(_) => "failed",
+                        Outcome::Retry(_) => "retry",
+                    };
+                    rt.metrics
+                        .remediations
+                        .with_label_values(&[r.policy.as_str(), r.action.as_str(), label])
+                        .inc();
+                    match outcome {
+                        Outcome::Executed { changed } => {
+                            tracing::warn!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, changed, "remediation executed")
+                        }
+                        other => {
+                            tracing::error!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, outcome = ?other, "remediation not executed")
+                        }
+                    }
+                }
+            }
+            Err(e) => stage_failed(&rt, &errors, "execute", &e),
+        }
+        rt.metrics.cycles.inc();
+        observe(&rt, "cycle", cycle.started);
+        completed.fetch_add(1, Ordering::SeqCst);
+    }
+}

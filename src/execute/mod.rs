@@ -1,0 +1,210 @@
+//! Execute: verify each remediation's signature, write its intent, apply it with its audit entry in one transaction.
+
+use std::sync::Arc;
+
+use crate::keys::{verify_hex, KeyPair};
+use crate::knowledge::audit::{self, NewEntry};
+use crate::knowledge::remediations::{self, Remediation, Status};
+use crate::knowledge::{Store, StoreError};
+use crate::model::Action;
+use crate::registry::{Change, Registry, RegistryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What happened to one remediation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; `changed` is false when the registry already was in the wanted state.
+    Executed { changed: bool },
+    /// The daemon's signature did not verify: nothing was applied.
+    Refused,
+    /// The registry refused it for good (the subject is gone); recorded as failed.
+    Failed(String),
+    /// A transient error; the remediation stays in `executing` and is tried again next cycle.
+    Retry(String),
+}
+
+#[derive(Debug, Default)]
+pub struct ExecuteOutput {
+    pub results: Vec<(Remediation, Outcome)>,
+}
+
+/// The registry change an action makes on a subject.
+pub fn change_for(r: &Remediation) -> Result<Change, String> {
+    let package = r.subject.package.clone();
+    match (r.action, &r.subject.version) {
+        (Action::Quarantine, Some(v)) => Ok(Change::QuarantineRelease {
+            package,
+            version: v.clone(),
+        }),
+        (Action::Quarantine, None) => Ok(Change::QuarantinePackage { package }),
+        (Action::ReleaseQuarantine, Some(v)) => Ok(Change::UnquarantineRelease {
+            package,
+            version: v.clone(),
+        }),
+        (Action::ReleaseQuarantine, None) => Ok(Change::UnquarantinePackage { package }),
+        (other, _) => Err(format!(
+            "action `{other}` cannot be executed by this version"
+        )),
+    }
+}
+
+/// Executes every `ready` remediation, and first finishes any whose intent was written but whose
+/// effect never committed (a crash between the two).
+pub async fn cycle<R: Registry>(
+    store: &Store,
+    registry: &Arc<R>,
+    key: &KeyPair,
+    now: i64,
+) -> Result<ExecuteOutput, ExecuteError> {
+    let mut out = ExecuteOutput::default();
+    let mut work = store.remediations_with_status(Status::Executing).await?;
+    work.extend(store.remediations_with_status(Status::Ready).await?);
+    for r in work {
+        let outcome = execute_one(store, registry.as_ref(), key, &r, now).await?;
+        out.results.push((r, outcome));
+    }
+    Ok(out)
+}
+
+async fn execute_one<R: Registry>(
+    store: &Store,
+    registry: &R,
+    key: &KeyPair,
+    r: &Remediation,
+    now: i64,
+) -> Result<Outcome, ExecuteError> {
+    let entry = |kind: &str, detail: serde_json::Value| NewEntry {
+        at: now,
+        kind: kind.into(),
+        actor: "daemon".into(),
+        subject: r.subject.to_string(),
+        remediation_id: Some(r.id.clone()),
+        detail,
+    };
+    if !verify_hex(&key.public(), &r.signing_bytes(), &r.signature) {
+        let mut tx = store.begin().await?;
+        if remediations::transition(
+            &mut tx,
+            &r.id,
+            r.status,
+            Status::Refused,
+            "the daemon's signature does not verify",
+            None,
+            now,
+        )
+        .await?
+        {
+            audit::append(
+                &mut tx,
+                key,
+                entry(
+                    "remediation.refused",
+                    serde_json::json!({"policy": r.policy, "action": r.action.as_str(), "reason": "bad signature"}),
+                ),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        return Ok(Outcome::Refused);
+    }
+    let change = match change_for(r) {
+        Ok(c) => c,
+        Err(reason) => {
+            let mut tx = store.begin().await?;
+            remediations::transition(&mut tx, &r.id, r.status, Status::Failed, &reason, None, now)
+                .await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(Outcome::Failed(reason));
+        }
+    };
+    // The intent, committed on its own before any effect.
+    if r.status == Status::Ready {
+        let mut tx = store.begin().await?;
+        let moved = remediations::transition(
+            &mut tx,
+            &r.id,
+            Status::Ready,
+            Status::Executing,
+            "intent written",
+            None,
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        if !moved {
+            return Ok(Outcome::Retry("another executor took it".into()));
+        }
+    }
+    // The effect, its audit entry and the outcome, together.
+    let mut tx = store.begin().await?;
+    let applied = match registry.apply(&mut tx, &change, now).await {
+        Ok(a) => a,
+        Err(RegistryError::NotFound { what, name }) => {
+            drop(tx);
+            let reason = format!("no such {what} `{name}`");
+            let mut tx = store.begin().await?;
+            remediations::transition(
+                &mut tx,
+                &r.id,
+                Status::Executing,
+                Status::Failed,
+                &reason,
+                None,
+                now,
+            )
+            .await?;
+            audit::append(
+                &mut tx,
+                key,
+                entry(
+                    "remediation.failed",
+                    serde_json::json!({"policy": r.policy, "action": r.action.as_str(), "reason": reason}),
+                ),
+            )
+            .await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            return Ok(Outcome::Failed(reason));
+        }
+        Err(e) => return Ok(Outcome::Retry(e.to_string())),
+    };
+    let inverse = serde_json::to_value(&applied.inverse).unwrap_or_default();
+    audit::append(
+        &mut tx,
+        key,
+        entry(
+            "remediation.executed",
+            serde_json::json!({
+                "policy": r.policy,
+                "action": r.action.as_str(),
+                "finding": r.finding_id,
+                "changed": applied.changed,
+                "inverse": inverse,
+            }),
+        ),
+    )
+    .await?;
+    let reason = if applied.changed {
+        "applied"
+    } else {
+        "already in effect: nothing changed"
+    };
+    remediations::transition(
+        &mut tx,
+        &r.id,
+        Status::Executing,
+        Status::Executed,
+        reason,
+        Some(&inverse),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Outcome::Executed {
+        changed: applied.changed,
+    })
+}

@@ -1,0 +1,190 @@
+//! The audit log: an append-only hash chain of what the daemon did, each entry signed by the daemon.
+//!
+//! Chain rule: `hash = sha256(canonical)` in lower-case hex, where `canonical` is the compact JSON
+//! object `{"seq","at","kind","actor","subject","remediation_id","detail","prev_hash"}` in exactly
+//! that order (`detail` is the stored JSON text, as a string); `prev_hash` is the previous entry's
+//! `hash`, or 64 zeros for entry 1; `signature` is Ed25519 over the ASCII bytes of `hash`.
+
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
+use sqlx::{Executor, Row};
+
+use super::{Conn, Store, StoreError};
+use crate::keys::{verify_hex, KeyPair};
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub remediation_id: Option<String>,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub signature: String,
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    seq: i64,
+    at: i64,
+    kind: &'a str,
+    actor: &'a str,
+    subject: &'a str,
+    remediation_id: Option<&'a str>,
+    detail: &'a str,
+    prev_hash: &'a str,
+}
+
+impl AuditEntry {
+    pub fn compute_hash(&self) -> String {
+        let canonical = serde_json::to_vec(&Canonical {
+            seq: self.seq,
+            at: self.at,
+            kind: &self.kind,
+            actor: &self.actor,
+            subject: &self.subject,
+            remediation_id: self.remediation_id.as_deref(),
+            detail: &self.detail,
+            prev_hash: &self.prev_hash,
+        })
+        .unwrap_or_default();
+        hex::encode(Sha256::digest(&canonical))
+    }
+}
+
+/// What is recorded; the chain fields are filled in by [`append`].
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub at: i64,
+    pub kind: String,
+    pub actor: String,
+    pub subject: String,
+    pub remediation_id: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+/// Appends an entry inside the caller's transaction, so it commits with the change it records.
+pub async fn append(
+    conn: &mut Conn,
+    key: &KeyPair,
+    new: NewEntry,
+) -> Result<AuditEntry, StoreError> {
+    let last = conn
+        .fetch_optional(sqlx::query(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        ))
+        .await?;
+    let (seq, prev_hash) = match last {
+        Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
+        None => (1, GENESIS.to_string()),
+    };
+    let mut entry = AuditEntry {
+        seq,
+        at: new.at,
+        kind: new.kind,
+        actor: new.actor,
+        subject: new.subject,
+        remediation_id: new.remediation_id,
+        detail: new.detail.to_string(),
+        prev_hash,
+        hash: String::new(),
+        signature: String::new(),
+    };
+    entry.hash = entry.compute_hash();
+    entry.signature = key.sign(entry.hash.as_bytes());
+    conn.execute(
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, kind, actor, subject, remediation_id, detail, prev_hash, hash, signature) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+        )
+        .bind(entry.seq)
+        .bind(entry.at)
+        .bind(entry.kind.clone())
+        .bind(entry.actor.clone())
+        .bind(entry.subject.clone())
+        .bind(entry.remediation_id.clone())
+        .bind(entry.detail.clone())
+        .bind(entry.prev_hash.clone())
+        .bind(entry.hash.clone())
+        .bind(entry.signature.clone()),
+    )
+    .await?;
+    Ok(entry)
+}
+
+fn decode(row: &AnyRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        actor: row.try_get("actor")?,
+        subject: row.try_get("subject")?,
+        remediation_id: row.try_get("remediation_id")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        signature: row.try_get("signature")?,
+    })
+}
+
+impl Store {
+    pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, kind, actor, subject, remediation_id, detail, prev_hash, hash, signature \
+             FROM audit_log ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+/// The first place where the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit entry {seq}: {reason}")]
+pub struct ChainBreak {
+    pub seq: i64,
+    pub reason: String,
+}
+
+/// Checks sequence, links, hashes and signatures; returns how many entries verified.
+pub fn verify_chain(entries: &[AuditEntry], key: &VerifyingKey) -> Result<usize, ChainBreak> {
+    let mut prev = GENESIS.to_string();
+    for (i, e) in entries.iter().enumerate() {
+        let expected_seq = i as i64 + 1;
+        if e.seq != expected_seq {
+            return Err(ChainBreak {
+                seq: expected_seq,
+                reason: format!("missing (the next entry present is {})", e.seq),
+            });
+        }
+        if e.prev_hash != prev {
+            return Err(ChainBreak {
+                seq: e.seq,
+                reason: "does not link to the entry before it (that entry was altered or removed)"
+                    .into(),
+            });
+        }
+        if e.compute_hash() != e.hash {
+            return Err(ChainBreak {
+                seq: e.seq,
+                reason: "altered: its content does not match its hash".into(),
+            });
+        }
+        if !verify_hex(key, e.hash.as_bytes(), &e.signature) {
+            return Err(ChainBreak {
+                seq: e.seq,
+                reason: "its signature does not verify with the daemon's key".into(),
+            });
+        }
+        prev = e.hash.clone();
+    }
+    Ok(entries.len())
+}

@@ -1,0 +1,146 @@
+//! The schema, embedded in the binary: one portable SQL dialect that SQLite and PostgreSQL both accept.
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::SqlStr;
+use std::borrow::Cow;
+
+/// Version 1: the managed registry and the knowledge store. Booleans are BIGINT 0/1 and times are
+/// milliseconds since the epoch, so the same statements and decoders serve both backends.
+const V1: &str = r#"
+CREATE TABLE registry_seq (id BIGINT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO registry_seq (id, value) VALUES (1, 0);
+
+CREATE TABLE packages (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    category TEXT,
+    author TEXT,
+    license TEXT,
+    repository TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    keywords TEXT NOT NULL DEFAULT '[]',
+    downloads BIGINT NOT NULL DEFAULT 0,
+    stars BIGINT NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'active',
+    prior_status TEXT,
+    latest TEXT,
+    quality DOUBLE PRECISION,
+    quality_detail TEXT,
+    production_ready BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    change_seq BIGINT NOT NULL
+);
+CREATE INDEX packages_change_seq ON packages (change_seq);
+
+CREATE TABLE releases (
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    published_at BIGINT NOT NULL,
+    checksum TEXT,
+    artifact TEXT,
+    signature TEXT,
+    signer TEXT,
+    yanked BIGINT NOT NULL DEFAULT 0,
+    quarantined BIGINT NOT NULL DEFAULT 0,
+    change_seq BIGINT NOT NULL,
+    PRIMARY KEY (package, version)
+);
+CREATE INDEX releases_change_seq ON releases (change_seq);
+
+CREATE TABLE dependencies (
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    dependency TEXT NOT NULL,
+    requirement TEXT NOT NULL,
+    PRIMARY KEY (package, version, dependency)
+);
+CREATE INDEX dependencies_dependency ON dependencies (dependency);
+
+CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE verification_cache (
+    checksum TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    valid BIGINT NOT NULL,
+    verified_at BIGINT NOT NULL,
+    PRIMARY KEY (checksum, signature, public_key)
+);
+
+CREATE TABLE release_observations (
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    observed_at BIGINT NOT NULL,
+    integrity TEXT NOT NULL,
+    signature_state TEXT NOT NULL,
+    signer TEXT,
+    PRIMARY KEY (package, version)
+);
+
+CREATE TABLE findings (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    package TEXT NOT NULL,
+    version TEXT,
+    state TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    message TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    fired_at BIGINT,
+    last_seen BIGINT NOT NULL,
+    cleared_at BIGINT,
+    resolved_at BIGINT,
+    plan_state TEXT NOT NULL
+);
+CREATE INDEX findings_state ON findings (state);
+CREATE INDEX findings_fingerprint ON findings (fingerprint);
+
+CREATE TABLE remediations (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    finding_id TEXT,
+    policy TEXT NOT NULL,
+    action TEXT NOT NULL,
+    params TEXT NOT NULL,
+    package TEXT NOT NULL,
+    version TEXT,
+    mode TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    signature TEXT NOT NULL,
+    inverse TEXT
+);
+CREATE INDEX remediations_status ON remediations (status);
+
+CREATE TABLE audit_log (
+    seq BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    remediation_id TEXT,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+"#;
+
+pub fn migrator() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("registry and knowledge"),
+            MigrationType::Simple,
+            SqlStr::from_static(V1),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}

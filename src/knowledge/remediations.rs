@@ -1,0 +1,243 @@
+//! Remediations as stored: what the planner decided, signed, and where each one is in its life.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{Executor, Row};
+
+use super::{Conn, Store, StoreError};
+use crate::model::{Action, Subject};
+
+/// Where a remediation is. `Ready` waits for the executor; `Executing` means the intent is written
+/// and the effect has not committed yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ready,
+    Executing,
+    Executed,
+    DryRun,
+    Pending,
+    Suppressed,
+    Superseded,
+    Refused,
+    Failed,
+    Abandoned,
+}
+
+impl Status {
+    pub const ALL: [Status; 10] = [
+        Self::Ready,
+        Self::Executing,
+        Self::Executed,
+        Self::DryRun,
+        Self::Pending,
+        Self::Suppressed,
+        Self::Superseded,
+        Self::Refused,
+        Self::Failed,
+        Self::Abandoned,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Executing => "executing",
+            Self::Executed => "executed",
+            Self::DryRun => "dry_run",
+            Self::Pending => "pending",
+            Self::Suppressed => "suppressed",
+            Self::Superseded => "superseded",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::Abandoned => "abandoned",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Remediation {
+    pub id: String,
+    pub idempotency_key: String,
+    pub finding_id: Option<String>,
+    pub policy: String,
+    pub action: Action,
+    pub params: serde_json::Value,
+    pub subject: Subject,
+    /// The policy's mode when planned: `enforce` or `dry_run`.
+    pub mode: String,
+    pub status: Status,
+    pub reason: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub signature: String,
+    pub inverse: Option<serde_json::Value>,
+}
+
+/// The fields the daemon signs, in a fixed order (serde_json keeps struct order and sorts maps).
+#[derive(Serialize)]
+struct Signed<'a> {
+    id: &'a str,
+    idempotency_key: &'a str,
+    finding_id: Option<&'a str>,
+    policy: &'a str,
+    action: &'a str,
+    params: &'a serde_json::Value,
+    package: &'a str,
+    version: Option<&'a str>,
+    mode: &'a str,
+    created_at: i64,
+}
+
+impl Remediation {
+    /// The canonical bytes the daemon's signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&Signed {
+            id: &self.id,
+            idempotency_key: &self.idempotency_key,
+            finding_id: self.finding_id.as_deref(),
+            policy: &self.policy,
+            action: self.action.as_str(),
+            params: &self.params,
+            package: &self.subject.package,
+            version: self.subject.version.as_deref(),
+            mode: &self.mode,
+            created_at: self.created_at,
+        })
+        .unwrap_or_default()
+    }
+}
+
+const COLUMNS: &str = "id, idempotency_key, finding_id, policy, action, params, package, version, \
+    mode, status, reason, created_at, updated_at, signature, inverse";
+
+fn decode(row: &AnyRow) -> Result<Remediation, StoreError> {
+    let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("remediation {what} `{v}`"));
+    let action: String = row.try_get("action")?;
+    let status: String = row.try_get("status")?;
+    let params: String = row.try_get("params")?;
+    let inverse: Option<String> = row.try_get("inverse")?;
+    Ok(Remediation {
+        id: row.try_get("id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        finding_id: row.try_get("finding_id")?,
+        policy: row.try_get("policy")?,
+        action: Action::parse(&action).ok_or_else(|| corrupt("action", &action))?,
+        params: serde_json::from_str(&params).map_err(|_| corrupt("params", &params))?,
+        subject: Subject {
+            package: row.try_get("package")?,
+            version: row.try_get("version")?,
+        },
+        mode: row.try_get("mode")?,
+        status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        signature: row.try_get("signature")?,
+        inverse: match inverse {
+            Some(s) => Some(serde_json::from_str(&s).map_err(|_| corrupt("inverse", &s))?),
+            None => None,
+        },
+    })
+}
+
+impl Store {
+    pub async fn remediation(&self, id: &str) -> Result<Option<Remediation>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM remediations WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    pub async fn remediations_with_status(
+        &self,
+        status: Status,
+    ) -> Result<Vec<Remediation>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM remediations WHERE status = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    pub async fn recent_remediations(&self, limit: i64) -> Result<Vec<Remediation>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM remediations ORDER BY created_at DESC, id LIMIT $1");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Counts by status, for `mapek status`.
+    pub async fn remediation_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) FROM remediations GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+/// Inserts a remediation unless one with the same idempotency key exists; true when inserted.
+pub async fn insert(conn: &mut Conn, r: &Remediation) -> Result<bool, StoreError> {
+    let sql = format!(
+        "INSERT INTO remediations ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+         ON CONFLICT (idempotency_key) DO NOTHING"
+    );
+    let done = conn
+        .execute(
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(r.id.clone())
+                .bind(r.idempotency_key.clone())
+                .bind(r.finding_id.clone())
+                .bind(r.policy.clone())
+                .bind(r.action.as_str())
+                .bind(r.params.to_string())
+                .bind(r.subject.package.clone())
+                .bind(r.subject.version.clone())
+                .bind(r.mode.clone())
+                .bind(r.status.as_str())
+                .bind(r.reason.clone())
+                .bind(r.created_at)
+                .bind(r.updated_at)
+                .bind(r.signature.clone())
+                .bind(r.inverse.as_ref().map(|v| v.to_string())),
+        )
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Moves a remediation from `from` to `to`; false if it was not in `from` (someone else moved it).
+pub async fn transition(
+    conn: &mut Conn,
+    id: &str,
+    from: Status,
+    to: Status,
+    reason: &str,
+    inverse: Option<&serde_json::Value>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = conn
+        .execute(
+            sqlx::query(
+                "UPDATE remediations SET status = $3, reason = $4, \
+                 inverse = COALESCE($5, inverse), updated_at = $6 WHERE id = $1 AND status = $2",
+            )
+            .bind(id.to_string())
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(reason.to_string())
+            .bind(inverse.map(|v| v.to_string()))
+            .bind(now),
+        )
+        .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,0 +1,132 @@
+//! Small durable state of the loop: cursors, the signature verification cache, the latest observations.
+
+use sqlx::{Executor, Row};
+use std::collections::HashMap;
+
+use super::{insert_rows, Conn, Param, Store, StoreError};
+use crate::model::ReleaseObservation;
+
+/// The key of a cached signature check: the artifact's checksum, the signature and the public key.
+pub type VerificationKey = (String, String, String);
+
+impl Store {
+    pub async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<String, _>(0)))
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        set_cursor(&mut conn, name, value).await
+    }
+
+    /// Every cached signature verdict, for the monitor to keep in memory.
+    pub async fn verification_cache(&self) -> Result<HashMap<VerificationKey, bool>, StoreError> {
+        let rows =
+            sqlx::query("SELECT checksum, signature, public_key, valid FROM verification_cache")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get::<i64, _>(3) != 0))
+            .collect())
+    }
+
+    pub async fn cache_verifications(
+        &self,
+        entries: &[(VerificationKey, bool)],
+        at: i64,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Vec<Param>> = entries
+            .iter()
+            .map(|((c, s, k), valid)| {
+                vec![
+                    Param::Text(c.clone()),
+                    Param::Text(s.clone()),
+                    Param::Text(k.clone()),
+                    Param::Int(i64::from(*valid)),
+                    Param::Int(at),
+                ]
+            })
+            .collect();
+        let mut tx = self.begin().await?;
+        insert_rows(
+            &mut tx,
+            "verification_cache",
+            &[
+                "checksum",
+                "signature",
+                "public_key",
+                "valid",
+                "verified_at",
+            ],
+            &rows,
+            "ON CONFLICT (checksum, signature, public_key) DO NOTHING",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the latest observation of each release (replacing the previous one).
+    pub async fn record_observations(
+        &self,
+        observations: &[ReleaseObservation],
+    ) -> Result<(), StoreError> {
+        if observations.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Vec<Param>> = observations
+            .iter()
+            .map(|o| {
+                vec![
+                    Param::Text(o.package.clone()),
+                    Param::Text(o.version.clone()),
+                    Param::Int(o.observed_at),
+                    Param::Text(serde_json::to_string(&o.integrity).unwrap_or_default()),
+                    Param::Text(o.signature.as_str().to_string()),
+                    Param::OptText(o.signer.clone()),
+                ]
+            })
+            .collect();
+        let mut tx = self.begin().await?;
+        insert_rows(
+            &mut tx,
+            "release_observations",
+            &[
+                "package",
+                "version",
+                "observed_at",
+                "integrity",
+                "signature_state",
+                "signer",
+            ],
+            &rows,
+            "ON CONFLICT (package, version) DO UPDATE SET observed_at = excluded.observed_at, \
+             integrity = excluded.integrity, signature_state = excluded.signature_state, \
+             signer = excluded.signer",
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+pub async fn set_cursor(conn: &mut Conn, name: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        sqlx::query(
+            "INSERT INTO cursors (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value),
+    )
+    .await?;
+    Ok(())
+}

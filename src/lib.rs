@@ -1,0 +1,15 @@
+//! mapek: the autonomic control plane of the ggen marketplace (monitor, analyze, plan, execute, knowledge).
+#![forbid(unsafe_code)]
+
+pub mod analyze;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod execute;
+pub mod keys;
+pub mod knowledge;
+pub mod model;
+pub mod monitor;
+pub mod plan;
+pub mod registry;

@@ -1,0 +1,149 @@
+//! Monitor: read the registry (incrementally by cursor), hash artifacts, verify signatures, emit observations.
+
+mod integrity;
+
+pub use integrity::observe_release;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::keys::TrustStore;
+use crate::knowledge::state::VerificationKey;
+use crate::knowledge::{Store, StoreError};
+use crate::model::ReleaseObservation;
+use crate::registry::{Registry, RegistryError};
+
+const CURSOR: &str = "monitor.releases";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored cursor `{0}` is not a number")]
+    Cursor(String),
+    #[error("artifact worker failed: {0}")]
+    Worker(String),
+}
+
+/// What one monitor pass saw.
+#[derive(Debug, Default, Clone)]
+pub struct MonitorOutput {
+    pub observations: Vec<ReleaseObservation>,
+    pub full_scan: bool,
+    pub verified: usize,
+    pub cache_hits: usize,
+}
+
+/// The monitor's memory between cycles: its cursor, the verification cache, when it last looked at
+/// everything, and which trust store it judged with.
+#[derive(Debug, Default)]
+pub struct MonitorState {
+    cursor: Option<i64>,
+    cache: Arc<HashMap<VerificationKey, bool>>,
+    cache_loaded: bool,
+    last_full_scan: Option<i64>,
+    trust_digest: String,
+}
+
+impl MonitorState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// One monitor pass. A full scan (every release) happens on the first pass, when the trust store
+/// changed, and every `full_scan_every_ms`; otherwise only releases changed since the cursor.
+pub async fn cycle<R: Registry>(
+    state: &mut MonitorState,
+    registry: &Arc<R>,
+    store: &Store,
+    trust: &Arc<TrustStore>,
+    now: i64,
+    full_scan_every_ms: i64,
+) -> Result<MonitorOutput, MonitorError> {
+    if state.cursor.is_none() {
+        state.cursor = match store.cursor(CURSOR).await? {
+            Some(v) => Some(v.parse().map_err(|_| MonitorError::Cursor(v))?),
+            None => Some(0),
+        };
+    }
+    if !state.cache_loaded {
+        state.cache = Arc::new(store.verification_cache().await?);
+        state.cache_loaded = true;
+    }
+    let full_scan = state
+        .last_full_scan
+        .is_none_or(|t| now - t >= full_scan_every_ms)
+        || state.trust_digest != trust.digest;
+    let since = if full_scan {
+        0
+    } else {
+        state.cursor.unwrap_or(0)
+    };
+    let (releases, head) = registry.releases_since(since).await?;
+
+    let registry2 = Arc::clone(registry);
+    let trust2 = Arc::clone(trust);
+    let cache = Arc::clone(&state.cache);
+    let results = tokio::task::spawn_blocking(move || {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        let chunk = releases.len().div_ceil(workers).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = releases
+                .chunks(chunk)
+                .map(|part| {
+                    let (registry, trust, cache) = (&registry2, &trust2, &cache);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|r| observe_release(registry.as_ref(), trust, cache, r, now))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| MonitorError::Worker(e.to_string()))?;
+
+    let mut output = MonitorOutput {
+        full_scan,
+        ..Default::default()
+    };
+    let mut fresh = Vec::new();
+    for r in results {
+        match r.verification {
+            Some((key, valid, true)) => {
+                output.cache_hits += 1;
+                let _ = (key, valid);
+            }
+            Some((key, valid, false)) => {
+                output.verified += 1;
+                fresh.push((key, valid));
+            }
+            None => {}
+        }
+        output.observations.push(r.observation);
+    }
+    store.cache_verifications(&fresh, now).await?;
+    if !fresh.is_empty() {
+        let cache = Arc::make_mut(&mut state.cache);
+        cache.extend(fresh);
+    }
+    store.record_observations(&output.observations).await?;
+    store.set_cursor(CURSOR, &head.to_string()).await?;
+    state.cursor = Some(head);
+    if full_scan {
+        state.last_full_scan = Some(now);
+        state.trust_digest = trust.digest.clone();
+    }
+    Ok(output)
+}

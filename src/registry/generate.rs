@@ -1,0 +1,173 @@
+//! Deterministic generated registries (demo, benchmark, tests): real artifact files, real Ed25519 signatures.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+use super::{Dependency, PackageRecord, RegistryError, ReleaseRecord, SqlRegistry};
+use crate::keys::{KeyPair, Role, TrustStore};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The `generate` table of a scenario, and what the demo and the benchmark use.
+#[derive(Debug, Clone)]
+pub struct GenerateSpec {
+    pub packages: usize,
+    pub mean_dependencies: f64,
+    pub publishers: usize,
+    pub max_releases: usize,
+    pub signed_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for GenerateSpec {
+    fn default() -> Self {
+        Self {
+            packages: 300,
+            mean_dependencies: 2.5,
+            publishers: 10,
+            max_releases: 3,
+            signed_fraction: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// What a generation produced besides the rows: the publisher keys and a trust store for them.
+#[derive(Debug)]
+pub struct Generated {
+    pub publishers: Vec<KeyPair>,
+    pub trust: TrustStore,
+    pub artifact_dir: PathBuf,
+    pub releases: usize,
+}
+
+/// A key derived from the seed and a name, so every run makes the same keys.
+pub fn derived_key(seed: u64, key_id: &str) -> KeyPair {
+    let digest = Sha256::digest(format!("mapek-generate/{seed}/{key_id}").as_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&digest);
+    KeyPair::from_seed(key_id, bytes)
+}
+
+pub fn package_name(index: usize, total: usize) -> String {
+    let width = total.saturating_sub(1).to_string().len().max(5);
+    format!("pkg-{index:0width$}")
+}
+
+fn artifact_bytes(name: &str, version: &str) -> Vec<u8> {
+    let mut out = format!("[pack]\nname = \"{name}\"\nversion = \"{version}\"\n");
+    let mut line = 0;
+    while out.len() < 512 {
+        out.push_str(&format!("# generated template line {line} of {name}\n"));
+        line += 1;
+    }
+    out.into_bytes()
+}
+
+/// Builds the registry described by `spec` into `registry` (whose artifact root is written to)
+/// with `now` as the present.
+pub async fn generate(
+    registry: &SqlRegistry,
+    spec: &GenerateSpec,
+    now: i64,
+) -> Result<Generated, RegistryError> {
+    let dir = registry.artifact_root.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| RegistryError::Artifact {
+        location: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let publishers: Vec<KeyPair> = (0..spec.publishers.max(1))
+        .map(|k| derived_key(spec.seed, &format!("pub-{k}")))
+        .collect();
+    let mut trust = TrustStore::default();
+    for k in &publishers {
+        trust.add(k, &format!("publisher {}", k.key_id), vec![Role::Publisher]);
+    }
+    let mut packages = Vec::with_capacity(spec.packages);
+    let mut releases = Vec::new();
+    for i in 0..spec.packages {
+        let name = package_name(i, spec.packages);
+        let n_releases = rng.random_range(1..=spec.max_releases.max(1));
+        let mut deps = Vec::new();
+        if i > 0 {
+            // Poisson-like count around the mean; targets biased to low (popular) indices.
+            let wanted = (spec.mean_dependencies * 2.0 * rng.random::<f64>()).round() as usize;
+            for _ in 0..wanted {
+                let u: f64 = rng.random();
+                let target = ((i as f64) * u * u) as usize;
+                let dep = package_name(target.min(i - 1), spec.packages);
+                if !deps.iter().any(|d: &Dependency| d.name == dep) {
+                    deps.push(Dependency {
+                        name: dep,
+                        requirement: "^1".into(),
+                    });
+                }
+            }
+        }
+        let key = &publishers[i % publishers.len()];
+        let newest_age = rng.random_range(0..90 * DAY_MS);
+        let mut latest = None;
+        for r in 0..n_releases {
+            let version = format!("1.{r}.0");
+            let bytes = artifact_bytes(&name, &version);
+            let file = format!("{name}-{version}.pack");
+            std::fs::write(dir.join(&file), &bytes).map_err(|e| RegistryError::Artifact {
+                location: file.clone(),
+                reason: e.to_string(),
+            })?;
+            let signed = rng.random::<f64>() < spec.signed_fraction;
+            let published_at = now - newest_age - ((n_releases - 1 - r) as i64) * 7 * DAY_MS;
+            releases.push(ReleaseRecord {
+                package: name.clone(),
+                version: version.clone(),
+                published_at,
+                checksum: Some(hex::encode(Sha256::digest(&bytes))),
+                artifact: Some(file),
+                signature: signed.then(|| key.sign(&bytes)),
+                signer: signed.then(|| key.key_id.clone()),
+                yanked: false,
+                quarantined: false,
+                dependencies: deps.clone(),
+            });
+            latest = Some(version);
+        }
+        packages.push(PackageRecord {
+            name: name.clone(),
+            description: format!("Generated package {i}"),
+            category: Some(["web", "api", "cli", "data", "ai"][i % 5].into()),
+            author: Some(format!("author-{}", i % publishers.len())),
+            license: Some("MIT".into()),
+            repository: None,
+            tags: vec![],
+            keywords: vec![],
+            downloads: (1_000_000.0 / (i as f64 + 1.0)) as i64,
+            stars: (10_000.0 / (i as f64 + 1.0)) as i64,
+            status: "active".into(),
+            latest,
+            quality: None,
+            quality_detail: None,
+            production_ready: true,
+            created_at: now - newest_age - (n_releases as i64) * 7 * DAY_MS,
+            updated_at: now - newest_age,
+        });
+    }
+    let count = releases.len();
+    registry.insert_all(&packages, &releases).await?;
+    Ok(Generated {
+        publishers,
+        trust,
+        artifact_dir: dir,
+        releases: count,
+    })
+}
+
+/// Changes an artifact's bytes after publication (its recorded checksum no longer matches).
+pub fn tamper_artifact(artifact_root: &Path, file: &str) -> std::io::Result<()> {
+    let path = artifact_root.join(file);
+    let mut bytes = std::fs::read(&path)?;
+    bytes.extend_from_slice(b"\n# injected by an attacker\n");
+    std::fs::write(path, bytes)
+}

@@ -1,0 +1,159 @@
+//! The managed registry: the one narrow interface through which sensors read it and effectors change it.
+
+pub mod generate;
+pub mod import;
+mod sql;
+
+pub use sql::SqlRegistry;
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+use crate::knowledge::{Conn, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry store: {0}")]
+    Store(#[from] StoreError),
+    #[error("artifact `{location}`: {reason}")]
+    Artifact { location: String, reason: String },
+    #[error("no such {what} `{name}` in the registry")]
+    NotFound { what: &'static str, name: String },
+}
+
+impl From<sqlx::Error> for RegistryError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(StoreError::Sql(e))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PackageRecord {
+    pub name: String,
+    pub description: String,
+    pub category: Option<String>,
+    pub author: Option<String>,
+    pub license: Option<String>,
+    pub repository: Option<String>,
+    pub tags: Vec<String>,
+    pub keywords: Vec<String>,
+    pub downloads: i64,
+    pub stars: i64,
+    pub status: String,
+    pub latest: Option<String>,
+    pub quality: Option<f64>,
+    pub quality_detail: Option<String>,
+    pub production_ready: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub name: String,
+    pub requirement: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub package: String,
+    pub version: String,
+    pub published_at: i64,
+    pub checksum: Option<String>,
+    pub artifact: Option<String>,
+    pub signature: Option<String>,
+    pub signer: Option<String>,
+    pub yanked: bool,
+    pub quarantined: bool,
+    pub dependencies: Vec<Dependency>,
+}
+
+/// Registry-wide figures for policy conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryCounts {
+    pub packages: i64,
+    pub quarantined: i64,
+}
+
+/// A change an effector makes. Each has an inverse, recorded when it is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    QuarantineRelease { package: String, version: String },
+    UnquarantineRelease { package: String, version: String },
+    QuarantinePackage { package: String },
+    UnquarantinePackage { package: String },
+}
+
+/// The outcome of applying a change: whether anything moved, and the change that undoes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub changed: bool,
+    pub inverse: Change,
+}
+
+/// What the loop needs of a registry. A second backend implements this and nothing else changes.
+pub trait Registry: Send + Sync + 'static {
+    /// Releases changed after `cursor` (0: all of them), with the cursor to pass next time.
+    fn releases_since(
+        &self,
+        cursor: i64,
+    ) -> impl Future<Output = Result<(Vec<ReleaseRecord>, i64), RegistryError>> + Send;
+
+    /// The artifact's bytes. Blocking: called from worker threads.
+    fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError>;
+
+    fn package(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<PackageRecord>, RegistryError>> + Send;
+
+    fn release(
+        &self,
+        package: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<ReleaseRecord>, RegistryError>> + Send;
+
+    fn counts(&self) -> impl Future<Output = Result<RegistryCounts, RegistryError>> + Send;
+
+    /// Every dependency edge (dependent package, dependency name), for the dependency graph.
+    fn dependency_edges(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, RegistryError>> + Send;
+
+    /// Applies a change inside the caller's transaction (which also holds its audit entry).
+    fn apply(
+        &self,
+        conn: &mut Conn,
+        change: &Change,
+        now: i64,
+    ) -> impl Future<Output = Result<Applied, RegistryError>> + Send;
+}
+
+/// ggen's package-name rule: lower case `[a-z0-9_-]`, 1 to 200 chars, no leading or trailing `-`.
+pub fn valid_package_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_package_name;
+
+    #[test]
+    fn package_names_follow_ggen_rules() {
+        assert!(valid_package_name("rest-api-template"));
+        assert!(valid_package_name("a_b-9"));
+        assert!(!valid_package_name(""));
+        assert!(!valid_package_name("-lead"));
+        assert!(!valid_package_name("trail-"));
+        assert!(!valid_package_name("Upper"));
+        assert!(!valid_package_name("has space"));
+        assert!(!valid_package_name(&"x".repeat(201)));
+    }
+}

@@ -1,0 +1,563 @@
+//! The registry in SQL (the same sqlx store as the knowledge): scans by change sequence, effectors, upserts.
+
+use sqlx::any::AnyRow;
+use sqlx::{Executor, Row};
+use std::path::{Path, PathBuf};
+
+use super::{
+    Applied, Change, Dependency, PackageRecord, Registry, RegistryCounts, RegistryError,
+    ReleaseRecord,
+};
+use crate::knowledge::{insert_rows, Conn, Param, Store};
+
+/// The registry held in the store's `packages`, `releases` and `dependencies` tables. Artifacts
+/// are `file://` URLs or paths; relative paths resolve against `artifact_root`.
+#[derive(Debug, Clone)]
+pub struct SqlRegistry {
+    pub store: Store,
+    pub artifact_root: PathBuf,
+}
+
+const RELEASE_COLUMNS: &str =
+    "package, version, published_at, checksum, artifact, signature, signer, yanked, quarantined";
+
+const PACKAGE_COLUMNS: &str = "name, description, category, author, license, repository, tags, \
+    keywords, downloads, stars, status, latest, quality, quality_detail, production_ready, \
+    created_at, updated_at";
+
+fn decode_release(row: &AnyRow) -> Result<ReleaseRecord, sqlx::Error> {
+    Ok(ReleaseRecord {
+        package: row.try_get("package")?,
+        version: row.try_get("version")?,
+        published_at: row.try_get("published_at")?,
+        checksum: row.try_get("checksum")?,
+        artifact: row.try_get("artifact")?,
+        signature: row.try_get("signature")?,
+        signer: row.try_get("signer")?,
+        yanked: row.try_get::<i64, _>("yanked")? != 0,
+        quarantined: row.try_get::<i64, _>("quarantined")? != 0,
+        dependencies: Vec::new(),
+    })
+}
+
+fn decode_package(row: &AnyRow) -> Result<PackageRecord, sqlx::Error> {
+    let list = |s: String| serde_json::from_str::<Vec<String>>(&s).unwrap_or_default();
+    Ok(PackageRecord {
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        category: row.try_get("category")?,
+        author: row.try_get("author")?,
+        license: row.try_get("license")?,
+        repository: row.try_get("repository")?,
+        tags: list(row.try_get("tags")?),
+        keywords: list(row.try_get("keywords")?),
+        downloads: row.try_get("downloads")?,
+        stars: row.try_get("stars")?,
+        status: row.try_get("status")?,
+        latest: row.try_get("latest")?,
+        quality: row.try_get("quality")?,
+        quality_detail: row.try_get("quality_detail")?,
+        production_ready: row.try_get::<i64, _>("production_ready")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Takes the next registry change sequence number inside the caller's transaction.
+pub async fn next_seq(conn: &mut Conn) -> Result<i64, sqlx::Error> {
+    conn.execute(sqlx::query(
+        "UPDATE registry_seq SET value = value + 1 WHERE id = 1",
+    ))
+    .await?;
+    let row = conn
+        .fetch_one(sqlx::query("SELECT value FROM registry_seq WHERE id = 1"))
+        .await?;
+    row.try_get(0)
+}
+
+fn package_params(p: &PackageRecord, seq: i64) -> Vec<Param> {
+    vec![
+        Param::Text(p.name.clone()),
+        Param::Text(p.description.clone()),
+        Param::OptText(p.category.clone()),
+        Param::OptText(p.author.clone()),
+        Param::OptText(p.license.clone()),
+        Param::OptText(p.repository.clone()),
+        Param::Text(serde_json::to_string(&p.tags).unwrap_or_default()),
+        Param::Text(serde_json::to_string(&p.keywords).unwrap_or_default()),
+        Param::Int(p.downloads),
+        Param::Int(p.stars),
+        Param::Text(p.status.clone()),
+        Param::OptText(p.latest.clone()),
+        Param::OptFloat(p.quality),
+        Param::OptText(p.quality_detail.clone()),
+        Param::Int(i64::from(p.production_ready)),
+        Param::Int(p.created_at),
+        Param::Int(p.updated_at),
+        Param::Int(seq),
+    ]
+}
+
+fn release_params(r: &ReleaseRecord, seq: i64) -> Vec<Param> {
+    vec![
+        Param::Text(r.package.clone()),
+        Param::Text(r.version.clone()),
+        Param::Int(r.published_at),
+        Param::OptText(r.checksum.clone()),
+        Param::OptText(r.artifact.clone()),
+        Param::OptText(r.signature.clone()),
+        Param::OptText(r.signer.clone()),
+        Param::Int(i64::from(r.yanked)),
+        Param::Int(i64::from(r.quarantined)),
+        Param::Int(seq),
+    ]
+}
+
+const PACKAGE_INSERT: [&str; 18] = [
+    "name",
+    "description",
+    "category",
+    "author",
+    "license",
+    "repository",
+    "tags",
+    "keywords",
+    "downloads",
+    "stars",
+    "status",
+    "latest",
+    "quality",
+    "quality_detail",
+    "production_ready",
+    "created_at",
+    "updated_at",
+    "change_seq",
+];
+const RELEASE_INSERT: [&str; 10] = [
+    "package",
+    "version",
+    "published_at",
+    "checksum",
+    "artifact",
+    "signature",
+    "signer",
+    "yanked",
+    "quarantined",
+    "change_seq",
+];
+
+impl SqlRegistry {
+    pub fn new(store: Store, artifact_root: impl Into<PathBuf>) -> Self {
+        Self {
+            store,
+            artifact_root: artifact_root.into(),
+        }
+    }
+
+    fn artifact_path(&self, location: &str) -> Result<PathBuf, RegistryError> {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            return Err(RegistryError::Artifact {
+                location: location.into(),
+                reason: "fetching artifacts over HTTP is not supported yet; mirror them to file://"
+                    .into(),
+            });
+        }
+        let path = Path::new(location.strip_prefix("file://").unwrap_or(location));
+        Ok(if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.artifact_root.join(path)
+        })
+    }
+
+    /// Inserts or updates a package; false when the stored one already says the same. The
+    /// daemon-owned `status` and the creation time are never overwritten by an import.
+    pub async fn upsert_package(
+        conn: &mut Conn,
+        p: &PackageRecord,
+        seq: i64,
+    ) -> Result<bool, RegistryError> {
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE name = $1");
+        let existing = conn
+            .fetch_optional(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(p.name.clone()))
+            .await?;
+        if let Some(row) = existing {
+            let mut old = decode_package(&row)?;
+            old.created_at = p.created_at;
+            old.updated_at = p.updated_at;
+            old.status = p.status.clone();
+            if &old == p {
+                return Ok(false);
+            }
+        }
+        insert_rows(
+            conn,
+            "packages",
+            &PACKAGE_INSERT,
+            &[package_params(p, seq)],
+            "ON CONFLICT (name) DO UPDATE SET description = excluded.description, \
+             category = excluded.category, author = excluded.author, license = excluded.license, \
+             repository = excluded.repository, tags = excluded.tags, keywords = excluded.keywords, \
+             downloads = excluded.downloads, stars = excluded.stars, latest = excluded.latest, \
+             quality = excluded.quality, quality_detail = excluded.quality_detail, \
+             production_ready = excluded.production_ready, updated_at = excluded.updated_at, \
+             change_seq = excluded.change_seq",
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Inserts or updates a release and its dependencies; false when nothing differs. An update
+    /// keeps the daemon-owned `yanked` and `quarantined` flags and the publication time.
+    pub async fn upsert_release(
+        conn: &mut Conn,
+        r: &ReleaseRecord,
+        seq: i64,
+    ) -> Result<bool, RegistryError> {
+        let sql =
+            format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE package = $1 AND version = $2");
+        let existing = conn
+            .fetch_optional(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(r.package.clone())
+                    .bind(r.version.clone()),
+            )
+            .await?;
+        if let Some(row) = existing {
+            let mut old = decode_release(&row)?;
+            old.dependencies = load_dependencies(conn, &r.package, &r.version).await?;
+            old.yanked = r.yanked;
+            old.quarantined = r.quarantined;
+            old.published_at = r.published_at;
+            if &old == r {
+                return Ok(false);
+            }
+        }
+        conn.execute(
+            sqlx::query("DELETE FROM dependencies WHERE package = $1 AND version = $2")
+                .bind(r.package.clone())
+                .bind(r.version.clone()),
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "releases",
+            &RELEASE_INSERT,
+            &[release_params(r, seq)],
+            "ON CONFLICT (package, version) DO UPDATE SET checksum = excluded.checksum, \
+             artifact = excluded.artifact, signature = excluded.signature, \
+             signer = excluded.signer, change_seq = excluded.change_seq",
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "dependencies",
+            &["package", "version", "dependency", "requirement"],
+            &dependency_rows(r),
+            "ON CONFLICT (package, version, dependency) DO NOTHING",
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Bulk load of a fresh registry (generated ones): no comparison, one sequence number.
+    pub async fn insert_all(
+        &self,
+        packages: &[PackageRecord],
+        releases: &[ReleaseRecord],
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.store.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        let rows: Vec<_> = packages.iter().map(|p| package_params(p, seq)).collect();
+        insert_rows(&mut tx, "packages", &PACKAGE_INSERT, &rows, "").await?;
+        let rows: Vec<_> = releases.iter().map(|r| release_params(r, seq)).collect();
+        insert_rows(&mut tx, "releases", &RELEASE_INSERT, &rows, "").await?;
+        let deps: Vec<_> = releases.iter().flat_map(dependency_rows).collect();
+        insert_rows(
+            &mut tx,
+            "dependencies",
+            &["package", "version", "dependency", "requirement"],
+            &deps,
+            "ON CONFLICT (package, version, dependency) DO NOTHING",
+        )
+        .await?;
+        tx.commit().await.map_err(RegistryError::from)?;
+        Ok(())
+    }
+
+    /// Overwrites a release's signature (used to plant problems in demo and test registries).
+    pub async fn set_signature(
+        &self,
+        package: &str,
+        version: &str,
+        signature: &str,
+        signer: &str,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.store.begin().await?;
+        let seq = next_seq(&mut tx).await?;
+        tx.execute(
+            sqlx::query(
+                "UPDATE releases SET signature = $3, signer = $4, change_seq = $5 \
+                 WHERE package = $1 AND version = $2",
+            )
+            .bind(package.to_string())
+            .bind(version.to_string())
+            .bind(signature.to_string())
+            .bind(signer.to_string())
+            .bind(seq),
+        )
+        .await?;
+        tx.commit().await.map_err(RegistryError::from)?;
+        Ok(())
+    }
+
+    pub async fn package_names(&self) -> Result<Vec<String>, RegistryError> {
+        let rows = sqlx::query("SELECT name FROM packages ORDER BY name")
+            .fetch_all(&self.store.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+fn dependency_rows(r: &ReleaseRecord) -> Vec<Vec<Param>> {
+    r.dependencies
+        .iter()
+        .map(|d| {
+            vec![
+                Param::Text(r.package.clone()),
+                Param::Text(r.version.clone()),
+                Param::Text(d.name.clone()),
+                Param::Text(d.requirement.clone()),
+            ]
+        })
+        .collect()
+}
+
+async fn load_dependencies(
+    conn: &mut Conn,
+    package: &str,
+    version: &str,
+) -> Result<Vec<Dependency>, sqlx::Error> {
+    let rows = conn
+        .fetch_all(
+            sqlx::query(
+                "SELECT dependency, requirement FROM dependencies \
+                 WHERE package = $1 AND version = $2 ORDER BY dependency",
+            )
+            .bind(package.to_string())
+            .bind(version.to_string()),
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Dependency {
+                name: r.try_get(0)?,
+                requirement: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+impl Registry for SqlRegistry {
+    async fn releases_since(
+        &self,
+        cursor: i64,
+    ) -> Result<(Vec<ReleaseRecord>, i64), RegistryError> {
+        let mut conn = self.store.pool.acquire().await?;
+        let head: i64 = conn
+            .fetch_one(sqlx::query("SELECT value FROM registry_seq WHERE id = 1"))
+            .await?
+            .try_get(0)?;
+        if head <= cursor {
+            return Ok((Vec::new(), head));
+        }
+        let sql = format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
+             ORDER BY package, version"
+        );
+        let rows = conn
+            .fetch_all(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(cursor)
+                    .bind(head),
+            )
+            .await?;
+        let releases = rows
+            .iter()
+            .map(decode_release)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((releases, head))
+    }
+
+    fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError> {
+        let path = self.artifact_path(location)?;
+        std::fs::read(&path).map_err(|e| RegistryError::Artifact {
+            location: location.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE name = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name.to_string())
+            .fetch_optional(&self.store.pool)
+            .await?;
+        Ok(row.as_ref().map(decode_package).transpose()?)
+    }
+
+    async fn release(
+        &self,
+        package: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRecord>, RegistryError> {
+        let mut conn = self.store.pool.acquire().await?;
+        let sql =
+            format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE package = $1 AND version = $2");
+        let row = conn
+            .fetch_optional(
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(package.to_string())
+                    .bind(version.to_string()),
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut release = decode_release(&row)?;
+        release.dependencies = load_dependencies(&mut conn, package, version).await?;
+        Ok(Some(release))
+    }
+
+    async fn counts(&self) -> Result<RegistryCounts, RegistryError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM packages), \
+             (SELECT COUNT(*) FROM packages WHERE status = 'quarantined') + \
+             (SELECT COUNT(*) FROM releases WHERE quarantined = 1)",
+        )
+        .fetch_one(&self.store.pool)
+        .await?;
+        Ok(RegistryCounts {
+            packages: row.try_get(0)?,
+            quarantined: row.try_get(1)?,
+        })
+    }
+
+    async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        let rows = sqlx::query("SELECT DISTINCT package, dependency FROM dependencies")
+            .fetch_all(&self.store.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut Conn,
+        change: &Change,
+        _now: i64,
+    ) -> Result<Applied, RegistryError> {
+        match change {
+            Change::QuarantineRelease { package, version }
+            | Change::UnquarantineRelease { package, version } => {
+                let want = matches!(change, Change::QuarantineRelease { .. });
+                let row = conn
+                    .fetch_optional(
+                        sqlx::query(
+                            "SELECT quarantined FROM releases WHERE package = $1 AND version = $2",
+                        )
+                        .bind(package.clone())
+                        .bind(version.clone()),
+                    )
+                    .await?
+                    .ok_or_else(|| RegistryError::NotFound {
+                        what: "release",
+                        name: format!("{package}@{version}"),
+                    })?;
+                let current = row.try_get::<i64, _>(0)? != 0;
+                let inverse = if want {
+                    Change::UnquarantineRelease {
+                        package: package.clone(),
+                        version: version.clone(),
+                    }
+                } else {
+                    Change::QuarantineRelease {
+                        package: package.clone(),
+                        version: version.clone(),
+                    }
+                };
+                if current == want {
+                    return Ok(Applied {
+                        changed: false,
+                        inverse,
+                    });
+                }
+                let seq = next_seq(conn).await?;
+                conn.execute(
+                    sqlx::query(
+                        "UPDATE releases SET quarantined = $3, change_seq = $4 \
+                         WHERE package = $1 AND version = $2",
+                    )
+                    .bind(package.clone())
+                    .bind(version.clone())
+                    .bind(i64::from(want))
+                    .bind(seq),
+                )
+                .await?;
+                Ok(Applied {
+                    changed: true,
+                    inverse,
+                })
+            }
+            Change::QuarantinePackage { package } | Change::UnquarantinePackage { package } => {
+                let quarantine = matches!(change, Change::QuarantinePackage { .. });
+                let row = conn
+                    .fetch_optional(
+                        sqlx::query("SELECT status, prior_status FROM packages WHERE name = $1")
+                            .bind(package.clone()),
+                    )
+                    .await?
+                    .ok_or_else(|| RegistryError::NotFound {
+                        what: "package",
+                        name: package.clone(),
+                    })?;
+                let status: String = row.try_get(0)?;
+                let prior: Option<String> = row.try_get(1)?;
+                let inverse = if quarantine {
+                    Change::UnquarantinePackage {
+                        package: package.clone(),
+                    }
+                } else {
+                    Change::QuarantinePackage {
+                        package: package.clone(),
+                    }
+                };
+                let is_quarantined = status == "quarantined";
+                if is_quarantined == quarantine {
+                    return Ok(Applied {
+                        changed: false,
+                        inverse,
+                    });
+                }
+                let seq = next_seq(conn).await?;
+                let (new_status, new_prior) = if quarantine {
+                    ("quarantined".to_string(), Some(status))
+                } else {
+                    (prior.unwrap_or_else(|| "active".into()), None)
+                };
+                conn.execute(
+                    sqlx::query(
+                        "UPDATE packages SET status = $2, prior_status = $3, change_seq = $4 \
+                         WHERE name = $1",
+                    )
+                    .bind(package.clone())
+                    .bind(new_status)
+                    .bind(new_prior)
+                    .bind(seq),
+                )
+                .await?;
+                Ok(Applied {
+                    changed: true,
+                    inverse,
+                })
+            }
+        }
+    }
+}
