@@ -1,0 +1,140 @@
+//! Test support: a fresh store per test (a SQLite file, or a new PostgreSQL database when
+//! `MAPEK_TEST_DATABASE_URL` is set), and a generated registry with planted problems.
+#![allow(dead_code)]
+
+use sqlx::Connection;
+use std::sync::Arc;
+
+use mapek::keys::{KeyPair, TrustStore};
+use mapek::knowledge::Store;
+use mapek::registry::generate::{self, GenerateSpec};
+use mapek::registry::{Registry, SqlRegistry};
+
+pub const NOW: i64 = 1_795_000_000_000;
+
+pub struct TestStore {
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+static SAID: std::sync::Once = std::sync::Once::new();
+
+/// A store of the test's own. On PostgreSQL, a new database named after the test.
+pub async fn store() -> TestStore {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = match std::env::var("MAPEK_TEST_DATABASE_URL") {
+        Ok(base) if !base.is_empty() => {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&base)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {base} is unreachable: {e}"));
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).expect("random");
+            let name = format!("mapek_test_{}", hex::encode(bytes));
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
+            format!("{prefix}/{name}")
+        }
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                // CI runs this suite twice; the PostgreSQL pass sets the variable.
+            }
+            SAID.call_once(|| {
+                eprintln!("PostgreSQL: skipped for this run (set MAPEK_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run the suite on it)");
+            });
+            dir.path().join("test.db").display().to_string()
+        }
+    };
+    let store = Store::open(&url).await.expect("open store");
+    TestStore { store, dir, url }
+}
+
+pub struct World {
+    pub t: TestStore,
+    pub registry: Arc<SqlRegistry>,
+    pub trust: Arc<TrustStore>,
+    pub publishers: Vec<KeyPair>,
+    pub key: KeyPair,
+}
+
+/// A generated registry of `packages` packages, all sound.
+pub async fn world(packages: usize) -> World {
+    let t = store().await;
+    let registry = Arc::new(SqlRegistry::new(
+        t.store.clone(),
+        t.dir.path().join("artifacts"),
+    ));
+    let spec = GenerateSpec {
+        packages,
+        publishers: 3,
+        seed: 5,
+        ..GenerateSpec::default()
+    };
+    let g = generate::generate(&registry, &spec, NOW)
+        .await
+        .expect("generate");
+    World {
+        t,
+        registry,
+        trust: Arc::new(g.trust),
+        publishers: g.publishers,
+        key: KeyPair::from_seed("daemon", [9; 32]),
+    }
+}
+
+impl World {
+    /// Plants the demo's three problems on pkg-00002, pkg-00003 and pkg-00004 (release 1.0.0).
+    pub async fn plant_problems(&self) {
+        let r = self
+            .registry
+            .release("pkg-00002", "1.0.0")
+            .await
+            .unwrap()
+            .unwrap();
+        generate::tamper_artifact(&self.registry.artifact_root, r.artifact.as_deref().unwrap())
+            .unwrap();
+        let p = &self.publishers[3 % self.publishers.len()];
+        self.registry
+            .set_signature("pkg-00003", "1.0.0", &p.sign(b"other bytes"), &p.key_id)
+            .await
+            .unwrap();
+        let rogue = KeyPair::from_seed("pub-rogue", [66; 32]);
+        let r = self
+            .registry
+            .release("pkg-00004", "1.0.0")
+            .await
+            .unwrap()
+            .unwrap();
+        let bytes = self
+            .registry
+            .read_artifact(r.artifact.as_deref().unwrap())
+            .unwrap();
+        self.registry
+            .set_signature("pkg-00004", "1.0.0", &rogue.sign(&bytes), "pub-rogue")
+            .await
+            .unwrap();
+    }
+
+    /// (package, version) of every quarantined release.
+    pub async fn quarantined(&self) -> Vec<(String, String)> {
+        use sqlx::Row;
+        sqlx::query(
+            "SELECT package, version FROM releases WHERE quarantined = 1 ORDER BY package, version",
+        )
+        .fetch_all(&self.t.store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+}
+
+pub fn default_policies() -> mapek::plan::policy::PolicySet {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    mapek::plan::policy::PolicySet::load_dir(&dir).expect("the default policies load")
+}

@@ -1,0 +1,371 @@
+//! The whole loop on a real store: planted problems are found, planned, signed, executed and audited once.
+
+mod common;
+
+use common::{default_policies, world, World, NOW};
+use mapek::analyze::{self, Rules};
+use mapek::execute::{self, Outcome};
+use mapek::knowledge::audit::verify_chain;
+use mapek::knowledge::remediations::Status;
+use mapek::monitor::{self, MonitorState};
+use mapek::plan;
+use mapek::registry::{Change, Registry};
+
+/// Runs monitor, analyze, plan and execute once, as the daemon does.
+async fn cycle(
+    w: &World,
+    state: &mut MonitorState,
+    now: i64,
+    dry_run: bool,
+) -> (
+    monitor::MonitorOutput,
+    plan::PlanOutput,
+    execute::ExecuteOutput,
+) {
+    let m = monitor::cycle(state, &w.registry, &w.t.store, &w.trust, now, 3_600_000)
+        .await
+        .unwrap();
+    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
+        .await
+        .unwrap();
+    let p = plan::cycle(
+        &w.t.store,
+        &w.registry,
+        &default_policies(),
+        &w.key,
+        dry_run,
+        now,
+    )
+    .await
+    .unwrap();
+    let e = execute::cycle(&w.t.store, &w.registry, &w.key, now)
+        .await
+        .unwrap();
+    (m, p, e)
+}
+
+fn pair(p: &str) -> (String, String) {
+    (p.to_string(), "1.0.0".to_string())
+}
+
+#[tokio::test]
+async fn each_planted_problem_is_quarantined_and_nothing_else() {
+    let w = world(40).await;
+    w.plant_problems().await;
+    let mut state = MonitorState::new();
+    let (m, p, e) = cycle(&w, &mut state, NOW, false).await;
+    assert!(m.full_scan);
+    assert_eq!(
+        w.quarantined().await,
+        vec![pair("pkg-00002"), pair("pkg-00003"), pair("pkg-00004")]
+    );
+    let executed: Vec<_> = e
+        .results
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Executed { changed: true })
+        .collect();
+    assert_eq!(executed.len(), 3);
+    // The tampered artifact also fails its signature: one quarantine, the other recorded as superseded.
+    assert_eq!(
+        p.remediations
+            .iter()
+            .filter(|r| r.status == Status::Superseded)
+            .count(),
+        1
+    );
+    let entries = w.t.store.audit_entries().await.unwrap();
+    assert_eq!(verify_chain(&entries, &w.key.public()), Ok(3));
+}
+
+#[tokio::test]
+async fn a_second_cycle_with_nothing_changed_scans_nothing_and_plans_nothing() {
+    let w = world(30).await;
+    w.plant_problems().await;
+    let mut state = MonitorState::new();
+    cycle(&w, &mut state, NOW, false).await;
+    let (m, p, e) = cycle(&w, &mut state, NOW + 60_000, false).await;
+    // Only the three quarantined releases changed (their flag), so only they are looked at again.
+    assert!(!m.full_scan);
+    assert_eq!(m.observations.len(), 3);
+    assert_eq!(
+        m.verified, 0,
+        "unchanged bytes are answered from the verification cache"
+    );
+    assert!(p.remediations.is_empty());
+    assert!(e.results.is_empty());
+    let (m, _, _) = cycle(&w, &mut state, NOW + 120_000, false).await;
+    assert_eq!(m.observations.len(), 0);
+}
+
+#[tokio::test]
+async fn a_restarted_monitor_rescans_everything_but_verifies_nothing_again() {
+    let w = world(25).await;
+    let mut state = MonitorState::new();
+    let (m, _, _) = cycle(&w, &mut state, NOW, false).await;
+    assert!(m.verified > 0);
+    let mut fresh = MonitorState::new();
+    let (m, _, _) = cycle(&w, &mut fresh, NOW + 1000, false).await;
+    assert!(m.full_scan);
+    assert_eq!(m.verified, 0);
+    assert_eq!(m.cache_hits, m.observations.len());
+}
+
+#[tokio::test]
+async fn applying_the_same_change_twice_changes_nothing_the_second_time() {
+    let w = world(5).await;
+    let change = Change::QuarantineRelease {
+        package: "pkg-00001".into(),
+        version: "1.0.0".into(),
+    };
+    let mut tx = w.t.store.begin().await.unwrap();
+    let first = w.registry.apply(&mut tx, &change, NOW).await.unwrap();
+    let second = w.registry.apply(&mut tx, &change, NOW).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(first.changed);
+    assert!(!second.changed);
+    assert_eq!(
+        first.inverse,
+        Change::UnquarantineRelease {
+            package: "pkg-00001".into(),
+            version: "1.0.0".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_remediation_altered_after_signing_is_refused_and_not_applied() {
+    let w = world(20).await;
+    w.plant_problems().await;
+    let mut state = MonitorState::new();
+    let now = NOW;
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        now,
+        3_600_000,
+    )
+    .await
+    .unwrap();
+    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
+        .await
+        .unwrap();
+    plan::cycle(
+        &w.t.store,
+        &w.registry,
+        &default_policies(),
+        &w.key,
+        false,
+        now,
+    )
+    .await
+    .unwrap();
+    // Someone with database access redirects a planned quarantine to another package.
+    sqlx::query("UPDATE remediations SET package = 'pkg-00010' WHERE package = 'pkg-00004' AND status = 'ready'")
+        .execute(&w.t.store.pool)
+        .await
+        .unwrap();
+    let e = execute::cycle(&w.t.store, &w.registry, &w.key, now)
+        .await
+        .unwrap();
+    let refused: Vec<_> = e
+        .results
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Refused)
+        .map(|(r, _)| r.subject.package.clone())
+        .collect();
+    assert_eq!(refused, vec!["pkg-00010".to_string()]);
+    assert!(!w.quarantined().await.iter().any(|(p, _)| p == "pkg-00010"));
+    let entries = w.t.store.audit_entries().await.unwrap();
+    assert!(entries.iter().any(|e| e.kind == "remediation.refused"));
+}
+
+#[tokio::test]
+async fn an_intent_left_by_a_crash_is_finished_once_on_restart() {
+    let w = world(20).await;
+    w.plant_problems().await;
+    let mut state = MonitorState::new();
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        NOW,
+        3_600_000,
+    )
+    .await
+    .unwrap();
+    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), NOW)
+        .await
+        .unwrap();
+    plan::cycle(
+        &w.t.store,
+        &w.registry,
+        &default_policies(),
+        &w.key,
+        false,
+        NOW,
+    )
+    .await
+    .unwrap();
+    // The crash: intents written, no effect committed.
+    sqlx::query("UPDATE remediations SET status = 'executing' WHERE status = 'ready'")
+        .execute(&w.t.store.pool)
+        .await
+        .unwrap();
+    let e = execute::cycle(&w.t.store, &w.registry, &w.key, NOW)
+        .await
+        .unwrap();
+    assert_eq!(e.results.len(), 3);
+    assert_eq!(w.quarantined().await.len(), 3);
+    let again = execute::cycle(&w.t.store, &w.registry, &w.key, NOW)
+        .await
+        .unwrap();
+    assert!(again.results.is_empty(), "nothing is executed twice");
+    let entries = w.t.store.audit_entries().await.unwrap();
+    assert_eq!(verify_chain(&entries, &w.key.public()), Ok(3));
+}
+
+#[tokio::test]
+async fn a_dry_run_daemon_records_what_it_would_do_and_changes_nothing() {
+    let w = world(20).await;
+    w.plant_problems().await;
+    let mut state = MonitorState::new();
+    let (_, p, e) = cycle(&w, &mut state, NOW, true).await;
+    assert!(w.quarantined().await.is_empty());
+    assert!(e.results.is_empty());
+    assert_eq!(
+        p.remediations
+            .iter()
+            .filter(|r| r.status == Status::DryRun)
+            .count(),
+        3
+    );
+    let entries = w.t.store.audit_entries().await.unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == "remediation.dry_run")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_restored_artifact_resolves_its_finding_on_the_next_full_scan() {
+    let w = world(10).await;
+    let r = w
+        .registry
+        .release("pkg-00002", "1.0.0")
+        .await
+        .unwrap()
+        .unwrap();
+    let path = w
+        .registry
+        .artifact_root
+        .join(r.artifact.as_deref().unwrap());
+    let original = std::fs::read(&path).unwrap();
+    std::fs::write(&path, b"tampered").unwrap();
+    let mut state = MonitorState::new();
+    cycle(&w, &mut state, NOW, false).await;
+    let open = w.t.store.open_findings().await.unwrap();
+    assert!(open.iter().any(|f| f.kind.as_str() == "checksum_mismatch"));
+    std::fs::write(&path, original).unwrap();
+    // Past the full-scan interval, every artifact is hashed again.
+    let later = NOW + 3_600_000;
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        later,
+        3_600_000,
+    )
+    .await
+    .unwrap();
+    assert!(m.full_scan);
+    let out = analyze::cycle(&w.t.store, &m.observations, &Rules::default(), later)
+        .await
+        .unwrap();
+    assert!(out
+        .resolved
+        .iter()
+        .any(|f| f.kind.as_str() == "checksum_mismatch"));
+    assert!(w.t.store.open_findings().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn revoking_a_key_in_the_trust_store_makes_its_releases_untrusted() {
+    let w = world(12).await;
+    let mut state = MonitorState::new();
+    cycle(&w, &mut state, NOW, false).await;
+    assert!(w.t.store.open_findings().await.unwrap().is_empty());
+    let mut trust = (*w.trust).clone();
+    trust.revoked.push("pub-1".into());
+    let trust =
+        mapek::keys::TrustStore::parse(std::path::Path::new("t.toml"), &trust.to_toml()).unwrap();
+    let revoked = std::sync::Arc::new(trust);
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &revoked,
+        NOW + 1000,
+        3_600_000,
+    )
+    .await
+    .unwrap();
+    assert!(m.full_scan, "a changed trust store forces a full scan");
+    let out = analyze::cycle(&w.t.store, &m.observations, &Rules::default(), NOW + 1000)
+        .await
+        .unwrap();
+    assert!(!out.fired.is_empty());
+    assert!(out
+        .fired
+        .iter()
+        .all(|f| f.kind.as_str() == "signer_untrusted"));
+}
+
+#[tokio::test]
+async fn the_daemon_supervisor_runs_counted_cycles_and_stops() {
+    use mapek::daemon::{self, metrics::Metrics, RunOptions, Runtime};
+    let w = world(15).await;
+    w.plant_problems().await;
+    let rt = std::sync::Arc::new(Runtime {
+        store: w.t.store.clone(),
+        registry: w.registry.clone(),
+        key: w.key.clone(),
+        policies: std::sync::Arc::new(default_policies()),
+        trust: w.trust.clone(),
+        trust_path: None,
+        clock: std::sync::Arc::new(mapek::clock::SystemClock),
+        metrics: std::sync::Arc::new(Metrics::new().unwrap()),
+        dry_run: false,
+        full_scan_every: std::time::Duration::from_secs(3600),
+        rules: Rules::default(),
+    });
+    let summary = daemon::run(
+        rt.clone(),
+        RunOptions {
+            cycles: Some(2),
+            interval: std::time::Duration::from_millis(10),
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.cycles, 2);
+    assert_eq!(summary.stage_errors, 0);
+    assert_eq!(w.quarantined().await.len(), 3);
+    let text = rt.metrics.render();
+    assert!(text.contains("mapek_remediations_total{action=\"quarantine\",outcome=\"executed\",policy=\"quarantine-tampered\"} 2"), "{text}");
+    assert!(
+        text.contains("mapek_findings_open{kind=\"signer_untrusted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mapek_stage_duration_seconds_count{stage=\"monitor\"} 2"),
+        "{text}"
+    );
+}
