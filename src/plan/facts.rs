@@ -9,6 +9,79 @@ use crate::registry::{PackageRecord, RegistryCounts, ReleaseRecord};
 
 pub const VARIABLES: [&str; 4] = ["finding", "package", "release", "registry"];
 
+/// `package` is a reserved word in CEL, but it is the spec's name for the package variable. A
+/// condition's identifier `package` is renamed to this (same length, so error columns hold)
+/// before it is compiled, and the variable is bound under it.
+const PACKAGE_ALIAS: &str = "__pkg__";
+
+/// Renames the identifier `package` (not a field `x.package`, not inside a string) to the alias.
+pub fn rename_package(src: &str) -> String {
+    let chars: Vec<char> = src.chars().collect();
+    let mut out = String::with_capacity(src.len());
+    let mut i = 0;
+    let mut quote: Option<(char, bool)> = None; // (quote char, triple)
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some((q, triple)) = quote {
+            out.push(c);
+            if c == '\\' && i + 1 < chars.len() {
+                out.push(chars[i + 1]);
+                i += 2;
+                continue;
+            }
+            if c == q {
+                if !triple {
+                    quote = None;
+                } else if chars.get(i + 1) == Some(&q) && chars.get(i + 2) == Some(&q) {
+                    out.push(q);
+                    out.push(q);
+                    i += 3;
+                    quote = None;
+                    continue;
+                }
+            }
+            i += 1;
+            continue;
+        }
+        if c == '\'' || c == '"' {
+            let triple = chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c);
+            quote = Some((c, triple));
+            out.push(c);
+            if triple {
+                out.push(c);
+                out.push(c);
+                i += 3;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        let word = "package";
+        let ends = i + word.len();
+        let is_word = ends <= chars.len() && chars[i..ends].iter().copied().eq(word.chars());
+        let before_ok = i == 0
+            || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_' || chars[i - 1] == '.');
+        let after_ok =
+            ends >= chars.len() || !(chars[ends].is_alphanumeric() || chars[ends] == '_');
+        if is_word && before_ok && after_ok {
+            out.push_str(PACKAGE_ALIAS);
+            i = ends;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+fn bind_name(name: &'static str) -> &'static str {
+    if name == "package" {
+        PACKAGE_ALIAS
+    } else {
+        name
+    }
+}
+
 const DAY_MS: i64 = 86_400_000;
 
 /// What a condition may look at.
@@ -117,7 +190,7 @@ pub fn variables(f: &Facts<'_>) -> [(&'static str, Value); 4] {
 pub fn evaluate(env: &Arc<Env>, program: &Program, facts: &Facts<'_>) -> Result<bool, String> {
     let mut ctx = Context::with_env(Arc::clone(env));
     for (name, value) in variables(facts) {
-        ctx.add_variable_from_value(name, value);
+        ctx.add_variable_from_value(bind_name(name), value);
     }
     match program.execute(&ctx) {
         Ok(Value::Bool(b)) => Ok(b),
@@ -130,13 +203,13 @@ pub fn evaluate(env: &Arc<Env>, program: &Program, facts: &Facts<'_>) -> Result<
 /// boolean on representative facts.
 pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
     let program = env
-        .compile(src)
+        .compile(&rename_package(src))
         .map_err(|e| format!("does not compile: {}", e.to_string().trim()))?;
     let references = program.references();
     let mut unknown: Vec<String> = references
         .variables()
         .into_iter()
-        .filter(|v| !VARIABLES.contains(v))
+        .filter(|v| !VARIABLES.contains(v) && *v != PACKAGE_ALIAS)
         .map(|v| v.to_string())
         .collect();
     unknown.sort();
@@ -163,7 +236,7 @@ pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
     };
     let mut ctx = Context::with_env(Arc::clone(env));
     for (name, value) in variables(&facts) {
-        ctx.add_variable_from_value(name, value);
+        ctx.add_variable_from_value(bind_name(name), value);
     }
     match program.execute(&ctx) {
         Ok(Value::Bool(_)) => Ok(program),
@@ -268,7 +341,57 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_variable_package_is_usable_though_cel_reserves_the_word() {
+        assert_eq!(
+            rename_package("package.name == 'package' && x.package == \"a package\""),
+            "__pkg__.name == 'package' && x.package == \"a package\""
+        );
+        assert_eq!(
+            rename_package("packages + package_x"),
+            "packages + package_x"
+        );
+    }
+
+    #[test]
     fn syntax_errors_are_refused() {
         assert!(compile_condition(&env(), "finding.severity == ").is_err());
+    }
+}
+
+#[cfg(test)]
+mod eval_tests {
+    use super::*;
+
+    #[test]
+    fn conditions_see_the_package_release_and_finding_facts() {
+        let env = Arc::new(Env::stdlib());
+        let finding = sample_finding();
+        let package = sample_package();
+        let release = sample_release();
+        let facts = Facts {
+            finding: &finding,
+            package: Some(&package),
+            release: Some(&release),
+            dependents: 3,
+            transitive_dependents: 7,
+            registry: RegistryCounts {
+                packages: 100,
+                quarantined: 1,
+            },
+            now: 1_800_000_000_000,
+        };
+        let check = |src: &str| evaluate(&env, &compile_condition(&env, src).unwrap(), &facts);
+        assert_eq!(
+            check("package.downloads == 10 && package.transitive_dependents == 7"),
+            Ok(true)
+        );
+        assert_eq!(check("package.downloads > 10"), Ok(false));
+        assert_eq!(
+            check("release.signed && finding.kind == 'checksum_mismatch'"),
+            Ok(true)
+        );
+        assert_eq!(check("registry.now > release.published_at"), Ok(true));
+        // A run-time error (a missing label) is an error, which the planner counts as false.
+        assert!(check("finding.labels.nope == 'x'").is_err());
     }
 }

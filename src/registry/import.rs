@@ -317,6 +317,9 @@ fn read_entry(m: &mut Merged, file: &Path, entry: &Json, now: i64) {
             format!("`{other}` is not a list"),
         ),
     }
+    // Stored dependencies are unique by name and read back sorted: compare like with like.
+    dependencies.sort_by(|a, b| a.name.cmp(&b.name));
+    dependencies.dedup_by(|a, b| a.name == b.name);
     m.add_release(ReleaseRecord {
         package: f.name.clone(),
         version,

@@ -1,0 +1,245 @@
+//! ggen's real formats imported (with problems reported), policy and audit errors that name where they are.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{store, NOW};
+use mapek::keys::KeyPair;
+use mapek::knowledge::audit::{self, verify_chain, NewEntry};
+use mapek::plan::policy::PolicySet;
+use mapek::registry::import::import;
+use mapek::registry::{Registry, SqlRegistry};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/ggen")
+}
+
+#[tokio::test]
+async fn the_real_ggen_registry_imports_with_its_problems_reported_and_twice_changes_nothing() {
+    let t = store().await;
+    let first = import(&t.store, &fixtures(), NOW).await.unwrap();
+    assert_eq!(first.sources.len(), 4, "{:?}", first.sources);
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("registry-index.json")).unwrap(),
+    )
+    .unwrap();
+    let index_names = index["packages"].as_array().unwrap().len();
+    let packs = std::fs::read_dir(fixtures().join("packs")).unwrap().count();
+    assert!(
+        first.packages_seen >= index_names && first.packages_seen <= index_names + packs,
+        "{}",
+        first.packages_seen
+    );
+    assert_eq!(first.packages_changed, first.packages_seen);
+    assert!(first.receipts_applied > 0);
+    // Real data is messy: the index has authors missing, a name that breaks ggen's own rule,
+    // a dependency on a package that is not there, and a receipt for the skipped package.
+    assert!(first
+        .problems
+        .iter()
+        .any(|p| p.field == "author" && p.file.ends_with("registry-index.json")));
+    assert!(first
+        .problems
+        .iter()
+        .any(|p| p.field == "name" && p.package == "io.ggen.nextjs.ontology-crud"));
+    assert!(first
+        .problems
+        .iter()
+        .any(|p| p.field == "dependencies" && p.reason.contains("academic-paper-lifecycle")));
+    assert!(first
+        .problems
+        .iter()
+        .any(|p| p.field == "package_id" && p.file.to_string_lossy().contains("receipts")));
+    let second = import(&t.store, &fixtures(), NOW + 1000).await.unwrap();
+    assert_eq!(second.packages_changed, 0);
+    assert_eq!(second.releases_changed, 0);
+    // A receipt's overall_score becomes the package's quality.
+    let receipt: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            fixtures().join("receipts/academic-bibliography-manager/1.0.0.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let registry = SqlRegistry::new(t.store.clone(), ".");
+    let p = registry
+        .package("academic-bibliography-manager")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.quality, receipt["overall_score"].as_f64());
+}
+
+#[tokio::test]
+async fn each_format_is_detected_on_its_own() {
+    for (sub, min) in [("registry-index.json", 50), ("packages", 50), ("packs", 1)] {
+        let t = store().await;
+        let r = import(&t.store, &fixtures().join(sub), NOW).await.unwrap();
+        assert!(r.packages_seen >= min, "{sub}: {}", r.packages_seen);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_input_changes_nothing_already_stored() {
+    let t = store().await;
+    import(&t.store, &fixtures().join("registry-index.json"), NOW)
+        .await
+        .unwrap();
+    let registry = SqlRegistry::new(t.store.clone(), ".");
+    let before = registry.counts().await.unwrap();
+    let bad = t.dir.path().join("index.json");
+    std::fs::write(&bad, "{\"packages\": [\n  {\"name\": \"x\",,}\n]}").unwrap();
+    let err = import(&t.store, &bad, NOW).await.unwrap_err().to_string();
+    assert!(
+        err.contains("index.json") && err.contains("line 2"),
+        "{err}"
+    );
+    assert_eq!(registry.counts().await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn invalid_entries_are_reported_by_file_package_and_field_and_the_rest_imported() {
+    let t = store().await;
+    let file = t.dir.path().join("index.json");
+    let long = "d".repeat(5000);
+    let body = r#"{"packages": [
+            {"name": "Bad Name", "version": "1.0.0"},
+            {"name": "long-one", "version": "1.0.0", "author": "a", "license": "MIT", "description": "LONG"},
+            {"name": "good-one", "version": "one", "description": "d", "author": "a", "license": "MIT", "downloads": -3, "dependencies": ["ghost"], "checksum": "xyz"}
+        ]}"#
+        .replace("LONG", &long);
+    std::fs::write(&file, body).unwrap();
+    let r = import(&t.store, &file, NOW).await.unwrap();
+    assert_eq!(r.packages_seen, 2);
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| p.package == "long-one" && p.field == "description" && p.reason.contains("5000")));
+    let fields: Vec<(&str, &str)> = r
+        .problems
+        .iter()
+        .map(|p| (p.package.as_str(), p.field.as_str()))
+        .collect();
+    for expected in [
+        ("Bad Name", "name"),
+        ("good-one", "version"),
+        ("good-one", "downloads"),
+        ("good-one", "checksum"),
+        ("good-one", "dependencies"),
+    ] {
+        assert!(fields.contains(&expected), "{expected:?} not in {fields:?}");
+    }
+}
+
+#[test]
+fn policy_errors_name_file_line_and_field_and_all_are_reported() {
+    let src = "[[policy]]\nid = \"a\"\non = \"checksum_mismatch\"\naction = \"quarantine\"\ncolour = 1\n\n\
+               [[policy]]\nid = \"b\"\non = \"no_such_kind\"\nwhen = \"package.downloads +\"\naction = \"explode\"\n";
+    let errors = PolicySet::from_sources(&[(PathBuf::from("policies/x.toml"), src.to_string())])
+        .unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("policies/x.toml:5: field `colour`")),
+        "{text:?}"
+    );
+    let second = "[[policy]]\nid = \"b\"\non = \"no_such_kind\"\nwhen = \"package.downloads +\"\naction = \"explode\"\n";
+    let errors =
+        PolicySet::from_sources(&[(PathBuf::from("y.toml"), second.to_string())]).unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for prefix in [
+        "y.toml:3: field `on`",
+        "y.toml:4: field `when`",
+        "y.toml:5: field `action`",
+    ] {
+        assert!(
+            text.iter().any(|e| e.starts_with(prefix)),
+            "{prefix} not in {text:?}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_ids_and_unenforced_gates_are_refused_not_ignored() {
+    let a = "[[policy]]\nid = \"same\"\non = \"checksum_mismatch\"\naction = \"quarantine\"\n";
+    let b = "[[policy]]\nid = \"same\"\non = \"signature_invalid\"\naction = \"quarantine\"\ncooldown = \"1h\"\n";
+    let errors = PolicySet::from_sources(&[
+        (PathBuf::from("a.toml"), a.into()),
+        (PathBuf::from("b.toml"), b.into()),
+    ])
+    .unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.contains("b.toml:5: field `cooldown`")),
+        "{text:?}"
+    );
+    let ok = PolicySet::from_sources(&[
+        (PathBuf::from("a.toml"), a.into()),
+        (PathBuf::from("c.toml"), a.into()),
+    ])
+    .unwrap_err();
+    assert!(ok.iter().any(|e| e.reason.contains("used twice")));
+}
+
+#[test]
+fn the_shipped_policy_set_loads() {
+    let set = common::default_policies();
+    assert!(set.policies.len() >= 3);
+}
+
+#[tokio::test]
+async fn audit_verify_names_the_first_entry_altered_or_removed() {
+    let t = store().await;
+    let key = KeyPair::from_seed("daemon", [4; 32]);
+    for i in 0..4 {
+        let mut tx = t.store.begin().await.unwrap();
+        audit::append(
+            &mut tx,
+            &key,
+            NewEntry {
+                at: NOW + i,
+                kind: "remediation.executed".into(),
+                actor: "daemon".into(),
+                subject: format!("pkg-{i}@1.0.0"),
+                remediation_id: Some(format!("rem-{i}")),
+                detail: serde_json::json!({"policy": "p"}),
+            },
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(
+        verify_chain(&t.store.audit_entries().await.unwrap(), &key.public()),
+        Ok(4)
+    );
+    let other = KeyPair::from_seed("other", [5; 32]);
+    assert_eq!(
+        verify_chain(&t.store.audit_entries().await.unwrap(), &other.public())
+            .unwrap_err()
+            .seq,
+        1
+    );
+
+    sqlx::query("UPDATE audit_log SET subject = 'pkg-9@1.0.0' WHERE seq = 3")
+        .execute(&t.store.pool)
+        .await
+        .unwrap();
+    let b = verify_chain(&t.store.audit_entries().await.unwrap(), &key.public()).unwrap_err();
+    assert_eq!(b.seq, 3);
+    assert!(b.reason.contains("altered"));
+
+    sqlx::query("UPDATE audit_log SET subject = 'pkg-2@1.0.0' WHERE seq = 3")
+        .execute(&t.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(&t.store.pool)
+        .await
+        .unwrap();
+    let b = verify_chain(&t.store.audit_entries().await.unwrap(), &key.public()).unwrap_err();
+    assert_eq!(b.seq, 2);
+    assert!(b.reason.contains("missing"));
+}
