@@ -44,6 +44,34 @@ async fn cycle(
     (m, p, e)
 }
 
+/// Monitor, analyze and plan, but not execute: leaves the planned remediations `ready`.
+async fn plan_only(w: &World, now: i64) {
+    let mut state = MonitorState::new();
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        now,
+        3_600_000,
+    )
+    .await
+    .unwrap();
+    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
+        .await
+        .unwrap();
+    plan::cycle(
+        &w.t.store,
+        &w.registry,
+        &default_policies(),
+        &w.key,
+        false,
+        now,
+    )
+    .await
+    .unwrap();
+}
+
 fn pair(p: &str) -> (String, String) {
     (p.to_string(), "1.0.0".to_string())
 }
@@ -136,31 +164,8 @@ async fn applying_the_same_change_twice_changes_nothing_the_second_time() {
 async fn a_remediation_altered_after_signing_is_refused_and_not_applied() {
     let w = world(20).await;
     w.plant_problems().await;
-    let mut state = MonitorState::new();
     let now = NOW;
-    let m = monitor::cycle(
-        &mut state,
-        &w.registry,
-        &w.t.store,
-        &w.trust,
-        now,
-        3_600_000,
-    )
-    .await
-    .unwrap();
-    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
-        .await
-        .unwrap();
-    plan::cycle(
-        &w.t.store,
-        &w.registry,
-        &default_policies(),
-        &w.key,
-        false,
-        now,
-    )
-    .await
-    .unwrap();
+    plan_only(&w, now).await;
     // Someone with database access redirects a planned quarantine to another package.
     sqlx::query("UPDATE remediations SET package = 'pkg-00010' WHERE package = 'pkg-00004' AND status = 'ready'")
         .execute(&w.t.store.pool)
@@ -185,30 +190,7 @@ async fn a_remediation_altered_after_signing_is_refused_and_not_applied() {
 async fn an_intent_left_by_a_crash_is_finished_once_on_restart() {
     let w = world(20).await;
     w.plant_problems().await;
-    let mut state = MonitorState::new();
-    let m = monitor::cycle(
-        &mut state,
-        &w.registry,
-        &w.t.store,
-        &w.trust,
-        NOW,
-        3_600_000,
-    )
-    .await
-    .unwrap();
-    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), NOW)
-        .await
-        .unwrap();
-    plan::cycle(
-        &w.t.store,
-        &w.registry,
-        &default_policies(),
-        &w.key,
-        false,
-        NOW,
-    )
-    .await
-    .unwrap();
+    plan_only(&w, NOW).await;
     // The crash: intents written, no effect committed.
     sqlx::query("UPDATE remediations SET status = 'executing' WHERE status = 'ready'")
         .execute(&w.t.store.pool)

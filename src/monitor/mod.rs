@@ -121,10 +121,7 @@ pub async fn cycle<R: Registry>(
     let mut fresh = Vec::new();
     for r in results {
         match r.verification {
-            Some((key, valid, true)) => {
-                output.cache_hits += 1;
-                let _ = (key, valid);
-            }
+            Some((_, _, true)) => output.cache_hits += 1,
             Some((key, valid, false)) => {
                 output.verified += 1;
                 fresh.push((key, valid));

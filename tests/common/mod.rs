@@ -40,9 +40,6 @@ pub async fn store() -> TestStore {
             format!("{prefix}/{name}")
         }
         _ => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                // CI runs this suite twice; the PostgreSQL pass sets the variable.
-            }
             SAID.call_once(|| {
                 eprintln!("PostgreSQL: skipped for this run (set MAPEK_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test to run the suite on it)");
             });
