@@ -54,6 +54,8 @@ struct ConfigFile {
     log_format: Option<LogFormat>,
     /// Plan and record, never execute.
     dry_run: Option<bool>,
+    /// Refuse a policy set unless every file is signed by a maintainer key.
+    require_signed_policies: Option<bool>,
 }
 
 /// The validated configuration.
@@ -69,6 +71,7 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub dry_run: bool,
+    pub require_signed_policies: bool,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Config {
             listen: None,
             log_format: LogFormat::Pretty,
             dry_run: false,
+            require_signed_policies: false,
         }
     }
 
@@ -178,6 +182,9 @@ impl Config {
         }
         if let Some(d) = file.dry_run {
             config.dry_run = d;
+        }
+        if let Some(r) = file.require_signed_policies {
+            config.require_signed_policies = r;
         }
         Ok(config)
     }

@@ -28,16 +28,7 @@ async fn cycle(
     analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
         .await
         .unwrap();
-    let p = plan::cycle(
-        &w.t.store,
-        &w.registry,
-        &default_policies(),
-        &w.key,
-        dry_run,
-        now,
-    )
-    .await
-    .unwrap();
+    let p = common::plan(w, &default_policies(), dry_run, now).await;
     let e = execute::cycle(&w.t.store, &w.registry, &w.key, now)
         .await
         .unwrap();
@@ -60,16 +51,7 @@ async fn plan_only(w: &World, now: i64) {
     analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
         .await
         .unwrap();
-    plan::cycle(
-        &w.t.store,
-        &w.registry,
-        &default_policies(),
-        &w.key,
-        false,
-        now,
-    )
-    .await
-    .unwrap();
+    common::plan(w, &default_policies(), false, now).await;
 }
 
 fn pair(p: &str) -> (String, String) {
@@ -318,7 +300,7 @@ async fn the_daemon_supervisor_runs_counted_cycles_and_stops() {
         store: w.t.store.clone(),
         registry: w.registry.clone(),
         key: w.key.clone(),
-        policies: std::sync::Arc::new(default_policies()),
+        policies: mapek::daemon::reload::PolicySource::fixed(default_policies()),
         trust: w.trust.clone(),
         trust_path: None,
         clock: std::sync::Arc::new(mapek::clock::SystemClock),

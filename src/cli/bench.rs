@@ -53,7 +53,14 @@ async fn one_cycle(
     let now = SystemClock.now_ms();
     let observed = monitor::cycle(state, registry, store, trust, now, i64::MAX).await?;
     analyze::cycle(store, &observed.observations, &Rules::default(), now).await?;
-    plan::cycle(store, registry, policies, key, false, now).await?;
+    let ctx = plan::PlanContext {
+        policies,
+        trust: trust.as_ref(),
+        key,
+        daemon_dry_run: false,
+        now,
+    };
+    plan::Planner::default().cycle(store, registry, ctx).await?;
     execute::cycle(store, registry, key, now).await?;
     Ok((observed.observations.len(), observed.verified))
 }

@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod demo;
+mod policy;
 mod registry;
 mod run;
 
@@ -52,9 +53,15 @@ pub enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Policy files.
+    /// Policy files: check, sign, verify, test.
     #[command(subcommand)]
-    Policy(registry::PolicyCommand),
+    Policy(policy::PolicyCommand),
+    /// Remediations waiting for approval, a window or a freeze; approve or reject them.
+    #[command(subcommand)]
+    Plans(policy::PlansCommand),
+    /// The circuit breaker of the global guards.
+    #[command(subcommand)]
+    Circuit(policy::CircuitCommand),
     /// Findings and remediations at a glance.
     Status,
     /// Time a full and an unchanged cycle on a generated registry, and report peak memory.
@@ -101,7 +108,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Registry(c) => registry::registry(&cli.global, c).await,
             Command::Keys(c) => registry::keys(c),
             Command::Audit(c) => audit::audit(&cli.global, c).await,
-            Command::Policy(c) => registry::policy(c),
+            Command::Policy(c) => policy::policy(&cli.global, c),
+            Command::Plans(c) => policy::plans(&cli.global, c).await,
+            Command::Circuit(c) => policy::circuit(&cli.global, c).await,
             Command::Status => audit::status(&cli.global).await,
             Command::Bench(args) => bench::bench(args).await,
         }

@@ -1,4 +1,4 @@
-//! `mapek registry import`, `mapek keys generate` and `mapek policy check`.
+//! `mapek registry import` and `mapek keys generate`.
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -8,7 +8,6 @@ use super::{init_logging, Global};
 use crate::clock::{Clock, SystemClock};
 use crate::keys::KeyPair;
 use crate::knowledge::Store;
-use crate::plan::policy::PolicySet;
 use crate::registry::import;
 
 #[derive(Debug, Subcommand)]
@@ -34,12 +33,6 @@ pub enum KeysCommand {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Load and type-check every policy file of a directory; report every error.
-    Check { dir: PathBuf },
 }
 
 pub async fn registry(global: &Global, command: RegistryCommand) -> anyhow::Result<ExitCode> {
@@ -91,25 +84,4 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     );
     println!("\n# for trusted-keys.toml:\n[[trusted_keys]]\nkey_id = {:?}\npublic_key_hex = {:?}\nlabel = {:?}", key.key_id, key.public_hex(), key.key_id);
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn policy(command: PolicyCommand) -> anyhow::Result<ExitCode> {
-    let PolicyCommand::Check { dir } = command;
-    match PolicySet::load_dir(&dir) {
-        Ok(set) => {
-            println!(
-                "{}: {} policies, all valid",
-                dir.display(),
-                set.policies.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!("{} error(s)", errors.len());
-            Ok(ExitCode::from(1))
-        }
-    }
 }

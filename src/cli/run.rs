@@ -11,10 +11,10 @@ use crate::analyze::Rules;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::daemon::metrics::Metrics;
+use crate::daemon::reload::PolicySource;
 use crate::daemon::{self, RunOptions, Runtime};
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::{redact, Store};
-use crate::plan::policy::PolicySet;
 use crate::registry::SqlRegistry;
 
 #[derive(Debug, Args)]
@@ -41,7 +41,12 @@ pub async fn runtime(config: &Config, dry_run: bool) -> anyhow::Result<Runtime> 
     })?;
     let trust = TrustStore::load(&config.trusted_keys)
         .context("the daemon will not judge signatures without a trust store")?;
-    let policies = PolicySet::load_dir(&config.policies).map_err(|errors| {
+    let policies = PolicySource::load(
+        &config.policies,
+        &config.trusted_keys,
+        config.require_signed_policies,
+    )
+    .map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("the policy set is refused:\n  {}", lines.join("\n  "))
     })?;
@@ -52,7 +57,12 @@ pub async fn runtime(config: &Config, dry_run: bool) -> anyhow::Result<Runtime> 
         )),
         store,
         key,
-        policies: Arc::new(policies),
+        policies: PolicySource::watched(
+            policies,
+            config.policies.clone(),
+            config.trusted_keys.clone(),
+            config.require_signed_policies,
+        ),
         trust: Arc::new(trust),
         trust_path: Some(config.trusted_keys.clone()),
         clock: Arc::new(SystemClock),
@@ -72,7 +82,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = Arc::new(runtime(&config, args.dry_run).await?);
     tracing::info!(
         database = %redact(&config.database_url),
-        policies = rt.policies.policies.len(),
+        policies = rt.policies.get().policies.len(),
         trusted_keys = rt.trust.keys.len(),
         dry_run = rt.dry_run,
         interval = ?config.interval,
@@ -94,6 +104,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             )));
         }
         tokio::spawn(stop_on_signal(cancel.clone()));
+        tokio::spawn(reload_on_hangup(rt.clone(), cancel.clone()));
     }
     let summary = daemon::run(
         rt.clone(),
@@ -119,6 +130,35 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// SIGHUP asks the plan stage to reload the policies before its next cycle.
+async fn reload_on_hangup(rt: Arc<Runtime>, cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; policies reload on directory changes only");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() { return }
+                    tracing::info!("SIGHUP: reloading policies at the next cycle");
+                    rt.policies.request();
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (rt, cancel);
+    }
 }
 
 /// Cancels on Ctrl-C or SIGTERM; the stages finish their current work and stop.

@@ -1,8 +1,8 @@
 //! The Prometheus metrics of the loop (`mapek_` namespace, bounded labels: never a package name).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::model::FindingKind;
@@ -19,6 +19,10 @@ pub struct Metrics {
     pub releases_scanned: IntCounterVec,
     pub signature_checks: IntCounterVec,
     pub policy_eval_errors: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub policies_loaded: IntGauge,
+    pub gate_stops: IntCounterVec,
+    pub circuit_open: IntGauge,
 }
 
 impl Metrics {
@@ -77,6 +81,25 @@ impl Metrics {
                 ),
                 &["policy"],
             )?,
+            policy_reloads: IntCounterVec::new(
+                Opts::new(
+                    "mapek_policy_reloads_total",
+                    "Policy set reloads; a failed one keeps the last good set",
+                ),
+                &["result"],
+            )?,
+            policies_loaded: IntGauge::new("mapek_policies_loaded", "Policies in force")?,
+            gate_stops: IntCounterVec::new(
+                Opts::new(
+                    "mapek_gate_stops_total",
+                    "Remediations stopped or held by a gate, by gate and status",
+                ),
+                &["gate", "status"],
+            )?,
+            circuit_open: IntGauge::new(
+                "mapek_circuit_open",
+                "1 while the circuit breaker is open and nothing executes",
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.cycles.clone()))?;
@@ -89,6 +112,13 @@ impl Metrics {
         m.registry.register(Box::new(m.signature_checks.clone()))?;
         m.registry
             .register(Box::new(m.policy_eval_errors.clone()))?;
+        m.registry.register(Box::new(m.policy_reloads.clone()))?;
+        m.registry.register(Box::new(m.policies_loaded.clone()))?;
+        m.registry.register(Box::new(m.gate_stops.clone()))?;
+        m.registry.register(Box::new(m.circuit_open.clone()))?;
+        for result in ["success", "failure"] {
+            m.policy_reloads.with_label_values(&[result]).inc_by(0);
+        }
         for kind in FindingKind::ALL {
             m.findings_open.with_label_values(&[kind.as_str()]).set(0);
         }

@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod reload;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,16 +18,17 @@ use crate::execute::{self, Outcome};
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::Store;
 use crate::monitor::{self, MonitorOutput, MonitorState};
-use crate::plan::{self, policy::PolicySet};
+use crate::plan::{self, CircuitChange, PlanContext, Planner};
 use crate::registry::SqlRegistry;
 use metrics::Metrics;
+use reload::{Reload, Watch};
 
 /// Everything the stages share.
 pub struct Runtime {
     pub store: Store,
     pub registry: Arc<SqlRegistry>,
     pub key: KeyPair,
-    pub policies: Arc<PolicySet>,
+    pub policies: reload::PolicySource,
     pub trust: Arc<TrustStore>,
     pub trust_path: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
@@ -267,6 +269,37 @@ async fn analyze_task(
     }
 }
 
+/// Reloads the policies when asked (SIGHUP) or when their directory changed; logs and counts it.
+fn maybe_reload(rt: &Runtime, watch: &mut Watch) {
+    if !watch.due(&rt.policies) {
+        return;
+    }
+    match rt.policies.reload() {
+        Some(Reload::Loaded { policies }) => {
+            rt.metrics
+                .policy_reloads
+                .with_label_values(&["success"])
+                .inc();
+            rt.metrics.policies_loaded.set(policies as i64);
+            tracing::info!(policies, "policy set reloaded");
+        }
+        Some(Reload::Refused(errors)) => {
+            rt.metrics
+                .policy_reloads
+                .with_label_values(&["failure"])
+                .inc();
+            for e in &errors {
+                tracing::error!(error = %e, "policy reload refused");
+            }
+            tracing::error!(
+                errors = errors.len(),
+                "the new policy set is refused; the last good set stays in force"
+            );
+        }
+        None => {}
+    }
+}
+
 async fn plan_task(
     rt: Arc<Runtime>,
     mut rx: mpsc::Receiver<Cycle>,
@@ -274,42 +307,33 @@ async fn plan_task(
     errors: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
+    let mut planner = Planner::default();
+    let mut watch = Watch::default();
+    watch.due(&rt.policies);
+    let mut trust = rt.trust.clone();
+    rt.metrics
+        .policies_loaded
+        .set(rt.policies.get().policies.len() as i64);
     loop {
         let cycle = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => match c { Some(c) => c, None => break },
         };
         let started = Instant::now();
-        match plan::cycle(
-            &rt.store,
-            &rt.registry,
-            &rt.policies,
-            &rt.key,
-            rt.dry_run,
-            rt.clock.now_ms(),
-        )
-        .await
-        {
+        maybe_reload(&rt, &mut watch);
+        refresh_trust(&rt, &mut trust);
+        let policies = rt.policies.get();
+        let ctx = PlanContext {
+            policies: &policies,
+            trust: &trust,
+            key: &rt.key,
+            daemon_dry_run: rt.dry_run,
+            now: rt.clock.now_ms(),
+        };
+        match planner.cycle(&rt.store, &rt.registry, ctx).await {
             Ok(out) => {
                 observe(&rt, "plan", started);
-                for e in &out.eval_errors {
-                    rt.metrics
-                        .policy_eval_errors
-                        .with_label_values(&[e.policy.as_str()])
-                        .inc();
-                    tracing::warn!(policy = %e.policy, finding = %e.finding, reason = %e.reason, "policy condition failed; counted as false");
-                }
-                for r in &out.remediations {
-                    rt.metrics
-                        .remediations
-                        .with_label_values(&[
-                            r.policy.as_str(),
-                            r.action.as_str(),
-                            r.status.as_str(),
-                        ])
-                        .inc();
-                    tracing::info!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, status = r.status.as_str(), reason = %r.reason, "remediation planned");
-                }
+                report_plan(&rt, &out);
                 if tx.send(cycle).await.is_err() {
                     break;
                 }
@@ -317,6 +341,37 @@ async fn plan_task(
             Err(e) => stage_failed(&rt, &errors, "plan", &e),
         }
     }
+}
+
+fn report_plan(rt: &Runtime, out: &plan::PlanOutput) {
+    for e in &out.eval_errors {
+        rt.metrics
+            .policy_eval_errors
+            .with_label_values(&[e.policy.as_str()])
+            .inc();
+        tracing::warn!(policy = %e.policy, finding = %e.finding, reason = %e.reason, "policy condition failed; counted as false");
+    }
+    for r in &out.remediations {
+        rt.metrics
+            .remediations
+            .with_label_values(&[r.policy.as_str(), r.action.as_str(), r.status.as_str()])
+            .inc();
+        if let Some(gate) = &r.gate {
+            rt.metrics
+                .gate_stops
+                .with_label_values(&[gate.as_str(), r.status.as_str()])
+                .inc();
+        }
+        tracing::info!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, status = r.status.as_str(), gate = r.gate.as_deref().unwrap_or("-"), reason = %r.reason, "remediation planned");
+    }
+    match &out.circuit {
+        Some(CircuitChange::Opened(c)) => {
+            tracing::error!(guard = %c.guard, reason = %c.reason, "circuit open: nothing executes until it closes")
+        }
+        Some(CircuitChange::Closed { reason }) => tracing::warn!(%reason, "circuit closed"),
+        None => {}
+    }
+    rt.metrics.circuit_open.set(i64::from(out.circuit_open));
 }
 
 async fn execute_task(

@@ -132,15 +132,38 @@ CREATE TABLE audit_log (
 );
 "#;
 
+/// Version 2: the policy engine. Which gate stopped a remediation and until when it may wait;
+/// maintainers' signed approvals and rejections.
+const V2: &str = r#"
+ALTER TABLE remediations ADD COLUMN gate TEXT;
+ALTER TABLE remediations ADD COLUMN expires_at BIGINT;
+CREATE INDEX remediations_policy ON remediations (policy, updated_at);
+
+CREATE TABLE approvals (
+    remediation_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (remediation_id, key_id)
+);
+"#;
+
 pub fn migrator() -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("registry and knowledge"),
+    let step = |version, name, sql| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
             MigrationType::Simple,
-            SqlStr::from_static(V1),
+            SqlStr::from_static(sql),
             false,
-        )]),
+        )
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![
+            step(1, "registry and knowledge", V1),
+            step(2, "policy engine", V2),
+        ]),
         ..Migrator::DEFAULT
     }
 }

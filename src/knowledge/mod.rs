@@ -1,5 +1,6 @@
 //! The knowledge store: one sqlx pool (SQLite or PostgreSQL) holding the registry and everything the loop knows.
 
+pub mod approvals;
 pub mod audit;
 mod batch;
 pub mod findings;

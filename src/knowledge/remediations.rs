@@ -22,10 +22,11 @@ pub enum Status {
     Refused,
     Failed,
     Abandoned,
+    Expired,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Self::Ready,
         Self::Executing,
         Self::Executed,
@@ -36,6 +37,7 @@ impl Status {
         Self::Refused,
         Self::Failed,
         Self::Abandoned,
+        Self::Expired,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,6 +51,7 @@ impl Status {
             Self::Refused => "refused",
             Self::Failed => "failed",
             Self::Abandoned => "abandoned",
+            Self::Expired => "expired",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -73,6 +76,10 @@ pub struct Remediation {
     pub updated_at: i64,
     pub signature: String,
     pub inverse: Option<serde_json::Value>,
+    /// The gate that stopped or holds it (`window`, `cooldown`, `approval`, ...); None once past every gate.
+    pub gate: Option<String>,
+    /// While it waits for approvals: when it expires.
+    pub expires_at: Option<i64>,
 }
 
 /// The fields the daemon signs, in a fixed order (serde_json keeps struct order and sorts maps).
@@ -110,7 +117,7 @@ impl Remediation {
 }
 
 const COLUMNS: &str = "id, idempotency_key, finding_id, policy, action, params, package, version, \
-    mode, status, reason, created_at, updated_at, signature, inverse";
+    mode, status, reason, created_at, updated_at, signature, inverse, gate, expires_at";
 
 fn decode(row: &AnyRow) -> Result<Remediation, StoreError> {
     let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("remediation {what} `{v}`"));
@@ -139,6 +146,8 @@ fn decode(row: &AnyRow) -> Result<Remediation, StoreError> {
             Some(s) => Some(serde_json::from_str(&s).map_err(|_| corrupt("inverse", &s))?),
             None => None,
         },
+        gate: row.try_get("gate")?,
+        expires_at: row.try_get("expires_at")?,
     })
 }
 
@@ -189,7 +198,7 @@ impl Store {
 /// Inserts a remediation unless one with the same idempotency key exists; true when inserted.
 pub async fn insert(conn: &mut Conn, r: &Remediation) -> Result<bool, StoreError> {
     let sql = format!(
-        "INSERT INTO remediations ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) \
+        "INSERT INTO remediations ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
          ON CONFLICT (idempotency_key) DO NOTHING"
     );
     let done = conn
@@ -209,7 +218,9 @@ pub async fn insert(conn: &mut Conn, r: &Remediation) -> Result<bool, StoreError
                 .bind(r.created_at)
                 .bind(r.updated_at)
                 .bind(r.signature.clone())
-                .bind(r.inverse.as_ref().map(|v| v.to_string())),
+                .bind(r.inverse.as_ref().map(|v| v.to_string()))
+                .bind(r.gate.clone())
+                .bind(r.expires_at),
         )
         .await?;
     Ok(done.rows_affected() == 1)
@@ -236,6 +247,65 @@ pub async fn transition(
             .bind(to.as_str())
             .bind(reason.to_string())
             .bind(inverse.map(|v| v.to_string()))
+            .bind(now),
+        )
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A remediation that acted (or is about to): what rate limits, cooldowns and guards count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acted {
+    pub policy: String,
+    pub subject: Subject,
+    pub at: i64,
+}
+
+impl Store {
+    /// Remediations ready, executing or executed since `since`, oldest first.
+    pub async fn acted_since(&self, since: i64) -> Result<Vec<Acted>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT policy, package, version, updated_at FROM remediations \
+             WHERE status IN ('ready', 'executing', 'executed') AND updated_at >= $1 \
+             ORDER BY updated_at, id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Acted {
+                    policy: r.try_get(0)?,
+                    subject: Subject {
+                        package: r.try_get(1)?,
+                        version: r.try_get(2)?,
+                    },
+                    at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A new verdict on a waiting remediation: its status, the gate, the reason and the expiry.
+pub async fn regate(
+    conn: &mut Conn,
+    r: &Remediation,
+    from: Status,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = conn
+        .execute(
+            sqlx::query(
+                "UPDATE remediations SET status = $3, reason = $4, gate = $5, expires_at = $6, \
+                 updated_at = $7 WHERE id = $1 AND status = $2",
+            )
+            .bind(r.id.clone())
+            .bind(from.as_str())
+            .bind(r.status.as_str())
+            .bind(r.reason.clone())
+            .bind(r.gate.clone())
+            .bind(r.expires_at)
             .bind(now),
         )
         .await?;

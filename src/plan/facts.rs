@@ -199,17 +199,26 @@ pub fn evaluate(env: &Arc<Env>, program: &Program, facts: &Facts<'_>) -> Result<
     }
 }
 
-/// Compiles a `when` and checks it: it must parse, name only the spec's variables, and give a
-/// boolean on representative facts.
+/// Compiles a `when` and checks it: it must be short enough, parse, stay within the cost budget,
+/// name only the spec's variables, and give a boolean on representative facts.
 pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
+    if src.len() > super::cost::MAX_LEN {
+        return Err(format!(
+            "is {} bytes long; a condition may be at most {} bytes",
+            src.len(),
+            super::cost::MAX_LEN
+        ));
+    }
     let program = env
         .compile(&rename_package(src))
         .map_err(|e| format!("does not compile: {}", e.to_string().trim()))?;
     let references = program.references();
+    let mut bound = std::collections::BTreeSet::new();
+    super::cost::bound_names(program.expression(), &mut bound);
     let mut unknown: Vec<String> = references
         .variables()
         .into_iter()
-        .filter(|v| !VARIABLES.contains(v) && *v != PACKAGE_ALIAS)
+        .filter(|v| !VARIABLES.contains(v) && *v != PACKAGE_ALIAS && !bound.contains(*v))
         .map(|v| v.to_string())
         .collect();
     unknown.sort();
@@ -217,6 +226,13 @@ pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
         return Err(format!(
             "refers to unknown variable(s) {}; the variables are finding, package, release and registry",
             unknown.join(", ")
+        ));
+    }
+    let steps = super::cost::steps(program.expression());
+    if steps > super::cost::BUDGET {
+        return Err(format!(
+            "may take up to {steps} evaluation steps, over the budget of {}; iterate over less",
+            super::cost::BUDGET
         ));
     }
     let sample = sample_finding();
@@ -335,6 +351,13 @@ mod tests {
     }
 
     #[test]
+    fn macro_variables_are_not_unknown_variables() {
+        assert!(compile_condition(&env(), "finding.labels.all(k, k != 'x')").is_ok());
+        let e = compile_condition(&env(), "[1].all(k, k > nope)").unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
     fn non_boolean_conditions_are_refused() {
         let e = compile_condition(&env(), "package.downloads + 1").unwrap_err();
         assert!(e.contains("not boolean"), "{e}");
@@ -350,6 +373,20 @@ mod tests {
             rename_package("packages + package_x"),
             "packages + package_x"
         );
+    }
+
+    #[test]
+    fn oversized_and_unbounded_conditions_are_refused_before_they_run() {
+        let long = format!("{} == 1", "1 + ".repeat(2000));
+        assert!(compile_condition(&env(), &long)
+            .unwrap_err()
+            .contains("at most"));
+        let list = format!("[{}]", vec!["1"; 200].join(","));
+        let deep = format!("{list}.all(a, {list}.all(b, {list}.all(c, a + b + c > 0)))");
+        let e = compile_condition(&env(), &deep).unwrap_err();
+        assert!(e.contains("budget"), "{e}");
+        let nested = format!("{}true{}", "(".repeat(500), ")".repeat(500));
+        assert!(compile_condition(&env(), &nested).is_err());
     }
 
     #[test]

@@ -1,66 +1,289 @@
-//! Gates between a matched policy and execution, applied in the spec's order; each verdict is recorded.
+//! Gates between a matched policy and execution, applied in the spec's order; each verdict names its gate.
+//!
+//! The order: `window` (outside it, wait); `cooldown` and `max_per_hour` (suppressed);
+//! `max_blast_radius` (over it, approval needed); the global guards (`dry_run`, `freeze`, the
+//! circuit breaker and the rate guards that open it); `mode` (dry run, approval, enforce).
+//! Rate limits and guards count only remediations that would execute now.
 
+use std::collections::{HashMap, HashSet};
+
+use super::guards::{Circuit, Guards, Load};
 use super::policy::{Mode, Policy};
-use crate::knowledge::remediations::Status;
+use crate::knowledge::remediations::{Acted, Status};
+use crate::model::Subject;
 
-/// What a gate says of a remediation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// On to the next gate.
-    Pass,
-    /// Stops here with this status and reason (dry run, suppressed, waiting).
-    Stop(Status, String),
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// The gate names, in the order they apply (the `gate` of a stopped remediation is one of them).
+pub const GATE_ORDER: [&str; 9] = [
+    "window",
+    "cooldown",
+    "max_per_hour",
+    "max_blast_radius",
+    "dry_run",
+    "freeze",
+    "circuit",
+    "guards",
+    "approval",
+];
+
+/// Maintainers' valid decisions on one remediation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approvals {
+    /// Distinct approvers' keys with a good signature.
+    pub approved_by: Vec<String>,
+    pub rejected_by: Option<String>,
 }
 
-/// Facts the gates decide on.
+/// One remediation at the gates.
 #[derive(Debug, Clone, Copy)]
 pub struct GateInput<'a> {
     pub policy: &'a Policy,
-    /// The whole daemon plans but never executes (`--dry-run` or `dry_run = true`).
+    pub subject: &'a Subject,
+    /// Packages that transitively depend on the subject's package.
+    pub radius: i64,
+    pub approvals: &'a Approvals,
+    /// When the remediation was first planned (approval expiry counts from here).
+    pub created_at: i64,
+    pub now: i64,
+}
+
+/// What the gates say of a remediation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: Status,
+    pub gate: Option<&'static str>,
+    pub reason: String,
+    pub expires_at: Option<i64>,
+}
+
+fn stop(status: Status, gate: &'static str, reason: String) -> Verdict {
+    Verdict {
+        status,
+        gate: Some(gate),
+        reason,
+        expires_at: None,
+    }
+}
+
+/// Recent actions, as rate limits, cooldowns and guards count them.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    last: HashMap<(String, Subject), i64>,
+    per_policy_hour: HashMap<String, u64>,
+    hour: u64,
+    packages_day: HashSet<String>,
+    this_cycle: u64,
+}
+
+impl Ledger {
+    /// From what acted in the last day (and earlier for long cooldowns).
+    pub fn from_acted(acted: &[Acted], now: i64) -> Self {
+        let mut l = Self::default();
+        for a in acted {
+            let last = l
+                .last
+                .entry((a.policy.clone(), a.subject.clone()))
+                .or_insert(a.at);
+            *last = (*last).max(a.at);
+            if now - a.at < HOUR_MS {
+                *l.per_policy_hour.entry(a.policy.clone()).or_default() += 1;
+                l.hour += 1;
+            }
+            if now - a.at < DAY_MS {
+                l.packages_day.insert(a.subject.package.clone());
+            }
+        }
+        l
+    }
+
+    fn record(&mut self, policy: &str, subject: &Subject, now: i64) {
+        self.last.insert((policy.to_string(), subject.clone()), now);
+        *self.per_policy_hour.entry(policy.to_string()).or_default() += 1;
+        self.hour += 1;
+        self.packages_day.insert(subject.package.clone());
+        self.this_cycle += 1;
+    }
+}
+
+/// The gates with what they count, for one planning pass.
+#[derive(Debug)]
+pub struct Gatekeeper<'g> {
+    pub guards: &'g Guards,
+    /// `--dry-run` or the configuration's `dry_run`.
     pub daemon_dry_run: bool,
+    pub ledger: Ledger,
+    pub circuit: Circuit,
+    pub registry_packages: u64,
 }
 
-/// A gate: plain function from facts to verdict, so later gates (windows, rate limits, blast
-/// radius, guards, approvals) slot in as more entries of [`GATES`].
-pub type Gate = fn(&GateInput<'_>) -> Verdict;
-
-fn enabled(input: &GateInput<'_>) -> Verdict {
-    if input.policy.enabled {
-        Verdict::Pass
-    } else {
-        Verdict::Stop(Status::Suppressed, "policy is disabled".into())
-    }
+fn when(ms: i64) -> String {
+    crate::clock::rfc3339(ms)
 }
 
-fn daemon_dry_run(input: &GateInput<'_>) -> Verdict {
-    if input.daemon_dry_run {
-        Verdict::Stop(Status::DryRun, "the daemon runs in dry-run mode".into())
-    } else {
-        Verdict::Pass
-    }
-}
-
-fn mode(input: &GateInput<'_>) -> Verdict {
-    match input.policy.mode {
-        Mode::Enforce => Verdict::Pass,
-        Mode::DryRun => Verdict::Stop(Status::DryRun, "policy mode is dry_run".into()),
-        Mode::Approve => Verdict::Stop(Status::Pending, "waiting for approval".into()),
-    }
-}
-
-/// The gates in the order they apply.
-pub const GATES: [(&str, Gate); 3] = [
-    ("enabled", enabled),
-    ("dry_run", daemon_dry_run),
-    ("mode", mode),
-];
-
-/// Runs the gates; `Ready` with the name of no gate when every gate passes.
-pub fn decide(input: &GateInput<'_>) -> (Status, String, Option<&'static str>) {
-    for (name, gate) in GATES {
-        if let Verdict::Stop(status, reason) = gate(input) {
-            return (status, reason, Some(name));
+impl Gatekeeper<'_> {
+    /// Runs the gates in order; a `Ready` verdict is counted against the limits at once.
+    pub fn decide(&mut self, input: &GateInput<'_>) -> Verdict {
+        let p = input.policy;
+        let now = input.now;
+        if let Some(w) = &p.window {
+            if !w.contains(now) {
+                let opens = w
+                    .next_open(now)
+                    .map(|t| format!("; it opens at {}", when(t)))
+                    .unwrap_or_default();
+                return stop(
+                    Status::Pending,
+                    "window",
+                    format!("outside the policy's window `{}`{opens}", w.source()),
+                );
+            }
+        }
+        if let Some(cooldown) = p.cooldown_ms {
+            if let Some(last) = self.ledger.last.get(&(p.id.clone(), input.subject.clone())) {
+                if now - last < cooldown {
+                    return stop(
+                        Status::Suppressed,
+                        "cooldown",
+                        format!(
+                            "cooldown: policy acted on {} at {}, less than {} ago",
+                            input.subject,
+                            when(*last),
+                            humantime::format_duration(std::time::Duration::from_millis(
+                                cooldown as u64
+                            ))
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(max) = p.max_per_hour {
+            let n = self.ledger.per_policy_hour.get(&p.id).copied().unwrap_or(0);
+            if n >= u64::from(max) {
+                return stop(
+                    Status::Suppressed,
+                    "max_per_hour",
+                    format!("rate limit: the policy acted {n} times in the last hour, its limit is {max}"),
+                );
+            }
+        }
+        let approved = input.approvals.approved_by.len() >= p.min_approvals as usize;
+        if let Some(who) = &input.approvals.rejected_by {
+            return stop(Status::Refused, "approval", format!("rejected by `{who}`"));
+        }
+        let mut needs_approval = p.mode == Mode::Approve;
+        let mut why_approval = "the policy's mode is approve".to_string();
+        if let Some(max) = p.max_blast_radius {
+            if input.radius > i64::from(max) {
+                needs_approval = true;
+                why_approval = format!(
+                    "blast radius {} is over the policy's {max}: approval needed",
+                    input.radius
+                );
+            }
+        }
+        if self.daemon_dry_run || self.guards.dry_run {
+            return stop(
+                Status::DryRun,
+                "dry_run",
+                "the daemon runs in dry-run mode".into(),
+            );
+        }
+        let would_execute = p.mode != Mode::DryRun && (!needs_approval || approved);
+        if would_execute {
+            if let Some(w) = self.guards.frozen(now) {
+                return stop(
+                    Status::Pending,
+                    "freeze",
+                    format!("inside the freeze window `{}`", w.source()),
+                );
+            }
+            if self.circuit.open {
+                self.circuit.last_pressure = now;
+                return stop(
+                    Status::Suppressed,
+                    "circuit",
+                    format!(
+                        "the circuit is open since {} ({}: {})",
+                        when(self.circuit.opened_at),
+                        self.circuit.guard,
+                        self.circuit.reason
+                    ),
+                );
+            }
+            let load = Load {
+                this_cycle: self.ledger.this_cycle,
+                last_hour: self.ledger.hour,
+                packages_today: self.ledger.packages_day.len() as u64,
+                registry_packages: self.registry_packages,
+            };
+            let new_today = !self.ledger.packages_day.contains(&input.subject.package);
+            if let Some(trip) = self.guards.over(&load, new_today) {
+                self.circuit = Circuit::open(&trip, now);
+                return stop(
+                    Status::Suppressed,
+                    "guards",
+                    format!(
+                        "guard {}: {}; the circuit is now open",
+                        trip.guard, trip.reason
+                    ),
+                );
+            }
+        }
+        match p.mode {
+            Mode::DryRun => {
+                let note = if needs_approval {
+                    format!(" ({why_approval})")
+                } else {
+                    String::new()
+                };
+                stop(
+                    Status::DryRun,
+                    "dry_run",
+                    format!("policy mode is dry_run{note}"),
+                )
+            }
+            _ if needs_approval && !approved => {
+                let expires = input.created_at.saturating_add(p.approval_ttl_ms);
+                if now >= expires {
+                    return stop(
+                        Status::Expired,
+                        "approval",
+                        format!(
+                            "approval expired at {} with {} of {} approvals",
+                            when(expires),
+                            input.approvals.approved_by.len(),
+                            p.min_approvals
+                        ),
+                    );
+                }
+                Verdict {
+                    status: Status::Pending,
+                    gate: Some("approval"),
+                    reason: format!(
+                        "{why_approval}; {} of {} approvals from {}",
+                        input.approvals.approved_by.len(),
+                        p.min_approvals,
+                        p.approvers.join(", ")
+                    ),
+                    expires_at: Some(expires),
+                }
+            }
+            _ => {
+                self.ledger.record(&p.id, input.subject, now);
+                let reason = if needs_approval {
+                    format!("approved by {}", input.approvals.approved_by.join(", "))
+                } else {
+                    "all gates passed".into()
+                };
+                Verdict {
+                    status: Status::Ready,
+                    gate: None,
+                    reason,
+                    expires_at: None,
+                }
+            }
         }
     }
-    (Status::Ready, "all gates passed".into(), None)
 }

@@ -1,25 +1,44 @@
 //! Plan: match firing findings against policies (CEL), resolve conflicts, pass the gates, sign remediations.
 
+pub mod approve;
+mod cost;
+pub mod decide;
 pub mod facts;
 pub mod gates;
+pub mod graph;
+pub mod guards;
 pub mod policy;
+pub mod signing;
+pub mod testing;
+pub mod window;
 
-use petgraph::graphmap::DiGraphMap;
-use petgraph::visit::{Bfs, Reversed};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::keys::KeyPair;
+use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::audit::{self, NewEntry};
-use crate::knowledge::findings::{self, Finding, PlanState};
+use crate::knowledge::findings::{self, Finding, FindingState, PlanState};
 use crate::knowledge::remediations::{self, Remediation, Status};
-use crate::knowledge::{Store, StoreError};
-use crate::model::Subject;
+use crate::knowledge::{Conn, Store, StoreError};
+use crate::model::{FindingKind, Severity, Subject};
 use crate::registry::{Registry, RegistryError};
-use policy::{Policy, PolicySet};
+use decide::{Candidate, Decision};
+use gates::{GateInput, Gatekeeper, Ledger};
+pub use graph::DependencyGraph;
+use guards::Circuit;
+use policy::PolicySet;
 
 const POLICY_DIGEST: &str = "plan.policy_digest";
+const CIRCUIT: &str = "plan.circuit";
+const DAY_MS: i64 = 86_400_000;
+
+/// The subject of the daemon's findings about itself (no package name can be `*`).
+pub fn daemon_subject() -> Subject {
+    Subject {
+        package: "*".into(),
+        version: None,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -37,249 +56,408 @@ pub struct EvalError {
     pub reason: String,
 }
 
+/// The circuit breaker moved this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CircuitChange {
+    Opened(Circuit),
+    Closed { reason: String },
+}
+
 #[derive(Debug, Default)]
 pub struct PlanOutput {
-    /// Every remediation recorded this cycle, whatever its status.
+    /// Every remediation recorded or moved this cycle, whatever its status.
     pub remediations: Vec<Remediation>,
     pub unmatched: usize,
     pub eval_errors: Vec<EvalError>,
+    pub circuit: Option<CircuitChange>,
+    /// Whether the circuit is open at the end of the cycle.
+    pub circuit_open: bool,
 }
 
-/// The number of packages that depend on each package directly, and transitively.
-pub struct DependencyGraph {
-    graph: DiGraphMap<u32, ()>,
-    ids: HashMap<String, u32>,
+/// What the planner needs besides the stores.
+#[derive(Clone, Copy)]
+pub struct PlanContext<'a> {
+    pub policies: &'a PolicySet,
+    pub trust: &'a TrustStore,
+    pub key: &'a KeyPair,
+    /// `--dry-run` or the configuration's `dry_run`.
+    pub daemon_dry_run: bool,
+    pub now: i64,
 }
 
-impl DependencyGraph {
-    pub fn build(edges: &[(String, String)]) -> Self {
-        let mut ids = HashMap::new();
-        let mut graph = DiGraphMap::new();
-        for (from, to) in edges {
-            let n = ids.len() as u32;
-            let a = *ids.entry(from.clone()).or_insert(n);
-            let n = ids.len() as u32;
-            let b = *ids.entry(to.clone()).or_insert(n);
-            graph.add_edge(a, b, ());
-        }
-        Self { graph, ids }
-    }
-
-    /// (direct, transitive) dependents of `package`.
-    pub fn dependents(&self, package: &str) -> (i64, i64) {
-        let Some(&node) = self.ids.get(package) else {
-            return (0, 0);
-        };
-        let direct = self
-            .graph
-            .neighbors_directed(node, petgraph::Direction::Incoming)
-            .count() as i64;
-        let reversed = Reversed(&self.graph);
-        let mut bfs = Bfs::new(reversed, node);
-        let mut transitive = -1; // the start node itself
-        while bfs.next(reversed).is_some() {
-            transitive += 1;
-        }
-        (direct, transitive.max(0))
-    }
+/// The plan stage with what it keeps between cycles: the dependency graph, rebuilt only when
+/// the registry changed.
+#[derive(Debug, Default)]
+pub struct Planner {
+    graph: Option<(i64, Arc<DependencyGraph>)>,
 }
 
-/// A candidate: one policy matched one finding.
-struct Match<'p> {
-    policy: &'p Policy,
-    finding: Finding,
-}
-
-fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        policy.id.as_str(),
-        policy.action.as_str(),
-        &subject.to_string(),
-        finding_id,
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
-}
-
-/// One planning pass over the firing findings not yet planned.
-pub async fn cycle<R: Registry>(
-    store: &Store,
-    registry: &Arc<R>,
-    policies: &PolicySet,
-    key: &KeyPair,
-    daemon_dry_run: bool,
-    now: i64,
-) -> Result<PlanOutput, PlanError> {
-    if store.cursor(POLICY_DIGEST).await?.as_deref() != Some(policies.digest.as_str()) {
-        store.replan_unmatched().await?;
-        store.set_cursor(POLICY_DIGEST, &policies.digest).await?;
-    }
-    let candidates = store.unplanned_findings().await?;
-    let mut out = PlanOutput::default();
-    if candidates.is_empty() {
-        return Ok(out);
-    }
-    let counts = registry.counts().await?;
-    let graph = DependencyGraph::build(&registry.dependency_edges().await?);
-
-    // Match every candidate against every policy, grouped by subject.
-    let mut by_subject: BTreeMap<Subject, Vec<Match<'_>>> = BTreeMap::new();
-    let mut unmatched = Vec::new();
-    for finding in candidates {
-        let package = registry.package(&finding.subject.package).await?;
-        let release = match &finding.subject.version {
-            Some(v) => registry.release(&finding.subject.package, v).await?,
-            None => None,
-        };
-        let (dependents, transitive_dependents) = graph.dependents(&finding.subject.package);
-        let facts = facts::Facts {
-            finding: &finding,
-            package: package.as_ref(),
-            release: release.as_ref(),
-            dependents,
-            transitive_dependents,
-            registry: counts,
-            now,
-        };
-        let mut matched = Vec::new();
-        for p in &policies.policies {
-            if !p.on.contains(&finding.kind) {
-                continue;
+impl Planner {
+    async fn graph<R: Registry>(
+        &mut self,
+        registry: &R,
+    ) -> Result<Arc<DependencyGraph>, PlanError> {
+        let seq = registry.change_seq().await?;
+        if let Some((at, g)) = &self.graph {
+            if *at == seq {
+                return Ok(g.clone());
             }
-            let ok = match &p.program {
-                None => true,
-                Some(program) => match facts::evaluate(&policies.env, program, &facts) {
-                    Ok(b) => b,
-                    Err(reason) => {
-                        out.eval_errors.push(EvalError {
-                            policy: p.id.clone(),
-                            finding: finding.id.clone(),
-                            reason,
-                        });
-                        false
+        }
+        let g = Arc::new(DependencyGraph::build(&registry.dependency_edges().await?));
+        self.graph = Some((seq, g.clone()));
+        Ok(g)
+    }
+
+    /// One planning pass: waiting remediations first, then the firing findings not yet planned.
+    pub async fn cycle<R: Registry>(
+        &mut self,
+        store: &Store,
+        registry: &Arc<R>,
+        ctx: PlanContext<'_>,
+    ) -> Result<PlanOutput, PlanError> {
+        let now = ctx.now;
+        let policies = ctx.policies;
+        if store.cursor(POLICY_DIGEST).await?.as_deref() != Some(policies.digest.as_str()) {
+            store.replan_unmatched().await?;
+            store.set_cursor(POLICY_DIGEST, &policies.digest).await?;
+        }
+        let stored_circuit: Circuit = match store.cursor(CIRCUIT).await? {
+            Some(s) => serde_json::from_str(&s)
+                .map_err(|_| StoreError::Corrupt(format!("circuit state `{s}`")))?,
+            None => Circuit::default(),
+        };
+        let candidates = store.unplanned_findings().await?;
+        let pending = store.remediations_with_status(Status::Pending).await?;
+        let mut out = PlanOutput {
+            circuit_open: stored_circuit.open,
+            ..PlanOutput::default()
+        };
+        if candidates.is_empty() && pending.is_empty() && !stored_circuit.quiet_enough(now) {
+            return Ok(out);
+        }
+        let counts = registry.counts().await?;
+        let graph = self.graph(registry.as_ref()).await?;
+        let longest_cooldown = policies
+            .policies
+            .iter()
+            .filter_map(|p| p.cooldown_ms)
+            .max()
+            .unwrap_or(0);
+        let acted = store
+            .acted_since(now - longest_cooldown.max(DAY_MS))
+            .await?;
+        let mut circuit = stored_circuit.clone();
+        if circuit.quiet_enough(now) {
+            out.circuit = Some(CircuitChange::Closed {
+                reason: format!(
+                    "no new pressure for {}",
+                    humantime::format_duration(std::time::Duration::from_millis(
+                        circuit.quiet_ms.max(0) as u64
+                    ))
+                ),
+            });
+            circuit = Circuit::default();
+        }
+        let mut keeper = Gatekeeper {
+            guards: &policies.guards,
+            daemon_dry_run: ctx.daemon_dry_run,
+            ledger: Ledger::from_acted(&acted, now),
+            circuit,
+            registry_packages: counts.packages.max(0) as u64,
+        };
+
+        // Waiting remediations first: they were planned earlier.
+        let approvals = store.pending_approvals().await?;
+        let mut moved = Vec::new();
+        for mut r in pending {
+            let verdict = match policies.get(&r.policy) {
+                None => Some(gates::Verdict {
+                    status: Status::Abandoned,
+                    gate: None,
+                    reason: format!("policy `{}` is no longer loaded", r.policy),
+                    expires_at: None,
+                }),
+                Some(p) => {
+                    let resolved = match &r.finding_id {
+                        Some(id) => store
+                            .finding(id)
+                            .await?
+                            .is_none_or(|f| f.state == FindingState::Resolved),
+                        None => false,
+                    };
+                    if resolved {
+                        Some(gates::Verdict {
+                            status: Status::Abandoned,
+                            gate: None,
+                            reason: "its finding resolved before it could run".into(),
+                            expires_at: None,
+                        })
+                    } else {
+                        let list = approvals.get(&r.id).map(Vec::as_slice).unwrap_or(&[]);
+                        let valid = approve::valid(&r, &p.approvers, list, ctx.trust);
+                        let (_, radius) = graph.dependents(&r.subject.package);
+                        Some(keeper.decide(&GateInput {
+                            policy: p,
+                            subject: &r.subject,
+                            radius,
+                            approvals: &valid,
+                            created_at: r.created_at,
+                            now,
+                        }))
                     }
-                },
+                }
             };
-            if ok {
-                matched.push(p);
+            if let Some(v) = verdict {
+                let changed = v.status != r.status
+                    || v.gate.map(str::to_string) != r.gate
+                    || v.reason != r.reason;
+                if changed {
+                    r.status = v.status;
+                    r.gate = v.gate.map(str::to_string);
+                    r.reason = v.reason;
+                    r.expires_at = v.expires_at.or(r.expires_at);
+                    r.updated_at = now;
+                    moved.push(r);
+                }
             }
         }
-        if matched.is_empty() {
-            unmatched.push(finding);
-        } else {
-            for p in matched {
-                by_subject
-                    .entry(finding.subject.clone())
-                    .or_default()
-                    .push(Match {
-                        policy: p,
-                        finding: finding.clone(),
-                    });
-            }
-        }
-    }
 
-    let mut tx = store.begin().await?;
-    for f in &unmatched {
-        findings::set_plan_state(&mut tx, &f.id, PlanState::Unmatched).await?;
-    }
-    out.unmatched = unmatched.len();
-    for (subject, mut matches) in by_subject {
-        // Highest priority wins; on a tie the more severe action; then the policy id, for determinism.
-        matches.sort_by(|a, b| {
-            b.policy
-                .priority
-                .cmp(&a.policy.priority)
-                .then(
-                    b.policy
-                        .action
-                        .severity_rank()
-                        .cmp(&a.policy.action.severity_rank()),
-                )
-                .then(a.policy.id.cmp(&b.policy.id))
-                .then(a.finding.id.cmp(&b.finding.id))
-        });
-        let winner = matches[0].policy.id.clone();
-        for (i, m) in matches.iter().enumerate() {
-            let (status, reason) = if i == 0 {
-                let input = gates::GateInput {
-                    policy: m.policy,
-                    daemon_dry_run,
-                };
-                let (status, reason, _) = gates::decide(&input);
-                (status, reason)
-            } else {
-                (
-                    Status::Superseded,
-                    format!("superseded by policy `{winner}` on {subject}"),
-                )
+        // New findings: match, resolve conflicts, gate.
+        let mut packages = HashMap::new();
+        let mut cands = Vec::with_capacity(candidates.len());
+        for finding in candidates {
+            let name = finding.subject.package.clone();
+            if !packages.contains_key(&name) {
+                packages.insert(name.clone(), registry.package(&name).await?);
+            }
+            let release = match &finding.subject.version {
+                Some(v) => registry.release(&name, v).await?,
+                None => None,
             };
-            let key_hex = idempotency_key(m.policy, &subject, &m.finding.id);
-            let mut r = Remediation {
-                id: format!("rem-{}", &key_hex[..16]),
-                idempotency_key: key_hex,
-                finding_id: Some(m.finding.id.clone()),
-                policy: m.policy.id.clone(),
-                action: m.policy.action,
-                params: m.policy.params.clone(),
-                subject: subject.clone(),
-                mode: m.policy.mode.as_str().into(),
-                status,
-                reason,
-                created_at: now,
-                updated_at: now,
-                signature: String::new(),
-                inverse: None,
-            };
-            r.signature = key.sign(&r.signing_bytes());
+            let (dependents, transitive) = graph.dependents(&name);
+            cands.push(Candidate {
+                finding,
+                package: packages.get(&name).cloned().flatten(),
+                release,
+                dependents,
+                transitive_dependents: transitive,
+            });
+        }
+        let decided = decide::decide(policies, &cands, counts, &mut keeper, now);
+        out.eval_errors = decided.eval_errors;
+        out.unmatched = decided.unmatched.len();
+
+        if keeper.circuit.open
+            && (!stored_circuit.open || keeper.circuit.opened_at != stored_circuit.opened_at)
+        {
+            out.circuit = Some(CircuitChange::Opened(keeper.circuit.clone()));
+        }
+        out.circuit_open = keeper.circuit.open;
+
+        let circuit_findings = match &out.circuit {
+            Some(CircuitChange::Closed { .. }) => circuit_findings(store).await?,
+            _ => Vec::new(),
+        };
+        let mut tx = store.begin().await?;
+        for id in &decided.unmatched {
+            findings::set_plan_state(&mut tx, id, PlanState::Unmatched).await?;
+        }
+        for r in moved {
+            if remediations::regate(&mut tx, &r, Status::Pending, now).await? {
+                out.remediations.push(r);
+            }
+        }
+        for d in decided.decisions {
+            let r = remediation(&d, ctx.key, now);
             if remediations::insert(&mut tx, &r).await? {
-                if status == Status::DryRun {
-                    audit::append(
-                        &mut tx,
-                        key,
-                        NewEntry {
-                            at: now,
-                            kind: "remediation.dry_run".into(),
-                            actor: "daemon".into(),
-                            subject: subject.to_string(),
-                            remediation_id: Some(r.id.clone()),
-                            detail: serde_json::json!({
-                                "policy": r.policy,
-                                "action": r.action.as_str(),
-                                "finding": r.finding_id,
-                                "reason": r.reason,
-                            }),
-                        },
-                    )
-                    .await?;
+                if r.status == Status::DryRun {
+                    audit_remediation(&mut tx, ctx.key, &r, "remediation.dry_run", now).await?;
                 }
                 out.remediations.push(r);
             }
-            findings::set_plan_state(&mut tx, &m.finding.id, PlanState::Planned).await?;
+            findings::set_plan_state(&mut tx, &d.finding_id, PlanState::Planned).await?;
         }
+        if keeper.circuit != stored_circuit {
+            let json = serde_json::to_string(&keeper.circuit).unwrap_or_default();
+            crate::knowledge::state::set_cursor(&mut tx, CIRCUIT, &json).await?;
+        }
+        match &out.circuit {
+            Some(CircuitChange::Opened(c)) => open_circuit(&mut tx, ctx.key, c, now).await?,
+            Some(CircuitChange::Closed { reason }) if !keeper.circuit.open => {
+                close_circuit(&mut tx, circuit_findings, ctx.key, "daemon", reason, now).await?
+            }
+            _ => {}
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(out)
     }
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::DependencyGraph;
+fn remediation(d: &Decision, key: &KeyPair, now: i64) -> Remediation {
+    let mut r = Remediation {
+        id: format!("rem-{}", &d.idempotency_key[..16]),
+        idempotency_key: d.idempotency_key.clone(),
+        finding_id: Some(d.finding_id.clone()),
+        policy: d.policy.clone(),
+        action: d.action,
+        params: d.params.clone(),
+        subject: d.subject.clone(),
+        mode: d.mode.into(),
+        status: d.verdict.status,
+        reason: d.verdict.reason.clone(),
+        created_at: now,
+        updated_at: now,
+        signature: String::new(),
+        inverse: None,
+        gate: d.verdict.gate.map(str::to_string),
+        expires_at: d.verdict.expires_at,
+    };
+    r.signature = key.sign(&r.signing_bytes());
+    r
+}
 
-    #[test]
-    fn transitive_dependents_count_every_package_upstream_once() {
-        // c -> b -> a, d -> a, e -> c
-        let edges: Vec<(String, String)> = [("b", "a"), ("c", "b"), ("d", "a"), ("e", "c")]
-            .iter()
-            .map(|(x, y)| (x.to_string(), y.to_string()))
-            .collect();
-        let g = DependencyGraph::build(&edges);
-        assert_eq!(g.dependents("a"), (2, 4));
-        assert_eq!(g.dependents("c"), (1, 1));
-        assert_eq!(g.dependents("e"), (0, 0));
-        assert_eq!(g.dependents("missing"), (0, 0));
+async fn audit_remediation(
+    tx: &mut Conn,
+    key: &KeyPair,
+    r: &Remediation,
+    kind: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    audit::append(
+        tx,
+        key,
+        NewEntry {
+            at: now,
+            kind: kind.into(),
+            actor: "daemon".into(),
+            subject: r.subject.to_string(),
+            remediation_id: Some(r.id.clone()),
+            detail: serde_json::json!({
+                "policy": r.policy,
+                "action": r.action.as_str(),
+                "finding": r.finding_id,
+                "reason": r.reason,
+            }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records the circuit opening: its finding (firing at once) and an audit entry.
+async fn open_circuit(
+    tx: &mut Conn,
+    key: &KeyPair,
+    c: &Circuit,
+    now: i64,
+) -> Result<(), StoreError> {
+    let subject = daemon_subject();
+    let fingerprint = Finding::fingerprint_of(FindingKind::CircuitOpen, &subject);
+    let mut labels = serde_json::Map::new();
+    labels.insert("guard".into(), c.guard.clone().into());
+    let f = Finding {
+        id: format!("{fingerprint}#{now}"),
+        fingerprint,
+        kind: FindingKind::CircuitOpen,
+        severity: Severity::Critical,
+        subject: subject.clone(),
+        state: FindingState::Firing,
+        value: 1.0,
+        message: format!(
+            "circuit open: guard {}: {}; nothing executes",
+            c.guard, c.reason
+        ),
+        labels,
+        first_seen: now,
+        fired_at: Some(now),
+        last_seen: now,
+        cleared_at: None,
+        resolved_at: None,
+        plan_state: PlanState::New,
+    };
+    findings::insert(tx, &f).await?;
+    audit::append(
+        tx,
+        key,
+        NewEntry {
+            at: now,
+            kind: "circuit.open".into(),
+            actor: "daemon".into(),
+            subject: subject.to_string(),
+            remediation_id: None,
+            detail: serde_json::json!({ "guard": c.guard, "reason": c.reason }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Closes the circuit: resolves its finding and records who closed it and why.
+async fn close_circuit(
+    tx: &mut Conn,
+    open: Vec<Finding>,
+    key: &KeyPair,
+    actor: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    for mut f in open {
+        f.state = FindingState::Resolved;
+        f.cleared_at = Some(now);
+        f.resolved_at = Some(now);
+        f.last_seen = now;
+        findings::update(tx, &f).await?;
     }
+    audit::append(
+        tx,
+        key,
+        NewEntry {
+            at: now,
+            kind: "circuit.close".into(),
+            actor: actor.into(),
+            subject: daemon_subject().to_string(),
+            remediation_id: None,
+            detail: serde_json::json!({ "reason": reason }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn circuit_findings(store: &Store) -> Result<Vec<Finding>, StoreError> {
+    Ok(store
+        .open_findings()
+        .await?
+        .into_iter()
+        .filter(|f| f.kind == FindingKind::CircuitOpen)
+        .collect())
+}
+
+/// The circuit as stored (closed when never opened).
+pub async fn circuit(store: &Store) -> Result<Circuit, StoreError> {
+    match store.cursor(CIRCUIT).await? {
+        Some(s) => serde_json::from_str(&s)
+            .map_err(|_| StoreError::Corrupt(format!("circuit state `{s}`"))),
+        None => Ok(Circuit::default()),
+    }
+}
+
+/// A maintainer closes the circuit by hand (`mapek circuit close`).
+pub async fn close_circuit_by_hand(
+    store: &Store,
+    key: &KeyPair,
+    actor: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let c = circuit(store).await?;
+    if !c.open {
+        return Ok(false);
+    }
+    let open = circuit_findings(store).await?;
+    let mut tx = store.begin().await?;
+    let json = serde_json::to_string(&Circuit::default()).unwrap_or_default();
+    crate::knowledge::state::set_cursor(&mut tx, CIRCUIT, &json).await?;
+    close_circuit(&mut tx, open, key, actor, "closed by a maintainer", now).await?;
+    tx.commit().await?;
+    Ok(true)
 }

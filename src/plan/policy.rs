@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::facts;
+use super::guards::Guards;
+use super::signing;
+use super::window::Window;
 use crate::config::field_of;
-use crate::keys::{line_of, toml_error};
+use crate::keys::{line_of, toml_error, TrustStore};
 use crate::model::{Action, FindingKind};
 
 /// One problem in a policy set.
@@ -100,11 +103,27 @@ pub struct Policy {
     pub priority: i64,
     pub enabled: bool,
     pub file: PathBuf,
+    pub cooldown_ms: Option<i64>,
+    pub max_per_hour: Option<u32>,
+    pub max_blast_radius: Option<u32>,
+    pub window: Option<Window>,
+    pub approvers: Vec<String>,
+    pub min_approvals: u32,
+    pub approval_ttl_ms: i64,
+    pub verify_after_ms: Option<i64>,
+    pub max_attempts: u32,
+    pub escalate_to: Option<String>,
+    /// The line of `escalate_to`, for errors found across policies.
+    pub escalate_line: usize,
 }
+
+/// How long a remediation waits for approvals when the policy does not say.
+pub const DEFAULT_APPROVAL_TTL_MS: i64 = 24 * 3_600_000;
 
 /// All policies of a directory; the CEL environment is built once and shared.
 pub struct PolicySet {
     pub policies: Vec<Policy>,
+    pub guards: Guards,
     pub env: Arc<Env>,
     /// A digest of the files' content, to notice a change of policy.
     pub digest: String,
@@ -114,6 +133,7 @@ impl std::fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicySet")
             .field("policies", &self.policies)
+            .field("guards", &self.guards)
             .field("digest", &self.digest)
             .finish()
     }
@@ -122,48 +142,86 @@ impl std::fmt::Debug for PolicySet {
 /// The actions this version can execute; the others are refused at load time rather than ignored.
 pub const SUPPORTED_ACTIONS: [Action; 2] = [Action::Quarantine, Action::ReleaseQuarantine];
 
+/// The largest policy file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// How a directory is checked besides parsing: signatures against a trust store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    pub trust: Option<&'a TrustStore>,
+    /// An unsigned file refuses the whole set.
+    pub require_signed: bool,
+}
+
+fn problem(file: &Path, field: &str, reason: String) -> PolicyError {
+    PolicyError {
+        file: file.to_path_buf(),
+        line: 0,
+        field: field.into(),
+        reason,
+    }
+}
+
+/// Reads a file of a policy directory, refusing what is too big to be a policy.
+pub fn read_bounded(file: &Path) -> Result<String, PolicyError> {
+    let meta =
+        std::fs::metadata(file).map_err(|e| problem(file, "-", format!("cannot read: {e}")))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(problem(
+            file,
+            "-",
+            format!(
+                "is {} bytes; a policy file may be at most {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        ));
+    }
+    std::fs::read_to_string(file).map_err(|e| problem(file, "-", format!("cannot read: {e}")))
+}
+
+/// The files of a policy directory that the daemon loads: every `*.toml` but the tests, in name order.
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| problem(dir, "-", format!("cannot read policy directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            p.extension().is_some_and(|e| e == "toml")
+                && !name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with(".test.toml") || n == "quality.toml")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 impl PolicySet {
     pub fn empty() -> Self {
         Self {
             policies: Vec::new(),
+            guards: Guards::default(),
             env: Arc::new(Env::stdlib()),
             digest: String::new(),
         }
     }
 
-    /// Loads every `*.toml` of `dir` in name order (test files `*.test.toml` and `guards.toml`
-    /// and `quality.toml` excepted). Collects every error rather than stopping at the first.
-    pub fn load_dir(dir: &Path) -> Result<Self, Vec<PolicyError>> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            vec![PolicyError {
-                file: dir.to_path_buf(),
-                line: 0,
-                field: "-".into(),
-                reason: format!("cannot read policy directory: {e}"),
-            }]
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-                p.extension().is_some_and(|e| e == "toml")
-                    && !name.as_deref().is_some_and(|n| {
-                        n.ends_with(".test.toml") || n == "guards.toml" || n == "quality.toml"
-                    })
-            })
-            .collect();
-        files.sort();
+    /// Loads every policy file of `dir` in name order, and `guards.toml`; checks signatures as
+    /// `opts` asks. All or nothing: every error is collected and none of the set is returned.
+    pub fn load_dir(dir: &Path, opts: LoadOptions<'_>) -> Result<Self, Vec<PolicyError>> {
+        let files = policy_files(dir).map_err(|e| vec![e])?;
         let mut sources = Vec::new();
         let mut errors = Vec::new();
         for f in files {
-            match std::fs::read_to_string(&f) {
-                Ok(src) => sources.push((f, src)),
-                Err(e) => errors.push(PolicyError {
-                    file: f,
-                    line: 0,
-                    field: "-".into(),
-                    reason: format!("cannot read: {e}"),
-                }),
+            match read_bounded(&f) {
+                Ok(src) => {
+                    if let Err(e) = signing::check_file(&f, src.as_bytes(), opts) {
+                        errors.push(e);
+                    }
+                    sources.push((f, src));
+                }
+                Err(e) => errors.push(e),
             }
         }
         let loaded = Self::from_sources(&sources);
@@ -177,17 +235,27 @@ impl PolicySet {
         }
     }
 
-    /// Loads policies from (file name, content) pairs.
+    /// Loads policies from (file name, content) pairs; a file named `guards.toml` holds the guards.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Self, Vec<PolicyError>> {
         use sha2::Digest;
         let env = Arc::new(Env::stdlib());
         let mut hasher = sha2::Sha256::new();
         let mut policies = Vec::new();
+        let mut guards = Guards::default();
         let mut errors = Vec::new();
         let mut ids = BTreeSet::new();
         for (file, src) in sources {
             hasher.update(file.to_string_lossy().as_bytes());
+            hasher.update([0]);
             hasher.update(src.as_bytes());
+            hasher.update([0]);
+            if file.file_name().is_some_and(|n| n == "guards.toml") {
+                match Guards::parse(file, src) {
+                    Ok(g) => guards = g,
+                    Err(mut e) => errors.append(&mut e),
+                }
+                continue;
+            }
             let raw: RawFile = match toml::from_str(src) {
                 Ok(r) => r,
                 Err(e) => {
@@ -202,12 +270,13 @@ impl PolicySet {
                 }
             };
             for p in raw.policy {
+                let line = line_of(src, p.id.span().start);
                 match compile(&env, file, src, p) {
                     Ok(policy) => {
                         if !ids.insert(policy.id.clone()) {
                             errors.push(PolicyError {
                                 file: file.clone(),
-                                line: 0,
+                                line,
                                 field: "id".into(),
                                 reason: format!("policy id `{}` is used twice", policy.id),
                             });
@@ -218,9 +287,11 @@ impl PolicySet {
                 }
             }
         }
+        errors.extend(check_escalations(&policies));
         if errors.is_empty() {
             Ok(Self {
                 policies,
+                guards,
                 env,
                 digest: hex::encode(hasher.finalize()),
             })
@@ -228,6 +299,52 @@ impl PolicySet {
             Err(errors)
         }
     }
+
+    pub fn get(&self, id: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.id == id)
+    }
+}
+
+/// `escalate_to` must name a policy, and escalations must not go round in a cycle.
+fn check_escalations(policies: &[Policy]) -> Vec<PolicyError> {
+    use petgraph::graphmap::DiGraphMap;
+    let mut errors = Vec::new();
+    let ids: BTreeSet<&str> = policies.iter().map(|p| p.id.as_str()).collect();
+    let mut graph: DiGraphMap<&str, ()> = DiGraphMap::new();
+    for p in policies {
+        graph.add_node(p.id.as_str());
+        if let Some(to) = &p.escalate_to {
+            if ids.contains(to.as_str()) {
+                graph.add_edge(p.id.as_str(), to.as_str(), ());
+            } else {
+                errors.push(PolicyError {
+                    file: p.file.clone(),
+                    line: p.escalate_line,
+                    field: "escalate_to".into(),
+                    reason: format!("names no policy: there is no policy `{to}`"),
+                });
+            }
+        }
+    }
+    for scc in petgraph::algo::tarjan_scc(&graph) {
+        let self_loop = scc.len() == 1 && graph.contains_edge(scc[0], scc[0]);
+        if scc.len() > 1 || self_loop {
+            let mut names: Vec<&str> = scc.clone();
+            names.sort();
+            if let Some(first) = policies.iter().find(|p| p.id == names[0]) {
+                errors.push(PolicyError {
+                    file: first.file.clone(),
+                    line: first.escalate_line,
+                    field: "escalate_to".into(),
+                    reason: format!(
+                        "escalations go round in a cycle through {}",
+                        names.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    errors
 }
 
 fn compile(
@@ -298,37 +415,93 @@ fn compile(
         .as_ref()
         .map(|m| *m.get_ref())
         .unwrap_or(Mode::DryRun);
-    if mode == Mode::Approve {
-        if let Some(m) = &p.mode {
+    let mut duration = |field: &str, v: &Option<toml::Spanned<String>>| -> Option<i64> {
+        let v = v.as_ref()?;
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Ok(_) => {
+                errors.push(err(field, v.span(), "must be longer than zero".into()));
+                None
+            }
+            Err(e) => {
+                errors.push(err(
+                    field,
+                    v.span(),
+                    format!(
+                        "`{}` is not a duration (90s, 15m, 6h, 7d): {e}",
+                        v.get_ref()
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    let cooldown_ms = duration("cooldown", &p.cooldown);
+    let approval_ttl_ms =
+        duration("approval_ttl", &p.approval_ttl).unwrap_or(DEFAULT_APPROVAL_TTL_MS);
+    let verify_after_ms = duration("verify_after", &p.verify_after);
+    let window = p
+        .window
+        .as_ref()
+        .and_then(|w| match Window::parse(w.get_ref()) {
+            Ok(w) => Some(w),
+            Err(reason) => {
+                errors.push(err("window", w.span(), reason));
+                None
+            }
+        });
+    let approvers: Vec<String> = p
+        .approvers
+        .as_ref()
+        .map(|a| a.get_ref().clone())
+        .unwrap_or_default();
+    let min_approvals = p.min_approvals.as_ref().map(|m| *m.get_ref()).unwrap_or(1);
+    let mut seen = BTreeSet::new();
+    for a in &approvers {
+        if !seen.insert(a) {
+            if let Some(span) = p.approvers.as_ref().map(|s| s.span()) {
+                errors.push(err("approvers", span, format!("`{a}` is listed twice")));
+            }
+        }
+    }
+    let needs_approvers = mode == Mode::Approve || p.max_blast_radius.is_some();
+    if needs_approvers && approvers.is_empty() {
+        let (field, span) = match (&p.mode, &p.max_blast_radius) {
+            (Some(m), _) if mode == Mode::Approve => ("mode", m.span()),
+            (_, Some(r)) => ("max_blast_radius", r.span()),
+            _ => ("approvers", p.id.span()),
+        };
+        errors.push(err(
+            field,
+            span,
+            "needs `approvers`: a remediation that waits for approval must have someone who can give it".into(),
+        ));
+    }
+    if let Some(m) = &p.min_approvals {
+        if *m.get_ref() == 0 || *m.get_ref() as usize > approvers.len().max(1) {
             errors.push(err(
-                "mode",
+                "min_approvals",
                 m.span(),
-                "mode `approve` is not supported by this version yet".into(),
+                format!(
+                    "{} approvals can never be given by {} approver(s)",
+                    m.get_ref(),
+                    approvers.len()
+                ),
             ));
         }
     }
-    // Gates of the format that this version does not enforce yet are refused, never ignored.
-    let unsupported: [(&str, Option<std::ops::Range<usize>>); 10] = [
-        ("cooldown", p.cooldown.as_ref().map(|s| s.span())),
-        ("max_per_hour", p.max_per_hour.as_ref().map(|s| s.span())),
-        (
-            "max_blast_radius",
-            p.max_blast_radius.as_ref().map(|s| s.span()),
-        ),
-        ("window", p.window.as_ref().map(|s| s.span())),
-        ("approvers", p.approvers.as_ref().map(|s| s.span())),
-        ("min_approvals", p.min_approvals.as_ref().map(|s| s.span())),
-        ("approval_ttl", p.approval_ttl.as_ref().map(|s| s.span())),
-        ("verify_after", p.verify_after.as_ref().map(|s| s.span())),
-        ("max_attempts", p.max_attempts.as_ref().map(|s| s.span())),
-        ("escalate_to", p.escalate_to.as_ref().map(|s| s.span())),
-    ];
-    for (field, span) in unsupported {
-        if let Some(span) = span {
+    let max_attempts = p.max_attempts.as_ref().map(|m| *m.get_ref()).unwrap_or(3);
+    if let Some(m) = &p.max_attempts {
+        if *m.get_ref() == 0 {
+            errors.push(err("max_attempts", m.span(), "must be at least 1".into()));
+        }
+    }
+    if let Some(m) = &p.max_per_hour {
+        if *m.get_ref() == 0 {
             errors.push(err(
-                field,
-                span,
-                format!("`{field}` is part of the policy format but not enforced by this version yet; remove it rather than have it ignored"),
+                "max_per_hour",
+                m.span(),
+                "0 would suppress every remediation; use `enabled = false`".into(),
             ));
         }
     }
@@ -345,6 +518,21 @@ fn compile(
     }
     Ok(Policy {
         id,
+        cooldown_ms,
+        max_per_hour: p.max_per_hour.map(|m| m.into_inner()),
+        max_blast_radius: p.max_blast_radius.map(|m| m.into_inner()),
+        window,
+        approvers,
+        min_approvals,
+        approval_ttl_ms,
+        verify_after_ms,
+        max_attempts,
+        escalate_to: p.escalate_to.as_ref().map(|e| e.get_ref().clone()),
+        escalate_line: p
+            .escalate_to
+            .as_ref()
+            .map(|e| line_of(src, e.span().start))
+            .unwrap_or(0),
         description: p.description,
         on,
         when: p.when.map(|w| w.into_inner()),

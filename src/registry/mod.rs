@@ -116,6 +116,10 @@ pub trait Registry: Send + Sync + 'static {
 
     fn counts(&self) -> impl Future<Output = Result<RegistryCounts, RegistryError>> + Send;
 
+    /// The registry's change sequence: it moves whenever anything in the registry changes, so
+    /// what is derived from the registry (the dependency graph) is rebuilt only when it does.
+    fn change_seq(&self) -> impl Future<Output = Result<i64, RegistryError>> + Send;
+
     /// Every dependency edge (dependent package, dependency name), for the dependency graph.
     fn dependency_edges(
         &self,

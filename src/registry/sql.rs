@@ -427,6 +427,13 @@ impl Registry for SqlRegistry {
         Ok(Some(release))
     }
 
+    async fn change_seq(&self) -> Result<i64, RegistryError> {
+        let row = sqlx::query("SELECT value FROM registry_seq WHERE id = 1")
+            .fetch_one(&self.store.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     async fn counts(&self) -> Result<RegistryCounts, RegistryError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM packages), \

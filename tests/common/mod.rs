@@ -133,5 +133,26 @@ impl World {
 
 pub fn default_policies() -> mapek::plan::policy::PolicySet {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    mapek::plan::policy::PolicySet::load_dir(&dir).expect("the default policies load")
+    mapek::plan::policy::PolicySet::load_dir(&dir, Default::default())
+        .expect("the default policies load")
+}
+
+/// One plan stage, as the daemon runs it (a fresh planner: no graph kept between calls).
+pub async fn plan(
+    w: &World,
+    policies: &mapek::plan::policy::PolicySet,
+    dry_run: bool,
+    now: i64,
+) -> mapek::plan::PlanOutput {
+    let ctx = mapek::plan::PlanContext {
+        policies,
+        trust: &w.trust,
+        key: &w.key,
+        daemon_dry_run: dry_run,
+        now,
+    };
+    mapek::plan::Planner::default()
+        .cycle(&w.t.store, &w.registry, ctx)
+        .await
+        .expect("the plan stage runs")
 }

@@ -1,0 +1,366 @@
+//! `mapek policy check|sign|verify|test`, `mapek plans list|approve|reject`, `mapek circuit status|close`.
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::Global;
+use crate::clock::{rfc3339, Clock, SystemClock};
+use crate::daemon::reload::PolicySource;
+use crate::keys::{KeyPair, Role, Trust, TrustStore};
+use crate::knowledge::approvals::Decision;
+use crate::knowledge::remediations::Status;
+use crate::knowledge::Store;
+use crate::plan::policy::{policy_files, LoadOptions, PolicySet};
+use crate::plan::signing::{self, Signer};
+use crate::plan::{self, approve, testing};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load, type-check and verify a directory without running anything; report every error.
+    Check {
+        dir: PathBuf,
+        /// Trust store for the signatures (default: the configured one, when it exists).
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+        /// Refuse unsigned files (default: the configuration's `require_signed_policies`).
+        #[arg(long)]
+        require_signed: bool,
+    },
+    /// Sign a policy file with a maintainer key: writes FILE.sig.
+    Sign {
+        file: PathBuf,
+        /// The maintainer's secret key file (from `mapek keys generate`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check the signature of every policy file of a directory; exit 1 unless all are good.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+    },
+    /// Run the cases of every `*.test.toml` in a directory; exit 1 if one fails.
+    Test {
+        dir: PathBuf,
+        /// Also fail when a policy is the expected winner of no case.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// Remediations waiting: for approval, a window or a freeze.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting remediation with a maintainer key named in the policy's approvers.
+    Approve {
+        id: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Reject a waiting remediation; one rejection by an approver refuses it.
+    Reject {
+        id: String,
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CircuitCommand {
+    /// Whether the circuit breaker is open, since when and why.
+    Status,
+    /// Close the circuit by hand (a maintainer key, audited).
+    Close {
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn print_errors(errors: &[crate::plan::policy::PolicyError]) -> ExitCode {
+    for e in errors {
+        eprintln!("{e}");
+    }
+    eprintln!("{} error(s)", errors.len());
+    ExitCode::from(1)
+}
+
+fn trust_for(global: &Global, explicit: Option<PathBuf>) -> anyhow::Result<Option<TrustStore>> {
+    let path = match explicit {
+        Some(p) => p,
+        None => {
+            let p = global.config()?.trusted_keys;
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    Ok(Some(TrustStore::load(&path)?))
+}
+
+pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Check {
+            dir,
+            trusted_keys,
+            require_signed,
+        } => {
+            let require_signed = require_signed || global.config()?.require_signed_policies;
+            let trust = trust_for(global, trusted_keys)?;
+            let opts = LoadOptions {
+                trust: trust.as_ref(),
+                require_signed,
+            };
+            match PolicySet::load_dir(&dir, opts) {
+                Ok(set) => {
+                    let signatures = if trust.is_some() {
+                        ", signatures checked"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{}: {} policies and the guards, all valid{signatures}",
+                        dir.display(),
+                        set.policies.len()
+                    );
+                    for p in &set.policies {
+                        if p.verify_after_ms.is_some() || p.escalate_to.is_some() {
+                            println!("note: {}: policy `{}`: verify_after / max_attempts / escalate_to are checked; this version records them but does not yet re-verify subjects", p.file.display(), p.id);
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => Ok(print_errors(&errors)),
+            }
+        }
+        PolicyCommand::Sign { file, key } => {
+            let key = KeyPair::load(&key)?;
+            let sig = signing::sign_file(&file, &key)
+                .with_context(|| format!("signing {}", file.display()))?;
+            println!("wrote {} (signed by `{}`)", sig.display(), key.key_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Verify { dir, trusted_keys } => {
+            let trust = trust_for(global, trusted_keys)?
+                .context("no trust store: pass --trusted-keys or configure `trusted_keys`")?;
+            let files = policy_files(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut bad = 0;
+            for f in &files {
+                let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                let sig = std::fs::read_to_string(signing::sig_path(f)).ok();
+                let verdict = signing::signer(&bytes, sig.as_deref(), &trust);
+                let line = match &verdict {
+                    Signer::Maintainer(k) => format!("ok    {}  signed by `{k}`", f.display()),
+                    Signer::NotMaintainer(k) => format!(
+                        "FAIL  {}  signed by `{k}`, not a maintainer key",
+                        f.display()
+                    ),
+                    Signer::Revoked(k) => {
+                        format!("FAIL  {}  signed by `{k}`, a revoked key", f.display())
+                    }
+                    Signer::Unknown => format!(
+                        "FAIL  {}  bad signature (changed after signing, or an unknown key)",
+                        f.display()
+                    ),
+                    Signer::Unsigned => format!("FAIL  {}  unsigned", f.display()),
+                };
+                if !matches!(verdict, Signer::Maintainer(_)) {
+                    bad += 1;
+                }
+                println!("{line}");
+            }
+            println!("{} file(s), {bad} not properly signed", files.len());
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        PolicyCommand::Test { dir, strict } => {
+            let set = match PolicySet::load_dir(&dir, LoadOptions::default()) {
+                Ok(s) => s,
+                Err(errors) => return Ok(print_errors(&errors)),
+            };
+            let report = match testing::run_dir(&dir, &set) {
+                Ok(r) => r,
+                Err(errors) => return Ok(print_errors(&errors)),
+            };
+            for r in &report.results {
+                match &r.failure {
+                    None => println!("ok    {}:{}  {}", r.file.display(), r.line, r.name),
+                    Some(why) => {
+                        println!("FAIL  {}:{}  {}: {why}", r.file.display(), r.line, r.name)
+                    }
+                }
+            }
+            if !report.untested.is_empty() {
+                println!(
+                    "untested policies (no case expects them): {}",
+                    report.untested.join(", ")
+                );
+            }
+            let failed = report.failed();
+            println!(
+                "{} case(s): {} passed, {failed} failed",
+                report.results.len(),
+                report.results.len() - failed
+            );
+            let bad = failed > 0 || (strict && !report.untested.is_empty());
+            Ok(if bad {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn maintainer(trust: &TrustStore, key: &Path) -> anyhow::Result<KeyPair> {
+    let key = KeyPair::load(key)?;
+    match trust.trust(&key.key_id) {
+        Trust::Trusted(k) if k.has_role(Role::Maintainer) && k.public == key.public() => Ok(key),
+        Trust::Trusted(k) if k.public != key.public() => {
+            anyhow::bail!(
+                "key `{}` does not match the trusted key of that id",
+                key.key_id
+            )
+        }
+        Trust::Trusted(_) => {
+            anyhow::bail!("key `{}` is trusted but not as a maintainer", key.key_id)
+        }
+        Trust::Revoked => anyhow::bail!("key `{}` is revoked", key.key_id),
+        Trust::Unknown => anyhow::bail!("key `{}` is not in the trust store", key.key_id),
+    }
+}
+
+pub async fn plans(global: &Global, command: PlansCommand) -> anyhow::Result<ExitCode> {
+    let config = global.config()?;
+    let store = Store::open(&config.database_url).await?;
+    let result = plans_with(&store, &config, command).await;
+    store.close().await;
+    result
+}
+
+async fn plans_with(
+    store: &Store,
+    config: &crate::config::Config,
+    command: PlansCommand,
+) -> anyhow::Result<ExitCode> {
+    let (id, key, decision) = match command {
+        PlansCommand::List { json } => {
+            let pending = store.remediations_with_status(Status::Pending).await?;
+            for r in &pending {
+                if json {
+                    println!("{}", serde_json::to_string(r)?);
+                } else {
+                    let expires = r
+                        .expires_at
+                        .map(|t| format!(" expires={}", rfc3339(t)))
+                        .unwrap_or_default();
+                    println!(
+                        "{}  {}  {} {}  policy={} gate={}{expires}\n    {}",
+                        r.id,
+                        rfc3339(r.created_at),
+                        r.action,
+                        r.subject,
+                        r.policy,
+                        r.gate.as_deref().unwrap_or("-"),
+                        r.reason
+                    );
+                }
+            }
+            if !json {
+                println!("{} waiting", pending.len());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        PlansCommand::Approve { id, key } => (id, key, Decision::Approve),
+        PlansCommand::Reject { id, key } => (id, key, Decision::Reject),
+    };
+    let trust = TrustStore::load(&config.trusted_keys)?;
+    let policies = PolicySource::load(
+        &config.policies,
+        &config.trusted_keys,
+        config.require_signed_policies,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the policy set is refused: {}",
+            e.first().map(|e| e.to_string()).unwrap_or_default()
+        )
+    })?;
+    let daemon_key = KeyPair::load(&config.key_file)?;
+    let maintainer = maintainer(&trust, &key)?;
+    let now = SystemClock.now_ms();
+    match approve::decide(
+        store,
+        &policies,
+        &trust,
+        &daemon_key,
+        &maintainer,
+        &id,
+        decision,
+        now,
+    )
+    .await
+    {
+        Ok(a) => {
+            println!(
+                "{} recorded: `{}` on {id}; the daemon applies it at its next cycle",
+                a.decision.as_str(),
+                a.key_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub async fn circuit(global: &Global, command: CircuitCommand) -> anyhow::Result<ExitCode> {
+    let config = global.config()?;
+    let store = Store::open(&config.database_url).await?;
+    let result = async {
+        match command {
+            CircuitCommand::Status => {
+                let c = plan::circuit(&store).await?;
+                if c.open {
+                    println!(
+                        "open since {} by guard {}: {}\nlast pressure {}; closes by itself after {} without new pressure",
+                        rfc3339(c.opened_at),
+                        c.guard,
+                        c.reason,
+                        rfc3339(c.last_pressure),
+                        humantime::format_duration(std::time::Duration::from_millis(c.quiet_ms.max(0) as u64))
+                    );
+                } else {
+                    println!("closed");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CircuitCommand::Close { key } => {
+                let trust = TrustStore::load(&config.trusted_keys)?;
+                let maintainer = maintainer(&trust, &key)?;
+                let daemon_key = KeyPair::load(&config.key_file)?;
+                let now = SystemClock.now_ms();
+                if plan::close_circuit_by_hand(&store, &daemon_key, &maintainer.key_id, now).await? {
+                    println!("circuit closed by `{}`", maintainer.key_id);
+                } else {
+                    println!("the circuit is not open");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+    .await;
+    store.close().await;
+    result
+}
