@@ -5,16 +5,23 @@ use std::path::Path;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::keys::KeyPair;
+use crate::keys::{KeyPair, Role};
 use crate::knowledge::Store;
 use crate::registry::generate::{self, GenerateSpec};
 use crate::registry::{Registry, SqlRegistry};
 
 /// The default policy set, embedded so the demo needs nothing but the binary.
-pub const DEFAULT_POLICIES: [(&str, &str); 1] = [(
-    "integrity.toml",
-    include_str!("../../policies/integrity.toml"),
-)];
+pub const DEFAULT_POLICIES: [(&str, &str); 3] = [
+    (
+        "integrity.toml",
+        include_str!("../../policies/integrity.toml"),
+    ),
+    ("guards.toml", include_str!("../../policies/guards.toml")),
+    (
+        "integrity.test.toml",
+        include_str!("../../policies/integrity.test.toml"),
+    ),
+];
 
 /// Creates the demo's store, keys, policies and registry on first use; later runs reuse them.
 pub async fn prepare(config: &Config) -> anyhow::Result<()> {
@@ -47,7 +54,13 @@ pub async fn prepare(config: &Config) -> anyhow::Result<()> {
         ..GenerateSpec::default()
     };
     let generated = generate::generate(&registry, &spec, SystemClock.now_ms()).await?;
-    std::fs::write(&config.trusted_keys, generated.trust.to_toml())?;
+    // A maintainer key for `mapek plans approve` and `mapek policy sign` in the demo.
+    let mut trust = generated.trust.clone();
+    let maintainer = KeyPair::generate("maint-alice")?;
+    std::fs::create_dir_all(dir.join("keys"))?;
+    maintainer.save(&dir.join("keys"))?;
+    trust.add(&maintainer, "demo maintainer", vec![Role::Maintainer]);
+    std::fs::write(&config.trusted_keys, trust.to_toml())?;
 
     // One tampered artifact.
     let tampered = registry

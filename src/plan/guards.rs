@@ -24,6 +24,8 @@ struct RawGuards {
     max_actions_per_hour: Option<u32>,
     max_registry_fraction_per_day: Option<toml::Spanned<f64>>,
     #[serde(default)]
+    min_packages_per_day: u64,
+    #[serde(default)]
     freeze: Vec<toml::Spanned<String>>,
     #[serde(default)]
     dry_run: bool,
@@ -35,6 +37,9 @@ pub struct Guards {
     pub max_actions_per_cycle: Option<u32>,
     pub max_actions_per_hour: Option<u32>,
     pub max_registry_fraction_per_day: Option<f64>,
+    /// The share guard never allows fewer packages a day than this (a mapek extension, so that
+    /// a small registry is not frozen by a percentage).
+    pub min_packages_per_day: u64,
     pub freeze: Vec<Window>,
     pub dry_run: bool,
 }
@@ -76,6 +81,7 @@ impl Guards {
             max_actions_per_cycle: g.max_actions_per_cycle,
             max_actions_per_hour: g.max_actions_per_hour,
             max_registry_fraction_per_day: g.max_registry_fraction_per_day.map(|f| f.into_inner()),
+            min_packages_per_day: g.min_packages_per_day,
             freeze,
             dry_run: g.dry_run,
         })
@@ -110,7 +116,8 @@ impl Guards {
             }
         }
         if let Some(fraction) = self.max_registry_fraction_per_day {
-            let allowed = (fraction * load.registry_packages as f64).floor() as u64;
+            let allowed = ((fraction * load.registry_packages as f64).floor() as u64)
+                .max(self.min_packages_per_day);
             if package_is_new_today && load.packages_today >= allowed {
                 return Some(Trip {
                     guard: "max_registry_fraction_per_day".into(),
