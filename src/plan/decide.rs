@@ -60,20 +60,37 @@ fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> Stri
 /// The enabled policies whose `on` and `when` match these facts; conditions that fail at run
 /// time count as false and are returned as errors.
 pub fn matching<'p>(policies: &'p PolicySet, f: &Facts<'_>) -> (Vec<&'p Policy>, Vec<EvalError>) {
+    matching_with(policies, f.finding, || facts::context(&policies.env, f))
+}
+
+/// [`matching`] with the evaluation context built by the caller, only if a condition needs it.
+pub fn matching_with<'p, 'v>(
+    policies: &'p PolicySet,
+    finding: &Finding,
+    context: impl FnOnce() -> cel::Context<'v, 'v>,
+) -> (Vec<&'p Policy>, Vec<EvalError>) {
     let mut matched = Vec::new();
     let mut errors = Vec::new();
+    let mut ctx = None;
+    let mut context = Some(context);
     for p in &policies.policies {
-        if !p.enabled || !p.on.contains(&f.finding.kind) {
+        if !p.enabled || !p.on.contains(&finding.kind) {
             continue;
         }
         let ok = match &p.program {
             None => true,
-            Some(program) => match facts::evaluate(&policies.env, program, f) {
+            Some(program) => match facts::run(
+                program,
+                ctx.get_or_insert_with(|| match context.take() {
+                    Some(make) => make(),
+                    None => cel::Context::default(),
+                }),
+            ) {
                 Ok(b) => b,
                 Err(reason) => {
                     errors.push(EvalError {
                         policy: p.id.clone(),
-                        finding: f.finding.id.clone(),
+                        finding: finding.id.clone(),
                         reason,
                     });
                     false

@@ -1,5 +1,9 @@
 //! The CEL side of policies: compile and type-check a `when`, and build its variables from the facts.
 
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+};
+use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,14 +78,6 @@ pub fn rename_package(src: &str) -> String {
     out
 }
 
-fn bind_name(name: &'static str) -> &'static str {
-    if name == "package" {
-        PACKAGE_ALIAS
-    } else {
-        name
-    }
-}
-
 const DAY_MS: i64 = 86_400_000;
 
 /// What a condition may look at.
@@ -96,103 +92,139 @@ pub struct Facts<'a> {
     pub now: i64,
 }
 
-fn ts(ms: i64) -> Value {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| Value::Timestamp(t.fixed_offset()))
-        .unwrap_or(Value::Null)
+/// A CEL value that may borrow from the facts (strings are not copied).
+type V<'v> = Box<dyn Val + 'v>;
+
+fn ts(ms: i64) -> V<'static> {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => Box::new(CelTimestamp::from(t.fixed_offset())),
+        None => Box::new(CelNull),
+    }
 }
 
-fn map(entries: Vec<(&str, Value)>) -> Value {
-    let m: HashMap<String, Value> = entries
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    m.into()
+fn int(i: i64) -> V<'static> {
+    Box::new(CelInt::from(i))
 }
 
-fn opt_str(s: &Option<String>) -> Value {
-    s.as_ref()
-        .map(|s| Value::from(s.as_str()))
-        .unwrap_or(Value::Null)
+fn text(s: &str) -> V<'_> {
+    Box::new(CelString::from(s))
 }
 
-/// The four variables of the spec, for one evaluation.
-pub fn variables(f: &Facts<'_>) -> [(&'static str, Value); 4] {
-    let finding = f.finding;
-    let labels: HashMap<String, Value> = finding
-        .labels
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                serde_json::Value::String(s) => Value::from(s.as_str()),
-                other => Value::from(other.to_string()),
-            };
-            (k.clone(), v)
-        })
-        .collect();
-    let finding_v = map(vec![
-        ("kind", finding.kind.as_str().into()),
-        ("severity", finding.severity.as_str().into()),
-        ("value", Value::Float(finding.value)),
-        ("threshold", Value::Float(0.0)),
-        ("age_s", Value::Int((f.now - finding.first_seen) / 1000)),
-        ("count", Value::Int(1)),
-        ("labels", labels.into()),
-    ]);
-    let package_v = match f.package {
-        Some(p) => map(vec![
-            ("name", p.name.as_str().into()),
-            ("category", opt_str(&p.category)),
-            ("author", opt_str(&p.author)),
-            ("license", opt_str(&p.license)),
-            ("downloads", Value::Int(p.downloads)),
-            ("stars", Value::Int(p.stars)),
-            ("status", p.status.as_str().into()),
-            (
-                "quality",
-                p.quality.map(Value::Float).unwrap_or(Value::Null),
-            ),
-            ("dependents", Value::Int(f.dependents)),
-            ("transitive_dependents", Value::Int(f.transitive_dependents)),
-            ("age_days", Value::Int((f.now - p.created_at) / DAY_MS)),
-            (
-                "days_since_release",
-                Value::Int((f.now - p.updated_at) / DAY_MS),
-            ),
-        ]),
-        None => Value::Null,
+fn opt_text(s: &Option<String>) -> V<'_> {
+    match s {
+        Some(s) => text(s),
+        None => Box::new(CelNull),
+    }
+}
+
+/// A map built straight into the interpreter's own representation: converting a `cel::Value`
+/// map instead would copy it twice.
+fn map<'v>(entries: Vec<(&'static str, V<'v>)>) -> V<'v> {
+    let mut m: HashMap<CelMapKey<'v>, V<'v>> = HashMap::with_capacity(entries.len());
+    for (k, v) in entries {
+        m.insert(CelMapKey::from(k), v);
+    }
+    Box::new(CelMap::from(m))
+}
+
+/// The `finding` variable.
+pub fn finding_value(finding: &Finding, now: i64) -> V<'_> {
+    let mut labels: HashMap<CelMapKey<'_>, V<'_>> = HashMap::with_capacity(finding.labels.len());
+    for (k, v) in &finding.labels {
+        let v: V<'_> = match v {
+            serde_json::Value::String(s) => text(s),
+            other => Box::new(CelString::from(other.to_string())),
+        };
+        labels.insert(CelMapKey::from(k.as_str()), v);
+    }
+    map(vec![
+        ("kind", text(finding.kind.as_str())),
+        ("severity", text(finding.severity.as_str())),
+        ("value", Box::new(CelDouble::from(finding.value))),
+        ("threshold", Box::new(CelDouble::from(0.0))),
+        ("age_s", int((now - finding.first_seen) / 1000)),
+        ("count", int(1)),
+        ("labels", Box::new(CelMap::from(labels))),
+    ])
+}
+
+/// The `package` variable (null when the package is unknown).
+pub fn package_value(
+    p: Option<&PackageRecord>,
+    dependents: i64,
+    transitive: i64,
+    now: i64,
+) -> V<'_> {
+    let Some(p) = p else {
+        return Box::new(CelNull);
     };
-    let release_v = match f.release {
-        Some(r) => map(vec![
-            ("version", r.version.as_str().into()),
-            ("published_at", ts(r.published_at)),
-            ("signed", Value::Bool(r.signature.is_some())),
-            ("signer", opt_str(&r.signer)),
-            ("yanked", Value::Bool(r.yanked)),
-            ("quarantined", Value::Bool(r.quarantined)),
-        ]),
-        None => Value::Null,
+    map(vec![
+        ("name", text(&p.name)),
+        ("category", opt_text(&p.category)),
+        ("author", opt_text(&p.author)),
+        ("license", opt_text(&p.license)),
+        ("downloads", int(p.downloads)),
+        ("stars", int(p.stars)),
+        ("status", text(&p.status)),
+        (
+            "quality",
+            match p.quality {
+                Some(q) => Box::new(CelDouble::from(q)),
+                None => Box::new(CelNull),
+            },
+        ),
+        ("dependents", int(dependents)),
+        ("transitive_dependents", int(transitive)),
+        ("age_days", int((now - p.created_at) / DAY_MS)),
+        ("days_since_release", int((now - p.updated_at) / DAY_MS)),
+    ])
+}
+
+/// The `release` variable (null where the finding is package-wide).
+pub fn release_value(r: Option<&ReleaseRecord>) -> V<'_> {
+    let Some(r) = r else {
+        return Box::new(CelNull);
     };
-    let registry_v = map(vec![
-        ("packages", Value::Int(f.registry.packages)),
-        ("quarantined", Value::Int(f.registry.quarantined)),
-        ("now", ts(f.now)),
-    ]);
-    [
-        ("finding", finding_v),
-        ("package", package_v),
-        ("release", release_v),
-        ("registry", registry_v),
-    ]
+    map(vec![
+        ("version", text(&r.version)),
+        ("published_at", ts(r.published_at)),
+        ("signed", Box::new(CelBool::from(r.signature.is_some()))),
+        ("signer", opt_text(&r.signer)),
+        ("yanked", Box::new(CelBool::from(r.yanked))),
+        ("quarantined", Box::new(CelBool::from(r.quarantined))),
+    ])
+}
+
+/// The `registry` variable.
+pub fn registry_value(counts: RegistryCounts, now: i64) -> V<'static> {
+    map(vec![
+        ("packages", int(counts.packages)),
+        ("quarantined", int(counts.quarantined)),
+        ("now", ts(now)),
+    ])
+}
+
+/// The evaluation context of one set of facts: built once, shared by every policy's condition.
+pub fn context<'v>(env: &Arc<Env>, f: &Facts<'v>) -> Context<'v, 'v> {
+    let mut ctx = Context::with_env(Arc::clone(env));
+    ctx.add_variable_as_val("finding", finding_value(f.finding, f.now));
+    ctx.add_variable_as_val(
+        PACKAGE_ALIAS,
+        package_value(f.package, f.dependents, f.transitive_dependents, f.now),
+    );
+    ctx.add_variable_as_val("release", release_value(f.release));
+    ctx.add_variable_as_val("registry", registry_value(f.registry, f.now));
+    ctx
 }
 
 /// Evaluates a compiled condition; an error or a non-boolean result is an `Err` with the reason.
 pub fn evaluate(env: &Arc<Env>, program: &Program, facts: &Facts<'_>) -> Result<bool, String> {
-    let mut ctx = Context::with_env(Arc::clone(env));
-    for (name, value) in variables(facts) {
-        ctx.add_variable_from_value(bind_name(name), value);
-    }
-    match program.execute(&ctx) {
+    run(program, &context(env, facts))
+}
+
+/// Runs a compiled condition in a prepared context.
+pub fn run(program: &Program, ctx: &Context<'_, '_>) -> Result<bool, String> {
+    match program.execute(ctx) {
         Ok(Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("gave {:?}, not a bool", other.type_of())),
         Err(e) => Err(e.to_string()),
@@ -250,10 +282,7 @@ pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
         },
         now: 1_800_000_000_000,
     };
-    let mut ctx = Context::with_env(Arc::clone(env));
-    for (name, value) in variables(&facts) {
-        ctx.add_variable_from_value(bind_name(name), value);
-    }
+    let ctx = context(env, &facts);
     match program.execute(&ctx) {
         Ok(Value::Bool(_)) => Ok(program),
         Ok(other) => Err(format!(

@@ -70,7 +70,7 @@ fn stop(status: Status, gate: &'static str, reason: String) -> Verdict {
 /// Recent actions, as rate limits, cooldowns and guards count them.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    last: HashMap<(String, Subject), i64>,
+    last: HashMap<String, HashMap<Subject, i64>>,
     per_policy_hour: HashMap<String, u64>,
     hour: u64,
     packages_day: HashSet<String>,
@@ -84,7 +84,9 @@ impl Ledger {
         for a in acted {
             let last = l
                 .last
-                .entry((a.policy.clone(), a.subject.clone()))
+                .entry(a.policy.clone())
+                .or_default()
+                .entry(a.subject.clone())
                 .or_insert(a.at);
             *last = (*last).max(a.at);
             if now - a.at < HOUR_MS {
@@ -99,7 +101,10 @@ impl Ledger {
     }
 
     fn record(&mut self, policy: &str, subject: &Subject, now: i64) {
-        self.last.insert((policy.to_string(), subject.clone()), now);
+        self.last
+            .entry(policy.to_string())
+            .or_default()
+            .insert(subject.clone(), now);
         *self.per_policy_hour.entry(policy.to_string()).or_default() += 1;
         self.hour += 1;
         self.packages_day.insert(subject.package.clone());
@@ -141,7 +146,12 @@ impl Gatekeeper<'_> {
             }
         }
         if let Some(cooldown) = p.cooldown_ms {
-            if let Some(last) = self.ledger.last.get(&(p.id.clone(), input.subject.clone())) {
+            let last = self
+                .ledger
+                .last
+                .get(p.id.as_str())
+                .and_then(|m| m.get(input.subject));
+            if let Some(last) = last {
                 if now - last < cooldown {
                     return stop(
                         Status::Suppressed,
