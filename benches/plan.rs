@@ -80,7 +80,6 @@ const GUARDS: &str =
 
 struct World {
     packages: Vec<PackageRecord>,
-    graph: DependencyGraph,
     candidates: Vec<Candidate>,
 }
 
@@ -180,7 +179,6 @@ fn world() -> World {
         .collect();
     World {
         packages,
-        graph,
         candidates,
     }
 }
@@ -199,7 +197,7 @@ fn main() {
     let t = Instant::now();
     let w = world();
     eprintln!(
-        "world: {} packages, {} findings, built in {:.1} s",
+        "world: {} packages and their dependency graph, {} findings, built in {:.1} s",
         w.packages.len(),
         w.candidates.len(),
         t.elapsed().as_secs_f64()
@@ -428,122 +426,6 @@ fn breakdown(policies: &PolicySet, w: &World) {
     println!(
         "  per evaluation: facts into a CEL context {:.2} us, program run {:.2} us ({yes} of {N} true)",
         per(build),
-        per(run)
-    );
-}
-
-#[cfg(feature = "rego")]
-mod rego {
-    use super::*;
-    use regorus::languages::rego::compiler::Compiler;
-    use regorus::rvm::vm::RegoVM;
-    use regorus::{Engine, Rc, Value};
-
-    const RULE_REGO: &str = r#"package mapek
-import rego.v1
-default allow := false
-allow if {
-    input.finding.severity == "critical"
-    input.package.downloads >= 100
-    input.release.signed
-}
-"#;
-
-    pub fn compare(w: &World, n: usize, cel: Duration) {
-        let mut engine = Engine::new();
-        engine
-            .add_policy("mapek.rego".into(), RULE_REGO.into())
-            .expect("rego loads");
-        let entry = Rc::from("data.mapek.allow");
-        let compiled = engine.compile_with_entrypoint(&entry).expect("compiles");
-        let program = Compiler::compile_from_policy(&compiled, &[entry.as_ref()]).expect("rvm");
-        let mut vm = RegoVM::new();
-        vm.load_program(program);
-        let mut times = Vec::new();
-        let mut yes = 0;
-        for _ in 0..RUNS {
-            yes = 0;
-            let t = Instant::now();
-            for c in w.candidates.iter().cycle().take(n) {
-                // The same facts, built per evaluation as for CEL.
-                let input = serde_json::json!({
-                    "finding": { "kind": c.finding.kind.as_str(), "severity": c.finding.severity.as_str(), "value": c.finding.value },
-                    "package": c.package.as_ref().map(|p| serde_json::json!({
-                        "name": p.name, "downloads": p.downloads, "stars": p.stars, "status": p.status,
-                        "dependents": c.dependents, "transitive_dependents": c.transitive_dependents,
-                    })),
-                    "release": c.release.as_ref().map(|r| serde_json::json!({
-                        "version": r.version, "signed": r.signature.is_some(), "signer": r.signer,
-                        "yanked": r.yanked, "quarantined": r.quarantined,
-                    })),
-                });
-                vm.set_input(Value::from(input));
-                let out = vm.execute().expect("rego runs");
-                yes += usize::from(out == Value::from(true));
-            }
-            times.push(t.elapsed());
-        }
-        let rego = median(times);
-        println!(
-            "  Rego (regorus 0.14 RVM): {:.3} s, {:.0} evaluations/s ({yes} true)",
-            rego.as_secs_f64(),
-            n as f64 / rego.as_secs_f64()
-        );
-        println!(
-            "  CEL / Rego speed ratio: {:.2}x",
-            rego.as_secs_f64() / cel.as_secs_f64()
-        );
-    }
-}
-
-/// Where one evaluation's time goes: building the variables, turning them into a CEL context,
-/// and running the compiled program.
-fn breakdown(policies: &PolicySet, w: &World) {
-    const N: usize = 50_000;
-    let env = Arc::clone(&policies.env);
-    let program = facts::compile_condition(
-        &env,
-        "finding.severity == 'critical' && package.downloads >= 100 && release.signed",
-    )
-    .expect("compiles");
-    let counts = RegistryCounts {
-        packages: PACKAGES as i64,
-        quarantined: 0,
-    };
-    let each = |c: &Candidate| Facts {
-        finding: &c.finding,
-        package: c.package.as_ref(),
-        release: c.release.as_ref(),
-        dependents: c.dependents,
-        transitive_dependents: c.transitive_dependents,
-        registry: counts,
-        now: NOW,
-    };
-    let t = Instant::now();
-    let vars: Vec<_> = w
-        .candidates
-        .iter()
-        .take(N)
-        .map(|c| facts::variables(&each(c)))
-        .collect();
-    let build = t.elapsed();
-    let t = Instant::now();
-    let ctxs: Vec<_> = vars
-        .into_iter()
-        .map(|v| facts::context_of(&env, v))
-        .collect();
-    let convert = t.elapsed();
-    let t = Instant::now();
-    let yes = ctxs
-        .iter()
-        .filter(|c| facts::run(&program, c) == Ok(true))
-        .count();
-    let run = t.elapsed();
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / N as f64;
-    println!(
-        "  per evaluation: variables {:.2} us, into a CEL context {:.2} us, program run {:.2} us ({yes} of {N} true)",
-        per(build),
-        per(convert),
         per(run)
     );
 }
