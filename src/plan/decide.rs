@@ -60,7 +60,9 @@ fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> Stri
 /// The enabled policies whose `on` and `when` match these facts; conditions that fail at run
 /// time count as false and are returned as errors.
 pub fn matching<'p>(policies: &'p PolicySet, f: &Facts<'_>) -> (Vec<&'p Policy>, Vec<EvalError>) {
-    matching_with(policies, f.finding, || facts::context(&policies.env, f))
+    matching_with(policies, f.finding, || {
+        facts::context_for(&policies.env, f, policies.uses)
+    })
 }
 
 /// [`matching`] with the evaluation context built by the caller, only if a condition needs it.

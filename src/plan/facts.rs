@@ -204,16 +204,68 @@ pub fn registry_value(counts: RegistryCounts, now: i64) -> V<'static> {
     ])
 }
 
+/// Which variables a set of conditions reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    pub finding: bool,
+    pub package: bool,
+    pub release: bool,
+    pub registry: bool,
+}
+
+impl Default for Uses {
+    fn default() -> Self {
+        Self {
+            finding: true,
+            package: true,
+            release: true,
+            registry: true,
+        }
+    }
+}
+
+impl Uses {
+    pub fn of<'a>(programs: impl Iterator<Item = &'a Program>) -> Self {
+        let mut u = Self {
+            finding: false,
+            package: false,
+            release: false,
+            registry: false,
+        };
+        for p in programs {
+            let refs = p.references();
+            u.finding |= refs.has_variable("finding");
+            u.package |= refs.has_variable(PACKAGE_ALIAS);
+            u.release |= refs.has_variable("release");
+            u.registry |= refs.has_variable("registry");
+        }
+        u
+    }
+}
+
 /// The evaluation context of one set of facts: built once, shared by every policy's condition.
 pub fn context<'v>(env: &Arc<Env>, f: &Facts<'v>) -> Context<'v, 'v> {
+    context_for(env, f, Uses::default())
+}
+
+/// The context with only the variables `uses` names (no condition reads the others).
+pub fn context_for<'v>(env: &Arc<Env>, f: &Facts<'v>, uses: Uses) -> Context<'v, 'v> {
     let mut ctx = Context::with_env(Arc::clone(env));
-    ctx.add_variable_as_val("finding", finding_value(f.finding, f.now));
-    ctx.add_variable_as_val(
-        PACKAGE_ALIAS,
-        package_value(f.package, f.dependents, f.transitive_dependents, f.now),
-    );
-    ctx.add_variable_as_val("release", release_value(f.release));
-    ctx.add_variable_as_val("registry", registry_value(f.registry, f.now));
+    if uses.finding {
+        ctx.add_variable_as_val("finding", finding_value(f.finding, f.now));
+    }
+    if uses.package {
+        ctx.add_variable_as_val(
+            PACKAGE_ALIAS,
+            package_value(f.package, f.dependents, f.transitive_dependents, f.now),
+        );
+    }
+    if uses.release {
+        ctx.add_variable_as_val("release", release_value(f.release));
+    }
+    if uses.registry {
+        ctx.add_variable_as_val("registry", registry_value(f.registry, f.now));
+    }
     ctx
 }
 

@@ -125,6 +125,8 @@ pub struct PolicySet {
     pub policies: Vec<Policy>,
     pub guards: Guards,
     pub env: Arc<Env>,
+    /// Which of the four variables any condition of the set reads; the others are not built.
+    pub uses: facts::Uses,
     /// A digest of the files' content, to notice a change of policy.
     pub digest: String,
 }
@@ -203,6 +205,7 @@ impl PolicySet {
             policies: Vec::new(),
             guards: Guards::default(),
             env: Arc::new(Env::stdlib()),
+            uses: facts::Uses::default(),
             digest: String::new(),
         }
     }
@@ -290,6 +293,7 @@ impl PolicySet {
         errors.extend(check_escalations(&policies));
         if errors.is_empty() {
             Ok(Self {
+                uses: facts::Uses::of(policies.iter().filter_map(|p| p.program.as_ref())),
                 policies,
                 guards,
                 env,
