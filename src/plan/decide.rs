@@ -61,7 +61,7 @@ fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> Stri
 /// time count as false and are returned as errors.
 pub fn matching<'p>(policies: &'p PolicySet, f: &Facts<'_>) -> (Vec<&'p Policy>, Vec<EvalError>) {
     matching_with(policies, f.finding, || {
-        facts::context_for(&policies.env, f, policies.uses)
+        facts::context_for(&policies.env, f, &policies.uses)
     })
 }
 

@@ -1,13 +1,9 @@
 //! The CEL side of policies: compile and type-check a `when`, and build its variables from the facts.
 
-use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
-};
-use cel::common::value::Val;
 use cel::{Context, Env, Program, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use super::values::{self, Uses};
 use crate::knowledge::findings::Finding;
 use crate::registry::{PackageRecord, RegistryCounts, ReleaseRecord};
 
@@ -16,7 +12,7 @@ pub const VARIABLES: [&str; 4] = ["finding", "package", "release", "registry"];
 /// `package` is a reserved word in CEL, but it is the spec's name for the package variable. A
 /// condition's identifier `package` is renamed to this (same length, so error columns hold)
 /// before it is compiled, and the variable is bound under it.
-const PACKAGE_ALIAS: &str = "__pkg__";
+pub(crate) const PACKAGE_ALIAS: &str = "__pkg__";
 
 /// Renames the identifier `package` (not a field `x.package`, not inside a string) to the alias.
 pub fn rename_package(src: &str) -> String {
@@ -78,8 +74,6 @@ pub fn rename_package(src: &str) -> String {
     out
 }
 
-const DAY_MS: i64 = 86_400_000;
-
 /// What a condition may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
@@ -92,179 +86,37 @@ pub struct Facts<'a> {
     pub now: i64,
 }
 
-/// A CEL value that may borrow from the facts (strings are not copied).
-type V<'v> = Box<dyn Val + 'v>;
-
-fn ts(ms: i64) -> V<'static> {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => Box::new(CelTimestamp::from(t.fixed_offset())),
-        None => Box::new(CelNull),
-    }
-}
-
-fn int(i: i64) -> V<'static> {
-    Box::new(CelInt::from(i))
-}
-
-fn text(s: &str) -> V<'_> {
-    Box::new(CelString::from(s))
-}
-
-fn opt_text(s: &Option<String>) -> V<'_> {
-    match s {
-        Some(s) => text(s),
-        None => Box::new(CelNull),
-    }
-}
-
-/// A map built straight into the interpreter's own representation: converting a `cel::Value`
-/// map instead would copy it twice.
-fn map<'v>(entries: Vec<(&'static str, V<'v>)>) -> V<'v> {
-    let mut m: HashMap<CelMapKey<'v>, V<'v>> = HashMap::with_capacity(entries.len());
-    for (k, v) in entries {
-        m.insert(CelMapKey::from(k), v);
-    }
-    Box::new(CelMap::from(m))
-}
-
-/// The `finding` variable.
-pub fn finding_value(finding: &Finding, now: i64) -> V<'_> {
-    let mut labels: HashMap<CelMapKey<'_>, V<'_>> = HashMap::with_capacity(finding.labels.len());
-    for (k, v) in &finding.labels {
-        let v: V<'_> = match v {
-            serde_json::Value::String(s) => text(s),
-            other => Box::new(CelString::from(other.to_string())),
-        };
-        labels.insert(CelMapKey::from(k.as_str()), v);
-    }
-    map(vec![
-        ("kind", text(finding.kind.as_str())),
-        ("severity", text(finding.severity.as_str())),
-        ("value", Box::new(CelDouble::from(finding.value))),
-        ("threshold", Box::new(CelDouble::from(0.0))),
-        ("age_s", int((now - finding.first_seen) / 1000)),
-        ("count", int(1)),
-        ("labels", Box::new(CelMap::from(labels))),
-    ])
-}
-
-/// The `package` variable (null when the package is unknown).
-pub fn package_value(
-    p: Option<&PackageRecord>,
-    dependents: i64,
-    transitive: i64,
-    now: i64,
-) -> V<'_> {
-    let Some(p) = p else {
-        return Box::new(CelNull);
-    };
-    map(vec![
-        ("name", text(&p.name)),
-        ("category", opt_text(&p.category)),
-        ("author", opt_text(&p.author)),
-        ("license", opt_text(&p.license)),
-        ("downloads", int(p.downloads)),
-        ("stars", int(p.stars)),
-        ("status", text(&p.status)),
-        (
-            "quality",
-            match p.quality {
-                Some(q) => Box::new(CelDouble::from(q)),
-                None => Box::new(CelNull),
-            },
-        ),
-        ("dependents", int(dependents)),
-        ("transitive_dependents", int(transitive)),
-        ("age_days", int((now - p.created_at) / DAY_MS)),
-        ("days_since_release", int((now - p.updated_at) / DAY_MS)),
-    ])
-}
-
-/// The `release` variable (null where the finding is package-wide).
-pub fn release_value(r: Option<&ReleaseRecord>) -> V<'_> {
-    let Some(r) = r else {
-        return Box::new(CelNull);
-    };
-    map(vec![
-        ("version", text(&r.version)),
-        ("published_at", ts(r.published_at)),
-        ("signed", Box::new(CelBool::from(r.signature.is_some()))),
-        ("signer", opt_text(&r.signer)),
-        ("yanked", Box::new(CelBool::from(r.yanked))),
-        ("quarantined", Box::new(CelBool::from(r.quarantined))),
-    ])
-}
-
-/// The `registry` variable.
-pub fn registry_value(counts: RegistryCounts, now: i64) -> V<'static> {
-    map(vec![
-        ("packages", int(counts.packages)),
-        ("quarantined", int(counts.quarantined)),
-        ("now", ts(now)),
-    ])
-}
-
-/// Which variables a set of conditions reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Uses {
-    pub finding: bool,
-    pub package: bool,
-    pub release: bool,
-    pub registry: bool,
-}
-
-impl Default for Uses {
-    fn default() -> Self {
-        Self {
-            finding: true,
-            package: true,
-            release: true,
-            registry: true,
-        }
-    }
-}
-
-impl Uses {
-    pub fn of<'a>(programs: impl Iterator<Item = &'a Program>) -> Self {
-        let mut u = Self {
-            finding: false,
-            package: false,
-            release: false,
-            registry: false,
-        };
-        for p in programs {
-            let refs = p.references();
-            u.finding |= refs.has_variable("finding");
-            u.package |= refs.has_variable(PACKAGE_ALIAS);
-            u.release |= refs.has_variable("release");
-            u.registry |= refs.has_variable("registry");
-        }
-        u
-    }
-}
-
 /// The evaluation context of one set of facts: built once, shared by every policy's condition.
 pub fn context<'v>(env: &Arc<Env>, f: &Facts<'v>) -> Context<'v, 'v> {
-    context_for(env, f, Uses::default())
+    context_for(env, f, &Uses::default())
 }
 
-/// The context with only the variables `uses` names (no condition reads the others).
-pub fn context_for<'v>(env: &Arc<Env>, f: &Facts<'v>, uses: Uses) -> Context<'v, 'v> {
+/// The context with only the variables and fields that `uses` names: no condition reads the others.
+pub fn context_for<'v>(env: &Arc<Env>, f: &Facts<'v>, uses: &Uses) -> Context<'v, 'v> {
     let mut ctx = Context::with_env(Arc::clone(env));
-    if uses.finding {
-        ctx.add_variable_as_val("finding", finding_value(f.finding, f.now));
+    if uses.finding.any() {
+        ctx.add_variable_as_val("finding", values::finding(f.finding, f.now, &uses.finding));
     }
-    if uses.package {
+    if uses.package.any() {
         ctx.add_variable_as_val(
             PACKAGE_ALIAS,
-            package_value(f.package, f.dependents, f.transitive_dependents, f.now),
+            values::package(
+                f.package,
+                f.dependents,
+                f.transitive_dependents,
+                f.now,
+                &uses.package,
+            ),
         );
     }
-    if uses.release {
-        ctx.add_variable_as_val("release", release_value(f.release));
+    if uses.release.any() {
+        ctx.add_variable_as_val("release", values::release(f.release, &uses.release));
     }
-    if uses.registry {
-        ctx.add_variable_as_val("registry", registry_value(f.registry, f.now));
+    if uses.registry.any() {
+        ctx.add_variable_as_val(
+            "registry",
+            values::registry(f.registry, f.now, &uses.registry),
+        );
     }
     ctx
 }

@@ -10,6 +10,7 @@ pub mod guards;
 pub mod policy;
 pub mod signing;
 pub mod testing;
+pub mod values;
 pub mod window;
 
 use std::collections::HashMap;
