@@ -22,8 +22,16 @@ use mapek::registry::{PackageRecord, RegistryCounts, ReleaseRecord};
 use rand::{Rng, SeedableRng};
 
 const PACKAGES: usize = 50_000;
-const FINDINGS: usize = 100_000;
-const RUNS: usize = 5;
+const DEFAULT_FINDINGS: usize = 100_000;
+const DEFAULT_RUNS: usize = 5;
+
+/// `MAPEK_BENCH_FINDINGS` and `MAPEK_BENCH_RUNS` shrink the run (for callgrind, say).
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 const NOW: i64 = 1_800_000_000_000;
 
 /// Every gate of the format on: window, cooldown, rate limit, blast radius with approvers.
@@ -80,6 +88,7 @@ const GUARDS: &str =
 
 struct World {
     packages: Vec<PackageRecord>,
+    edges: Vec<(String, String)>,
     candidates: Vec<Candidate>,
 }
 
@@ -123,7 +132,7 @@ fn world() -> World {
         FindingKind::DownloadAnomaly,
     ];
     let mut radius_cache = std::collections::HashMap::new();
-    let candidates = (0..FINDINGS)
+    let candidates = (0..setting("MAPEK_BENCH_FINDINGS", DEFAULT_FINDINGS))
         .map(|n| {
             let p = &packages[rng.random_range(0..PACKAGES)];
             let kind = kinds[n % kinds.len()];
@@ -179,6 +188,7 @@ fn world() -> World {
         .collect();
     World {
         packages,
+        edges,
         candidates,
     }
 }
@@ -189,6 +199,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    let (findings, runs) = (
+        setting("MAPEK_BENCH_FINDINGS", DEFAULT_FINDINGS),
+        setting("MAPEK_BENCH_RUNS", DEFAULT_RUNS),
+    );
     let policies = PolicySet::from_sources(&[
         (PathBuf::from("guards.toml"), GUARDS.into()),
         (PathBuf::from("bench.toml"), POLICIES.into()),
@@ -208,16 +222,27 @@ fn main() {
     };
     let key = KeyPair::from_seed("daemon", [7; 32]);
 
-    let (mut decide_times, mut signed_times) = (Vec::new(), Vec::new());
+    let (mut decide_times, mut signed_times, mut graph_times) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut summary = String::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let mut keeper = Gatekeeper {
             guards: &policies.guards,
             daemon_dry_run: false,
             ledger: Ledger::default(),
             circuit: Circuit::default(),
             registry_packages: PACKAGES as u64,
+            memo: Default::default(),
         };
+        // The facts the planner looks up per finding: dependents on a freshly built graph.
+        let graph = DependencyGraph::build(&w.edges);
+        let t = Instant::now();
+        let mut reach = 0i64;
+        for c in &w.candidates {
+            reach += graph.dependents(&c.finding.subject.package).1;
+        }
+        graph_times.push(t.elapsed());
+        assert!(reach > 0);
         let t = Instant::now();
         let decided = decide::decide(&policies, &w.candidates, counts, &mut keeper, NOW);
         decide_times.push(t.elapsed());
@@ -258,38 +283,44 @@ fn main() {
             signed
         );
     }
+    let g = median(graph_times);
     let d = median(decide_times);
     let s = median(signed_times);
-    println!("plan stage, {PACKAGES} packages, {FINDINGS} findings, one thread, median of {RUNS}:");
+    println!("plan stage, {PACKAGES} packages, {findings} findings, one thread, median of {runs}:");
     println!("  {summary}");
     println!(
-        "  match + conflicts + gates: {:.3} s, {:.0} decisions/s",
+        "  dependents of every finding's package (graph built fresh, memo cold): {:.3} s",
+        g.as_secs_f64()
+    );
+    println!(
+        "  match + conflicts + gates: {:.3} s, {:.0} decisions/s; with the dependents lookups: {:.0} decisions/s",
         d.as_secs_f64(),
-        FINDINGS as f64 / d.as_secs_f64()
+        findings as f64 / d.as_secs_f64(),
+        findings as f64 / (d + g).as_secs_f64()
     );
     println!(
         "  ... and every remediation built and signed (Ed25519): {:.3} s, {:.0} decisions/s",
         s.as_secs_f64(),
-        FINDINGS as f64 / s.as_secs_f64()
+        findings as f64 / s.as_secs_f64()
     );
-    conditions(&policies, &w);
+    conditions(&policies, &w, runs);
     breakdown(&policies, &w);
 }
 
 /// One condition evaluated many times: CEL here, and the same rule in Rego with `--features rego`.
-fn conditions(policies: &PolicySet, w: &World) {
+fn conditions(policies: &PolicySet, w: &World, runs: usize) {
     const RULE_CEL: &str =
         "finding.severity == 'critical' && package.downloads >= 100 && release.signed";
     let env = Arc::clone(&policies.env);
     let program = facts::compile_condition(&env, RULE_CEL).expect("compiles");
-    let n = 200_000usize.min(w.candidates.len());
+    let n = w.candidates.len();
     let counts = RegistryCounts {
         packages: PACKAGES as i64,
         quarantined: 0,
     };
     let mut times = Vec::new();
     let mut yes = 0;
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         yes = 0;
         let t = Instant::now();
         for c in w.candidates.iter().cycle().take(n) {
@@ -316,7 +347,7 @@ fn conditions(policies: &PolicySet, w: &World) {
         n as f64 / cel.as_secs_f64()
     );
     #[cfg(feature = "rego")]
-    rego::compare(w, n, cel);
+    rego::compare(w, n, cel, runs);
     #[cfg(not(feature = "rego"))]
     println!("  Rego (regorus RVM): run with `--features rego` for the side-by-side");
 }
@@ -338,7 +369,7 @@ allow if {
 }
 "#;
 
-    pub fn compare(w: &World, n: usize, cel: Duration) {
+    pub fn compare(w: &World, n: usize, cel: Duration, runs: usize) {
         let mut engine = Engine::new();
         engine
             .add_policy("mapek.rego".into(), RULE_REGO.into())
@@ -350,7 +381,7 @@ allow if {
         vm.load_program(program);
         let mut times = Vec::new();
         let mut yes = 0;
-        for _ in 0..RUNS {
+        for _ in 0..runs {
             yes = 0;
             let t = Instant::now();
             for c in w.candidates.iter().cycle().take(n) {

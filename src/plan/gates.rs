@@ -121,6 +121,15 @@ pub struct Gatekeeper<'g> {
     pub ledger: Ledger,
     pub circuit: Circuit,
     pub registry_packages: u64,
+    /// Window answers for the instant being decided (every decision of a pass has the same one).
+    pub memo: Memo,
+}
+
+/// Cached window answers, valid for one instant.
+#[derive(Debug, Default)]
+pub struct Memo {
+    windows: HashMap<String, (i64, bool)>,
+    frozen: Option<(i64, Option<usize>)>,
 }
 
 fn when(ms: i64) -> String {
@@ -133,7 +142,15 @@ impl Gatekeeper<'_> {
         let p = input.policy;
         let now = input.now;
         if let Some(w) = &p.window {
-            if !w.contains(now) {
+            let open = match self.memo.windows.get(p.id.as_str()) {
+                Some((at, open)) if *at == now => *open,
+                _ => {
+                    let open = w.contains(now);
+                    self.memo.windows.insert(p.id.clone(), (now, open));
+                    open
+                }
+            };
+            if !open {
                 let opens = w
                     .next_open(now)
                     .map(|t| format!("; it opens at {}", when(t)))
@@ -202,7 +219,15 @@ impl Gatekeeper<'_> {
         }
         let would_execute = p.mode != Mode::DryRun && (!needs_approval || approved);
         if would_execute {
-            if let Some(w) = self.guards.frozen(now) {
+            let frozen = match self.memo.frozen {
+                Some((at, frozen)) if at == now => frozen,
+                _ => {
+                    let frozen = self.guards.freeze.iter().position(|w| w.contains(now));
+                    self.memo.frozen = Some((now, frozen));
+                    frozen
+                }
+            };
+            if let Some(w) = frozen.and_then(|i| self.guards.freeze.get(i)) {
                 return stop(
                     Status::Pending,
                     "freeze",
@@ -327,6 +352,7 @@ mod tests {
             ledger: Ledger::default(),
             circuit: Circuit::default(),
             registry_packages: 1000,
+            memo: Memo::default(),
         }
     }
 

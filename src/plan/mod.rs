@@ -165,6 +165,7 @@ impl Planner {
             ledger: Ledger::from_acted(&acted, now),
             circuit,
             registry_packages: counts.packages.max(0) as u64,
+            memo: Default::default(),
         };
 
         // Waiting remediations first: they were planned earlier.
