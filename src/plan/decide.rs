@@ -60,44 +60,36 @@ fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> Stri
 /// The enabled policies whose `on` and `when` match these facts; conditions that fail at run
 /// time count as false and are returned as errors.
 pub fn matching<'p>(policies: &'p PolicySet, f: &Facts<'_>) -> (Vec<&'p Policy>, Vec<EvalError>) {
-    matching_with(policies, f.finding, || {
-        facts::context_for(&policies.env, f, &policies.uses)
+    let mut ctx = None;
+    matching_in(policies, f.finding.kind, &f.finding.id, |program| {
+        let ctx = ctx.get_or_insert_with(|| facts::context_for(&policies.env, f, &policies.uses));
+        facts::run(program, ctx)
     })
 }
 
-/// [`matching`] with the evaluation context built by the caller, only if a condition needs it.
-pub fn matching_with<'p, 'v>(
+/// The matching loop, with conditions run by `eval` (which prepares its context on first use).
+pub fn matching_in<'p>(
     policies: &'p PolicySet,
-    finding: &Finding,
-    context: impl FnOnce() -> cel::Context<'v, 'v>,
+    kind: crate::model::FindingKind,
+    finding_id: &str,
+    mut eval: impl FnMut(&cel::Program) -> Result<bool, String>,
 ) -> (Vec<&'p Policy>, Vec<EvalError>) {
     let mut matched = Vec::new();
     let mut errors = Vec::new();
-    let mut ctx = None;
-    let mut context = Some(context);
     for p in &policies.policies {
-        if !p.enabled || !p.on.contains(&finding.kind) {
+        if !p.enabled || !p.on.contains(&kind) {
             continue;
         }
         let ok = match &p.program {
             None => true,
-            Some(program) => match facts::run(
-                program,
-                ctx.get_or_insert_with(|| match context.take() {
-                    Some(make) => make(),
-                    None => cel::Context::default(),
-                }),
-            ) {
-                Ok(b) => b,
-                Err(reason) => {
-                    errors.push(EvalError {
-                        policy: p.id.clone(),
-                        finding: finding.id.clone(),
-                        reason,
-                    });
-                    false
-                }
-            },
+            Some(program) => eval(program).unwrap_or_else(|reason| {
+                errors.push(EvalError {
+                    policy: p.id.clone(),
+                    finding: finding_id.to_string(),
+                    reason,
+                });
+                false
+            }),
         };
         if ok {
             matched.push(p);
@@ -128,6 +120,8 @@ pub fn decide(
 ) -> Decided {
     let mut out = Decided::default();
     let mut by_subject: BTreeMap<&Subject, Vec<(&Policy, &Finding)>> = BTreeMap::new();
+    // One evaluation context for the whole pass: each finding's facts replace the last ones.
+    let mut ctx: Option<cel::Context<'_, '_>> = None;
     for c in candidates {
         let f = Facts {
             finding: &c.finding,
@@ -138,7 +132,16 @@ pub fn decide(
             registry: counts,
             now,
         };
-        let (matched, mut errors) = matching(policies, &f);
+        let mut bound = false;
+        let (matched, mut errors) =
+            matching_in(policies, c.finding.kind, &c.finding.id, |program| {
+                let ctx = ctx.get_or_insert_with(|| cel::Context::with_env(policies.env.clone()));
+                if !bound {
+                    facts::bind(ctx, &f, &policies.uses);
+                    bound = true;
+                }
+                facts::run(program, ctx)
+            });
         out.eval_errors.append(&mut errors);
         if matched.is_empty() {
             out.unmatched.push(c.finding.id.clone());
@@ -189,4 +192,109 @@ pub fn decide(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knowledge::findings::{FindingState, PlanState};
+    use crate::model::{FindingKind, Severity};
+    use crate::plan::gates::{Gatekeeper, Ledger};
+    use crate::plan::guards::Guards;
+
+    fn candidate(name: &str, downloads: i64, signed: Option<bool>) -> Candidate {
+        let subject = Subject {
+            package: name.into(),
+            version: signed.map(|_| "1.0.0".into()),
+        };
+        let mut p = crate::registry::PackageRecord {
+            name: name.into(),
+            description: String::new(),
+            category: None,
+            author: None,
+            license: None,
+            repository: None,
+            tags: vec![],
+            keywords: vec![],
+            downloads,
+            stars: 0,
+            status: "active".into(),
+            latest: None,
+            quality: None,
+            quality_detail: None,
+            production_ready: false,
+            created_at: 0,
+            updated_at: 0,
+        };
+        p.latest = subject.version.clone();
+        Candidate {
+            finding: Finding {
+                id: format!("f-{name}"),
+                fingerprint: Finding::fingerprint_of(FindingKind::ChecksumMismatch, &subject),
+                kind: FindingKind::ChecksumMismatch,
+                severity: Severity::Critical,
+                subject: subject.clone(),
+                state: FindingState::Firing,
+                value: 1.0,
+                message: String::new(),
+                labels: Default::default(),
+                first_seen: 0,
+                fired_at: Some(0),
+                last_seen: 0,
+                cleared_at: None,
+                resolved_at: None,
+                plan_state: PlanState::New,
+            },
+            package: Some(p),
+            release: signed.map(|s| ReleaseRecord {
+                package: name.into(),
+                version: "1.0.0".into(),
+                published_at: 0,
+                checksum: None,
+                artifact: None,
+                signature: s.then(String::new),
+                signer: None,
+                yanked: false,
+                quarantined: false,
+                dependencies: vec![],
+            }),
+            dependents: 0,
+            transitive_dependents: 0,
+        }
+    }
+
+    #[test]
+    fn each_finding_is_judged_on_its_own_facts_in_one_pass() {
+        let set = PolicySet::from_sources(&[(
+            std::path::PathBuf::from("p.toml"),
+            "[[policy]]\nid = \"q\"\non = \"checksum_mismatch\"\naction = \"quarantine\"\nmode = \"enforce\"\n\
+             when = \"package.downloads > 100 && release != null && release.signed\"\n"
+                .into(),
+        )])
+        .expect("loads");
+        let cands = vec![
+            candidate("a", 500, Some(true)),
+            candidate("b", 5, Some(true)),
+            candidate("c", 500, None),
+            candidate("d", 500, Some(false)),
+            candidate("e", 900, Some(true)),
+        ];
+        let guards = Guards::default();
+        let mut keeper = Gatekeeper {
+            guards: &guards,
+            daemon_dry_run: false,
+            ledger: Ledger::default(),
+            circuit: Default::default(),
+            registry_packages: 5,
+            memo: Default::default(),
+        };
+        let out = decide(&set, &cands, RegistryCounts::default(), &mut keeper, 0);
+        let planned: Vec<&str> = out
+            .decisions
+            .iter()
+            .map(|d| d.subject.package.as_str())
+            .collect();
+        assert_eq!(planned, vec!["a", "e"]);
+        assert_eq!(out.unmatched, vec!["f-b", "f-c", "f-d"]);
+    }
 }

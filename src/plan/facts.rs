@@ -94,6 +94,13 @@ pub fn context<'v>(env: &Arc<Env>, f: &Facts<'v>) -> Context<'v, 'v> {
 /// The context with only the variables and fields that `uses` names: no condition reads the others.
 pub fn context_for<'v>(env: &Arc<Env>, f: &Facts<'v>, uses: &Uses) -> Context<'v, 'v> {
     let mut ctx = Context::with_env(Arc::clone(env));
+    bind(&mut ctx, f, uses);
+    ctx
+}
+
+/// Binds the facts' variables in an existing context, replacing the previous ones (the planner
+/// reuses one context for a whole pass).
+pub fn bind<'v>(ctx: &mut Context<'v, 'v>, f: &Facts<'v>, uses: &Uses) {
     if uses.finding.any() {
         ctx.add_variable_as_val("finding", values::finding(f.finding, f.now, &uses.finding));
     }
@@ -118,7 +125,6 @@ pub fn context_for<'v>(env: &Arc<Env>, f: &Facts<'v>, uses: &Uses) -> Context<'v
             values::registry(f.registry, f.now, &uses.registry),
         );
     }
-    ctx
 }
 
 /// Evaluates a compiled condition; an error or a non-boolean result is an `Err` with the reason.
