@@ -160,9 +160,14 @@ struct Builder<'v, 'f> {
 
 impl<'v, 'f> Builder<'v, 'f> {
     fn new(fields: &'f Fields) -> Self {
+        let wanted = match fields {
+            Fields::Unused => 0,
+            Fields::Some(s) => s.len(),
+            Fields::All => 12,
+        };
         Self {
             fields,
-            map: HashMap::new(),
+            map: HashMap::with_capacity(wanted),
         }
     }
     fn put(&mut self, field: &'static str, value: impl FnOnce() -> V<'v>) {
