@@ -54,7 +54,10 @@ fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> Stri
         h.update(part.as_bytes());
         h.update([0]);
     }
-    hex::encode(h.finalize())
+    let mut out = [0u8; 64];
+    // encode_to_slice cannot fail: 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(h.finalize(), &mut out);
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// The enabled policies whose `on` and `when` match these facts; conditions that fail at run

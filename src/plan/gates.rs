@@ -5,7 +5,7 @@
 //! circuit breaker and the rate guards that open it); `mode` (dry run, approval, enforce).
 //! Rate limits and guards count only remediations that would execute now.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use super::guards::{Circuit, Guards, Load};
 use super::policy::{Mode, Policy};
