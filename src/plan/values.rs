@@ -5,12 +5,13 @@
 //! fields are selected (`package.downloads`) or whether the variable is used whole (passed to a
 //! function, iterated); the builders below then skip the rest.
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::traits::Indexer;
 use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+    CelBool, CelDouble, CelInt, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, Type, MAP_TYPE,
 };
-use cel::common::value::Val;
-use cel::Program;
+use cel::common::value::{CowVal, Val};
+use cel::{ExecutionError, Program};
 use std::collections::{BTreeSet, HashMap};
 
 use super::facts::PACKAGE_ALIAS;
@@ -34,13 +35,6 @@ pub enum Fields {
 impl Fields {
     pub fn any(&self) -> bool {
         !matches!(self, Self::Unused)
-    }
-    fn wants(&self, field: &str) -> bool {
-        match self {
-            Self::Unused => false,
-            Self::Some(s) => s.contains(field),
-            Self::All => true,
-        }
     }
     fn add(&mut self, field: &str) {
         match self {
@@ -118,6 +112,20 @@ impl Uses {
                 }
                 _ => self.walk(&s.operand),
             },
+            // `release != null`: a presence test reads no field.
+            Expr::Call(c)
+                if (c.func_name == "_==_" || c.func_name == "_!=_")
+                    && c.args.len() == 2
+                    && presence(&c.args[0], &c.args[1]).is_some() =>
+            {
+                if let Some(name) = presence(&c.args[0], &c.args[1]) {
+                    if let Some(f) = self.slot(name) {
+                        if !f.any() {
+                            *f = Fields::Some(BTreeSet::new());
+                        }
+                    }
+                }
+            }
             Expr::Call(c) => {
                 if let Some(t) = &c.target {
                     self.walk(t);
@@ -152,31 +160,204 @@ impl Uses {
     }
 }
 
-/// A map of the wanted fields only; a field's value is computed only when wanted.
-struct Builder<'v, 'f> {
-    fields: &'f Fields,
-    map: HashMap<CelMapKey<'v>, V<'v>>,
+/// The variable compared with `null` in `a == null` / `null != a`, if that is what this is.
+fn presence<'e>(a: &'e IdedExpr, b: &'e IdedExpr) -> Option<&'e str> {
+    match (&a.expr, &b.expr) {
+        (Expr::Ident(n), Expr::Literal(LiteralValue::Null))
+        | (Expr::Literal(LiteralValue::Null), Expr::Ident(n)) => Some(n),
+        _ => None,
+    }
 }
 
-impl<'v, 'f> Builder<'v, 'f> {
-    fn new(fields: &'f Fields) -> Self {
-        let wanted = match fields {
-            Fields::Unused => 0,
-            Fields::Some(s) => s.len(),
-            Fields::All => 12,
-        };
-        Self {
-            fields,
-            map: HashMap::with_capacity(wanted),
+/// Where a variable's fields come from.
+#[derive(Debug, Clone, Copy)]
+enum Source<'v> {
+    Finding(&'v Finding, i64),
+    Package(&'v PackageRecord, i64, i64, i64),
+    Release(&'v ReleaseRecord),
+    Registry(RegistryCounts, i64),
+}
+
+const FINDING_FIELDS: [&str; 7] = [
+    "kind",
+    "severity",
+    "value",
+    "threshold",
+    "age_s",
+    "count",
+    "labels",
+];
+const PACKAGE_FIELDS: [&str; 12] = [
+    "name",
+    "category",
+    "author",
+    "license",
+    "downloads",
+    "stars",
+    "status",
+    "quality",
+    "dependents",
+    "transitive_dependents",
+    "age_days",
+    "days_since_release",
+];
+const RELEASE_FIELDS: [&str; 6] = [
+    "version",
+    "published_at",
+    "signed",
+    "signer",
+    "yanked",
+    "quarantined",
+];
+const REGISTRY_FIELDS: [&str; 3] = ["packages", "quarantined", "now"];
+
+impl<'v> Source<'v> {
+    fn names(&self) -> &'static [&'static str] {
+        match self {
+            Self::Finding(..) => &FINDING_FIELDS,
+            Self::Package(..) => &PACKAGE_FIELDS,
+            Self::Release(..) => &RELEASE_FIELDS,
+            Self::Registry(..) => &REGISTRY_FIELDS,
         }
     }
-    fn put(&mut self, field: &'static str, value: impl FnOnce() -> V<'v>) {
-        if self.fields.wants(field) {
-            self.map.insert(CelMapKey::from(field), value());
+
+    /// One field's value, computed when asked.
+    fn field(&self, name: &str) -> Option<V<'v>> {
+        Some(match *self {
+            Self::Finding(f, now) => match name {
+                "kind" => text(f.kind.as_str()),
+                "severity" => text(f.severity.as_str()),
+                "value" => Box::new(CelDouble::from(f.value)),
+                "threshold" => Box::new(CelDouble::from(0.0)),
+                "age_s" => int((now - f.first_seen) / 1000),
+                "count" => int(1),
+                "labels" => {
+                    let mut labels: HashMap<CelMapKey<'v>, V<'v>> =
+                        HashMap::with_capacity(f.labels.len());
+                    for (k, v) in &f.labels {
+                        let v: V<'v> = match v {
+                            serde_json::Value::String(s) => text(s),
+                            other => Box::new(CelString::from(other.to_string())),
+                        };
+                        labels.insert(CelMapKey::from(k.as_str()), v);
+                    }
+                    Box::new(CelMap::from(labels))
+                }
+                _ => return None,
+            },
+            Self::Package(p, dependents, transitive, now) => match name {
+                "name" => text(&p.name),
+                "category" => opt_text(&p.category),
+                "author" => opt_text(&p.author),
+                "license" => opt_text(&p.license),
+                "downloads" => int(p.downloads),
+                "stars" => int(p.stars),
+                "status" => text(&p.status),
+                "quality" => match p.quality {
+                    Some(q) => Box::new(CelDouble::from(q)),
+                    None => Box::new(CelNull),
+                },
+                "dependents" => int(dependents),
+                "transitive_dependents" => int(transitive),
+                "age_days" => int((now - p.created_at) / DAY_MS),
+                "days_since_release" => int((now - p.updated_at) / DAY_MS),
+                _ => return None,
+            },
+            Self::Release(r) => match name {
+                "version" => text(&r.version),
+                "published_at" => ts(r.published_at),
+                "signed" => Box::new(CelBool::from(r.signature.is_some())),
+                "signer" => opt_text(&r.signer),
+                "yanked" => Box::new(CelBool::from(r.yanked)),
+                "quarantined" => Box::new(CelBool::from(r.quarantined)),
+                _ => return None,
+            },
+            Self::Registry(counts, now) => match name {
+                "packages" => int(counts.packages),
+                "quarantined" => int(counts.quarantined),
+                "now" => ts(now),
+                _ => return None,
+            },
+        })
+    }
+
+    /// The variable as conditions need it: a whole map when some condition uses it whole, a
+    /// lazy map that computes a field when selected otherwise.
+    fn value(self, fields: &Fields) -> V<'v> {
+        match fields {
+            Fields::All => {
+                let names = self.names();
+                let mut map: HashMap<CelMapKey<'v>, V<'v>> = HashMap::with_capacity(names.len());
+                for name in names {
+                    if let Some(v) = self.field(name) {
+                        map.insert(CelMapKey::from(*name), v);
+                    }
+                }
+                Box::new(CelMap::from(map))
+            }
+            _ => Box::new(Lazy(self)),
         }
     }
-    fn done(self) -> V<'v> {
-        Box::new(CelMap::from(self.map))
+}
+
+/// A map-typed value whose fields are computed when a condition selects them
+/// (`package.downloads`, `has(package.quality)`); conditions that use the variable otherwise
+/// get a whole [`CelMap`] instead (see [`Uses`]).
+#[derive(Debug, Clone, Copy)]
+struct Lazy<'v>(Source<'v>);
+
+impl Val for Lazy<'_> {
+    fn get_type(&self) -> &Type {
+        &MAP_TYPE
+    }
+
+    fn cel_type() -> &'static Type {
+        &MAP_TYPE
+    }
+
+    fn as_indexer<'b, 'w>(&'b self) -> Option<&'b (dyn Indexer + 'w)>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn into_indexer<'w>(self: Box<Self>) -> Option<Box<dyn Indexer + 'w>>
+    where
+        Self: 'w,
+    {
+        Some(self)
+    }
+
+    fn clone_as_boxed<'w>(&self) -> Box<dyn Val + 'w>
+    where
+        Self: 'w,
+    {
+        Box::new(*self)
+    }
+}
+
+impl Indexer for Lazy<'_> {
+    fn get<'b, 'w>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        let name = idx
+            .downcast_ref::<CelString>()
+            .map(|s| s.inner().to_string());
+        match name.as_deref().and_then(|n| self.0.field(n)) {
+            Some(v) => Ok(CowVal::Owned(v)),
+            None => Err(ExecutionError::NoSuchKey(std::sync::Arc::new(
+                name.unwrap_or_default(),
+            ))),
+        }
+    }
+
+    fn steal<'w>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'w>, ExecutionError>
+    where
+        Self: 'w,
+    {
+        self.get(idx).map(CowVal::into_owned)
     }
 }
 
@@ -204,25 +385,7 @@ fn opt_text(s: &Option<String>) -> V<'_> {
 
 /// The `finding` variable.
 pub fn finding<'v>(f: &'v Finding, now: i64, fields: &Fields) -> V<'v> {
-    let mut b = Builder::new(fields);
-    b.put("kind", || text(f.kind.as_str()));
-    b.put("severity", || text(f.severity.as_str()));
-    b.put("value", || Box::new(CelDouble::from(f.value)));
-    b.put("threshold", || Box::new(CelDouble::from(0.0)));
-    b.put("age_s", || int((now - f.first_seen) / 1000));
-    b.put("count", || int(1));
-    b.put("labels", || {
-        let mut labels: HashMap<CelMapKey<'v>, V<'v>> = HashMap::with_capacity(f.labels.len());
-        for (k, v) in &f.labels {
-            let v: V<'v> = match v {
-                serde_json::Value::String(s) => text(s),
-                other => Box::new(CelString::from(other.to_string())),
-            };
-            labels.insert(CelMapKey::from(k.as_str()), v);
-        }
-        Box::new(CelMap::from(labels))
-    });
-    b.done()
+    Source::Finding(f, now).value(fields)
 }
 
 /// The `package` variable (null when the package is unknown).
@@ -233,56 +396,134 @@ pub fn package<'v>(
     now: i64,
     fields: &Fields,
 ) -> V<'v> {
-    let Some(p) = p else {
-        return Box::new(CelNull);
-    };
-    let mut b = Builder::new(fields);
-    b.put("name", || text(&p.name));
-    b.put("category", || opt_text(&p.category));
-    b.put("author", || opt_text(&p.author));
-    b.put("license", || opt_text(&p.license));
-    b.put("downloads", || int(p.downloads));
-    b.put("stars", || int(p.stars));
-    b.put("status", || text(&p.status));
-    b.put("quality", || match p.quality {
-        Some(q) => Box::new(CelDouble::from(q)),
+    match p {
+        Some(p) => Source::Package(p, dependents, transitive, now).value(fields),
         None => Box::new(CelNull),
-    });
-    b.put("dependents", || int(dependents));
-    b.put("transitive_dependents", || int(transitive));
-    b.put("age_days", || int((now - p.created_at) / DAY_MS));
-    b.put("days_since_release", || int((now - p.updated_at) / DAY_MS));
-    b.done()
+    }
 }
 
 /// The `release` variable (null where the finding is package-wide).
 pub fn release<'v>(r: Option<&'v ReleaseRecord>, fields: &Fields) -> V<'v> {
-    let Some(r) = r else {
-        return Box::new(CelNull);
-    };
-    let mut b = Builder::new(fields);
-    b.put("version", || text(&r.version));
-    b.put("published_at", || ts(r.published_at));
-    b.put("signed", || Box::new(CelBool::from(r.signature.is_some())));
-    b.put("signer", || opt_text(&r.signer));
-    b.put("yanked", || Box::new(CelBool::from(r.yanked)));
-    b.put("quarantined", || Box::new(CelBool::from(r.quarantined)));
-    b.done()
+    match r {
+        Some(r) => Source::Release(r).value(fields),
+        None => Box::new(CelNull),
+    }
 }
 
 /// The `registry` variable.
 pub fn registry(counts: RegistryCounts, now: i64, fields: &Fields) -> V<'static> {
-    let mut b = Builder::new(fields);
-    b.put("packages", || int(counts.packages));
-    b.put("quarantined", || int(counts.quarantined));
-    b.put("now", || ts(now));
-    b.done()
+    Source::Registry(counts, now).value(fields)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::facts::{self, Facts};
+    use crate::plan::policy::PolicySet;
     use cel::Env;
+    use std::path::PathBuf;
+
+    /// Lazily built facts must give every condition the same answer as whole maps.
+    #[test]
+    fn lazy_facts_answer_exactly_as_whole_maps() {
+        use crate::knowledge::findings::{FindingState, PlanState};
+        use crate::model::{FindingKind, Severity, Subject};
+        let conditions = [
+            "package.downloads > 100 && release.signed",
+            "release != null && !release.quarantined",
+            "null == release || release.signer == 'pub-1'",
+            "has(package.quality) && package.quality > 50.0",
+            "has(package.nope)",
+            "finding.labels.exists(k, k == 'source') && finding.severity == 'critical'",
+            "registry.now > release.published_at && registry.packages > 1",
+            "package.license == null && package.age_days >= 0",
+            "release.nope == 1",
+        ];
+        let finding = Finding {
+            id: "f".into(),
+            fingerprint: "f".into(),
+            kind: FindingKind::ChecksumMismatch,
+            severity: Severity::Critical,
+            subject: Subject {
+                package: "p".into(),
+                version: Some("1.0.0".into()),
+            },
+            state: FindingState::Firing,
+            value: 1.0,
+            message: String::new(),
+            labels: [("source".to_string(), serde_json::Value::from("x"))]
+                .into_iter()
+                .collect(),
+            first_seen: 0,
+            fired_at: None,
+            last_seen: 0,
+            cleared_at: None,
+            resolved_at: None,
+            plan_state: PlanState::New,
+        };
+        let package = PackageRecord {
+            name: "p".into(),
+            description: String::new(),
+            category: None,
+            author: None,
+            license: None,
+            repository: None,
+            tags: vec![],
+            keywords: vec![],
+            downloads: 500,
+            stars: 1,
+            status: "active".into(),
+            latest: None,
+            quality: Some(70.0),
+            quality_detail: None,
+            production_ready: false,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let release = ReleaseRecord {
+            package: "p".into(),
+            version: "1.0.0".into(),
+            published_at: 5,
+            checksum: None,
+            artifact: None,
+            signature: Some(String::new()),
+            signer: Some("pub-1".into()),
+            yanked: false,
+            quarantined: false,
+            dependencies: vec![],
+        };
+        for src in conditions {
+            let policy = format!(
+                "[[policy]]\nid = \"x\"\non = \"checksum_mismatch\"\naction = \"quarantine\"\nwhen = \"{src}\"\n"
+            );
+            let set = PolicySet::from_sources(&[(PathBuf::from("x.toml"), policy)]).expect(src);
+            let program = set.policies[0].program.as_ref().expect("a condition");
+            for rel in [Some(&release), None] {
+                let f = Facts {
+                    finding: &finding,
+                    package: Some(&package),
+                    release: rel,
+                    dependents: 1,
+                    transitive_dependents: 2,
+                    registry: RegistryCounts {
+                        packages: 10,
+                        quarantined: 0,
+                    },
+                    now: 1_000_000,
+                };
+                let whole = facts::run(program, &facts::context(&set.env, &f));
+                let lazy = facts::run(program, &facts::context_for(&set.env, &f, &set.uses));
+                assert_eq!(
+                    whole.is_ok(),
+                    lazy.is_ok(),
+                    "{src} ({rel:?}): {whole:?} vs {lazy:?}"
+                );
+                if let (Ok(a), Ok(b)) = (&whole, &lazy) {
+                    assert_eq!(a, b, "{src}");
+                }
+            }
+        }
+    }
 
     fn uses(src: &str) -> Uses {
         let env = Env::stdlib();
@@ -309,6 +550,8 @@ mod tests {
         assert_eq!((u.finding.any(), u.registry.any()), (false, false));
         let u = uses("release != null && size(package) > 0");
         assert_eq!(u.package, Fields::All);
+        assert_eq!(u.release, Fields::Some(BTreeSet::new()));
+        let u = uses("release == release");
         assert_eq!(u.release, Fields::All);
         let u = uses("finding.labels.exists(k, k == 'x')");
         assert_eq!(
