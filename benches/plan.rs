@@ -307,12 +307,25 @@ fn main() {
     breakdown(&policies, &w);
 }
 
+/// A rule as a one-policy set, so its facts are built as the planner builds them.
+fn rule_set(rule: &str) -> PolicySet {
+    PolicySet::from_sources(&[(
+        PathBuf::from("rule.toml"),
+        format!(
+            "[[policy]]\nid = \"rule\"\non = \"checksum_mismatch\"\naction = \"quarantine\"\nwhen = \"{rule}\"\n"
+        ),
+    )])
+    .expect("the rule loads")
+}
+
 /// One condition evaluated many times: CEL here, and the same rule in Rego with `--features rego`.
 fn conditions(policies: &PolicySet, w: &World, runs: usize) {
     const RULE_CEL: &str =
         "finding.severity == 'critical' && package.downloads >= 100 && release.signed";
-    let env = Arc::clone(&policies.env);
-    let program = facts::compile_condition(&env, RULE_CEL).expect("compiles");
+    let _ = policies;
+    let one = rule_set(RULE_CEL);
+    let env = Arc::clone(&one.env);
+    let program = one.policies[0].program.as_ref().expect("a condition");
     let n = w.candidates.len();
     let counts = RegistryCounts {
         packages: PACKAGES as i64,
@@ -333,7 +346,8 @@ fn conditions(policies: &PolicySet, w: &World, runs: usize) {
                 registry: counts,
                 now: NOW,
             };
-            yes += usize::from(facts::evaluate(&env, &program, &f) == Ok(true));
+            let ctx = facts::context_for(&env, &f, &one.uses);
+            yes += usize::from(facts::run(program, &ctx) == Ok(true));
         }
         times.push(t.elapsed());
     }
@@ -420,12 +434,11 @@ allow if {
 /// compiled program.
 fn breakdown(policies: &PolicySet, w: &World) {
     const N: usize = 50_000;
-    let env = Arc::clone(&policies.env);
-    let program = facts::compile_condition(
-        &env,
-        "finding.severity == 'critical' && package.downloads >= 100 && release.signed",
-    )
-    .expect("compiles");
+    let _ = policies;
+    let one =
+        rule_set("finding.severity == 'critical' && package.downloads >= 100 && release.signed");
+    let env = Arc::clone(&one.env);
+    let program = one.policies[0].program.as_ref().expect("a condition");
     let counts = RegistryCounts {
         packages: PACKAGES as i64,
         quarantined: 0,
@@ -445,12 +458,15 @@ fn breakdown(policies: &PolicySet, w: &World) {
         })
         .collect();
     let t = Instant::now();
-    let ctxs: Vec<_> = all.iter().map(|f| facts::context(&env, f)).collect();
+    let ctxs: Vec<_> = all
+        .iter()
+        .map(|f| facts::context_for(&env, f, &one.uses))
+        .collect();
     let build = t.elapsed();
     let t = Instant::now();
     let yes = ctxs
         .iter()
-        .filter(|c| facts::run(&program, c) == Ok(true))
+        .filter(|c| facts::run(program, c) == Ok(true))
         .count();
     let run = t.elapsed();
     let per = |d: Duration| d.as_secs_f64() * 1e6 / N as f64;
