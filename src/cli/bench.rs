@@ -51,8 +51,13 @@ async fn one_cycle(
     key: &KeyPair,
 ) -> anyhow::Result<(usize, usize)> {
     let now = SystemClock.now_ms();
+    let t = Instant::now();
     let observed = monitor::cycle(state, registry, store, trust, now, i64::MAX).await?;
+    let monitor_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     analyze::cycle(store, &observed.observations, &Rules::default(), now).await?;
+    let analyze_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let ctx = plan::PlanContext {
         policies,
         trust: trust.as_ref(),
@@ -61,11 +66,18 @@ async fn one_cycle(
         now,
     };
     plan::Planner::default().cycle(store, registry, ctx).await?;
+    let plan_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     execute::cycle(store, registry, key, now).await?;
+    eprintln!(
+        "  stages: monitor {monitor_s:.3} s, analyze {analyze_s:.3} s, plan {plan_s:.3} s, execute {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
     Ok((observed.observations.len(), observed.verified))
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    super::init_logging(crate::config::LogFormat::Pretty);
     let policies = PolicySet::from_sources(
         &super::demo::DEFAULT_POLICIES
             .iter()

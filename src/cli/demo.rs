@@ -99,3 +99,20 @@ pub async fn prepare(config: &Config) -> anyhow::Result<()> {
     store.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DEFAULT_POLICIES;
+    use crate::plan::policy::PolicySet;
+
+    #[test]
+    fn the_embedded_default_set_loads_as_the_demo_and_the_bench_use_it() {
+        let sources: Vec<_> = DEFAULT_POLICIES
+            .iter()
+            .map(|(n, t)| (std::path::PathBuf::from(n), t.to_string()))
+            .collect();
+        let set = PolicySet::from_sources(&sources).expect("loads");
+        assert_eq!(set.policies.len(), 3);
+        assert_eq!(set.guards.max_actions_per_cycle, Some(50));
+    }
+}

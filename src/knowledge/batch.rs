@@ -24,7 +24,7 @@ pub async fn insert_rows(
     conflict: &str,
 ) -> Result<u64, StoreError> {
     const MAX_PARAMS: usize = 30_000;
-    let per_chunk = (MAX_PARAMS / columns.len().max(1)).clamp(1, 1000);
+    let per_chunk = (MAX_PARAMS / columns.len().max(1)).clamp(1, 50);
     let mut affected = 0;
     for chunk in rows.chunks(per_chunk) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));

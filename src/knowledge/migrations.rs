@@ -149,6 +149,18 @@ CREATE TABLE approvals (
 );
 "#;
 
+/// Version 3: the verification cache keyed by one digest of (checksum, signature, public key)
+/// rather than the three long texts: a third of the size, and a quick primary key to insert
+/// 100,000 rows into. It is a cache, so its old rows are dropped (verdicts are recomputed).
+const V3: &str = r#"
+DROP TABLE verification_cache;
+CREATE TABLE verification_cache (
+    key TEXT PRIMARY KEY,
+    valid BIGINT NOT NULL,
+    verified_at BIGINT NOT NULL
+);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -163,6 +175,7 @@ pub fn migrator() -> Migrator {
         migrations: Cow::Owned(vec![
             step(1, "registry and knowledge", V1),
             step(2, "policy engine", V2),
+            step(3, "compact verification cache", V3),
         ]),
         ..Migrator::DEFAULT
     }

@@ -6,8 +6,20 @@ use std::collections::HashMap;
 use super::{insert_rows, Conn, Param, Store, StoreError};
 use crate::model::ReleaseObservation;
 
-/// The key of a cached signature check: the artifact's checksum, the signature and the public key.
-pub type VerificationKey = (String, String, String);
+/// The key of a cached signature check: SHA-256 over the artifact's checksum, the signature and
+/// the public key (each followed by a zero byte).
+pub type VerificationKey = [u8; 32];
+
+/// The cache key of (checksum of the actual bytes, signature, public key).
+pub fn verification_key(checksum: &str, signature: &str, public_key: &str) -> VerificationKey {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [checksum, signature, public_key] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().into()
+}
 
 impl Store {
     pub async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
@@ -25,14 +37,19 @@ impl Store {
 
     /// Every cached signature verdict, for the monitor to keep in memory.
     pub async fn verification_cache(&self) -> Result<HashMap<VerificationKey, bool>, StoreError> {
-        let rows =
-            sqlx::query("SELECT checksum, signature, public_key, valid FROM verification_cache")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get::<i64, _>(3) != 0))
-            .collect())
+        let rows = sqlx::query("SELECT key, valid FROM verification_cache")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let key: String = r.try_get(0)?;
+            let mut k = [0u8; 32];
+            // A row that is not a digest is skipped: the check is simply done again.
+            if hex::decode_to_slice(&key, &mut k).is_ok() {
+                out.insert(k, r.try_get::<i64, _>(1)? != 0);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn cache_verifications(
@@ -43,13 +60,14 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let rows: Vec<Vec<Param>> = entries
-            .iter()
-            .map(|((c, s, k), valid)| {
+        // In key order: each insert lands at the end of the primary key's index, not at random.
+        let mut sorted: Vec<&(VerificationKey, bool)> = entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let rows: Vec<Vec<Param>> = sorted
+            .into_iter()
+            .map(|(key, valid)| {
                 vec![
-                    Param::Text(c.clone()),
-                    Param::Text(s.clone()),
-                    Param::Text(k.clone()),
+                    Param::Text(hex::encode(key)),
                     Param::Int(i64::from(*valid)),
                     Param::Int(at),
                 ]
@@ -59,15 +77,9 @@ impl Store {
         insert_rows(
             &mut tx,
             "verification_cache",
-            &[
-                "checksum",
-                "signature",
-                "public_key",
-                "valid",
-                "verified_at",
-            ],
+            &["key", "valid", "verified_at"],
             &rows,
-            "ON CONFLICT (checksum, signature, public_key) DO NOTHING",
+            "ON CONFLICT (key) DO NOTHING",
         )
         .await?;
         tx.commit().await?;

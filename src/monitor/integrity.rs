@@ -4,7 +4,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 use crate::keys::{verify_hex, Trust, TrustStore};
-use crate::knowledge::state::VerificationKey;
+use crate::knowledge::state::{verification_key, VerificationKey};
 use crate::model::{Integrity, ReleaseObservation, SignatureState};
 use crate::registry::{Registry, ReleaseRecord};
 
@@ -52,7 +52,7 @@ pub fn observe_release<R: Registry>(
             Trust::Unknown => SignatureState::UnknownKey,
             Trust::Trusted(key) => match (&bytes, &computed) {
                 (Ok(bytes), Some(checksum)) => {
-                    let cache_key = (checksum.clone(), sig.clone(), key.public_hex.clone());
+                    let cache_key = verification_key(checksum, sig, &key.public_hex);
                     let (valid, hit) = match cache.get(&cache_key) {
                         Some(v) => (*v, true),
                         None => (verify_hex(&key.public, bytes, sig), false),

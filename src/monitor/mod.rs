@@ -82,7 +82,10 @@ pub async fn cycle<R: Registry>(
     } else {
         state.cursor.unwrap_or(0)
     };
+    let t_read = std::time::Instant::now();
     let (releases, head) = registry.releases_since(since).await?;
+    let read_s = t_read.elapsed().as_secs_f64();
+    let t_check = std::time::Instant::now();
 
     let registry2 = Arc::clone(registry);
     let trust2 = Arc::clone(trust);
@@ -114,6 +117,8 @@ pub async fn cycle<R: Registry>(
     .await
     .map_err(|e| MonitorError::Worker(e.to_string()))?;
 
+    let check_s = t_check.elapsed().as_secs_f64();
+    let t_write = std::time::Instant::now();
     let mut output = MonitorOutput {
         full_scan,
         ..Default::default()
@@ -135,8 +140,18 @@ pub async fn cycle<R: Registry>(
         let cache = Arc::make_mut(&mut state.cache);
         cache.extend(fresh);
     }
+    let cache_s = t_write.elapsed().as_secs_f64();
+    let t_obs = std::time::Instant::now();
     store.record_observations(&output.observations).await?;
     store.set_cursor(CURSOR, &head.to_string()).await?;
+    tracing::debug!(
+        releases = output.observations.len(),
+        read_s,
+        check_s,
+        cache_s,
+        observations_s = t_obs.elapsed().as_secs_f64(),
+        "monitor pass timings"
+    );
     state.cursor = Some(head);
     if full_scan {
         state.last_full_scan = Some(now);

@@ -252,7 +252,14 @@ impl PolicySet {
             hasher.update([0]);
             hasher.update(src.as_bytes());
             hasher.update([0]);
-            if file.file_name().is_some_and(|n| n == "guards.toml") {
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.ends_with(".test.toml") || name == "quality.toml" {
+                continue; // policy tests and the quality model are not policies
+            }
+            if name == "guards.toml" {
                 match Guards::parse(file, src) {
                     Ok(g) => guards = g,
                     Err(mut e) => errors.append(&mut e),
