@@ -21,6 +21,9 @@ pub fn verification_key(checksum: &str, signature: &str, public_key: &str) -> Ve
     h.finalize().into()
 }
 
+/// Rows whose bound values are built at once when writing many.
+const WRITE_SLICE: usize = 2_000;
+
 impl Store {
     pub async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT value FROM cursors WHERE name = $1")
@@ -63,25 +66,27 @@ impl Store {
         // In key order: each insert lands at the end of the primary key's index, not at random.
         let mut sorted: Vec<&(VerificationKey, bool)> = entries.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let rows: Vec<Vec<Param>> = sorted
-            .into_iter()
-            .map(|(key, valid)| {
-                vec![
-                    Param::Text(hex::encode(key)),
-                    Param::Int(i64::from(*valid)),
-                    Param::Int(at),
-                ]
-            })
-            .collect();
         let mut tx = self.begin().await?;
-        insert_rows(
-            &mut tx,
-            "verification_cache",
-            &["key", "valid", "verified_at"],
-            &rows,
-            "ON CONFLICT (key) DO NOTHING",
-        )
-        .await?;
+        for part in sorted.chunks(WRITE_SLICE) {
+            let rows: Vec<Vec<Param>> = part
+                .iter()
+                .map(|(key, valid)| {
+                    vec![
+                        Param::Text(hex::encode(key)),
+                        Param::Int(i64::from(*valid)),
+                        Param::Int(at),
+                    ]
+                })
+                .collect();
+            insert_rows(
+                &mut tx,
+                "verification_cache",
+                &["key", "valid", "verified_at"],
+                &rows,
+                "ON CONFLICT (key) DO NOTHING",
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -94,37 +99,40 @@ impl Store {
         if observations.is_empty() {
             return Ok(());
         }
-        let rows: Vec<Vec<Param>> = observations
-            .iter()
-            .map(|o| {
-                vec![
-                    Param::Text(o.package.clone()),
-                    Param::Text(o.version.clone()),
-                    Param::Int(o.observed_at),
-                    Param::Text(serde_json::to_string(&o.integrity).unwrap_or_default()),
-                    Param::Text(o.signature.as_str().to_string()),
-                    Param::OptText(o.signer.clone()),
-                ]
-            })
-            .collect();
         let mut tx = self.begin().await?;
-        insert_rows(
-            &mut tx,
-            "release_observations",
-            &[
-                "package",
-                "version",
-                "observed_at",
-                "integrity",
-                "signature_state",
-                "signer",
-            ],
-            &rows,
-            "ON CONFLICT (package, version) DO UPDATE SET observed_at = excluded.observed_at, \
-             integrity = excluded.integrity, signature_state = excluded.signature_state, \
-             signer = excluded.signer",
-        )
-        .await?;
+        // Bound values are built a slice at a time, not for 100,000 releases at once.
+        for part in observations.chunks(WRITE_SLICE) {
+            let rows: Vec<Vec<Param>> = part
+                .iter()
+                .map(|o| {
+                    vec![
+                        Param::Text(o.package.clone()),
+                        Param::Text(o.version.clone()),
+                        Param::Int(o.observed_at),
+                        Param::Text(serde_json::to_string(&o.integrity).unwrap_or_default()),
+                        Param::Text(o.signature.as_str().to_string()),
+                        Param::OptText(o.signer.clone()),
+                    ]
+                })
+                .collect();
+            insert_rows(
+                &mut tx,
+                "release_observations",
+                &[
+                    "package",
+                    "version",
+                    "observed_at",
+                    "integrity",
+                    "signature_state",
+                    "signer",
+                ],
+                &rows,
+                "ON CONFLICT (package, version) DO UPDATE SET observed_at = excluded.observed_at, \
+                 integrity = excluded.integrity, signature_state = excluded.signature_state, \
+                 signer = excluded.signer",
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The registry in SQL (the same sqlx store as the knowledge): scans by change sequence, effectors, upserts.
 
+use futures_util::TryStreamExt;
 use sqlx::any::AnyRow;
 use sqlx::{Executor, Row};
 use std::path::{Path, PathBuf};
@@ -25,17 +26,18 @@ const PACKAGE_COLUMNS: &str = "name, description, category, author, license, rep
     keywords, downloads, stars, status, latest, quality, quality_detail, production_ready, \
     created_at, updated_at";
 
+/// Decodes a row selected with [`RELEASE_COLUMNS`], by position (in that order).
 fn decode_release(row: &AnyRow) -> Result<ReleaseRecord, sqlx::Error> {
     Ok(ReleaseRecord {
-        package: row.try_get("package")?,
-        version: row.try_get("version")?,
-        published_at: row.try_get("published_at")?,
-        checksum: row.try_get("checksum")?,
-        artifact: row.try_get("artifact")?,
-        signature: row.try_get("signature")?,
-        signer: row.try_get("signer")?,
-        yanked: row.try_get::<i64, _>("yanked")? != 0,
-        quarantined: row.try_get::<i64, _>("quarantined")? != 0,
+        package: row.try_get(0)?,
+        version: row.try_get(1)?,
+        published_at: row.try_get(2)?,
+        checksum: row.try_get(3)?,
+        artifact: row.try_get(4)?,
+        signature: row.try_get(5)?,
+        signer: row.try_get(6)?,
+        yanked: row.try_get::<i64, _>(7)? != 0,
+        quarantined: row.try_get::<i64, _>(8)? != 0,
         dependencies: Vec::new(),
     })
 }
@@ -375,17 +377,16 @@ impl Registry for SqlRegistry {
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
              ORDER BY package, version"
         );
-        let rows = conn
-            .fetch_all(
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(cursor)
-                    .bind(head),
-            )
-            .await?;
-        let releases = rows
-            .iter()
-            .map(decode_release)
-            .collect::<Result<Vec<_>, _>>()?;
+        // Decoded as they stream in: no second copy of 100,000 rows in memory.
+        let mut rows = conn.fetch(
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(cursor)
+                .bind(head),
+        );
+        let mut releases = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            releases.push(decode_release(&row)?);
+        }
         Ok((releases, head))
     }
 
