@@ -65,7 +65,7 @@ impl Store {
         }
         // In key order: each insert lands at the end of the primary key's index, not at random.
         let mut sorted: Vec<&(VerificationKey, bool)> = entries.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        sorted.sort_unstable_by_key(|e| e.0);
         let mut tx = self.begin().await?;
         for part in sorted.chunks(WRITE_SLICE) {
             let rows: Vec<Vec<Param>> = part
