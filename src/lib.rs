@@ -13,3 +13,4 @@ pub mod model;
 pub mod monitor;
 pub mod plan;
 pub mod registry;
+pub mod sim;

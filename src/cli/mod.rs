@@ -6,6 +6,7 @@ mod demo;
 mod policy;
 mod registry;
 mod run;
+mod simulate;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -64,6 +65,8 @@ pub enum Command {
     Circuit(policy::CircuitCommand),
     /// Findings and remediations at a glance.
     Status,
+    /// Run scenarios against a simulated registry on a virtual clock; judge their expectations.
+    Simulate(simulate::SimulateArgs),
     /// Time a full and an unchanged cycle on a generated registry, and report peak memory.
     Bench(bench::BenchArgs),
 }
@@ -112,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Plans(c) => policy::plans(&cli.global, c).await,
             Command::Circuit(c) => policy::circuit(&cli.global, c).await,
             Command::Status => audit::status(&cli.global).await,
+            Command::Simulate(args) => simulate::simulate(args).await,
             Command::Bench(args) => bench::bench(args).await,
         }
     })

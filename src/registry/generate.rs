@@ -171,3 +171,78 @@ pub fn tamper_artifact(artifact_root: &Path, file: &str) -> std::io::Result<()> 
     bytes.extend_from_slice(b"\n# injected by an attacker\n");
     std::fs::write(path, bytes)
 }
+
+/// Publishes one release (a new package if the name is new) with a real artifact file, signed by
+/// `signer` when given: what a `publish` event of a scenario does.
+pub async fn publish(
+    registry: &SqlRegistry,
+    name: &str,
+    version: &str,
+    signer: Option<&KeyPair>,
+    dependencies: &[String],
+    now: i64,
+) -> Result<(), RegistryError> {
+    use super::Registry;
+    let bytes = artifact_bytes(name, version);
+    let file = format!("{name}-{version}.pack");
+    std::fs::create_dir_all(&registry.artifact_root).map_err(|e| RegistryError::Artifact {
+        location: registry.artifact_root.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(registry.artifact_root.join(&file), &bytes).map_err(|e| {
+        RegistryError::Artifact {
+            location: file.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let package = match registry.package(name).await? {
+        Some(mut p) => {
+            p.latest = Some(version.to_string());
+            p.updated_at = now;
+            p
+        }
+        None => PackageRecord {
+            name: name.to_string(),
+            description: format!("Published package {name}"),
+            category: Some("web".into()),
+            author: signer.map(|k| k.key_id.clone()),
+            license: Some("MIT".into()),
+            repository: None,
+            tags: vec![],
+            keywords: vec![],
+            downloads: 0,
+            stars: 0,
+            status: "active".into(),
+            latest: Some(version.to_string()),
+            quality: None,
+            quality_detail: None,
+            production_ready: true,
+            created_at: now,
+            updated_at: now,
+        },
+    };
+    let release = ReleaseRecord {
+        package: name.to_string(),
+        version: version.to_string(),
+        published_at: now,
+        checksum: Some(hex::encode(Sha256::digest(&bytes))),
+        artifact: Some(file),
+        signature: signer.map(|k| k.sign(&bytes)),
+        signer: signer.map(|k| k.key_id.clone()),
+        yanked: false,
+        quarantined: false,
+        dependencies: dependencies
+            .iter()
+            .map(|d| Dependency {
+                name: d.clone(),
+                requirement: "*".into(),
+            })
+            .collect(),
+    };
+    let mut tx = registry.store.begin().await?;
+    let seq = super::sql::next_seq(&mut tx).await?;
+    SqlRegistry::upsert_package(&mut tx, &package, seq).await?;
+    SqlRegistry::upsert_release(&mut tx, &release, seq).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -19,6 +19,8 @@ pub enum RegistryError {
     Artifact { location: String, reason: String },
     #[error("no such {what} `{name}` in the registry")]
     NotFound { what: &'static str, name: String },
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for RegistryError {

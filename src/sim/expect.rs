@@ -1,0 +1,337 @@
+//! Judging a finished simulation: every expectation passes or fails, with the evidence either way.
+
+use serde::Serialize;
+use std::collections::BTreeSet;
+use wildmatch::WildMatch;
+
+use super::scenario::{duration_ms, least, ExpectAction, ExpectFinding, Scenario};
+use crate::clock::rfc3339;
+use crate::knowledge::findings::Finding;
+use crate::knowledge::remediations::{Remediation, Status};
+use crate::knowledge::Store;
+use crate::registry::{Registry, SqlRegistry};
+
+/// One expectation's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Judged {
+    pub line: usize,
+    pub kind: &'static str,
+    pub expectation: String,
+    pub pass: bool,
+    pub evidence: String,
+}
+
+fn window(after: &str, within: Option<&String>, start: i64) -> (i64, i64) {
+    let from = start + duration_ms(after).unwrap_or(0);
+    let to = within
+        .and_then(|w| duration_ms(w).ok())
+        .map(|w| from + w)
+        .unwrap_or(i64::MAX);
+    (from, to)
+}
+
+fn counted(n: u64, min: u64, max: Option<u64>) -> bool {
+    n >= min && max.is_none_or(|m| n <= m)
+}
+
+/// Whether a remediation was recorded in the expectation's mode, and when. `executed` counts at
+/// its execution; `pending` counts one that was recorded as waiting (for approval, a window or a
+/// freeze) at the moment it was planned, whatever became of it later; the others when planned.
+fn in_mode(r: &Remediation, mode: &str) -> Option<i64> {
+    let waited = r.status == Status::Pending
+        || r.expires_at.is_some()
+        || (matches!(
+            r.status,
+            Status::Expired | Status::Refused | Status::Abandoned
+        ) && matches!(r.gate.as_deref(), Some("approval" | "window" | "freeze")));
+    match mode {
+        "executed" if r.status == Status::Executed => Some(r.updated_at),
+        "dry_run" if r.status == Status::DryRun => Some(r.created_at),
+        "suppressed" if r.status == Status::Suppressed => Some(r.created_at),
+        "pending" if waited => Some(r.created_at),
+        _ => None,
+    }
+}
+
+fn describe(r: &Remediation) -> String {
+    format!(
+        "{} {} {} by `{}`: planned {}, {} at {} ({})",
+        r.id,
+        r.action,
+        r.subject,
+        r.policy,
+        rfc3339(r.created_at),
+        r.status.as_str(),
+        rfc3339(r.updated_at),
+        r.reason
+    )
+}
+
+/// The newest version of `package` published by `at`.
+async fn latest_at(registry: &SqlRegistry, package: &str, at: i64) -> Option<String> {
+    let (all, _) = registry.releases_since(0).await.ok()?;
+    all.into_iter()
+        .filter(|r| r.package == package && r.published_at <= at)
+        .filter_map(|r| {
+            semver::Version::parse(&r.version)
+                .ok()
+                .map(|v| (v, r.version))
+        })
+        .max()
+        .map(|(_, v)| v)
+}
+
+async fn action(
+    e: &ExpectAction,
+    line: usize,
+    all: &[Remediation],
+    registry: &SqlRegistry,
+    start: i64,
+) -> Judged {
+    let (from, to) = window(&e.after, e.within.as_ref(), start);
+    let pattern = WildMatch::new(&e.package);
+    let version = match e.version.as_deref() {
+        Some("latest") => latest_at(registry, &e.package, from).await,
+        other => other.map(str::to_string),
+    };
+    let about = |r: &&Remediation| {
+        (e.action == "*" || r.action.as_str() == e.action)
+            && pattern.matches(&r.subject.package)
+            && version
+                .as_ref()
+                .is_none_or(|v| r.subject.version.as_deref() == Some(v.as_str()))
+    };
+    let hits: Vec<&Remediation> = all
+        .iter()
+        .filter(about)
+        .filter(|r| in_mode(r, &e.mode).is_some_and(|at| at >= from && at <= to))
+        .collect();
+    let n = hits.len() as u64;
+    let min = least(e.min, e.max);
+    let pass = counted(n, min, e.max);
+    let evidence = if pass {
+        match hits.first() {
+            Some(r) => format!("{n} matching; first: {}", describe(r)),
+            None => "none, as expected".into(),
+        }
+    } else if n < min {
+        match all.iter().find(about) {
+            Some(r) => format!("{n} of at least {min}; closest: {}", describe(r)),
+            None => {
+                format!("{n} of at least {min}; no remediation of that action and subject at all")
+            }
+        }
+    } else {
+        let first: Vec<String> = hits.iter().take(3).map(|r| describe(r)).collect();
+        format!(
+            "{n}, more than {}: {}",
+            e.max.unwrap_or(0),
+            first.join("; ")
+        )
+    };
+    let version_text = version.map(|v| format!("@{v}")).unwrap_or_default();
+    Judged {
+        line,
+        kind: "action",
+        expectation: format!(
+            "{} {}{version_text} {} after {}{} (min {}{})",
+            e.action,
+            e.package,
+            e.mode,
+            e.after,
+            e.within
+                .as_ref()
+                .map(|w| format!(" within {w}"))
+                .unwrap_or_default(),
+            min,
+            e.max.map(|m| format!(", max {m}")).unwrap_or_default()
+        ),
+        pass,
+        evidence,
+    }
+}
+
+fn finding(e: &ExpectFinding, line: usize, all: &[Finding], start: i64) -> Judged {
+    let (from, to) = window(&e.after, e.within.as_ref(), start);
+    let pattern = WildMatch::new(e.package.as_deref().unwrap_or("*"));
+    let about = |f: &&Finding| f.kind.as_str() == e.kind && pattern.matches(&f.subject.package);
+    let hits: Vec<&Finding> = all
+        .iter()
+        .filter(about)
+        .filter(|f| f.fired_at.is_some_and(|t| t >= from && t <= to))
+        .collect();
+    let n = hits.len() as u64;
+    let min = least(e.min, e.max);
+    let pass = counted(n, min, e.max);
+    let show = |f: &Finding| {
+        format!(
+            "{} on {} fired at {}",
+            f.kind,
+            f.subject,
+            f.fired_at.map(rfc3339).unwrap_or_else(|| "never".into())
+        )
+    };
+    let evidence = match (pass, hits.first(), all.iter().find(about)) {
+        (true, Some(f), _) => format!("{n} matching; first: {}", show(f)),
+        (true, None, _) => "none, as expected".into(),
+        (false, _, Some(f)) if n < min => format!("{n} of at least {min}; closest: {}", show(f)),
+        (false, _, None) if n < min => format!("{n} of at least {min}; no such finding at all"),
+        (false, _, _) => format!(
+            "{n}, more than {}: {}",
+            e.max.unwrap_or(0),
+            hits.iter()
+                .take(3)
+                .map(|f| show(f))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    Judged {
+        line,
+        kind: "finding",
+        expectation: format!(
+            "{} on {} after {}{} (min {}{})",
+            e.kind,
+            e.package.as_deref().unwrap_or("*"),
+            e.after,
+            e.within
+                .as_ref()
+                .map(|w| format!(" within {w}"))
+                .unwrap_or_default(),
+            min,
+            e.max.map(|m| format!(", max {m}")).unwrap_or_default()
+        ),
+        pass,
+        evidence,
+    }
+}
+
+/// Judges every expectation of `s` against what the run left in the store and the registry.
+pub async fn judge(
+    s: &Scenario,
+    store: &Store,
+    registry: &SqlRegistry,
+    start: i64,
+) -> anyhow::Result<Vec<Judged>> {
+    let mut remediations = store.recent_remediations(i64::MAX).await?;
+    remediations.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    let mut findings = store.recent_findings(i64::MAX).await?;
+    findings.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(a.id.cmp(&b.id)));
+    let mut out = Vec::new();
+    for (line, e) in &s.expect_action {
+        out.push(action(e, *line, &remediations, registry, start).await);
+    }
+    for (line, e) in &s.expect_finding {
+        out.push(finding(e, *line, &findings, start));
+    }
+    for (line, e) in &s.expect_final {
+        let package = registry.package(&e.package).await?;
+        let mut wrong = Vec::new();
+        let mut seen = Vec::new();
+        match (&package, &e.version) {
+            (None, _) => wrong.push(format!("package `{}` does not exist", e.package)),
+            (Some(p), None) => {
+                seen.push(format!("status {}", p.status));
+                if e.status.as_ref().is_some_and(|s| *s != p.status) {
+                    wrong.push(format!("status is {}", p.status));
+                }
+                seen.push(format!("latest {}", p.latest.as_deref().unwrap_or("-")));
+                if e.latest.is_some() && e.latest != p.latest {
+                    wrong.push(format!("latest is {}", p.latest.as_deref().unwrap_or("-")));
+                }
+            }
+            (Some(p), Some(v)) => {
+                let v = if v == "latest" {
+                    p.latest.clone().unwrap_or_default()
+                } else {
+                    v.clone()
+                };
+                match registry.release(&e.package, &v).await? {
+                    None => wrong.push(format!("no release {}@{v}", e.package)),
+                    Some(r) => {
+                        let status = if r.quarantined {
+                            "quarantined"
+                        } else if r.yanked {
+                            "yanked"
+                        } else {
+                            "active"
+                        };
+                        seen.push(format!("{}@{v} {status}", e.package));
+                        if e.status.as_deref().is_some_and(|s| s != status) {
+                            wrong.push(format!("{}@{v} is {status}", e.package));
+                        }
+                    }
+                }
+            }
+        }
+        out.push(Judged {
+            line: *line,
+            kind: "final",
+            expectation: format!(
+                "{}{}{}{}",
+                e.package,
+                e.version
+                    .as_ref()
+                    .map(|v| format!("@{v}"))
+                    .unwrap_or_default(),
+                e.status
+                    .as_ref()
+                    .map(|s| format!(" status {s}"))
+                    .unwrap_or_default(),
+                e.latest
+                    .as_ref()
+                    .map(|l| format!(" latest {l}"))
+                    .unwrap_or_default()
+            ),
+            pass: wrong.is_empty(),
+            evidence: if wrong.is_empty() {
+                seen.join(", ")
+            } else {
+                wrong.join("; ")
+            },
+        });
+    }
+    if let Some(t) = &s.expect_totals {
+        let executed: Vec<&Remediation> = remediations
+            .iter()
+            .filter(|r| r.status == Status::Executed)
+            .collect();
+        let counts = registry.counts().await?;
+        let packages: BTreeSet<&str> = executed
+            .iter()
+            .map(|r| r.subject.package.as_str())
+            .collect();
+        let fraction = packages.len() as f64 / counts.packages.max(1) as f64;
+        let mut checks = Vec::new();
+        if let Some(m) = t.max_actions {
+            checks.push((
+                executed.len() as u64 <= m,
+                format!("actions {} (max {m})", executed.len()),
+            ));
+        }
+        if let Some(m) = t.max_quarantined {
+            checks.push((
+                counts.quarantined as u64 <= m,
+                format!("quarantined {} (max {m})", counts.quarantined),
+            ));
+        }
+        if let Some(m) = t.max_registry_fraction {
+            checks.push((
+                fraction <= m,
+                format!("registry fraction {fraction:.4} (max {m})"),
+            ));
+        }
+        out.push(Judged {
+            line: 0,
+            kind: "totals",
+            expectation: "totals".into(),
+            pass: checks.iter().all(|(ok, _)| *ok),
+            evidence: checks
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(out)
+}

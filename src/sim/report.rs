@@ -1,0 +1,186 @@
+//! What a simulation reports: `report.json` (byte-identical for the same files and seed), `report.md`, and `timeline.svg` (plotters).
+
+use plotters::prelude::*;
+use serde::Serialize;
+use std::path::Path;
+
+use super::expect::Judged;
+use super::scenario::Scenario;
+
+/// The registry's health at one virtual instant (None where the stores were down).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    pub t_s: i64,
+    pub quarantined: Option<i64>,
+    pub open_findings: Option<i64>,
+    pub actions: Option<i64>,
+}
+
+/// A line of the timeline: its name, colour and points (virtual hours, count).
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub file: String,
+    pub seed: u64,
+    pub duration_s: i64,
+    pub tick_s: i64,
+    pub cycles: u64,
+    /// Cycles that ended early because a stage failed (an outage, say).
+    pub failed_cycles: u64,
+    pub passed: usize,
+    pub failed: usize,
+    pub expectations: Vec<Judged>,
+    pub notes: Vec<String>,
+    pub timeline: Vec<Sample>,
+}
+
+impl Report {
+    pub fn new(
+        s: &Scenario,
+        cycles: u64,
+        failed_cycles: u64,
+        expectations: Vec<Judged>,
+        timeline: Vec<Sample>,
+        notes: Vec<String>,
+    ) -> Self {
+        let passed = expectations.iter().filter(|j| j.pass).count();
+        Self {
+            scenario: s.name.clone(),
+            file: s
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            seed: s.seed,
+            duration_s: s.duration_ms / 1000,
+            tick_s: s.tick_ms / 1000,
+            cycles,
+            failed_cycles,
+            failed: expectations.len() - passed,
+            passed,
+            expectations,
+            notes,
+            timeline,
+        }
+    }
+
+    pub fn all_passed(&self) -> bool {
+        self.failed == 0
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = format!(
+            "# Simulation `{}`\n\n{} ({} s of virtual time, a cycle every {} s, seed {}): {} cycles, {} ended early.\n\n**{} passed, {} failed.**\n\n| | line | expectation | evidence |\n| --- | --- | --- | --- |\n",
+            self.scenario,
+            self.file,
+            self.duration_s,
+            self.tick_s,
+            self.seed,
+            self.cycles,
+            self.failed_cycles,
+            self.passed,
+            self.failed
+        );
+        for j in &self.expectations {
+            md.push_str(&format!(
+                "| {} | {} | {} {} | {} |\n",
+                if j.pass { "pass" } else { "**FAIL**" },
+                j.line,
+                j.kind,
+                j.expectation.replace('|', "\\|"),
+                j.evidence.replace('|', "\\|")
+            ));
+        }
+        if !self.notes.is_empty() {
+            md.push_str("\n## Notes\n\n");
+            for n in &self.notes {
+                md.push_str(&format!("- {n}\n"));
+            }
+        }
+        md.push_str("\n![timeline](timeline.svg)\n");
+        md
+    }
+
+    /// Draws the timeline: quarantined releases, open findings and actions over virtual hours.
+    pub fn draw_timeline(&self, path: &Path) -> anyhow::Result<()> {
+        let hours = |t: i64| t as f64 / 3600.0;
+        let x_max = self
+            .timeline
+            .last()
+            .map(|s| hours(s.t_s))
+            .unwrap_or(1.0)
+            .max(0.01);
+        let series: [Series; 3] = [
+            ("quarantined", RED, self.points(|s| s.quarantined, hours)),
+            (
+                "open findings",
+                BLUE,
+                self.points(|s| s.open_findings, hours),
+            ),
+            ("actions executed", GREEN, self.points(|s| s.actions, hours)),
+        ];
+        let y_max = series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
+            .fold(1.0f64, f64::max)
+            * 1.1;
+        let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: registry health over virtual time", self.scenario),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("virtual hours")
+            .y_desc("count")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (name, color, points) in series {
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    fn points(
+        &self,
+        value: impl Fn(&Sample) -> Option<i64>,
+        hours: impl Fn(i64) -> f64,
+    ) -> Vec<(f64, f64)> {
+        self.timeline
+            .iter()
+            .filter_map(|s| value(s).map(|v| (hours(s.t_s), v as f64)))
+            .collect()
+    }
+
+    /// Writes report.json, report.md and timeline.svg into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.json"), self.to_json())?;
+        std::fs::write(dir.join("report.md"), self.to_markdown())?;
+        self.draw_timeline(&dir.join("timeline.svg"))
+    }
+}
