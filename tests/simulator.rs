@@ -1,0 +1,125 @@
+//! The simulator: determinism, the scenario library, expectations that fail when the daemon misbehaves, and refused files.
+
+use std::path::{Path, PathBuf};
+
+use mapek::sim::{self, scenario::Scenario};
+
+fn library(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("simulations")
+        .join(name)
+}
+
+async fn run(s: &Scenario) -> sim::report::Report {
+    sim::run(s, |_| {}).await.expect("the scenario runs")
+}
+
+#[tokio::test]
+async fn the_same_files_and_seed_give_a_byte_identical_report() {
+    let s = Scenario::load(&library("approval-in-time.toml")).expect("loads");
+    let a = run(&s).await;
+    let b = run(&s).await;
+    assert_eq!(a.to_json(), b.to_json());
+    assert!(a.all_passed(), "{}", a.to_markdown());
+    // The report says what happened, with the evidence: executed right after the 3h approval.
+    assert!(
+        a.to_json().contains("executed at 2026-01-05T03:0"),
+        "{}",
+        a.to_json()
+    );
+}
+
+#[tokio::test]
+async fn every_scenario_of_the_library_passes() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(library(""))
+        .expect("simulations/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 12, "{files:?}");
+    for f in files {
+        let s = Scenario::load(&f).unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+        let r = run(&s).await;
+        assert!(r.all_passed(), "{}\n{}", f.display(), r.to_markdown());
+        assert!(!r.expectations.is_empty());
+    }
+}
+
+/// The tampered-artifact scenario, but with the daemon misbehaving in the ways its
+/// expectations are there to catch.
+#[tokio::test]
+async fn expectations_fail_when_the_daemon_misbehaves() {
+    let src = std::fs::read_to_string(library("tampered-artifact.toml")).expect("reads");
+    // The quarantine policy only records (a daemon that does nothing): the action is missing.
+    let lazy = format!(
+        "{src}\n[[policy]]\nid = \"quarantine-tampered\"\non = [\"checksum_mismatch\", \"signature_invalid\"]\n\
+         action = \"quarantine\"\nmode = \"dry_run\"\n"
+    );
+    let s = Scenario::parse(&library("lazy.toml"), &lazy).expect("parses");
+    let r = run(&s).await;
+    let failed: Vec<_> = r.expectations.iter().filter(|j| !j.pass).collect();
+    assert!(
+        failed
+            .iter()
+            .any(|j| j.line == 24 && j.evidence.contains("closest")),
+        "{}",
+        r.to_markdown()
+    );
+    assert!(
+        failed.iter().any(|j| j.kind == "final"),
+        "{}",
+        r.to_markdown()
+    );
+    // A daemon that quarantines too much: a second tamper makes `max = 1` fail.
+    let greedy = format!(
+        "{src}\n[[event]]\nat = \"3h\"\nkind = \"tamper_artifact\"\npackage = \"pkg-00151\"\n"
+    );
+    let s = Scenario::parse(&library("greedy.toml"), &greedy).expect("parses");
+    let r = run(&s).await;
+    let j = r
+        .expectations
+        .iter()
+        .find(|j| j.line == 31)
+        .expect("the max = 1 expectation");
+    assert!(!j.pass && j.evidence.contains("more than 1"), "{j:?}");
+}
+
+#[test]
+fn invalid_scenarios_are_refused_with_file_line_and_field() {
+    let cases = [
+        ("[scenario]\nname = \"x\"\nduration = \"soon\"\n[registry]\ngenerate = { packages = 5 }\n", 3, "scenario.duration"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"explode\"\n", 6, "event.kind"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"downloads\"\npackage = \"a\"\nper_hour = 5.0\nfor = \"1h\"\n", 6, "event.kind"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[expect.action]]\naction = \"obliterate\"\npackage = \"*\"\n", 6, "expect.action.action"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\ncolour = 1\n[registry]\ngenerate = { packages = 5 }\n", 4, "colour"),
+    ];
+    for (src, line, field) in cases {
+        let e = Scenario::parse(Path::new("bad.toml"), src).unwrap_err();
+        assert!(
+            e.iter().any(|e| e.line == line && e.field == field),
+            "{src}: {e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_report_folder_holds_json_markdown_and_a_chart() {
+    let s = Scenario::load(&library("revoked-key.toml")).expect("loads");
+    let r = run(&s).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    r.write(dir.path()).expect("writes");
+    let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).expect("svg");
+    assert!(
+        svg.contains("<polyline") && svg.contains("quarantined"),
+        "{svg}"
+    );
+    let md = std::fs::read_to_string(dir.path().join("report.md")).expect("md");
+    assert!(md.contains("5 passed, 0 failed"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report.json")).expect("json"),
+    )
+    .expect("valid JSON");
+    assert_eq!(json["scenario"], "revoked-key");
+    assert!(json["timeline"].as_array().is_some_and(|t| t.len() > 10));
+}
