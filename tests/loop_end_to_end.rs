@@ -348,3 +348,51 @@ async fn the_daemon_supervisor_runs_counted_cycles_and_stops() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_reload_keeps_the_policies_in_force_and_is_counted() {
+    use mapek::daemon::{self, metrics::Metrics, reload::PolicySource, reload::Watch, Runtime};
+    let w = world(5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/integrity.toml");
+    std::fs::copy(&shipped, dir.path().join("integrity.toml")).unwrap();
+    let trust = dir.path().join("trusted-keys.toml");
+    std::fs::write(&trust, "").unwrap();
+    let first = PolicySource::load(dir.path(), &trust, false).unwrap();
+    let rt = Runtime {
+        store: w.t.store.clone(),
+        registry: w.registry.clone(),
+        key: w.key.clone(),
+        policies: PolicySource::watched(first, dir.path().to_path_buf(), trust, false),
+        trust: w.trust.clone(),
+        trust_path: None,
+        clock: std::sync::Arc::new(mapek::clock::SystemClock),
+        metrics: std::sync::Arc::new(Metrics::new().unwrap()),
+        dry_run: false,
+        full_scan_every: std::time::Duration::from_secs(3600),
+        rules: Rules::default(),
+    };
+    let mut watch = Watch::default();
+    daemon::reload_policies(&rt, &mut watch);
+    std::fs::write(dir.path().join("broken.toml"), "[[policy]]\nid = \"x\"\n").unwrap();
+    daemon::reload_policies(&rt, &mut watch);
+    assert_eq!(
+        rt.policies.get().policies.len(),
+        3,
+        "the last good set stays"
+    );
+    let text = rt.metrics.render();
+    assert!(
+        text.contains("mapek_policy_reloads_total{result=\"failure\"} 1"),
+        "{text}"
+    );
+    std::fs::remove_file(dir.path().join("broken.toml")).unwrap();
+    rt.policies.request(); // SIGHUP
+    daemon::reload_policies(&rt, &mut watch);
+    let text = rt.metrics.render();
+    assert!(
+        text.contains("mapek_policy_reloads_total{result=\"success\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mapek_policies_loaded 3"), "{text}");
+}

@@ -270,7 +270,7 @@ async fn analyze_task(
 }
 
 /// Reloads the policies when asked (SIGHUP) or when their directory changed; logs and counts it.
-fn maybe_reload(rt: &Runtime, watch: &mut Watch) {
+pub fn reload_policies(rt: &Runtime, watch: &mut Watch) {
     if !watch.due(&rt.policies) {
         return;
     }
@@ -320,7 +320,7 @@ async fn plan_task(
             c = rx.recv() => match c { Some(c) => c, None => break },
         };
         let started = Instant::now();
-        maybe_reload(&rt, &mut watch);
+        reload_policies(&rt, &mut watch);
         refresh_trust(&rt, &mut trust);
         let policies = rt.policies.get();
         let ctx = PlanContext {
