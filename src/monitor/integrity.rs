@@ -24,11 +24,18 @@ pub fn observe_release<R: Registry>(
     release: &ReleaseRecord,
     now: i64,
 ) -> Observed {
-    let bytes = match &release.artifact {
-        Some(location) => registry.read_artifact(location).map_err(|e| e.to_string()),
-        None => Err("the release names no artifact".to_string()),
+    let vouched = registry.vouched_digest(release);
+    // Without bytes (a vouched digest) a signature cannot be checked.
+    let have_bytes = vouched.is_none();
+    let bytes = match (&vouched, &release.artifact) {
+        (Some(_), _) => Ok(Vec::new()),
+        (None, Some(location)) => registry.read_artifact(location).map_err(|e| e.to_string()),
+        (None, None) => Err("the release names no artifact".to_string()),
     };
-    let computed = bytes.as_ref().ok().map(|b| hex::encode(Sha256::digest(b)));
+    let computed = match vouched {
+        Some(d) => Some(d),
+        None => bytes.as_ref().ok().map(|b| hex::encode(Sha256::digest(b))),
+    };
     let integrity = match (&bytes, &computed, &release.checksum) {
         (Err(reason), _, _) => Integrity::Unreadable {
             reason: reason.clone(),
@@ -51,7 +58,7 @@ pub fn observe_release<R: Registry>(
             Trust::Revoked => SignatureState::RevokedKey,
             Trust::Unknown => SignatureState::UnknownKey,
             Trust::Trusted(key) => match (&bytes, &computed) {
-                (Ok(bytes), Some(checksum)) => {
+                (Ok(bytes), Some(checksum)) if have_bytes => {
                     let cache_key = verification_key(checksum, sig, &key.public_hex);
                     let (valid, hit) = match cache.get(&cache_key) {
                         Some(v) => (*v, true),

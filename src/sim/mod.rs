@@ -110,12 +110,21 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
             };
             generate::generate(&inner, &spec, START_MS).await?.trust
         }
-        Source::Import(path) => anyhow::bail!(
-            "{}: importing `{}` into a simulation is not supported by this version yet",
-            s.file.display(),
-            path.display()
-        ),
+        Source::Import(path) => {
+            let report = crate::registry::import::import(&store, path, START_MS)
+                .await
+                .with_context(|| format!("importing {}", path.display()))?;
+            anyhow::ensure!(
+                report.packages_seen > 0,
+                "{}: importing {} found no package",
+                s.file.display(),
+                path.display()
+            );
+            TrustStore::default()
+        }
     };
+    let virtual_artifacts = matches!(s.source, Source::Import(_))
+        .then(|| Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new())));
     // Every approver named by a policy or an approve event is a trusted maintainer.
     let mut approvers: Vec<String> = policies
         .policies
@@ -140,6 +149,7 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
         registry: Arc::new(SimRegistry {
             inner,
             down: Arc::new(AtomicBool::new(false)),
+            virtual_artifacts,
         }),
         dir,
         url,
@@ -192,8 +202,17 @@ async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> 
                 .release(package, &v)
                 .await?
                 .with_context(|| format!("no release {package}@{v}"))?;
-            let file = r.artifact.context("the release has no artifact")?;
-            generate::tamper_artifact(&reg.artifact_root, &file)?;
+            match &w.registry.virtual_artifacts {
+                Some(tampered) => {
+                    if let Ok(mut t) = tampered.lock() {
+                        t.insert((package.clone(), v.clone()));
+                    }
+                }
+                None => {
+                    let file = r.artifact.context("the release has no artifact")?;
+                    generate::tamper_artifact(&reg.artifact_root, &file)?;
+                }
+            }
         }
         EventKind::CorruptSignature { package, version } => {
             let v = latest(w, package, version).await?;
@@ -332,6 +351,7 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
             w.registry = Arc::new(SimRegistry {
                 inner,
                 down: w.registry.down.clone(),
+                virtual_artifacts: w.registry.virtual_artifacts.clone(),
             });
             store_down = false;
         }

@@ -1,7 +1,9 @@
 //! The simulated registry: the real SQL registry behind the same `Registry` trait, which an outage event can make unreachable.
 
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::knowledge::Conn;
 use crate::registry::{
@@ -14,7 +16,13 @@ use crate::registry::{
 pub struct SimRegistry {
     pub inner: SqlRegistry,
     pub down: Arc<AtomicBool>,
+    /// An imported registry has no artifact bytes: each release hashes to its recorded
+    /// checksum until a `tamper_artifact` event (listed here) changes that.
+    pub virtual_artifacts: Option<Tampered>,
 }
+
+/// The (package, version) of imported releases whose artifact a scenario tampered with.
+pub type Tampered = Arc<Mutex<BTreeSet<(String, String)>>>;
 
 impl SimRegistry {
     fn check(&self) -> Result<(), RegistryError> {
@@ -40,6 +48,18 @@ impl Registry for SimRegistry {
     fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError> {
         self.check()?;
         self.inner.read_artifact(location)
+    }
+
+    fn vouched_digest(&self, release: &ReleaseRecord) -> Option<String> {
+        let tampered = self.virtual_artifacts.as_ref()?;
+        let recorded = release.checksum.clone().unwrap_or_default();
+        let key = (release.package.clone(), release.version.clone());
+        let changed = tampered.lock().map(|t| t.contains(&key)).unwrap_or(false);
+        Some(if changed {
+            hex::encode(Sha256::digest(format!("tampered:{recorded}").as_bytes()))
+        } else {
+            recorded
+        })
     }
 
     async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
