@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use mapek::keys::KeyPair;
 use mapek::knowledge::findings::{Finding, FindingState, PlanState};
-use mapek::knowledge::remediations::Remediation;
 use mapek::model::{FindingKind, Severity, Subject};
 use mapek::plan::decide::{self, Candidate};
 use mapek::plan::facts::{self, Facts};
@@ -250,25 +249,7 @@ fn main() {
         let t = Instant::now();
         let mut signed = 0usize;
         for d in &decided.decisions {
-            let mut r = Remediation {
-                id: format!("rem-{}", &d.idempotency_key[..16]),
-                idempotency_key: d.idempotency_key.clone(),
-                finding_id: Some(d.finding_id.clone()),
-                policy: d.policy.clone(),
-                action: d.action,
-                params: d.params.clone(),
-                subject: d.subject.clone(),
-                mode: d.mode.into(),
-                status: d.verdict.status,
-                reason: d.verdict.reason.clone(),
-                created_at: NOW,
-                updated_at: NOW,
-                signature: String::new(),
-                inverse: None,
-                gate: d.verdict.gate.map(str::to_string),
-                expires_at: d.verdict.expires_at,
-            };
-            r.signature = key.sign(&r.signing_bytes());
+            let r = mapek::plan::remediation(d, &key, NOW);
             signed += usize::from(!r.signature.is_empty());
         }
         signed_times.push(decide_times.last().copied().unwrap_or_default() + t.elapsed());

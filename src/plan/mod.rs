@@ -295,7 +295,8 @@ impl Planner {
     }
 }
 
-fn remediation(d: &Decision, key: &KeyPair, now: i64) -> Remediation {
+/// The remediation a decision records, signed by the daemon's key.
+pub fn remediation(d: &Decision, key: &KeyPair, now: i64) -> Remediation {
     let mut r = Remediation {
         id: format!("rem-{}", &d.idempotency_key[..16]),
         idempotency_key: d.idempotency_key.clone(),
