@@ -521,3 +521,27 @@ fn every_key_of_the_format_is_checked() {
     );
     assert_eq!(p.escalate_to.as_deref(), Some("other"));
 }
+
+#[tokio::test]
+async fn a_waiting_remediation_whose_finding_resolved_is_abandoned() {
+    let w = world(20).await;
+    w.plant_problems().await;
+    observe(&w, NOW).await;
+    let policies = set(
+        "[[policy]]\nid = \"q\"\non = [\"checksum_mismatch\", \"signature_invalid\", \"signer_untrusted\"]\n\
+         action = \"quarantine\"\nmode = \"enforce\"\nwindow = \"0 * 20-21 * * *\"\n",
+    );
+    let out = plan_with(&w, &policies, &w.trust, NOW).await;
+    let waiting = one(&out, Status::Pending);
+    let target = waiting[0].clone();
+    sqlx::query("UPDATE findings SET state = 'resolved' WHERE id = $1")
+        .bind(target.finding_id.clone().unwrap())
+        .execute(&w.t.store.pool)
+        .await
+        .unwrap();
+    let out = plan_with(&w, &policies, &w.trust, NOW + 60_000).await;
+    let abandoned = one(&out, Status::Abandoned);
+    assert_eq!(abandoned.len(), 1, "{:?}", out.remediations);
+    assert_eq!(abandoned[0].id, target.id);
+    assert!(abandoned[0].reason.contains("resolved"));
+}

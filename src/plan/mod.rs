@@ -168,8 +168,16 @@ impl Planner {
             memo: Default::default(),
         };
 
-        // Waiting remediations first: they were planned earlier.
+        // Waiting remediations first: they were planned earlier. One query for the findings
+        // still open, rather than one per waiting remediation.
         let approvals = store.pending_approvals().await?;
+        let open_findings = if pending.is_empty() {
+            Vec::new()
+        } else {
+            store.open_findings().await?
+        };
+        let open: std::collections::HashSet<&str> =
+            open_findings.iter().map(|f| f.id.as_str()).collect();
         let mut moved = Vec::new();
         for mut r in pending {
             let verdict = match policies.get(&r.policy) {
@@ -180,13 +188,10 @@ impl Planner {
                     expires_at: None,
                 }),
                 Some(p) => {
-                    let resolved = match &r.finding_id {
-                        Some(id) => store
-                            .finding(id)
-                            .await?
-                            .is_none_or(|f| f.state == FindingState::Resolved),
-                        None => false,
-                    };
+                    let resolved = r
+                        .finding_id
+                        .as_ref()
+                        .is_some_and(|id| !open.contains(id.as_str()));
                     if resolved {
                         Some(gates::Verdict {
                             status: Status::Abandoned,
