@@ -396,3 +396,75 @@ async fn a_refused_reload_keeps_the_policies_in_force_and_is_counted() {
     );
     assert!(text.contains("mapek_policies_loaded 3"), "{text}");
 }
+
+#[tokio::test]
+async fn a_rollback_applies_the_inverse_once_and_is_audited() {
+    use mapek::execute::rollback::{rollback, RollbackError};
+    let w = world(12).await;
+    w.plant_problems().await;
+    let mut state = MonitorState::new();
+    let (_, p, _) = cycle(&w, &mut state, NOW, false).await;
+    let executed: Vec<_> = p
+        .remediations
+        .iter()
+        .filter(|r| r.status == Status::Ready)
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(w.quarantined().await.len(), 3);
+    let id = &executed[0];
+    let subject = w.t.store.remediation(id).await.unwrap().unwrap().subject;
+    let (r, outcome) = rollback(
+        &w.t.store,
+        &w.registry,
+        &w.key,
+        id,
+        "maint-alice",
+        NOW + 1_000,
+    )
+    .await
+    .expect("rolls back");
+    assert_eq!(outcome, Outcome::Executed { changed: true });
+    assert_eq!(r.subject, subject);
+    assert_eq!(w.quarantined().await.len(), 2);
+    let original = w.t.store.remediation(id).await.unwrap().unwrap();
+    assert_eq!(original.status, Status::RolledBack);
+    // Twice: refused with a clear message, and nothing changes.
+    let again = rollback(
+        &w.t.store,
+        &w.registry,
+        &w.key,
+        id,
+        "maint-alice",
+        NOW + 2_000,
+    )
+    .await;
+    assert!(
+        matches!(again, Err(RollbackError::AlreadyRolledBack { .. })),
+        "{again:?}"
+    );
+    assert_eq!(w.quarantined().await.len(), 2);
+    let entries = w.t.store.audit_entries().await.unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.kind == "remediation.rollback" && e.actor == "maint-alice"));
+    assert!(verify_chain(&entries, &w.key.public()).is_ok());
+    // A remediation that never executed cannot be rolled back.
+    let superseded = p
+        .remediations
+        .iter()
+        .find(|r| r.status == Status::Superseded)
+        .unwrap();
+    let refused = rollback(
+        &w.t.store,
+        &w.registry,
+        &w.key,
+        &superseded.id,
+        "x",
+        NOW + 3_000,
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(RollbackError::NotExecuted { .. })),
+        "{refused:?}"
+    );
+}

@@ -26,7 +26,35 @@ pub enum AuditCommand {
         /// The daemon's public key (hex); by default, the public half of the configured key file.
         #[arg(long)]
         public_key: Option<String>,
+        /// Verify an exported log (JSON lines from `mapek audit export`) instead of the store.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
     },
+    /// Write the whole log as JSON lines that anyone can verify with the daemon's public key
+    /// alone (docs/audit.md gives the encoding and the chain rule).
+    Export {
+        /// Where to write (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+/// Reads an exported log, naming the line of anything that is not an entry.
+fn read_export(path: &std::path::Path) -> anyhow::Result<Vec<crate::knowledge::audit::AuditEntry>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut entries = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        entries.push(
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not an audit entry", path.display(), i + 1))?,
+        );
+    }
+    Ok(entries)
 }
 
 pub async fn audit(global: &Global, command: AuditCommand) -> anyhow::Result<ExitCode> {
@@ -66,7 +94,35 @@ pub async fn audit(global: &Global, command: AuditCommand) -> anyhow::Result<Exi
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { public_key } => {
+        AuditCommand::Export { out } => {
+            let mut text = String::new();
+            for e in &entries {
+                text.push_str(&serde_json::to_string(e)?);
+                text.push('\n');
+            }
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    let head = entries
+                        .last()
+                        .map(|e| format!("seq {} hash {}", e.seq, e.hash));
+                    eprintln!(
+                        "wrote {} entries to {}; head: {}",
+                        entries.len(),
+                        path.display(),
+                        head.unwrap_or_else(|| "empty".into())
+                    );
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify { public_key, file } => {
+            let entries = match &file {
+                Some(path) => read_export(path)?,
+                None => entries,
+            };
             let key = match public_key {
                 Some(hex) => {
                     parse_public_hex(&hex).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?
@@ -123,4 +179,33 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mapek rollback ID`: undo an executed remediation by applying its recorded inverse.
+pub async fn rollback(global: &Global, id: &str, by: &str) -> anyhow::Result<ExitCode> {
+    use crate::clock::{Clock, SystemClock};
+    use crate::execute::rollback::rollback;
+    use crate::registry::SqlRegistry;
+    let config = global.config()?;
+    let key = KeyPair::load(&config.key_file)?;
+    let store = Store::open(&config.database_url).await?;
+    let registry = std::sync::Arc::new(SqlRegistry::new(
+        store.clone(),
+        config.artifact_root.clone(),
+    ));
+    let result = rollback(&store, &registry, &key, id, by, SystemClock.now_ms()).await;
+    store.close().await;
+    match result {
+        Ok((r, outcome)) => {
+            println!(
+                "{id} rolled back by {}: {} {} ({outcome:?})",
+                r.id, r.action, r.subject
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("refused: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

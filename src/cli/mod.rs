@@ -65,6 +65,14 @@ pub enum Command {
     Circuit(policy::CircuitCommand),
     /// Findings and remediations at a glance.
     Status,
+    /// Undo an executed remediation: its recorded inverse, applied, signed and audited.
+    Rollback {
+        /// The remediation's id (see `mapek status` or `mapek audit log`).
+        id: String,
+        /// Who asks, for the audit log.
+        #[arg(long, default_value = "cli")]
+        by: String,
+    },
     /// Run scenarios against a simulated registry on a virtual clock; judge their expectations.
     Simulate(simulate::SimulateArgs),
     /// Time a full and an unchanged cycle on a generated registry, and report peak memory.
@@ -116,6 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Circuit(c) => policy::circuit(&cli.global, c).await,
             Command::Status => audit::status(&cli.global).await,
             Command::Simulate(args) => simulate::simulate(args).await,
+            Command::Rollback { id, by } => audit::rollback(&cli.global, &id, &by).await,
             Command::Bench(args) => bench::bench(args).await,
         }
     })

@@ -1,5 +1,7 @@
 //! Execute: verify each remediation's signature, write its intent, apply it with its audit entry in one transaction.
 
+pub mod rollback;
+
 use std::sync::Arc;
 
 use crate::keys::{verify_hex, KeyPair};
@@ -71,7 +73,7 @@ pub async fn cycle<R: Registry>(
     Ok(out)
 }
 
-async fn execute_one<R: Registry>(
+pub(crate) async fn execute_one<R: Registry>(
     store: &Store,
     registry: &R,
     key: &KeyPair,
@@ -172,7 +174,12 @@ async fn execute_one<R: Registry>(
         }
         Err(e) => return Ok(Outcome::Retry(e.to_string())),
     };
-    let inverse = serde_json::to_value(&applied.inverse).unwrap_or_default();
+    // A remediation that changed nothing has nothing to undo: its recorded inverse is null.
+    let inverse = if applied.changed {
+        serde_json::to_value(&applied.inverse).unwrap_or_default()
+    } else {
+        serde_json::Value::Null
+    };
     audit::append(
         &mut tx,
         key,

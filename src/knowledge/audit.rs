@@ -16,7 +16,8 @@ use crate::keys::{verify_hex, KeyPair};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditEntry {
     pub seq: i64,
     pub at: i64,

@@ -23,10 +23,12 @@ pub enum Status {
     Failed,
     Abandoned,
     Expired,
+    /// Undone by `mapek rollback`: its inverse was applied as a remediation of its own.
+    RolledBack,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Self::Ready,
         Self::Executing,
         Self::Executed,
@@ -38,6 +40,7 @@ impl Status {
         Self::Failed,
         Self::Abandoned,
         Self::Expired,
+        Self::RolledBack,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,6 +55,7 @@ impl Status {
             Self::Failed => "failed",
             Self::Abandoned => "abandoned",
             Self::Expired => "expired",
+            Self::RolledBack => "rolled_back",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
