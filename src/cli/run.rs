@@ -96,10 +96,10 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(%addr, "serving /metrics and /healthz");
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
             http = Some(tokio::spawn(daemon::http::serve(
                 listener,
-                rt.metrics.clone(),
+                rt.clone(),
                 cancel.clone(),
             )));
         }
@@ -180,6 +180,7 @@ async fn stop_on_signal(cancel: CancellationToken) {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = cancel.cancelled() => return,
         }
+        crate::daemon::notify::stopping();
     }
     #[cfg(not(unix))]
     {

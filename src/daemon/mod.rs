@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod reload;
 
 use std::path::PathBuf;
@@ -104,7 +105,12 @@ pub async fn run(
         cancel.clone(),
     ));
     tracker.close();
+    notify::ready(&format!(
+        "watching the registry; {} policies",
+        rt.policies.get().policies.len()
+    ));
     tracker.wait().await;
+    notify::stopping();
     Ok(RunSummary {
         cycles: completed.load(Ordering::SeqCst),
         stage_errors: errors.load(Ordering::SeqCst),
@@ -274,7 +280,10 @@ pub fn reload_policies(rt: &Runtime, watch: &mut Watch) {
     if !watch.due(&rt.policies) {
         return;
     }
-    match rt.policies.reload() {
+    notify::reloading();
+    let result = rt.policies.reload();
+    notify::ready("policies reloaded or kept");
+    match result {
         Some(Reload::Loaded { policies }) => {
             rt.metrics
                 .policy_reloads
@@ -415,6 +424,7 @@ async fn execute_task(
         }
         rt.metrics.cycles.inc();
         observe(&rt, "cycle", cycle.started);
+        notify::watchdog();
         completed.fetch_add(1, Ordering::SeqCst);
     }
 }
