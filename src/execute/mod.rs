@@ -35,24 +35,67 @@ pub struct ExecuteOutput {
     pub results: Vec<(Remediation, Outcome)>,
 }
 
-/// The registry change an action makes on a subject.
+/// The registry change a remediation makes: its action on its subject with its params, or, for
+/// a rollback, the recorded inverse it carries in `params.change`.
 pub fn change_for(r: &Remediation) -> Result<Change, String> {
-    let package = r.subject.package.clone();
-    match (r.action, &r.subject.version) {
-        (Action::Quarantine, Some(v)) => Ok(Change::QuarantineRelease {
-            package,
-            version: v.clone(),
-        }),
-        (Action::Quarantine, None) => Ok(Change::QuarantinePackage { package }),
-        (Action::ReleaseQuarantine, Some(v)) => Ok(Change::UnquarantineRelease {
-            package,
-            version: v.clone(),
-        }),
-        (Action::ReleaseQuarantine, None) => Ok(Change::UnquarantinePackage { package }),
-        (other, _) => Err(format!(
-            "action `{other}` cannot be executed by this version"
-        )),
+    if let Some(c) = r.params.get("change") {
+        return serde_json::from_value(c.clone()).map_err(|e| format!("params.change: {e}"));
     }
+    let package = r.subject.package.clone();
+    let text = |k: &str| r.params.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let number = |k: &str| r.params.get(k).and_then(|v| v.as_f64());
+    let release = |what: &str| {
+        r.subject.version.clone().ok_or_else(|| {
+            format!(
+                "`{what}` acts on a release, and {} is a whole package",
+                r.subject
+            )
+        })
+    };
+    Ok(match r.action {
+        Action::Quarantine => match &r.subject.version {
+            Some(v) => Change::QuarantineRelease {
+                package,
+                version: v.clone(),
+            },
+            None => Change::QuarantinePackage { package },
+        },
+        Action::ReleaseQuarantine => match &r.subject.version {
+            Some(v) => Change::UnquarantineRelease {
+                package,
+                version: v.clone(),
+            },
+            None => Change::UnquarantinePackage { package },
+        },
+        Action::Yank => Change::YankRelease {
+            version: release("yank")?,
+            package,
+        },
+        Action::Unyank => Change::UnyankRelease {
+            version: release("unyank")?,
+            package,
+        },
+        Action::RestoreLatest => Change::RestoreLatest { package },
+        Action::Deprecate => Change::Deprecate {
+            package,
+            reason: text("reason").unwrap_or_else(|| "deprecated by policy".into()),
+            successor: text("successor"),
+        },
+        Action::Undeprecate => Change::Undeprecate { package },
+        Action::SetQuality => Change::SetQuality {
+            package,
+            score: Some(number("score").ok_or("`set_quality` needs params.score")?),
+        },
+        Action::AdjustQuality => Change::AdjustQuality {
+            package,
+            delta: number("delta").ok_or("`adjust_quality` needs params.delta")?,
+        },
+        other @ (Action::Reindex | Action::Notify) => {
+            return Err(format!(
+                "action `{other}` cannot be executed by this version"
+            ))
+        }
+    })
 }
 
 /// Executes every `ready` remediation, and first finishes any whose intent was written but whose

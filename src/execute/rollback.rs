@@ -30,37 +30,35 @@ pub enum RollbackError {
     Store(#[from] StoreError),
 }
 
-/// The remediation that applies `change`.
+/// The action and subject a remediation applying `change` is shown with; the change itself
+/// travels in its params (see `change_for`).
 fn action_of(change: &Change) -> (Action, Subject) {
+    let release = |package: &String, version: &String| Subject {
+        package: package.clone(),
+        version: Some(version.clone()),
+    };
+    let whole = |package: &String| Subject {
+        package: package.clone(),
+        version: None,
+    };
     match change {
-        Change::QuarantineRelease { package, version } => (
-            Action::Quarantine,
-            Subject {
-                package: package.clone(),
-                version: Some(version.clone()),
-            },
-        ),
-        Change::UnquarantineRelease { package, version } => (
-            Action::ReleaseQuarantine,
-            Subject {
-                package: package.clone(),
-                version: Some(version.clone()),
-            },
-        ),
-        Change::QuarantinePackage { package } => (
-            Action::Quarantine,
-            Subject {
-                package: package.clone(),
-                version: None,
-            },
-        ),
-        Change::UnquarantinePackage { package } => (
-            Action::ReleaseQuarantine,
-            Subject {
-                package: package.clone(),
-                version: None,
-            },
-        ),
+        Change::QuarantineRelease { package, version } => {
+            (Action::Quarantine, release(package, version))
+        }
+        Change::UnquarantineRelease { package, version } => {
+            (Action::ReleaseQuarantine, release(package, version))
+        }
+        Change::QuarantinePackage { package } => (Action::Quarantine, whole(package)),
+        Change::UnquarantinePackage { package } => (Action::ReleaseQuarantine, whole(package)),
+        Change::YankRelease { package, version } => (Action::Yank, release(package, version)),
+        Change::UnyankRelease { package, version } => (Action::Unyank, release(package, version)),
+        Change::RestoreLatest { package } | Change::SetLatest { package, .. } => {
+            (Action::RestoreLatest, whole(package))
+        }
+        Change::Deprecate { package, .. } => (Action::Deprecate, whole(package)),
+        Change::Undeprecate { package } => (Action::Undeprecate, whole(package)),
+        Change::SetQuality { package, .. } => (Action::SetQuality, whole(package)),
+        Change::AdjustQuality { package, .. } => (Action::AdjustQuality, whole(package)),
     }
 }
 
@@ -112,7 +110,7 @@ pub async fn rollback<R: Registry>(
         finding_id: original.finding_id.clone(),
         policy: "rollback".into(),
         action,
-        params: serde_json::json!({ "rollback_of": id, "by": actor }),
+        params: serde_json::json!({ "rollback_of": id, "by": actor, "change": inverse }),
         subject,
         mode: "enforce".into(),
         status: Status::Ready,

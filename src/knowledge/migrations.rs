@@ -161,6 +161,11 @@ CREATE TABLE verification_cache (
 );
 "#;
 
+/// Version 4: why a package is deprecated (reason and successor, as JSON), for `deprecate`.
+const V4: &str = r#"
+ALTER TABLE packages ADD COLUMN deprecation TEXT;
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -176,6 +181,7 @@ pub fn migrator() -> Migrator {
             step(1, "registry and knowledge", V1),
             step(2, "policy engine", V2),
             step(3, "compact verification cache", V3),
+            step(4, "deprecation notes", V4),
         ]),
         ..Migrator::DEFAULT
     }

@@ -142,7 +142,43 @@ impl std::fmt::Debug for PolicySet {
 }
 
 /// The actions this version can execute; the others are refused at load time rather than ignored.
-pub const SUPPORTED_ACTIONS: [Action; 2] = [Action::Quarantine, Action::ReleaseQuarantine];
+pub const SUPPORTED_ACTIONS: [Action; 9] = [
+    Action::Quarantine,
+    Action::ReleaseQuarantine,
+    Action::Yank,
+    Action::Unyank,
+    Action::RestoreLatest,
+    Action::Deprecate,
+    Action::Undeprecate,
+    Action::SetQuality,
+    Action::AdjustQuality,
+];
+
+/// Checks an action's params: what each action needs, of the right type.
+fn check_params(action: Action, params: &toml::Table) -> Result<(), String> {
+    let number = |k: &str| {
+        params
+            .get(k)
+            .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+    };
+    let text_ok = |k: &str| params.get(k).is_none_or(|v| v.is_str());
+    match action {
+        Action::SetQuality => match number("score") {
+            Some(s) if (0.0..=100.0).contains(&s) => Ok(()),
+            Some(s) => Err(format!("params.score {s} is not between 0 and 100")),
+            None => Err("`set_quality` needs a number params.score (0 to 100)".into()),
+        },
+        Action::AdjustQuality => match number("delta") {
+            Some(_) => Ok(()),
+            None => Err("`adjust_quality` needs a number params.delta".into()),
+        },
+        Action::Deprecate if !text_ok("reason") || !text_ok("successor") => {
+            Err("params.reason and params.successor are strings".into())
+        }
+        _ if params.contains_key("change") => Err("params.change is reserved for rollbacks".into()),
+        _ => Ok(()),
+    }
+}
 
 /// The largest policy file read, in bytes.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -521,6 +557,11 @@ fn compile(
         match facts::compile_condition(env, when.get_ref()) {
             Ok(prog) => program = Some(prog),
             Err(reason) => errors.push(err("when", when.span(), reason)),
+        }
+    }
+    if let Some(a) = action {
+        if let Err(reason) = check_params(a, &p.params) {
+            errors.push(err("params", p.action.span(), reason));
         }
     }
     let params = serde_json::to_value(&p.params).unwrap_or(serde_json::Value::Null);

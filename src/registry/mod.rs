@@ -1,5 +1,6 @@
 //! The managed registry: the one narrow interface through which sensors read it and effectors change it.
 
+mod changes;
 pub mod generate;
 pub mod import;
 mod sql;
@@ -81,10 +82,53 @@ pub struct RegistryCounts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
-    QuarantineRelease { package: String, version: String },
-    UnquarantineRelease { package: String, version: String },
-    QuarantinePackage { package: String },
-    UnquarantinePackage { package: String },
+    QuarantineRelease {
+        package: String,
+        version: String,
+    },
+    UnquarantineRelease {
+        package: String,
+        version: String,
+    },
+    QuarantinePackage {
+        package: String,
+    },
+    UnquarantinePackage {
+        package: String,
+    },
+    YankRelease {
+        package: String,
+        version: String,
+    },
+    UnyankRelease {
+        package: String,
+        version: String,
+    },
+    /// `latest` back to the newest release that is neither yanked nor quarantined.
+    RestoreLatest {
+        package: String,
+    },
+    /// `latest` set to exactly this (the inverse of a restore).
+    SetLatest {
+        package: String,
+        latest: Option<String>,
+    },
+    Deprecate {
+        package: String,
+        reason: String,
+        successor: Option<String>,
+    },
+    Undeprecate {
+        package: String,
+    },
+    SetQuality {
+        package: String,
+        score: Option<f64>,
+    },
+    AdjustQuality {
+        package: String,
+        delta: f64,
+    },
 }
 
 /// The outcome of applying a change: whether anything moved, and the change that undoes it.

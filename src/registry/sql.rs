@@ -66,7 +66,7 @@ fn decode_package(row: &AnyRow) -> Result<PackageRecord, sqlx::Error> {
 }
 
 /// Takes the next registry change sequence number inside the caller's transaction.
-pub async fn next_seq(conn: &mut Conn) -> Result<i64, sqlx::Error> {
+pub(crate) async fn next_seq(conn: &mut Conn) -> Result<i64, sqlx::Error> {
     conn.execute(sqlx::query(
         "UPDATE registry_seq SET value = value + 1 WHERE id = 1",
     ))
@@ -566,6 +566,7 @@ impl Registry for SqlRegistry {
                     inverse,
                 })
             }
+            other => super::changes::apply(conn, other).await,
         }
     }
 }

@@ -1,0 +1,237 @@
+//! The registry changes beyond quarantine: yank, latest, deprecation and quality, each with its exact inverse.
+
+use sqlx::{Executor, Row};
+
+use super::sql::next_seq;
+use super::{Applied, Change, RegistryError};
+use crate::knowledge::Conn;
+
+fn unchanged(inverse: Change) -> Result<Applied, RegistryError> {
+    Ok(Applied {
+        changed: false,
+        inverse,
+    })
+}
+
+fn changed(inverse: Change) -> Result<Applied, RegistryError> {
+    Ok(Applied {
+        changed: true,
+        inverse,
+    })
+}
+
+async fn package_row(
+    conn: &mut Conn,
+    package: &str,
+) -> Result<
+    (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        Option<String>,
+    ),
+    RegistryError,
+> {
+    let row = conn
+        .fetch_optional(
+            sqlx::query(
+                "SELECT status, prior_status, latest, quality, deprecation FROM packages WHERE name = $1",
+            )
+            .bind(package.to_string()),
+        )
+        .await?
+        .ok_or_else(|| RegistryError::NotFound {
+            what: "package",
+            name: package.to_string(),
+        })?;
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+    ))
+}
+
+/// Applies one of the changes `SqlRegistry::apply` does not handle itself.
+pub async fn apply(conn: &mut Conn, change: &Change) -> Result<Applied, RegistryError> {
+    match change {
+        Change::YankRelease { package, version } | Change::UnyankRelease { package, version } => {
+            let want = matches!(change, Change::YankRelease { .. });
+            let row = conn
+                .fetch_optional(
+                    sqlx::query("SELECT yanked FROM releases WHERE package = $1 AND version = $2")
+                        .bind(package.clone())
+                        .bind(version.clone()),
+                )
+                .await?
+                .ok_or_else(|| RegistryError::NotFound {
+                    what: "release",
+                    name: format!("{package}@{version}"),
+                })?;
+            let (package, version) = (package.clone(), version.clone());
+            let inverse = if want {
+                Change::UnyankRelease {
+                    package: package.clone(),
+                    version: version.clone(),
+                }
+            } else {
+                Change::YankRelease {
+                    package: package.clone(),
+                    version: version.clone(),
+                }
+            };
+            if (row.try_get::<i64, _>(0)? != 0) == want {
+                return unchanged(inverse);
+            }
+            let seq = next_seq(conn).await?;
+            conn.execute(
+                sqlx::query(
+                    "UPDATE releases SET yanked = $3, change_seq = $4 WHERE package = $1 AND version = $2",
+                )
+                .bind(package)
+                .bind(version)
+                .bind(i64::from(want))
+                .bind(seq),
+            )
+            .await?;
+            changed(inverse)
+        }
+        Change::RestoreLatest { package } | Change::SetLatest { package, .. } => {
+            let (_, _, current, _, _) = package_row(conn, package).await?;
+            let target = match change {
+                Change::SetLatest { latest, .. } => latest.clone(),
+                _ => {
+                    let rows = conn
+                        .fetch_all(
+                            sqlx::query(
+                                "SELECT version FROM releases WHERE package = $1 AND yanked = 0 AND quarantined = 0",
+                            )
+                            .bind(package.clone()),
+                        )
+                        .await?;
+                    let mut best: Option<(semver::Version, String)> = None;
+                    for r in rows {
+                        let v: String = r.try_get(0)?;
+                        if let Ok(parsed) = semver::Version::parse(&v) {
+                            if best.as_ref().is_none_or(|(b, _)| parsed > *b) {
+                                best = Some((parsed, v));
+                            }
+                        }
+                    }
+                    best.map(|(_, v)| v)
+                }
+            };
+            let inverse = Change::SetLatest {
+                package: package.clone(),
+                latest: current.clone(),
+            };
+            if target == current {
+                return unchanged(inverse);
+            }
+            let seq = next_seq(conn).await?;
+            conn.execute(
+                sqlx::query("UPDATE packages SET latest = $2, change_seq = $3 WHERE name = $1")
+                    .bind(package.clone())
+                    .bind(target)
+                    .bind(seq),
+            )
+            .await?;
+            changed(inverse)
+        }
+        Change::Deprecate {
+            package,
+            reason,
+            successor,
+        } => {
+            let (status, _, _, _, _) = package_row(conn, package).await?;
+            let inverse = Change::Undeprecate {
+                package: package.clone(),
+            };
+            if status == "deprecated" {
+                return unchanged(inverse);
+            }
+            let note = serde_json::json!({ "reason": reason, "successor": successor }).to_string();
+            let seq = next_seq(conn).await?;
+            conn.execute(
+                sqlx::query(
+                    "UPDATE packages SET status = 'deprecated', prior_status = $2, deprecation = $3, \
+                     change_seq = $4 WHERE name = $1",
+                )
+                .bind(package.clone())
+                .bind(status)
+                .bind(note)
+                .bind(seq),
+            )
+            .await?;
+            changed(inverse)
+        }
+        Change::Undeprecate { package } => {
+            let (status, prior, _, _, note) = package_row(conn, package).await?;
+            let note: serde_json::Value = note
+                .and_then(|n| serde_json::from_str(&n).ok())
+                .unwrap_or_default();
+            let inverse = Change::Deprecate {
+                package: package.clone(),
+                reason: note["reason"].as_str().unwrap_or("deprecated").to_string(),
+                successor: note["successor"].as_str().map(str::to_string),
+            };
+            if status != "deprecated" {
+                return unchanged(inverse);
+            }
+            let seq = next_seq(conn).await?;
+            conn.execute(
+                sqlx::query(
+                    "UPDATE packages SET status = $2, prior_status = NULL, deprecation = NULL, \
+                     change_seq = $3 WHERE name = $1",
+                )
+                .bind(package.clone())
+                .bind(prior.unwrap_or_else(|| "active".into()))
+                .bind(seq),
+            )
+            .await?;
+            changed(inverse)
+        }
+        Change::SetQuality { package, score } => {
+            quality(conn, package, |_| score.map(|s| s.clamp(0.0, 100.0))).await
+        }
+        Change::AdjustQuality { package, delta } => {
+            quality(conn, package, |current| {
+                Some((current.unwrap_or(0.0) + delta).clamp(0.0, 100.0))
+            })
+            .await
+        }
+        other => Err(RegistryError::Unavailable(format!(
+            "change {other:?} is applied by the SQL registry itself"
+        ))),
+    }
+}
+
+/// Sets a package's quality score to what `target` makes of the current one. The inverse
+/// restores the previous score exactly (an opposite delta would not, once clamping moved the
+/// score by less than the delta).
+async fn quality(
+    conn: &mut Conn,
+    package: &str,
+    target: impl FnOnce(Option<f64>) -> Option<f64>,
+) -> Result<Applied, RegistryError> {
+    let (_, _, _, current, _) = package_row(conn, package).await?;
+    let wanted = target(current);
+    let inverse = Change::SetQuality {
+        package: package.to_string(),
+        score: current,
+    };
+    if wanted == current {
+        return unchanged(inverse);
+    }
+    let seq = next_seq(conn).await?;
+    conn.execute(
+        sqlx::query("UPDATE packages SET quality = $2, change_seq = $3 WHERE name = $1")
+            .bind(package.to_string())
+            .bind(wanted)
+            .bind(seq),
+    )
+    .await?;
+    changed(inverse)
+}
