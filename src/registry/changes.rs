@@ -54,49 +54,74 @@ async fn package_row(
     ))
 }
 
+/// A boolean column of `releases` that a change sets.
+#[derive(Debug, Clone, Copy)]
+pub enum ReleaseFlag {
+    Quarantined,
+    Yanked,
+}
+
+/// Sets a release's flag to `want`; `inverse` is the change that puts it back.
+pub async fn release_flag(
+    conn: &mut Conn,
+    flag: ReleaseFlag,
+    package: &str,
+    version: &str,
+    want: bool,
+    inverse: Change,
+) -> Result<Applied, RegistryError> {
+    let column = match flag {
+        ReleaseFlag::Quarantined => "quarantined",
+        ReleaseFlag::Yanked => "yanked",
+    };
+    let row = conn
+        .fetch_optional(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {column} FROM releases WHERE package = $1 AND version = $2"
+            )))
+            .bind(package.to_string())
+            .bind(version.to_string()),
+        )
+        .await?
+        .ok_or_else(|| RegistryError::NotFound {
+            what: "release",
+            name: format!("{package}@{version}"),
+        })?;
+    if (row.try_get::<i64, _>(0)? != 0) == want {
+        return unchanged(inverse);
+    }
+    let seq = next_seq(conn).await?;
+    conn.execute(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE releases SET {column} = $3, change_seq = $4 WHERE package = $1 AND version = $2"
+        )))
+        .bind(package.to_string())
+        .bind(version.to_string())
+        .bind(i64::from(want))
+        .bind(seq),
+    )
+    .await?;
+    changed(inverse)
+}
+
 /// Applies one of the changes `SqlRegistry::apply` does not handle itself.
 pub async fn apply(conn: &mut Conn, change: &Change) -> Result<Applied, RegistryError> {
     match change {
         Change::YankRelease { package, version } | Change::UnyankRelease { package, version } => {
             let want = matches!(change, Change::YankRelease { .. });
-            let row = conn
-                .fetch_optional(
-                    sqlx::query("SELECT yanked FROM releases WHERE package = $1 AND version = $2")
-                        .bind(package.clone())
-                        .bind(version.clone()),
-                )
-                .await?
-                .ok_or_else(|| RegistryError::NotFound {
-                    what: "release",
-                    name: format!("{package}@{version}"),
-                })?;
-            let (package, version) = (package.clone(), version.clone());
+            let (p, v) = (package.clone(), version.clone());
             let inverse = if want {
                 Change::UnyankRelease {
-                    package: package.clone(),
-                    version: version.clone(),
+                    package: p,
+                    version: v,
                 }
             } else {
                 Change::YankRelease {
-                    package: package.clone(),
-                    version: version.clone(),
+                    package: p,
+                    version: v,
                 }
             };
-            if (row.try_get::<i64, _>(0)? != 0) == want {
-                return unchanged(inverse);
-            }
-            let seq = next_seq(conn).await?;
-            conn.execute(
-                sqlx::query(
-                    "UPDATE releases SET yanked = $3, change_seq = $4 WHERE package = $1 AND version = $2",
-                )
-                .bind(package)
-                .bind(version)
-                .bind(i64::from(want))
-                .bind(seq),
-            )
-            .await?;
-            changed(inverse)
+            release_flag(conn, ReleaseFlag::Yanked, package, version, want, inverse).await
         }
         Change::RestoreLatest { package } | Change::SetLatest { package, .. } => {
             let (_, _, current, _, _) = package_row(conn, package).await?;

@@ -466,53 +466,27 @@ impl Registry for SqlRegistry {
             Change::QuarantineRelease { package, version }
             | Change::UnquarantineRelease { package, version } => {
                 let want = matches!(change, Change::QuarantineRelease { .. });
-                let row = conn
-                    .fetch_optional(
-                        sqlx::query(
-                            "SELECT quarantined FROM releases WHERE package = $1 AND version = $2",
-                        )
-                        .bind(package.clone())
-                        .bind(version.clone()),
-                    )
-                    .await?
-                    .ok_or_else(|| RegistryError::NotFound {
-                        what: "release",
-                        name: format!("{package}@{version}"),
-                    })?;
-                let current = row.try_get::<i64, _>(0)? != 0;
+                let (p, v) = (package.clone(), version.clone());
                 let inverse = if want {
                     Change::UnquarantineRelease {
-                        package: package.clone(),
-                        version: version.clone(),
+                        package: p,
+                        version: v,
                     }
                 } else {
                     Change::QuarantineRelease {
-                        package: package.clone(),
-                        version: version.clone(),
+                        package: p,
+                        version: v,
                     }
                 };
-                if current == want {
-                    return Ok(Applied {
-                        changed: false,
-                        inverse,
-                    });
-                }
-                let seq = next_seq(conn).await?;
-                conn.execute(
-                    sqlx::query(
-                        "UPDATE releases SET quarantined = $3, change_seq = $4 \
-                         WHERE package = $1 AND version = $2",
-                    )
-                    .bind(package.clone())
-                    .bind(version.clone())
-                    .bind(i64::from(want))
-                    .bind(seq),
-                )
-                .await?;
-                Ok(Applied {
-                    changed: true,
+                super::changes::release_flag(
+                    conn,
+                    super::changes::ReleaseFlag::Quarantined,
+                    package,
+                    version,
+                    want,
                     inverse,
-                })
+                )
+                .await
             }
             Change::QuarantinePackage { package } | Change::UnquarantinePackage { package } => {
                 let quarantine = matches!(change, Change::QuarantinePackage { .. });
