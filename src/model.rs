@@ -173,7 +173,7 @@ impl fmt::Display for Subject {
     }
 }
 
-/// The action catalogue of the policy format; the foundation executes the quarantine pair.
+/// The action catalogue of the policy format; all but `reindex` and `notify` are executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
