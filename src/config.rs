@@ -56,6 +56,8 @@ struct ConfigFile {
     dry_run: Option<bool>,
     /// Refuse a policy set unless every file is signed by a maintainer key.
     require_signed_policies: Option<bool>,
+    /// On SIGTERM, how long the stages may take to finish their current work.
+    shutdown_grace: Option<toml::Spanned<String>>,
 }
 
 /// The validated configuration.
@@ -72,6 +74,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub dry_run: bool,
     pub require_signed_policies: bool,
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             log_format: LogFormat::Pretty,
             dry_run: false,
             require_signed_policies: false,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 
@@ -160,6 +164,11 @@ impl Config {
                 "full_scan_interval",
                 file.full_scan_interval,
                 &mut config.full_scan_interval,
+            ),
+            (
+                "shutdown_grace",
+                file.shutdown_grace,
+                &mut config.shutdown_grace,
             ),
         ] {
             if let Some(v) = value {

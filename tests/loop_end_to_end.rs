@@ -329,6 +329,7 @@ async fn the_daemon_supervisor_runs_counted_cycles_and_stops() {
         RunOptions {
             cycles: Some(2),
             interval: std::time::Duration::from_millis(10),
+            grace: std::time::Duration::from_secs(30),
         },
         tokio_util::sync::CancellationToken::new(),
     )

@@ -39,3 +39,57 @@ fn the_daemon_notifies_ready_then_a_watchdog_per_cycle_then_stopping() {
         "{messages:?}"
     );
 }
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The demo's store and keys, prepared by a counted run; then a configuration of our own
+    // (no HTTP listener, a short interval) for the daemon that runs until it is told to stop.
+    let prepared = Command::new(env!("CARGO_BIN_EXE_mapek"))
+        .args(["--demo", "run", "--cycles", "1"])
+        .current_dir(dir.path())
+        .env("MAPEK_LOG", "warn")
+        .status()
+        .expect("the demo prepares");
+    assert!(prepared.success());
+    let demo = dir.path().join("mapek-demo");
+    let config = dir.path().join("mapek.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{0}/mapek.db\"\npolicies = \"{0}/policies\"\ntrusted_keys = \"{0}/trusted-keys.toml\"\n\
+             key_file = \"{0}/daemon.key\"\nartifact_root = \"{0}/artifacts\"\ninterval = \"1s\"\nshutdown_grace = \"10s\"\n",
+            demo.display()
+        ),
+    )
+    .expect("config");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mapek"))
+        .args(["--config", &config.display().to_string(), "run"])
+        .env("NOTIFY_SOCKET", &path)
+        .env("MAPEK_LOG", "warn")
+        .spawn()
+        .expect("the daemon starts");
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("READY=1"));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("the daemon exits");
+    assert!(status.success(), "{status}");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(rest.iter().any(|m| m.starts_with("STOPPING=1")), "{rest:?}");
+}

@@ -111,6 +111,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         RunOptions {
             cycles,
             interval: config.interval,
+            grace: config.shutdown_grace,
         },
         cancel.clone(),
     )
@@ -176,15 +177,22 @@ async fn stop_on_signal(cancel: CancellationToken) {
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping; the stages finish their current work (a second signal exits at once)"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping; the stages finish their current work (a second signal exits at once)"),
             _ = cancel.cancelled() => return,
         }
         crate::daemon::notify::stopping();
+        cancel.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(130);
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        cancel.cancel();
     }
-    cancel.cancel();
 }

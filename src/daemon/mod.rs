@@ -44,6 +44,38 @@ pub struct Runtime {
 pub struct RunOptions {
     pub cycles: Option<u64>,
     pub interval: Duration,
+    /// After cancellation, how long the stages may take to finish what they are doing.
+    pub grace: Duration,
+}
+
+/// The stages still running, so a shutdown that runs out of grace can name them.
+#[derive(Clone, Default)]
+struct Running(Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>);
+
+/// Removes its stage from [`Running`] when the stage's task ends, however it ends.
+struct Entered(Running, &'static str);
+
+impl Running {
+    fn enter(&self, stage: &'static str) -> Entered {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(stage);
+        }
+        Entered(self.clone(), stage)
+    }
+    fn names(&self) -> Vec<&'static str> {
+        self.0
+            .lock()
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Ok(mut s) = (self.0).0.lock() {
+            s.remove(self.1);
+        }
+    }
 }
 
 /// What a run did, for `--once` and tests.
@@ -51,6 +83,12 @@ pub struct RunOptions {
 pub struct RunSummary {
     pub cycles: u64,
     pub stage_errors: u64,
+}
+
+/// Runs a stage's task, marked as running until it ends.
+async fn staged(entered: Entered, task: impl std::future::Future<Output = ()>) {
+    task.await;
+    drop(entered);
 }
 
 /// One cycle travelling down the pipeline; dropping `done` tells the ticker it is over.
@@ -68,6 +106,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<RunSummary> {
     let tracker = TaskTracker::new();
+    let running = Running::default();
+    let grace = opts.grace;
     let errors = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
@@ -75,41 +115,52 @@ pub async fn run(
     let (ana_tx, ana_rx) = mpsc::channel::<Cycle>(1);
     let (plan_tx, plan_rx) = mpsc::channel::<Cycle>(1);
 
-    tracker.spawn(ticker(opts, tick_tx, cancel.clone()));
-    tracker.spawn(monitor_task(
-        rt.clone(),
-        tick_rx,
-        mon_tx,
-        errors.clone(),
-        cancel.clone(),
+    let entered = running.enter("ticker");
+    tracker.spawn(staged(entered, ticker(opts, tick_tx, cancel.clone())));
+    let entered = running.enter("monitor");
+    tracker.spawn(staged(
+        entered,
+        monitor_task(rt.clone(), tick_rx, mon_tx, errors.clone(), cancel.clone()),
     ));
-    tracker.spawn(analyze_task(
-        rt.clone(),
-        mon_rx,
-        ana_tx,
-        errors.clone(),
-        cancel.clone(),
+    let entered = running.enter("analyze");
+    tracker.spawn(staged(
+        entered,
+        analyze_task(rt.clone(), mon_rx, ana_tx, errors.clone(), cancel.clone()),
     ));
-    tracker.spawn(plan_task(
-        rt.clone(),
-        ana_rx,
-        plan_tx,
-        errors.clone(),
-        cancel.clone(),
+    let entered = running.enter("plan");
+    tracker.spawn(staged(
+        entered,
+        plan_task(rt.clone(), ana_rx, plan_tx, errors.clone(), cancel.clone()),
     ));
-    tracker.spawn(execute_task(
-        rt.clone(),
-        plan_rx,
-        errors.clone(),
-        completed.clone(),
-        cancel.clone(),
+    let entered = running.enter("execute");
+    tracker.spawn(staged(
+        entered,
+        execute_task(
+            rt.clone(),
+            plan_rx,
+            errors.clone(),
+            completed.clone(),
+            cancel.clone(),
+        ),
     ));
     tracker.close();
     notify::ready(&format!(
         "watching the registry; {} policies",
         rt.policies.get().policies.len()
     ));
-    tracker.wait().await;
+    tokio::select! {
+        _ = tracker.wait() => {}
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::error!(
+                still_running = ?running.names(),
+                grace = ?grace,
+                "the grace period is over: stopping without waiting for these stages"
+            );
+        }
+    }
     notify::stopping();
     Ok(RunSummary {
         cycles: completed.load(Ordering::SeqCst),
