@@ -318,16 +318,7 @@ fn conditions(policies: &PolicySet, w: &World, runs: usize) {
         yes = 0;
         let t = Instant::now();
         for c in w.candidates.iter().cycle().take(n) {
-            let f = Facts {
-                finding: &c.finding,
-                package: c.package.as_ref(),
-                release: c.release.as_ref(),
-                dependents: c.dependents,
-                transitive_dependents: c.transitive_dependents,
-                registry: counts,
-                now: NOW,
-            };
-            let ctx = facts::context_for(&env, &f, &one.uses);
+            let ctx = facts::context_for(&env, &c.facts(counts, NOW), &one.uses);
             yes += usize::from(facts::run(program, &ctx) == Ok(true));
         }
         times.push(t.elapsed());
@@ -428,15 +419,7 @@ fn breakdown(policies: &PolicySet, w: &World) {
         .candidates
         .iter()
         .take(N)
-        .map(|c| Facts {
-            finding: &c.finding,
-            package: c.package.as_ref(),
-            release: c.release.as_ref(),
-            dependents: c.dependents,
-            transitive_dependents: c.transitive_dependents,
-            registry: counts,
-            now: NOW,
-        })
+        .map(|c| c.facts(counts, NOW))
         .collect();
     let t = Instant::now();
     let ctxs: Vec<_> = all

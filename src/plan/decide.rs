@@ -22,6 +22,21 @@ pub struct Candidate {
     pub transitive_dependents: i64,
 }
 
+impl Candidate {
+    /// The facts its conditions read, at `now`.
+    pub fn facts(&self, registry: RegistryCounts, now: i64) -> Facts<'_> {
+        Facts {
+            finding: &self.finding,
+            package: self.package.as_ref(),
+            release: self.release.as_ref(),
+            dependents: self.dependents,
+            transitive_dependents: self.transitive_dependents,
+            registry,
+            now,
+        }
+    }
+}
+
 /// One policy's remediation of one finding, with what the gates said.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -126,15 +141,7 @@ pub fn decide(
     // One evaluation context for the whole pass: each finding's facts replace the last ones.
     let mut ctx: Option<cel::Context<'_, '_>> = None;
     for c in candidates {
-        let f = Facts {
-            finding: &c.finding,
-            package: c.package.as_ref(),
-            release: c.release.as_ref(),
-            dependents: c.dependents,
-            transitive_dependents: c.transitive_dependents,
-            registry: counts,
-            now,
-        };
+        let f = c.facts(counts, now);
         let mut bound = false;
         let (matched, mut errors) =
             matching_in(policies, c.finding.kind, &c.finding.id, |program| {
