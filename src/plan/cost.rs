@@ -1,4 +1,4 @@
-//! A static upper bound on what a compiled `when` may cost to run, so no condition can loop or allocate without bound.
+//! Static analysis of a compiled `when`: an upper bound on what it may cost to run (so no condition can loop or allocate without bound), and the names it binds.
 //!
 //! CEL has no loops of its own; only macros (`all`, `exists`, `map`, `filter`, ...) iterate, over
 //! a list or map. The bound multiplies the work of a macro's body by the size of what it
@@ -85,46 +85,52 @@ fn entries(entries: &[cel::common::ast::IdedEntryExpr]) -> u64 {
     steps
 }
 
-/// The names that macros bind (`x` in `list.all(x, ...)`), which are not free variables.
-pub fn bound_names(e: &IdedExpr, out: &mut std::collections::BTreeSet<String>) {
+/// The direct subexpressions of an expression, for walks that treat most kinds alike.
+pub fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+    fn entries(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
+        let mut v = Vec::new();
+        for x in entries {
+            match &x.expr {
+                EntryExpr::StructField(f) => v.push(&f.value),
+                EntryExpr::MapEntry(m) => {
+                    v.push(&m.key);
+                    v.push(&m.value);
+                }
+            }
+        }
+        v
+    }
+    let mut out = Vec::new();
     match &e.expr {
         Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => {}
-        Expr::Select(s) => bound_names(&s.operand, out),
+        Expr::Select(s) => out.push(&*s.operand),
         Expr::Call(c) => {
-            if let Some(t) = &c.target {
-                bound_names(t, out);
-            }
-            c.args.iter().for_each(|a| bound_names(a, out));
+            out.extend(c.target.as_deref());
+            out.extend(c.args.iter());
         }
-        Expr::List(l) => l.elements.iter().for_each(|x| bound_names(x, out)),
-        Expr::Map(m) => m.entries.iter().for_each(|x| entry_names(x, out)),
-        Expr::Struct(s) => s.entries.iter().for_each(|x| entry_names(x, out)),
-        Expr::Comprehension(c) => {
-            out.insert(c.iter_var.clone());
-            if let Some(v) = &c.iter_var2 {
-                out.insert(v.clone());
-            }
-            out.insert(c.accu_var.clone());
-            for x in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                bound_names(x, out);
-            }
-        }
+        Expr::List(l) => out.extend(l.elements.iter()),
+        Expr::Map(m) => out.extend(entries(&m.entries)),
+        Expr::Struct(s) => out.extend(entries(&s.entries)),
+        Expr::Comprehension(c) => out.extend([
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]),
     }
+    out
 }
 
-fn entry_names(e: &cel::common::ast::IdedEntryExpr, out: &mut std::collections::BTreeSet<String>) {
-    match &e.expr {
-        EntryExpr::StructField(f) => bound_names(&f.value, out),
-        EntryExpr::MapEntry(m) => {
-            bound_names(&m.key, out);
-            bound_names(&m.value, out);
-        }
+/// The names that macros bind (`x` in `list.all(x, ...)`), which are not free variables.
+pub fn bound_names(e: &IdedExpr, out: &mut std::collections::BTreeSet<String>) {
+    if let Expr::Comprehension(c) = &e.expr {
+        out.insert(c.iter_var.clone());
+        out.extend(c.iter_var2.clone());
+        out.insert(c.accu_var.clone());
+    }
+    for child in children(e) {
+        bound_names(child, out);
     }
 }
 

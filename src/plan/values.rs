@@ -5,7 +5,7 @@
 //! fields are selected (`package.downloads`) or whether the variable is used whole (passed to a
 //! function, iterated); the builders below then skip the rest.
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{Expr, IdedExpr, LiteralValue};
 use cel::common::traits::Indexer;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, Type, MAP_TYPE,
@@ -98,7 +98,6 @@ impl Uses {
 
     fn walk(&mut self, e: &IdedExpr) {
         match &e.expr {
-            Expr::Unspecified | Expr::Literal(_) => {}
             Expr::Ident(name) => {
                 if let Some(f) = self.slot(name) {
                     *f = Fields::All;
@@ -126,35 +125,10 @@ impl Uses {
                     }
                 }
             }
-            Expr::Call(c) => {
-                if let Some(t) = &c.target {
-                    self.walk(t);
+            _ => {
+                for child in super::cost::children(e) {
+                    self.walk(child);
                 }
-                c.args.iter().for_each(|a| self.walk(a));
-            }
-            Expr::List(l) => l.elements.iter().for_each(|x| self.walk(x)),
-            Expr::Map(m) => m.entries.iter().for_each(|x| self.entry(x)),
-            Expr::Struct(s) => s.entries.iter().for_each(|x| self.entry(x)),
-            Expr::Comprehension(c) => {
-                for x in [
-                    &c.iter_range,
-                    &c.accu_init,
-                    &c.loop_cond,
-                    &c.loop_step,
-                    &c.result,
-                ] {
-                    self.walk(x);
-                }
-            }
-        }
-    }
-
-    fn entry(&mut self, e: &cel::common::ast::IdedEntryExpr) {
-        match &e.expr {
-            EntryExpr::StructField(f) => self.walk(&f.value),
-            EntryExpr::MapEntry(m) => {
-                self.walk(&m.key);
-                self.walk(&m.value);
             }
         }
     }
