@@ -207,66 +207,30 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::knowledge::findings::{FindingState, PlanState};
-    use crate::model::{FindingKind, Severity};
     use crate::plan::gates::{Gatekeeper, Ledger};
     use crate::plan::guards::Guards;
 
     fn candidate(name: &str, downloads: i64, signed: Option<bool>) -> Candidate {
+        use crate::plan::facts::{sample_finding, sample_package, sample_release};
         let subject = Subject {
             package: name.into(),
             version: signed.map(|_| "1.0.0".into()),
         };
-        let mut p = crate::registry::PackageRecord {
-            name: name.into(),
-            description: String::new(),
-            category: None,
-            author: None,
-            license: None,
-            repository: None,
-            tags: vec![],
-            keywords: vec![],
-            downloads,
-            stars: 0,
-            status: "active".into(),
-            latest: None,
-            quality: None,
-            quality_detail: None,
-            production_ready: false,
-            created_at: 0,
-            updated_at: 0,
-        };
-        p.latest = subject.version.clone();
         Candidate {
             finding: Finding {
                 id: format!("f-{name}"),
-                fingerprint: Finding::fingerprint_of(FindingKind::ChecksumMismatch, &subject),
-                kind: FindingKind::ChecksumMismatch,
-                severity: Severity::Critical,
                 subject: subject.clone(),
-                state: FindingState::Firing,
-                value: 1.0,
-                message: String::new(),
-                labels: Default::default(),
-                first_seen: 0,
-                fired_at: Some(0),
-                last_seen: 0,
-                cleared_at: None,
-                resolved_at: None,
-                plan_state: PlanState::New,
+                ..sample_finding()
             },
-            package: Some(p),
+            package: Some(crate::registry::PackageRecord {
+                name: name.into(),
+                downloads,
+                ..sample_package()
+            }),
             release: signed.map(|s| ReleaseRecord {
                 package: name.into(),
-                version: "1.0.0".into(),
-                published_at: 0,
-                checksum: None,
-                artifact: None,
                 signature: s.then(String::new),
-                signer: None,
-                yanked: false,
-                quarantined: false,
-                dependencies: vec![],
+                ..sample_release()
             }),
             dependents: 0,
             transitive_dependents: 0,

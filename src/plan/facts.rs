@@ -204,7 +204,8 @@ pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
     }
 }
 
-fn sample_finding() -> Finding {
+/// Representative facts: what conditions are type-checked on at load time, and what tests start from.
+pub(crate) fn sample_finding() -> Finding {
     use crate::knowledge::findings::{FindingState, PlanState};
     use crate::model::{FindingKind, Severity, Subject};
     Finding {
@@ -229,7 +230,7 @@ fn sample_finding() -> Finding {
     }
 }
 
-fn sample_package() -> PackageRecord {
+pub(crate) fn sample_package() -> PackageRecord {
     PackageRecord {
         name: "sample".into(),
         description: String::new(),
@@ -251,7 +252,7 @@ fn sample_package() -> PackageRecord {
     }
 }
 
-fn sample_release() -> ReleaseRecord {
+pub(crate) fn sample_release() -> ReleaseRecord {
     ReleaseRecord {
         package: "sample".into(),
         version: "1.0.0".into(),

@@ -400,8 +400,6 @@ mod tests {
     /// Lazily built facts must give every condition the same answer as whole maps.
     #[test]
     fn lazy_facts_answer_exactly_as_whole_maps() {
-        use crate::knowledge::findings::{FindingState, PlanState};
-        use crate::model::{FindingKind, Severity, Subject};
         let conditions = [
             "package.downloads > 100 && release.signed",
             "release != null && !release.quarantined",
@@ -413,58 +411,21 @@ mod tests {
             "package.license == null && package.age_days >= 0",
             "release.nope == 1",
         ];
+        use crate::plan::facts::{sample_finding, sample_package, sample_release};
         let finding = Finding {
-            id: "f".into(),
-            fingerprint: "f".into(),
-            kind: FindingKind::ChecksumMismatch,
-            severity: Severity::Critical,
-            subject: Subject {
-                package: "p".into(),
-                version: Some("1.0.0".into()),
-            },
-            state: FindingState::Firing,
-            value: 1.0,
-            message: String::new(),
             labels: [("source".to_string(), serde_json::Value::from("x"))]
                 .into_iter()
                 .collect(),
-            first_seen: 0,
-            fired_at: None,
-            last_seen: 0,
-            cleared_at: None,
-            resolved_at: None,
-            plan_state: PlanState::New,
+            ..sample_finding()
         };
         let package = PackageRecord {
-            name: "p".into(),
-            description: String::new(),
-            category: None,
-            author: None,
             license: None,
-            repository: None,
-            tags: vec![],
-            keywords: vec![],
             downloads: 500,
-            stars: 1,
-            status: "active".into(),
-            latest: None,
-            quality: Some(70.0),
-            quality_detail: None,
-            production_ready: false,
-            created_at: 0,
-            updated_at: 0,
+            ..sample_package()
         };
         let release = ReleaseRecord {
-            package: "p".into(),
-            version: "1.0.0".into(),
-            published_at: 5,
-            checksum: None,
-            artifact: None,
-            signature: Some(String::new()),
             signer: Some("pub-1".into()),
-            yanked: false,
-            quarantined: false,
-            dependencies: vec![],
+            ..sample_release()
         };
         for src in conditions {
             let policy = format!(
