@@ -12,6 +12,14 @@ async fn apply(w: &common::World, c: &Change) -> mapek::registry::Applied {
     a
 }
 
+async fn package(w: &common::World, name: &str) -> mapek::registry::PackageRecord {
+    w.registry
+        .package(name)
+        .await
+        .unwrap()
+        .expect("the package exists")
+}
+
 /// Applies `c`, applies it again (no change), then its inverse, and
 /// returns the inverse's own inverse.
 async fn round_trip(w: &common::World, c: Change) -> Change {
@@ -51,14 +59,7 @@ async fn restore_latest_skips_yanked_and_quarantined_releases_and_its_inverse_pu
         .find(|r| r.version == "1.1.0")
         .map(|r| r.package.clone())
         .expect("some package has two releases");
-    let before = w
-        .registry
-        .package(&name)
-        .await
-        .unwrap()
-        .unwrap()
-        .latest
-        .unwrap();
+    let before = package(&w, &name).await.latest.unwrap();
     apply(
         &w,
         &Change::YankRelease {
@@ -72,14 +73,7 @@ async fn restore_latest_skips_yanked_and_quarantined_releases_and_its_inverse_pu
     };
     let done = apply(&w, &restore).await;
     assert!(done.changed);
-    let now_latest = w
-        .registry
-        .package(&name)
-        .await
-        .unwrap()
-        .unwrap()
-        .latest
-        .unwrap();
+    let now_latest = package(&w, &name).await.latest.unwrap();
     assert_ne!(now_latest, before);
     assert!(
         semver::Version::parse(&now_latest).unwrap() < semver::Version::parse(&before).unwrap()
@@ -92,10 +86,7 @@ async fn restore_latest_skips_yanked_and_quarantined_releases_and_its_inverse_pu
         }
     );
     apply(&w, &done.inverse).await;
-    assert_eq!(
-        w.registry.package(&name).await.unwrap().unwrap().latest,
-        Some(before)
-    );
+    assert_eq!(package(&w, &name).await.latest, Some(before));
 }
 
 #[tokio::test]
@@ -112,10 +103,7 @@ async fn deprecation_keeps_its_reason_for_the_inverse_and_restores_the_status() 
         again, deprecate,
         "undeprecating records the deprecation it undid"
     );
-    assert_eq!(
-        w.registry.package(&p).await.unwrap().unwrap().status,
-        "active"
-    );
+    assert_eq!(package(&w, &p).await.status, "active");
 }
 
 #[tokio::test]
@@ -145,17 +133,11 @@ async fn quality_changes_clamp_and_their_inverse_restores_the_exact_score() {
         },
     )
     .await;
-    assert_eq!(
-        w.registry.package(&p).await.unwrap().unwrap().quality,
-        Some(100.0)
-    );
+    assert_eq!(package(&w, &p).await.quality, Some(100.0));
     apply(&w, &adjust.inverse).await;
-    assert_eq!(
-        w.registry.package(&p).await.unwrap().unwrap().quality,
-        Some(42.0)
-    );
+    assert_eq!(package(&w, &p).await.quality, Some(42.0));
     apply(&w, &set.inverse).await;
-    assert_eq!(w.registry.package(&p).await.unwrap().unwrap().quality, None);
+    assert_eq!(package(&w, &p).await.quality, None);
 }
 
 #[test]

@@ -20,6 +20,44 @@ use mapek::plan::{self, signing, PlanContext, Planner};
 
 const HOUR: i64 = 3_600_000;
 
+/// A registry of 20 packages with the three planted problems, observed: they are firing findings.
+async fn planted() -> World {
+    let w = world(20).await;
+    w.plant_problems().await;
+    observe(&w, NOW).await;
+    w
+}
+
+/// A policy quarantining what the planted problems raise, in enforce mode, with `extra` keys.
+fn quarantine_planted(extra: &str) -> String {
+    format!(
+        "[[policy]]\nid = \"q\"\non = [\"checksum_mismatch\", \"signature_invalid\", \"signer_untrusted\"]\n\
+         action = \"quarantine\"\nmode = \"enforce\"\n{extra}"
+    )
+}
+
+/// The open `circuit_open` findings.
+async fn circuit_findings(w: &World) -> Vec<mapek::knowledge::findings::Finding> {
+    w.t.store
+        .open_findings()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.kind == FindingKind::CircuitOpen)
+        .collect()
+}
+
+/// The kinds of the audit log's entries, in order.
+async fn audit_kinds(w: &World) -> Vec<String> {
+    w.t.store
+        .audit_entries()
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind.clone())
+        .collect()
+}
+
 /// Monitor and analyze once, so the planted problems are firing findings.
 async fn observe(w: &World, now: i64) {
     let mut state = MonitorState::new();
@@ -88,9 +126,7 @@ fn one(out: &plan::PlanOutput, status: Status) -> Vec<&Remediation> {
 
 #[tokio::test]
 async fn an_approved_remediation_runs_and_only_the_policys_maintainers_can_approve() {
-    let w = world(20).await;
-    w.plant_problems().await;
-    observe(&w, NOW).await;
+    let w = planted().await;
     let (trust, alice, bob, carol) = maintainers(&w);
     let policies = set(APPROVE);
     let out = plan_with(&w, &policies, &trust, NOW).await;
@@ -148,14 +184,7 @@ async fn an_approved_remediation_runs_and_only_the_policys_maintainers_can_appro
             .unwrap();
     assert_eq!(waiting.len(), 2);
     assert!(waiting.iter().all(|r| r.expires_at == Some(NOW + 2 * HOUR)));
-    let kinds: Vec<String> =
-        w.t.store
-            .audit_entries()
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.kind.clone())
-            .collect();
+    let kinds = audit_kinds(&w).await;
     assert!(
         kinds.contains(&"remediation.approve".to_string()),
         "{kinds:?}"
@@ -164,9 +193,7 @@ async fn an_approved_remediation_runs_and_only_the_policys_maintainers_can_appro
 
 #[tokio::test]
 async fn a_rejection_refuses_and_an_unanswered_request_expires() {
-    let w = world(20).await;
-    w.plant_problems().await;
-    observe(&w, NOW).await;
+    let w = planted().await;
     let (trust, alice, _, _) = maintainers(&w);
     let policies = set(APPROVE);
     let out = plan_with(&w, &policies, &trust, NOW).await;
@@ -215,14 +242,9 @@ async fn a_rejection_refuses_and_an_unanswered_request_expires() {
 
 #[tokio::test]
 async fn outside_its_window_a_remediation_waits_then_runs_in_the_same_record() {
-    let w = world(20).await;
-    w.plant_problems().await;
-    observe(&w, NOW).await;
+    let w = planted().await;
     // NOW is 2026-11-18T11:06:40Z, a Wednesday; the window opens at 20:00 UTC.
-    let policies = set(
-        "[[policy]]\nid = \"q\"\non = [\"checksum_mismatch\", \"signature_invalid\", \"signer_untrusted\"]\n\
-         action = \"quarantine\"\nmode = \"enforce\"\nwindow = \"0 * 20-21 * * *\"\n",
-    );
+    let policies = set(&quarantine_planted("window = \"0 * 20-21 * * *\"\n"));
     let out = plan_with(&w, &policies, &w.trust, NOW).await;
     let waiting = one(&out, Status::Pending);
     assert_eq!(waiting.len(), 3);
@@ -251,12 +273,9 @@ async fn outside_its_window_a_remediation_waits_then_runs_in_the_same_record() {
 
 #[tokio::test]
 async fn a_guard_opens_the_circuit_raises_a_finding_and_it_closes_after_a_quiet_hour() {
-    let w = world(20).await;
-    w.plant_problems().await;
-    observe(&w, NOW).await;
+    let w = planted().await;
     let policies = set_with_guards(
-        "[[policy]]\nid = \"q\"\non = [\"checksum_mismatch\", \"signature_invalid\", \"signer_untrusted\"]\n\
-         action = \"quarantine\"\nmode = \"enforce\"\n",
+        &quarantine_planted(""),
         "[guards]\nmax_actions_per_cycle = 1\n",
     );
     let out = plan_with(&w, &policies, &w.trust, NOW).await;
@@ -266,14 +285,7 @@ async fn a_guard_opens_the_circuit_raises_a_finding_and_it_closes_after_a_quiet_
     assert_eq!(held[0].gate.as_deref(), Some("guards"));
     assert_eq!(held[1].gate.as_deref(), Some("circuit"));
     assert!(out.circuit_open);
-    let open: Vec<_> =
-        w.t.store
-            .open_findings()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|f| f.kind == FindingKind::CircuitOpen)
-            .collect();
+    let open = circuit_findings(&w).await;
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].state, FindingState::Firing);
     assert!(plan::circuit(&w.t.store).await.unwrap().open);
@@ -287,23 +299,9 @@ async fn a_guard_opens_the_circuit_raises_a_finding_and_it_closes_after_a_quiet_
         out.circuit,
         Some(plan::CircuitChange::Closed { .. })
     ));
-    let still: Vec<_> =
-        w.t.store
-            .open_findings()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|f| f.kind == FindingKind::CircuitOpen)
-            .collect();
+    let still = circuit_findings(&w).await;
     assert!(still.is_empty());
-    let kinds: Vec<String> =
-        w.t.store
-            .audit_entries()
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.kind.clone())
-            .collect();
+    let kinds = audit_kinds(&w).await;
     assert!(
         kinds.contains(&"circuit.open".to_string()) && kinds.contains(&"circuit.close".to_string()),
         "{kinds:?}"
@@ -312,12 +310,9 @@ async fn a_guard_opens_the_circuit_raises_a_finding_and_it_closes_after_a_quiet_
 
 #[tokio::test]
 async fn a_maintainer_can_close_the_circuit_by_hand() {
-    let w = world(20).await;
-    w.plant_problems().await;
-    observe(&w, NOW).await;
+    let w = planted().await;
     let policies = set_with_guards(
-        "[[policy]]\nid = \"q\"\non = [\"checksum_mismatch\", \"signature_invalid\", \"signer_untrusted\"]\n\
-         action = \"quarantine\"\nmode = \"enforce\"\n",
+        &quarantine_planted(""),
         "[guards]\nmax_actions_per_hour = 1\n",
     );
     assert!(plan_with(&w, &policies, &w.trust, NOW).await.circuit_open);
@@ -524,13 +519,8 @@ fn every_key_of_the_format_is_checked() {
 
 #[tokio::test]
 async fn a_waiting_remediation_whose_finding_resolved_is_abandoned() {
-    let w = world(20).await;
-    w.plant_problems().await;
-    observe(&w, NOW).await;
-    let policies = set(
-        "[[policy]]\nid = \"q\"\non = [\"checksum_mismatch\", \"signature_invalid\", \"signer_untrusted\"]\n\
-         action = \"quarantine\"\nmode = \"enforce\"\nwindow = \"0 * 20-21 * * *\"\n",
-    );
+    let w = planted().await;
+    let policies = set(&quarantine_planted("window = \"0 * 20-21 * * *\"\n"));
     let out = plan_with(&w, &policies, &w.trust, NOW).await;
     let waiting = one(&out, Status::Pending);
     let target = waiting[0].clone();
