@@ -30,8 +30,38 @@ fn window(after: &str, within: Option<&String>, start: i64) -> (i64, i64) {
     (from, to)
 }
 
-fn counted(n: u64, min: u64, max: Option<u64>) -> bool {
-    n >= min && max.is_none_or(|m| n <= m)
+/// Whether the count of `hits` is within `min..=max`, with the evidence either way: the first
+/// hit, the closest miss (`closest`: the same subject otherwise matching), or the extra ones.
+fn verdict<T>(
+    hits: &[&T],
+    closest: Option<&T>,
+    min: u64,
+    max: Option<u64>,
+    show: impl Fn(&T) -> String,
+    nothing: &str,
+) -> (bool, String) {
+    let n = hits.len() as u64;
+    let pass = n >= min && max.is_none_or(|m| n <= m);
+    let evidence = match (pass, hits.first(), closest) {
+        (true, Some(first), _) => format!("{n} matching; first: {}", show(first)),
+        (true, None, _) => "none, as expected".into(),
+        (false, _, Some(c)) if n < min => format!("{n} of at least {min}; closest: {}", show(c)),
+        (false, _, None) if n < min => format!("{n} of at least {min}; {nothing}"),
+        (false, _, _) => {
+            let extra: Vec<String> = hits.iter().take(3).map(|h| show(h)).collect();
+            format!("{n}, more than {}: {}", max.unwrap_or(0), extra.join("; "))
+        }
+    };
+    (pass, evidence)
+}
+
+/// "after X within Y (min N, max M)", as expectations print their window and counts.
+fn span_text(after: &str, within: Option<&String>, min: u64, max: Option<u64>) -> String {
+    format!(
+        "after {after}{} (min {min}{})",
+        within.map(|w| format!(" within {w}")).unwrap_or_default(),
+        max.map(|m| format!(", max {m}")).unwrap_or_default()
+    )
 }
 
 /// Whether a remediation was recorded in the expectation's mode, and when. `executed` counts at
@@ -106,45 +136,25 @@ async fn action(
         .filter(about)
         .filter(|r| in_mode(r, &e.mode).is_some_and(|at| at >= from && at <= to))
         .collect();
-    let n = hits.len() as u64;
     let min = least(e.min, e.max);
-    let pass = counted(n, min, e.max);
-    let evidence = if pass {
-        match hits.first() {
-            Some(r) => format!("{n} matching; first: {}", describe(r)),
-            None => "none, as expected".into(),
-        }
-    } else if n < min {
-        match all.iter().find(about) {
-            Some(r) => format!("{n} of at least {min}; closest: {}", describe(r)),
-            None => {
-                format!("{n} of at least {min}; no remediation of that action and subject at all")
-            }
-        }
-    } else {
-        let first: Vec<String> = hits.iter().take(3).map(|r| describe(r)).collect();
-        format!(
-            "{n}, more than {}: {}",
-            e.max.unwrap_or(0),
-            first.join("; ")
-        )
-    };
+    let (pass, evidence) = verdict(
+        &hits,
+        all.iter().find(about),
+        min,
+        e.max,
+        describe,
+        "no remediation of that action and subject at all",
+    );
     let version_text = version.map(|v| format!("@{v}")).unwrap_or_default();
     Judged {
         line,
         kind: "action",
         expectation: format!(
-            "{} {}{version_text} {} after {}{} (min {}{})",
+            "{} {}{version_text} {} {}",
             e.action,
             e.package,
             e.mode,
-            e.after,
-            e.within
-                .as_ref()
-                .map(|w| format!(" within {w}"))
-                .unwrap_or_default(),
-            min,
-            e.max.map(|m| format!(", max {m}")).unwrap_or_default()
+            span_text(&e.after, e.within.as_ref(), min, e.max)
         ),
         pass,
         evidence,
@@ -160,9 +170,6 @@ fn finding(e: &ExpectFinding, line: usize, all: &[Finding], start: i64) -> Judge
         .filter(about)
         .filter(|f| f.fired_at.is_some_and(|t| t >= from && t <= to))
         .collect();
-    let n = hits.len() as u64;
-    let min = least(e.min, e.max);
-    let pass = counted(n, min, e.max);
     let show = |f: &Finding| {
         format!(
             "{} on {} fired at {}",
@@ -171,35 +178,23 @@ fn finding(e: &ExpectFinding, line: usize, all: &[Finding], start: i64) -> Judge
             f.fired_at.map(rfc3339).unwrap_or_else(|| "never".into())
         )
     };
-    let evidence = match (pass, hits.first(), all.iter().find(about)) {
-        (true, Some(f), _) => format!("{n} matching; first: {}", show(f)),
-        (true, None, _) => "none, as expected".into(),
-        (false, _, Some(f)) if n < min => format!("{n} of at least {min}; closest: {}", show(f)),
-        (false, _, None) if n < min => format!("{n} of at least {min}; no such finding at all"),
-        (false, _, _) => format!(
-            "{n}, more than {}: {}",
-            e.max.unwrap_or(0),
-            hits.iter()
-                .take(3)
-                .map(|f| show(f))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-    };
+    let min = least(e.min, e.max);
+    let (pass, evidence) = verdict(
+        &hits,
+        all.iter().find(about),
+        min,
+        e.max,
+        show,
+        "no such finding at all",
+    );
     Judged {
         line,
         kind: "finding",
         expectation: format!(
-            "{} on {} after {}{} (min {}{})",
+            "{} on {} {}",
             e.kind,
             e.package.as_deref().unwrap_or("*"),
-            e.after,
-            e.within
-                .as_ref()
-                .map(|w| format!(" within {w}"))
-                .unwrap_or_default(),
-            min,
-            e.max.map(|m| format!(", max {m}")).unwrap_or_default()
+            span_text(&e.after, e.within.as_ref(), min, e.max)
         ),
         pass,
         evidence,
