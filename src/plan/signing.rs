@@ -57,11 +57,7 @@ pub fn signer(bytes: &[u8], sig: Option<&str>, trust: &TrustStore) -> Signer {
 /// Checks one policy file's signature as `opts` asks: a present signature must be good and by a
 /// maintainer; a missing one is an error only when signatures are required.
 pub fn check_file(file: &Path, bytes: &[u8], opts: LoadOptions<'_>) -> Result<(), PolicyError> {
-    let sig = match std::fs::read_to_string(sig_path(file)) {
-        Ok(s) => Some(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(error(file, format!("cannot read its signature: {e}"))),
-    };
+    // Without a trust store there is nothing to check a signature against.
     let Some(trust) = opts.trust else {
         return if opts.require_signed {
             Err(error(
@@ -71,6 +67,11 @@ pub fn check_file(file: &Path, bytes: &[u8], opts: LoadOptions<'_>) -> Result<()
         } else {
             Ok(())
         };
+    };
+    let sig = match std::fs::read_to_string(sig_path(file)) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(error(file, format!("cannot read its signature: {e}"))),
     };
     if sig.is_none() && !opts.require_signed {
         return Ok(());
