@@ -15,19 +15,6 @@ use crate::model::Subject;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
-/// The gate names, in the order they apply (the `gate` of a stopped remediation is one of them).
-pub const GATE_ORDER: [&str; 9] = [
-    "window",
-    "cooldown",
-    "max_per_hour",
-    "max_blast_radius",
-    "dry_run",
-    "freeze",
-    "circuit",
-    "guards",
-    "approval",
-];
-
 /// Maintainers' valid decisions on one remediation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Approvals {

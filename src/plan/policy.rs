@@ -236,16 +236,6 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 }
 
 impl PolicySet {
-    pub fn empty() -> Self {
-        Self {
-            policies: Vec::new(),
-            guards: Guards::default(),
-            env: Arc::new(Env::stdlib()),
-            uses: facts::Uses::default(),
-            digest: String::new(),
-        }
-    }
-
     /// Loads every policy file of `dir` in name order, and `guards.toml`; checks signatures as
     /// `opts` asks. All or nothing: every error is collected and none of the set is returned.
     pub fn load_dir(dir: &Path, opts: LoadOptions<'_>) -> Result<Self, Vec<PolicyError>> {
