@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::analyze::settings::{self, DetectorFile, Settings};
 use crate::keys::{line_of, toml_error};
+use crate::monitor::events::Horizon;
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +61,16 @@ struct ConfigFile {
     require_signed_policies: Option<bool>,
     /// On SIGTERM, how long the stages may take to finish their current work.
     shutdown_grace: Option<toml::Spanned<String>>,
+    /// File holding the bearer token of `POST /v1/events` (without one, the intake is off).
+    intake_token_file: Option<PathBuf>,
+    /// The largest request body the intake reads, in bytes.
+    intake_max_body: Option<toml::Spanned<i64>>,
+    /// Events older than this are refused.
+    intake_max_age: Option<toml::Spanned<String>>,
+    /// How long hour buckets of telemetry are kept (at least 73h: the longest burn window).
+    telemetry_retention: Option<toml::Spanned<String>>,
+    /// `[detectors.KIND]`: thresholds and lifecycle of each finding kind.
+    detectors: Option<HashMap<String, toml::Spanned<DetectorFile>>>,
 }
 
 /// The validated configuration.
@@ -75,6 +88,12 @@ pub struct Config {
     pub dry_run: bool,
     pub require_signed_policies: bool,
     pub shutdown_grace: Duration,
+    /// The intake's bearer token, read from `intake_token_file`; None: the intake is off.
+    pub intake_token: Option<String>,
+    pub intake_max_body: usize,
+    pub horizon: Horizon,
+    pub telemetry_retention: Duration,
+    pub detectors: Settings,
 }
 
 impl Config {
@@ -93,6 +112,11 @@ impl Config {
             dry_run: false,
             require_signed_policies: false,
             shutdown_grace: Duration::from_secs(30),
+            intake_token: None,
+            intake_max_body: 16 << 20,
+            horizon: Horizon::default(),
+            telemetry_retention: Duration::from_secs(4 * 86_400),
+            detectors: Settings::default(),
         }
     }
 
@@ -179,6 +203,73 @@ impl Config {
                 }
                 *slot = d;
             }
+        }
+        if let Some(p) = file.intake_token_file {
+            let p = rel(p);
+            let token = std::fs::read_to_string(&p).map_err(|e| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                line: line_of(src, src.find("intake_token_file").unwrap_or(0)),
+                field: "intake_token_file".into(),
+                reason: format!("cannot read {}: {e}", p.display()),
+            })?;
+            let token = token.trim().to_string();
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: line_of(src, src.find("intake_token_file").unwrap_or(0)),
+                    field: "intake_token_file".into(),
+                    reason: format!("the token in {} is shorter than 16 characters", p.display()),
+                });
+            }
+            config.intake_token = Some(token);
+        }
+        if let Some(n) = file.intake_max_body {
+            let v = *n.get_ref();
+            if !(1024..=1 << 30).contains(&v) {
+                return Err(invalid(
+                    "intake_max_body",
+                    n.span(),
+                    format!("{v} is outside 1024..=1073741824 bytes"),
+                ));
+            }
+            config.intake_max_body = v as usize;
+        }
+        let retention_floor = Duration::from_secs(73 * 3600);
+        for (field, value, slot) in [
+            ("intake_max_age", &file.intake_max_age, None),
+            ("telemetry_retention", &file.telemetry_retention, Some(())),
+        ] {
+            let Some(v) = value else { continue };
+            let d = humantime::parse_duration(v.get_ref())
+                .map_err(|e| invalid(field, v.span(), format!("not a duration: {e}")))?;
+            match slot {
+                None => {
+                    if d < Duration::from_secs(60) || d > Duration::from_secs(6 * 3600) {
+                        return Err(invalid(field, v.span(), "must be between 1m and 6h".into()));
+                    }
+                    config.horizon.max_age_ms = d.as_millis() as i64;
+                }
+                Some(()) => {
+                    if d < retention_floor {
+                        return Err(invalid(
+                            field,
+                            v.span(),
+                            "must be at least 73h: the longest burn-rate window is 3 days".into(),
+                        ));
+                    }
+                    config.telemetry_retention = d;
+                }
+            }
+        }
+        if let Some(d) = &file.detectors {
+            settings::apply(d, &mut config.detectors).map_err(|(at, field, reason)| {
+                ConfigError::Invalid {
+                    file: path.to_path_buf(),
+                    line: line_of(src, at),
+                    field,
+                    reason,
+                }
+            })?;
         }
         if let Some(l) = file.listen {
             config.listen =

@@ -308,22 +308,12 @@ async fn revoking_a_key_in_the_trust_store_makes_its_releases_untrusted() {
 
 #[tokio::test]
 async fn the_daemon_supervisor_runs_counted_cycles_and_stops() {
-    use mapek::daemon::{self, metrics::Metrics, RunOptions, Runtime};
+    use mapek::daemon::{self, RunOptions};
     let w = world(15).await;
     w.plant_problems().await;
-    let rt = std::sync::Arc::new(Runtime {
-        store: w.t.store.clone(),
-        registry: w.registry.clone(),
-        key: w.key.clone(),
-        policies: mapek::daemon::reload::PolicySource::fixed(default_policies()),
-        trust: w.trust.clone(),
-        trust_path: None,
-        clock: std::sync::Arc::new(mapek::clock::SystemClock),
-        metrics: std::sync::Arc::new(Metrics::new().unwrap()),
-        dry_run: false,
-        full_scan_every: std::time::Duration::from_secs(3600),
-        rules: Rules::default(),
-    });
+    let rt = std::sync::Arc::new(w.runtime(mapek::daemon::reload::PolicySource::fixed(
+        default_policies(),
+    )));
     let summary = daemon::run(
         rt.clone(),
         RunOptions {
@@ -352,7 +342,7 @@ async fn the_daemon_supervisor_runs_counted_cycles_and_stops() {
 
 #[tokio::test]
 async fn a_refused_reload_keeps_the_policies_in_force_and_is_counted() {
-    use mapek::daemon::{self, metrics::Metrics, reload::PolicySource, reload::Watch, Runtime};
+    use mapek::daemon::{self, reload::PolicySource, reload::Watch};
     let w = world(5).await;
     let dir = tempfile::tempdir().unwrap();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/integrity.toml");
@@ -360,19 +350,12 @@ async fn a_refused_reload_keeps_the_policies_in_force_and_is_counted() {
     let trust = dir.path().join("trusted-keys.toml");
     std::fs::write(&trust, "").unwrap();
     let first = PolicySource::load(dir.path(), &trust, false).unwrap();
-    let rt = Runtime {
-        store: w.t.store.clone(),
-        registry: w.registry.clone(),
-        key: w.key.clone(),
-        policies: PolicySource::watched(first, dir.path().to_path_buf(), trust, false),
-        trust: w.trust.clone(),
-        trust_path: None,
-        clock: std::sync::Arc::new(mapek::clock::SystemClock),
-        metrics: std::sync::Arc::new(Metrics::new().unwrap()),
-        dry_run: false,
-        full_scan_every: std::time::Duration::from_secs(3600),
-        rules: Rules::default(),
-    };
+    let rt = w.runtime(PolicySource::watched(
+        first,
+        dir.path().to_path_buf(),
+        trust,
+        false,
+    ));
     let mut watch = Watch::default();
     daemon::reload_policies(&rt, &mut watch);
     std::fs::write(dir.path().join("broken.toml"), "[[policy]]\nid = \"x\"\n").unwrap();

@@ -1,14 +1,25 @@
-//! Analyze: turn observations into findings, deduplicated by fingerprint, through the lifecycle.
+//! Analyze: turn observations, registry facts and telemetry into findings, deduplicated by fingerprint, through the lifecycle.
 
+pub mod checks;
+pub mod learning;
 pub mod lifecycle;
+pub mod quality;
+pub mod settings;
+pub mod windows;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lifecycle::{Condition, Timing, Transition};
+use quality::{Evidence, QualityModel};
+use settings::Settings;
+use windows::{Tally, Windows};
 
 use crate::knowledge::findings::{self, Finding, FindingState};
+use crate::knowledge::telemetry::TelemetryDelta;
 use crate::knowledge::{Store, StoreError};
 use crate::model::{FindingKind, Integrity, ReleaseObservation, Severity, SignatureState, Subject};
+use crate::monitor::facts::Facts;
+use crate::monitor::MonitorOutput;
 
 /// The kinds the integrity detector owns.
 pub const INTEGRITY_KINDS: [FindingKind; 4] = [
@@ -18,15 +29,25 @@ pub const INTEGRITY_KINDS: [FindingKind; 4] = [
     FindingKind::SignerUntrusted,
 ];
 
-/// Lifecycle timing per kind. Integrity failures are facts, not noise: they fire at once.
+/// The kinds judged on the registry's facts: frozen while the registry cannot be read.
+pub const FACT_KINDS: [FindingKind; 5] = [
+    FindingKind::QualityRegression,
+    FindingKind::Unmaintained,
+    FindingKind::DependencyUnavailable,
+    FindingKind::DependencyCycle,
+    FindingKind::TyposquatSuspect,
+];
+
+/// How analysis judges: detector settings (with each kind's lifecycle timing) and the quality model.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
-    pub timing: HashMap<FindingKind, Timing>,
+    pub settings: Settings,
+    pub quality: QualityModel,
 }
 
 impl Rules {
     pub fn timing(&self, kind: FindingKind) -> Timing {
-        self.timing.get(&kind).copied().unwrap_or_default()
+        self.settings.timing(kind)
     }
 }
 
@@ -36,6 +57,28 @@ pub struct AnalyzeOutput {
     pub fired: Vec<Finding>,
     pub resolved: Vec<Finding>,
     pub open_by_kind: BTreeMap<FindingKind, i64>,
+    /// The registry could not be read: facts are stale and nothing may be planned on them.
+    pub stale: bool,
+}
+
+/// What one pass judges. Anything absent is not judged: its open findings stay as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AnalyzeInput<'a> {
+    pub observations: &'a [ReleaseObservation],
+    pub facts: Option<&'a Facts>,
+    pub telemetry: Option<&'a TelemetryDelta>,
+    pub unreachable: Option<&'a str>,
+}
+
+impl<'a> AnalyzeInput<'a> {
+    pub fn from_monitor(m: &'a MonitorOutput) -> Self {
+        Self {
+            observations: &m.observations,
+            facts: m.facts.as_deref(),
+            telemetry: Some(&m.telemetry),
+            unreachable: m.unreachable.as_deref(),
+        }
+    }
 }
 
 /// The integrity conditions an observation shows: `Some(Some(c))` holds, `Some(None)` is clear,
@@ -124,69 +167,390 @@ pub fn integrity_conditions(o: &ReleaseObservation) -> Vec<(FindingKind, Judgeme
     ]
 }
 
-/// One analysis pass over the observations of this cycle, plus the passage of time for open findings.
+/// One analysis pass over the observations of this cycle alone (no facts, no telemetry): the
+/// integrity kinds, plus the passage of time for open findings.
 pub async fn cycle(
     store: &Store,
     observations: &[ReleaseObservation],
     rules: &Rules,
     now: i64,
 ) -> Result<AnalyzeOutput, StoreError> {
-    let open = store.open_findings().await?;
-    let mut by_fingerprint: HashMap<String, Finding> = open
-        .into_iter()
-        .map(|f| (f.fingerprint.clone(), f))
-        .collect();
-    let mut transitions = Vec::new();
-    for o in observations {
-        let subject = Subject {
-            package: o.package.clone(),
-            version: Some(o.version.clone()),
-        };
-        for (kind, judgement) in integrity_conditions(o) {
-            let fingerprint = Finding::fingerprint_of(kind, &subject);
-            let timing = rules.timing(kind);
-            let existing = by_fingerprint.remove(&fingerprint);
-            let t = match (existing, judgement) {
-                (Some(f), Some(Some(c))) => Some(lifecycle::holds(f, c, timing, now)),
-                (None, Some(Some(c))) => Some(lifecycle::open(c, timing, now)),
-                // Cannot tell: the finding stays as it is, and out of the time-only pass.
-                (Some(_), None) => None,
-                (Some(f), Some(None)) => Some(lifecycle::clears(f, timing, now)),
-                (None, _) => None,
-            };
-            transitions.extend(t);
+    let input = AnalyzeInput {
+        observations,
+        ..Default::default()
+    };
+    Analyzer::new(rules.clone()).cycle(store, input, now).await
+}
+
+/// Conditions derived from the facts alone, kept while the facts (and the hour) stay the same.
+#[derive(Debug, Default)]
+struct FactConditions {
+    key: Option<(i64, i64)>,
+    conditions: Vec<(FindingKind, Vec<Condition>)>,
+}
+
+/// The analyze stage's memory: telemetry windows, what it learned, what it last observed.
+#[derive(Debug, Default)]
+pub struct Analyzer {
+    pub rules: Rules,
+    windows: Windows,
+    downloads: learning::Downloads,
+    quality: learning::Quality,
+    reports: learning::Reports,
+    /// (package, version) -> (checksum matches, signature valid), as last observed.
+    integrity: HashMap<(String, String), (bool, bool)>,
+    cached: FactConditions,
+    loaded: bool,
+}
+
+/// Per kind judged completely, what holds; then the packages whose baseline and whose quality
+/// state changed (to be saved).
+type Judgements = (Vec<(FindingKind, Vec<Condition>)>, Vec<String>, Vec<String>);
+
+/// A finding whose only change is `last_seen` is written at most this often.
+const LAST_SEEN_REFRESH_MS: i64 = 10 * 60_000;
+
+impl Analyzer {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules,
+            ..Default::default()
         }
     }
-    // Findings not observed this cycle move with time only.
-    for f in by_fingerprint.values() {
-        transitions.extend(lifecycle::tick(f, rules.timing(f.kind), now));
+
+    /// Everything that holds now, per kind judged completely this pass.
+    fn complete_judgements(
+        &mut self,
+        input: &AnalyzeInput<'_>,
+        now: i64,
+    ) -> Judgements {
+        let s = &self.rules.settings;
+        let mut complete = Vec::new();
+        let (mut baselines, mut scores) = (Vec::new(), Vec::new());
+        let registry = Subject {
+            package: "*".into(),
+            version: None,
+        };
+        complete.push((
+            FindingKind::RegistryUnreachable,
+            input
+                .unreachable
+                .map(|why| {
+                    checks::condition(
+                        FindingKind::RegistryUnreachable,
+                        Severity::Critical,
+                        registry.clone(),
+                        1.0,
+                        format!("the registry cannot be read: {why}; findings on its facts are frozen and nothing is planned"),
+                        Default::default(),
+                    )
+                })
+                .into_iter()
+                .collect(),
+        ));
+        if let Some(t) = input.telemetry {
+            self.windows.apply(&t.buckets, &t.lookups);
+            self.windows.prune(now);
+            self.reports.apply(&t.reports);
+            complete.push((FindingKind::InstallFailureBurn, self.install_burn(now)));
+            complete.push((
+                FindingKind::LookupLatencyBurn,
+                self.latency_burn(now, &registry),
+            ));
+            complete.push((FindingKind::Reported, self.reports.cycle(s, now)));
+            let (anomalies, changed) = self.downloads.cycle(&self.windows, s, now);
+            baselines = changed;
+            complete.push((FindingKind::DownloadAnomaly, anomalies));
+        }
+        if let (Some(facts), None) = (input.facts, input.unreachable) {
+            let key = (facts.change_seq, now.div_euclid(3_600_000));
+            if self.cached.key != Some(key) {
+                self.cached = FactConditions {
+                    key: Some(key),
+                    conditions: vec![
+                        (
+                            FindingKind::DependencyUnavailable,
+                            checks::dependency_unavailable(facts),
+                        ),
+                        (
+                            FindingKind::DependencyCycle,
+                            checks::dependency_cycles(facts),
+                        ),
+                        (
+                            FindingKind::TyposquatSuspect,
+                            checks::typosquats(facts, s, now),
+                        ),
+                    ],
+                };
+            }
+            complete.extend(self.cached.conditions.iter().cloned());
+            complete.push((
+                FindingKind::Unmaintained,
+                checks::unmaintained(facts, s, now),
+            ));
+            let (regressions, changed) = self.quality_pass(facts, now);
+            scores = changed;
+            complete.push((FindingKind::QualityRegression, regressions));
+        }
+        (complete, baselines, scores)
     }
-    let mut out = AnalyzeOutput::default();
-    if !transitions.is_empty() {
-        let mut tx = store.begin().await?;
-        for t in transitions {
-            match t {
-                Transition::Opened(f) => {
-                    findings::insert(&mut tx, &f).await?;
-                    if f.state == FindingState::Firing {
-                        out.fired.push(f);
-                    }
-                }
-                Transition::Fired(f) => {
-                    findings::update(&mut tx, &f).await?;
-                    out.fired.push(f);
-                }
-                Transition::Updated(f) => findings::update(&mut tx, &f).await?,
-                Transition::Resolved(f) => {
-                    findings::update(&mut tx, &f).await?;
-                    out.resolved.push(f);
-                }
+
+    fn install_burn(&self, now: i64) -> Vec<Condition> {
+        let s = &self.rules.settings;
+        let mut out = Vec::new();
+        for ((p, v), series) in &self.windows.releases {
+            let burning = windows::burning(
+                |w| series.installs(now, w),
+                s.install_slo,
+                s.install_min_events,
+            );
+            if let Some((pair, long, short, events)) = burning {
+                out.push(burn_condition(
+                    FindingKind::InstallFailureBurn,
+                    Subject {
+                        package: p.clone(),
+                        version: Some(v.clone()),
+                    },
+                    pair,
+                    (long, short, events),
+                    format!("installs of {p}@{v} fail"),
+                ));
             }
         }
-        tx.commit().await?;
+        out
     }
-    for f in store.open_findings().await? {
-        *out.open_by_kind.entry(f.kind).or_default() += 1;
+
+    fn latency_burn(&self, now: i64, registry: &Subject) -> Vec<Condition> {
+        let s = &self.rules.settings;
+        let burning = windows::burning(
+            |w| self.windows.latency.tally(now, w, s.latency_threshold_ms),
+            s.latency_slo,
+            s.latency_min_events,
+        );
+        burning
+            .map(|(pair, long, short, events)| {
+                burn_condition(
+                    FindingKind::LookupLatencyBurn,
+                    registry.clone(),
+                    pair,
+                    (long, short, events),
+                    format!("lookups slower than {} ms", s.latency_threshold_ms),
+                )
+            })
+            .into_iter()
+            .collect()
     }
-    Ok(out)
+
+    fn quality_pass(&mut self, facts: &Facts, now: i64) -> (Vec<Condition>, Vec<String>) {
+        let mut installs: HashMap<&str, Tally> = HashMap::new();
+        for ((p, _), series) in &self.windows.releases {
+            let t = series.installs(now, 72 * 3_600_000);
+            let e = installs.entry(p.as_str()).or_default();
+            e.good += t.good;
+            e.bad += t.bad;
+        }
+        let integrity = &self.integrity;
+        let evidence = |i: usize| {
+            let p = &facts.packages[i];
+            let observed = p.latest().and_then(|r| {
+                integrity
+                    .get(&(p.record.name.clone(), r.version.clone()))
+                    .copied()
+            });
+            Evidence {
+                signed: observed.map(|o| o.1),
+                checksum: observed.map(|o| o.0),
+                dependents: facts.dependents[i],
+                days_since_release: p.last_release_at().map(|t| (now - t) as f64 / 86_400_000.0),
+                install_success: installs
+                    .get(p.record.name.as_str())
+                    .filter(|t| t.total() > 0.0)
+                    .map(|t| t.good / t.total()),
+            }
+        };
+        self.quality.cycle(
+            &self.rules.quality,
+            facts,
+            evidence,
+            &self.rules.settings,
+            now,
+        )
+    }
+
+    /// One analysis pass.
+    pub async fn cycle(
+        &mut self,
+        store: &Store,
+        input: AnalyzeInput<'_>,
+        now: i64,
+    ) -> Result<AnalyzeOutput, StoreError> {
+        if !self.loaded {
+            self.downloads.baselines = store.baselines().await?;
+            self.quality.states = store.quality_states().await?;
+            self.loaded = true;
+        }
+        let stale = input.unreachable.is_some();
+        for o in input.observations {
+            let checksum = matches!(o.integrity, Integrity::Ok);
+            let signed = o.signature == SignatureState::Valid;
+            self.integrity
+                .insert((o.package.clone(), o.version.clone()), (checksum, signed));
+        }
+        let (complete, baselines, scores) = self.complete_judgements(&input, now);
+        let open = store.open_findings().await?;
+        let mut by_fingerprint: HashMap<String, Finding> = open
+            .into_iter()
+            .map(|f| (f.fingerprint.clone(), f))
+            .collect();
+        let mut transitions = Vec::new();
+        for o in input.observations {
+            let subject = Subject {
+                package: o.package.clone(),
+                version: Some(o.version.clone()),
+            };
+            for (kind, judgement) in integrity_conditions(o) {
+                let fingerprint = Finding::fingerprint_of(kind, &subject);
+                let existing = by_fingerprint.remove(&fingerprint);
+                transitions.extend(judge(existing, judgement, self.rules.timing(kind), now));
+            }
+        }
+        let judged: HashSet<FindingKind> = complete.iter().map(|(k, _)| *k).collect();
+        for (kind, conditions) in complete {
+            let timing = self.rules.timing(kind);
+            for c in conditions {
+                let fingerprint = Finding::fingerprint_of(kind, &c.subject);
+                let existing = by_fingerprint.remove(&fingerprint);
+                transitions.extend(judge(existing, Some(Some(c)), timing, now));
+            }
+        }
+        // What is left: findings of completely judged kinds whose condition is gone, findings
+        // that move with time only, and, while the registry cannot be read, frozen ones.
+        for f in by_fingerprint.values() {
+            let timing = self.rules.timing(f.kind);
+            let frozen =
+                stale && (INTEGRITY_KINDS.contains(&f.kind) || FACT_KINDS.contains(&f.kind));
+            if frozen {
+                continue;
+            }
+            if judged.contains(&f.kind) {
+                transitions.extend(judge(Some(f.clone()), Some(None), timing, now));
+            } else {
+                transitions.extend(lifecycle::tick(f, timing, now));
+            }
+        }
+        let mut out = AnalyzeOutput {
+            stale,
+            ..Default::default()
+        };
+        if !transitions.is_empty() {
+            let mut tx = store.begin().await?;
+            for t in transitions {
+                match t {
+                    Transition::Opened(f) => {
+                        findings::insert(&mut tx, &f).await?;
+                        if f.state == FindingState::Firing {
+                            out.fired.push(f);
+                        }
+                    }
+                    Transition::Fired(f) => {
+                        findings::update(&mut tx, &f).await?;
+                        out.fired.push(f);
+                    }
+                    Transition::Updated(f) => findings::update(&mut tx, &f).await?,
+                    Transition::Resolved(f) => {
+                        findings::update(&mut tx, &f).await?;
+                        out.resolved.push(f);
+                    }
+                }
+            }
+            tx.commit().await?;
+        }
+        let saved: Vec<_> = baselines
+            .iter()
+            .filter_map(|p| Some((p.as_str(), *self.downloads.baselines.get(p)?)))
+            .collect();
+        store.save_baselines(&saved).await?;
+        let saved: Vec<_> = scores
+            .iter()
+            .filter_map(|p| Some((p.as_str(), self.quality.states.get(p)?)))
+            .collect();
+        store.save_quality_states(&saved).await?;
+        for f in store.open_findings().await? {
+            *out.open_by_kind.entry(f.kind).or_default() += 1;
+        }
+        Ok(out)
+    }
+}
+
+fn burn_condition(
+    kind: FindingKind,
+    subject: Subject,
+    pair: windows::Pair,
+    (long, short, events): (f64, f64, f64),
+    what: String,
+) -> Condition {
+    let hours = |ms: i64| humantime::format_duration(std::time::Duration::from_millis(ms as u64));
+    let mut labels = serde_json::Map::new();
+    labels.insert("long_window".into(), hours(pair.long_ms).to_string().into());
+    labels.insert(
+        "short_window".into(),
+        hours(pair.short_ms).to_string().into(),
+    );
+    labels.insert("burn_long".into(), long.into());
+    labels.insert("burn_short".into(), short.into());
+    labels.insert("events".into(), events.round().into());
+    checks::condition(
+        kind,
+        if pair.critical {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        subject,
+        long,
+        format!(
+            "{what}: the error budget burns {long:.1}x over {} and {short:.1}x over {} (threshold {}x)",
+            hours(pair.long_ms),
+            hours(pair.short_ms),
+            pair.factor
+        ),
+        labels,
+    )
+}
+
+/// One finding's step: `Some(Some(c))` holds, `Some(None)` is clear, `None` cannot tell. An
+/// update that changes nothing but `last_seen` is written only every few minutes.
+fn judge(
+    existing: Option<Finding>,
+    judgement: Judgement,
+    timing: Timing,
+    now: i64,
+) -> Option<Transition> {
+    match (existing, judgement) {
+        (Some(f), Some(Some(c))) => {
+            let before = f.clone();
+            match lifecycle::holds(f, c, timing, now) {
+                Transition::Updated(after)
+                    if now - before.last_seen < LAST_SEEN_REFRESH_MS
+                        && Finding {
+                            last_seen: before.last_seen,
+                            ..after.clone()
+                        } == before =>
+                {
+                    None
+                }
+                t => Some(t),
+            }
+        }
+        (None, Some(Some(c))) => Some(lifecycle::open(c, timing, now)),
+        (Some(f), Some(None)) => {
+            let before = f.clone();
+            match lifecycle::clears(f, timing, now) {
+                Transition::Updated(after) if after == before => None,
+                t => Some(t),
+            }
+        }
+        // Cannot tell: the finding stays as it is.
+        (Some(_), None) | (None, _) => None,
+    }
 }

@@ -7,14 +7,18 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{demo, init_logging, Global};
+use crate::analyze::quality::QualityModel;
 use crate::analyze::Rules;
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::daemon::http::IntakeConfig;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::reload::PolicySource;
 use crate::daemon::{self, RunOptions, Runtime};
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::{redact, Store};
+use crate::monitor::intake::Intake;
+use crate::monitor::Retention;
 use crate::registry::SqlRegistry;
 
 #[derive(Debug, Args)]
@@ -30,8 +34,13 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
-/// Builds the shared runtime of the stages from a configuration.
-pub async fn runtime(config: &Config, dry_run: bool) -> anyhow::Result<Runtime> {
+/// Builds the shared runtime of the stages from a configuration. `intake` is the telemetry
+/// writer, when the daemon serves `POST /v1/events`.
+pub async fn runtime(
+    config: &Config,
+    dry_run: bool,
+    intake: Option<Intake>,
+) -> anyhow::Result<Runtime> {
     let store = Store::open(&config.database_url).await?;
     let key = KeyPair::load(&config.key_file).with_context(|| {
         format!(
@@ -50,6 +59,16 @@ pub async fn runtime(config: &Config, dry_run: bool) -> anyhow::Result<Runtime> 
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("the policy set is refused:\n  {}", lines.join("\n  "))
     })?;
+    let quality = QualityModel::load(&config.policies)?;
+    let intake = match (intake, &config.intake_token) {
+        (Some(writer), Some(token)) => Some(IntakeConfig {
+            writer,
+            token: token.clone(),
+            max_body: config.intake_max_body,
+            horizon: config.horizon,
+        }),
+        _ => None,
+    };
     Ok(Runtime {
         registry: Arc::new(SqlRegistry::new(
             store.clone(),
@@ -69,7 +88,16 @@ pub async fn runtime(config: &Config, dry_run: bool) -> anyhow::Result<Runtime> 
         metrics: Arc::new(Metrics::new()?),
         dry_run: dry_run || config.dry_run,
         full_scan_every: config.full_scan_interval,
-        rules: Rules::default(),
+        rules: Rules {
+            settings: config.detectors.clone(),
+            quality,
+        },
+        retention: Retention {
+            hours_ms: config.telemetry_retention.as_millis() as i64,
+            reports_ms: config.detectors.report_window_ms,
+            ..Retention::default()
+        },
+        intake,
     })
 }
 
@@ -79,7 +107,21 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     if global.demo {
         demo::prepare(&config).await?;
     }
-    let rt = Arc::new(runtime(&config, args.dry_run).await?);
+    let cancel = CancellationToken::new();
+    let cycles = if args.once { Some(1) } else { args.cycles };
+    let serving = cycles.is_none() && config.listen.is_some();
+    // The intake writer outlives the HTTP listener, so that every request it answered is stored.
+    let intake_stop = CancellationToken::new();
+    let mut writer = None;
+    let intake = if serving && config.intake_token.is_some() {
+        let store = Store::open(&config.database_url).await?;
+        let (intake, task) = Intake::start(store, intake_stop.clone());
+        writer = Some(task);
+        Some(intake)
+    } else {
+        None
+    };
+    let rt = Arc::new(runtime(&config, args.dry_run, intake).await?);
     tracing::info!(
         database = %redact(&config.database_url),
         policies = rt.policies.get().policies.len(),
@@ -88,15 +130,17 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         interval = ?config.interval,
         "mapek starting"
     );
-    let cancel = CancellationToken::new();
-    let cycles = if args.once { Some(1) } else { args.cycles };
     let mut http = None;
     if cycles.is_none() {
         if let Some(addr) = config.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            tracing::info!(
+                %addr,
+                intake = rt.intake.is_some(),
+                "serving /metrics, /healthz, /readyz and POST /v1/events"
+            );
             http = Some(tokio::spawn(daemon::http::serve(
                 listener,
                 rt.clone(),
@@ -119,6 +163,10 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     if let Some(h) = http {
         let _ = h.await;
+    }
+    intake_stop.cancel();
+    if let Some(w) = writer {
+        let _ = w.await;
     }
     rt.store.close().await;
     tracing::info!(

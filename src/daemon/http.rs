@@ -1,21 +1,132 @@
-//! The daemon's HTTP listener: `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (stores reachable, policies loaded).
+//! The daemon's HTTP listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (stores reachable, policies loaded) and `POST /v1/events` (telemetry intake).
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
+use crate::monitor::events::{parse_body, Horizon, Refusal};
+use crate::monitor::intake::{Intake, IntakeError};
+
+/// The telemetry intake: where accepted events go, who may send them, how much.
+#[derive(Clone)]
+pub struct IntakeConfig {
+    pub writer: Intake,
+    pub token: String,
+    pub max_body: usize,
+    pub horizon: Horizon,
+}
 
 pub fn router(rt: Arc<Runtime>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
+        .route("/v1/events", post(events_handler))
         .with_state(rt)
+}
+
+/// At most this many refused lines are listed in an answer (all are counted).
+const MAX_LISTED_REFUSALS: usize = 100;
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// Byte-wise comparison that takes the same time wherever the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /v1/events`: newline-delimited JSON events with a bearer token. 401 without a valid
+/// token, 413 over the size limit (nothing is stored in either case); otherwise 200 with the
+/// accepted and refused counts, the refused lines named. 503 when the store could not take the
+/// events: then none of them is stored, and the request can be sent again.
+async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Response {
+    let Some(intake) = &rt.intake else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "the intake is off: no intake_token_file is configured" }),
+        );
+    };
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| same_secret(t.trim().as_bytes(), intake.token.as_bytes())) {
+        rt.metrics
+            .intake_requests
+            .with_label_values(&["unauthorized"])
+            .inc();
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "a valid bearer token is required" }),
+        );
+    }
+    let bytes = match axum::body::to_bytes(request.into_body(), intake.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            rt.metrics
+                .intake_requests
+                .with_label_values(&["too_large"])
+                .inc();
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "error": format!("the body is larger than {} bytes, or could not be read; nothing was stored", intake.max_body) }),
+            );
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        rt.metrics
+            .intake_requests
+            .with_label_values(&["invalid"])
+            .inc();
+        return answer(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "the body is not UTF-8; nothing was stored" }),
+        );
+    };
+    let (batch, refused) = parse_body(text, rt.clock.now_ms(), intake.horizon);
+    let accepted = batch.events;
+    if accepted > 0 {
+        if let Err(e) = intake.writer.submit(batch).await {
+            rt.metrics
+                .intake_requests
+                .with_label_values(&["store_failed"])
+                .inc();
+            let status = match e {
+                IntakeError::Closed | IntakeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return answer(
+                status,
+                serde_json::json!({ "error": format!("{e}; nothing was stored, send again"), "accepted": 0 }),
+            );
+        }
+    }
+    rt.metrics
+        .intake_events
+        .with_label_values(&["accepted"])
+        .inc_by(accepted);
+    rt.metrics
+        .intake_events
+        .with_label_values(&["refused"])
+        .inc_by(refused.len() as u64);
+    rt.metrics.intake_requests.with_label_values(&["ok"]).inc();
+    let listed: Vec<&Refusal> = refused.iter().take(MAX_LISTED_REFUSALS).collect();
+    answer(
+        StatusCode::OK,
+        serde_json::json!({
+            "accepted": accepted,
+            "refused": refused.len(),
+            "errors": listed,
+            "errors_truncated": refused.len() > listed.len(),
+        }),
+    )
 }
 
 async fn metrics_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub policies_loaded: IntGauge,
     pub gate_stops: IntCounterVec,
     pub circuit_open: IntGauge,
+    pub intake_requests: IntCounterVec,
+    pub intake_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +102,20 @@ impl Metrics {
                 "mapek_circuit_open",
                 "1 while the circuit breaker is open and nothing executes",
             )?,
+            intake_requests: IntCounterVec::new(
+                Opts::new(
+                    "mapek_intake_requests_total",
+                    "Requests to POST /v1/events, by result (ok, unauthorized, too_large, invalid, store_failed)",
+                ),
+                &["result"],
+            )?,
+            intake_events: IntCounterVec::new(
+                Opts::new(
+                    "mapek_intake_events_total",
+                    "Telemetry events accepted (stored) and refused (invalid lines)",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.cycles.clone()))?;
@@ -116,6 +132,11 @@ impl Metrics {
         m.registry.register(Box::new(m.policies_loaded.clone()))?;
         m.registry.register(Box::new(m.gate_stops.clone()))?;
         m.registry.register(Box::new(m.circuit_open.clone()))?;
+        m.registry.register(Box::new(m.intake_requests.clone()))?;
+        m.registry.register(Box::new(m.intake_events.clone()))?;
+        for result in ["accepted", "refused"] {
+            m.intake_events.with_label_values(&[result]).inc_by(0);
+        }
         for result in ["success", "failure"] {
             m.policy_reloads.with_label_values(&[result]).inc_by(0);
         }

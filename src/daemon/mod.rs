@@ -37,6 +37,10 @@ pub struct Runtime {
     pub dry_run: bool,
     pub full_scan_every: Duration,
     pub rules: Rules,
+    /// How long telemetry is kept.
+    pub retention: crate::monitor::Retention,
+    /// `POST /v1/events`: the writer, the bearer token and the limits; None: the intake is off.
+    pub intake: Option<http::IntakeConfig>,
 }
 
 /// How many cycles to run (None: until cancelled) and how often.
@@ -112,8 +116,8 @@ pub async fn run(
     let completed = Arc::new(AtomicU64::new(0));
     let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
     let (mon_tx, mon_rx) = mpsc::channel::<(Cycle, MonitorOutput)>(1);
-    let (ana_tx, ana_rx) = mpsc::channel::<Cycle>(1);
-    let (plan_tx, plan_rx) = mpsc::channel::<Cycle>(1);
+    let (ana_tx, ana_rx) = mpsc::channel::<(Cycle, bool)>(1);
+    let (plan_tx, plan_rx) = mpsc::channel::<(Cycle, bool)>(1);
 
     let entered = running.enter("ticker");
     tracker.spawn(staged(entered, ticker(opts, tick_tx, cancel.clone())));
@@ -234,6 +238,7 @@ async fn monitor_task(
     cancel: CancellationToken,
 ) {
     let mut state = MonitorState::new();
+    state.retention = rt.retention;
     let mut trust = rt.trust.clone();
     loop {
         let cycle = tokio::select! {
@@ -268,6 +273,9 @@ async fn monitor_task(
                     .signature_checks
                     .with_label_values(&["cache"])
                     .inc_by(out.cache_hits as u64);
+                if let Some(why) = &out.unreachable {
+                    tracing::error!(cycle = cycle.n, reason = %why, "registry unreachable: its findings are frozen and nothing is planned this cycle");
+                }
                 tracing::debug!(
                     cycle = cycle.n,
                     scan,
@@ -287,17 +295,25 @@ async fn monitor_task(
 async fn analyze_task(
     rt: Arc<Runtime>,
     mut rx: mpsc::Receiver<(Cycle, MonitorOutput)>,
-    tx: mpsc::Sender<Cycle>,
+    tx: mpsc::Sender<(Cycle, bool)>,
     errors: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
+    let mut analyzer = analyze::Analyzer::new(rt.rules.clone());
     loop {
         let (cycle, input) = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => match c { Some(c) => c, None => break },
         };
         let started = Instant::now();
-        match analyze::cycle(&rt.store, &input.observations, &rt.rules, rt.clock.now_ms()).await {
+        let judged = analyzer
+            .cycle(
+                &rt.store,
+                analyze::AnalyzeInput::from_monitor(&input),
+                rt.clock.now_ms(),
+            )
+            .await;
+        match judged {
             Ok(out) => {
                 observe(&rt, "analyze", started);
                 for f in &out.fired {
@@ -317,7 +333,7 @@ async fn analyze_task(
                         .with_label_values(&[kind.as_str()])
                         .set(n);
                 }
-                if tx.send(cycle).await.is_err() {
+                if tx.send((cycle, out.stale)).await.is_err() {
                     break;
                 }
             }
@@ -362,8 +378,8 @@ pub fn reload_policies(rt: &Runtime, watch: &mut Watch) {
 
 async fn plan_task(
     rt: Arc<Runtime>,
-    mut rx: mpsc::Receiver<Cycle>,
-    tx: mpsc::Sender<Cycle>,
+    mut rx: mpsc::Receiver<(Cycle, bool)>,
+    tx: mpsc::Sender<(Cycle, bool)>,
     errors: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
@@ -375,10 +391,17 @@ async fn plan_task(
         .policies_loaded
         .set(rt.policies.get().policies.len() as i64);
     loop {
-        let cycle = tokio::select! {
+        let (cycle, stale) = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => match c { Some(c) => c, None => break },
         };
+        if stale {
+            // Never plan on stale facts; the cycle still ends (and is counted) in execute.
+            if tx.send((cycle, true)).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let started = Instant::now();
         reload_policies(&rt, &mut watch);
         refresh_trust(&rt, &mut trust);
@@ -394,7 +417,7 @@ async fn plan_task(
             Ok(out) => {
                 observe(&rt, "plan", started);
                 report_plan(&rt, &out);
-                if tx.send(cycle).await.is_err() {
+                if tx.send((cycle, false)).await.is_err() {
                     break;
                 }
             }
@@ -436,18 +459,24 @@ fn report_plan(rt: &Runtime, out: &plan::PlanOutput) {
 
 async fn execute_task(
     rt: Arc<Runtime>,
-    mut rx: mpsc::Receiver<Cycle>,
+    mut rx: mpsc::Receiver<(Cycle, bool)>,
     errors: Arc<AtomicU64>,
     completed: Arc<AtomicU64>,
     cancel: CancellationToken,
 ) {
     loop {
-        let cycle = tokio::select! {
+        let (cycle, stale) = tokio::select! {
             _ = cancel.cancelled() => break,
             c = rx.recv() => match c { Some(c) => c, None => break },
         };
         let started = Instant::now();
-        match execute::cycle(&rt.store, &rt.registry, &rt.key, rt.clock.now_ms()).await {
+        let executed = if stale {
+            // The registry cannot be read: nothing is applied to it either.
+            Ok(execute::ExecuteOutput::default())
+        } else {
+            execute::cycle(&rt.store, &rt.registry, &rt.key, rt.clock.now_ms()).await
+        };
+        match executed {
             Ok(out) => {
                 observe(&rt, "execute", started);
                 for (r, outcome) in &out.results {

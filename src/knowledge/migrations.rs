@@ -166,6 +166,70 @@ const V4: &str = r#"
 ALTER TABLE packages ADD COLUMN deprecation TEXT;
 "#;
 
+/// Version 5: telemetry and what analysis learns. Install and download counts per release and
+/// lookup latency histograms, in minute and hour buckets (`width` in ms) rather than one row per
+/// event; every write stamped with the intake sequence (`seq`) so readers take only what changed.
+/// Reports one row per (release, reporter, category). Download baselines and quality scores
+/// survive restarts.
+const V5: &str = r#"
+CREATE TABLE intake_seq (id BIGINT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO intake_seq (id, value) VALUES (1, 0);
+
+CREATE TABLE telemetry_buckets (
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    installs_ok BIGINT NOT NULL,
+    installs_failed BIGINT NOT NULL,
+    downloads BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (package, version, width, bucket)
+);
+CREATE INDEX telemetry_buckets_seq ON telemetry_buckets (seq);
+CREATE INDEX telemetry_buckets_bucket ON telemetry_buckets (width, bucket);
+
+CREATE TABLE lookup_buckets (
+    width BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    bound BIGINT NOT NULL,
+    lookups BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (width, bucket, bound)
+);
+CREATE INDEX lookup_buckets_seq ON lookup_buckets (seq);
+
+CREATE TABLE reports (
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    reporter TEXT NOT NULL,
+    category TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (package, version, reporter, category)
+);
+CREATE INDEX reports_seq ON reports (seq);
+
+CREATE TABLE download_baselines (
+    package TEXT PRIMARY KEY,
+    mean DOUBLE PRECISION NOT NULL,
+    var DOUBLE PRECISION NOT NULL,
+    samples BIGINT NOT NULL,
+    last_hour BIGINT NOT NULL
+);
+
+CREATE TABLE quality_scores (
+    package TEXT PRIMARY KEY,
+    score DOUBLE PRECISION NOT NULL,
+    band TEXT NOT NULL,
+    failed TEXT NOT NULL,
+    peak DOUBLE PRECISION NOT NULL,
+    peak_band TEXT NOT NULL,
+    peak_at BIGINT NOT NULL,
+    computed_at BIGINT NOT NULL
+);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -182,6 +246,7 @@ pub fn migrator() -> Migrator {
             step(2, "policy engine", V2),
             step(3, "compact verification cache", V3),
             step(4, "deprecation notes", V4),
+            step(5, "telemetry and learned state", V5),
         ]),
         ..Migrator::DEFAULT
     }

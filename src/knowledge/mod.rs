@@ -4,9 +4,11 @@ pub mod approvals;
 pub mod audit;
 mod batch;
 pub mod findings;
+pub mod learned;
 mod migrations;
 pub mod remediations;
 pub mod state;
+pub mod telemetry;
 
 pub use batch::{insert_rows, Param};
 

@@ -1,5 +1,8 @@
 //! Monitor: read the registry (incrementally by cursor), hash artifacts, verify signatures, emit observations.
 
+pub mod events;
+pub mod facts;
+pub mod intake;
 mod integrity;
 
 pub use integrity::observe_release;
@@ -9,9 +12,11 @@ use std::sync::Arc;
 
 use crate::keys::TrustStore;
 use crate::knowledge::state::VerificationKey;
+use crate::knowledge::telemetry::TelemetryDelta;
 use crate::knowledge::{Store, StoreError};
 use crate::model::ReleaseObservation;
 use crate::registry::{Registry, RegistryError};
+use facts::{Facts, FactsCache};
 
 const CURSOR: &str = "monitor.releases";
 
@@ -34,7 +39,34 @@ pub struct MonitorOutput {
     pub full_scan: bool,
     pub verified: usize,
     pub cache_hits: usize,
+    /// The registry's facts now; None when it could not be read.
+    pub facts: Option<Arc<Facts>>,
+    /// Telemetry written since the last pass (everything kept, on the first pass).
+    pub telemetry: TelemetryDelta,
+    /// Why the registry could not be read: the facts of this pass are stale.
+    pub unreachable: Option<String>,
 }
+
+/// How long telemetry is kept, in ms: minute buckets, hour buckets, reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub minutes_ms: i64,
+    pub hours_ms: i64,
+    pub reports_ms: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            minutes_ms: 7 * events::HOUR,
+            hours_ms: 96 * events::HOUR,
+            reports_ms: 30 * 24 * events::HOUR,
+        }
+    }
+}
+
+/// Retention is applied at most this often.
+const PRUNE_EVERY_MS: i64 = 10 * events::MINUTE;
 
 /// The monitor's memory between cycles: its cursor, the verification cache, when it last looked at
 /// everything, and which trust store it judged with.
@@ -45,6 +77,10 @@ pub struct MonitorState {
     cache_loaded: bool,
     last_full_scan: Option<i64>,
     trust_digest: String,
+    facts: FactsCache,
+    telemetry_cursor: i64,
+    pub retention: Retention,
+    last_prune: Option<i64>,
 }
 
 impl MonitorState {
@@ -53,9 +89,43 @@ impl MonitorState {
     }
 }
 
-/// One monitor pass. A full scan (every release) happens on the first pass, when the trust store
-/// changed, and every `full_scan_every_ms`; otherwise only releases changed since the cursor.
+/// One monitor pass: the registry's releases (integrity) and facts, and the new telemetry. A
+/// registry that cannot be read is reported in the output, not as an error, so that analysis
+/// can freeze what depends on it; a knowledge store that fails is an error.
 pub async fn cycle<R: Registry>(
+    state: &mut MonitorState,
+    registry: &Arc<R>,
+    store: &Store,
+    trust: &Arc<TrustStore>,
+    now: i64,
+    full_scan_every_ms: i64,
+) -> Result<MonitorOutput, MonitorError> {
+    let mut out = match registry_pass(state, registry, store, trust, now, full_scan_every_ms).await
+    {
+        Ok(out) => out,
+        Err(MonitorError::Registry(e)) => MonitorOutput {
+            unreachable: Some(e.to_string()),
+            ..Default::default()
+        },
+        Err(e) => return Err(e),
+    };
+    out.telemetry = store.telemetry_since(state.telemetry_cursor).await?;
+    state.telemetry_cursor = out.telemetry.head;
+    if state.last_prune.is_none_or(|t| now - t >= PRUNE_EVERY_MS) {
+        let r = state.retention;
+        let removed = store
+            .prune_telemetry(now - r.minutes_ms, now - r.hours_ms, now - r.reports_ms)
+            .await?;
+        tracing::debug!(removed, "telemetry retention applied");
+        state.last_prune = Some(now);
+    }
+    Ok(out)
+}
+
+/// The registry part of a pass. A full scan (every release) happens on the first pass, when the
+/// trust store changed, and every `full_scan_every_ms`; otherwise only releases changed since the
+/// cursor.
+async fn registry_pass<R: Registry>(
     state: &mut MonitorState,
     registry: &Arc<R>,
     store: &Store,
@@ -83,7 +153,10 @@ pub async fn cycle<R: Registry>(
         state.cursor.unwrap_or(0)
     };
     let t_read = std::time::Instant::now();
+    let seq = registry.change_seq().await?;
     let (releases, head) = registry.releases_since(since).await?;
+    state.facts.note_releases(&releases);
+    let facts = state.facts.facts(registry.as_ref(), seq).await?;
     let read_s = t_read.elapsed().as_secs_f64();
     let t_check = std::time::Instant::now();
 
@@ -121,6 +194,7 @@ pub async fn cycle<R: Registry>(
     let t_write = std::time::Instant::now();
     let mut output = MonitorOutput {
         full_scan,
+        facts: Some(facts),
         ..Default::default()
     };
     let mut fresh = Vec::new();

@@ -160,6 +160,9 @@ pub trait Registry: Send + Sync + 'static {
         name: &str,
     ) -> impl Future<Output = Result<Option<PackageRecord>, RegistryError>> + Send;
 
+    /// Every package, for the registry facts of analysis (licence, authors, ages, receipts).
+    fn packages(&self) -> impl Future<Output = Result<Vec<PackageRecord>, RegistryError>> + Send;
+
     fn release(
         &self,
         package: &str,
@@ -176,6 +179,11 @@ pub trait Registry: Send + Sync + 'static {
     fn dependency_edges(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String)>, RegistryError>> + Send;
+
+    /// Every release's dependencies: (package, version, dependency).
+    fn release_dependencies(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String, Dependency)>, RegistryError>> + Send;
 
     /// Applies a change inside the caller's transaction (which also holds its audit entry).
     fn apply(

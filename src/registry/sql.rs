@@ -449,6 +449,38 @@ impl Registry for SqlRegistry {
         })
     }
 
+    async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.store.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(decode_package)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn release_dependencies(
+        &self,
+    ) -> Result<Vec<(String, String, Dependency)>, RegistryError> {
+        let rows =
+            sqlx::query("SELECT package, version, dependency, requirement FROM dependencies")
+                .fetch_all(&self.store.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    Dependency {
+                        name: r.try_get(2)?,
+                        requirement: r.try_get(3)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {
         let rows = sqlx::query("SELECT DISTINCT package, dependency FROM dependencies")
             .fetch_all(&self.store.pool)

@@ -306,7 +306,7 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
     let mut w = setup(s).await?;
     let mut monitor_state = MonitorState::new();
     let mut planner = Planner::default();
-    let rules = Rules::default();
+    let mut analyzer = analyze::Analyzer::new(Rules::default());
     let ticks = (s.duration_ms / s.tick_ms).max(1);
     let sample_every = (ticks / 240).max(1);
     let mut next_event = 0;
@@ -366,7 +366,13 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
                 3_600_000,
             )
             .await?;
-            analyze::cycle(&w.store, &m.observations, &rules, now).await?;
+            let judged = analyzer
+                .cycle(&w.store, analyze::AnalyzeInput::from_monitor(&m), now)
+                .await?;
+            if judged.stale {
+                // As in the daemon: nothing is planned or executed on stale facts.
+                return anyhow::Ok(());
+            }
             let ctx = PlanContext {
                 policies: &w.policies,
                 trust: &w.trust,

@@ -67,6 +67,11 @@ impl Registry for SimRegistry {
         self.inner.package(name).await
     }
 
+    async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
+        self.check()?;
+        self.inner.packages().await
+    }
+
     async fn release(
         &self,
         package: &str,
@@ -84,6 +89,13 @@ impl Registry for SimRegistry {
     async fn change_seq(&self) -> Result<i64, RegistryError> {
         self.check()?;
         self.inner.change_seq().await
+    }
+
+    async fn release_dependencies(
+        &self,
+    ) -> Result<Vec<(String, String, crate::registry::Dependency)>, RegistryError> {
+        self.check()?;
+        self.inner.release_dependencies().await
     }
 
     async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {

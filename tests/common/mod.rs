@@ -116,6 +116,25 @@ impl World {
             .unwrap();
     }
 
+    /// The daemon's shared runtime over this world, with the default rules and no intake.
+    pub fn runtime(&self, policies: mapek::daemon::reload::PolicySource) -> mapek::daemon::Runtime {
+        mapek::daemon::Runtime {
+            store: self.t.store.clone(),
+            registry: self.registry.clone(),
+            key: self.key.clone(),
+            policies,
+            trust: self.trust.clone(),
+            trust_path: None,
+            clock: Arc::new(mapek::clock::SystemClock),
+            metrics: Arc::new(mapek::daemon::metrics::Metrics::new().expect("metrics")),
+            dry_run: false,
+            full_scan_every: std::time::Duration::from_secs(3600),
+            rules: Default::default(),
+            retention: Default::default(),
+            intake: None,
+        }
+    }
+
     /// (package, version) of every quarantined release.
     pub async fn quarantined(&self) -> Vec<(String, String)> {
         use sqlx::Row;

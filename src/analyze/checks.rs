@@ -1,0 +1,333 @@
+//! Detectors on the registry's facts alone: unmaintained packages, unavailable dependencies, dependency cycles, typosquats.
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::DiGraph;
+use std::collections::HashMap;
+
+use super::lifecycle::Condition;
+use super::settings::Settings;
+use crate::model::{FindingKind, Severity, Subject};
+use crate::monitor::facts::{Facts, PackageFacts};
+
+const DAY_MS: f64 = 86_400_000.0;
+
+type Labels = serde_json::Map<String, serde_json::Value>;
+
+pub fn condition(
+    kind: FindingKind,
+    severity: Severity,
+    subject: Subject,
+    value: f64,
+    message: String,
+    labels: Labels,
+) -> Condition {
+    Condition {
+        kind,
+        severity,
+        subject,
+        value,
+        message,
+        labels,
+    }
+}
+
+fn package_subject(name: &str) -> Subject {
+    Subject {
+        package: name.to_string(),
+        version: None,
+    }
+}
+
+/// No release for longer than the setting while others depend on it. Deprecated and quarantined
+/// packages are already flagged and are left alone.
+pub fn unmaintained(facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
+    let mut out = Vec::new();
+    for (i, p) in facts.packages.iter().enumerate() {
+        let dependents = facts.dependents[i];
+        if dependents == 0 || p.record.status != "active" {
+            continue;
+        }
+        let Some(last) = p.last_release_at() else {
+            continue;
+        };
+        if now - last <= s.unmaintained_after_ms {
+            continue;
+        }
+        let days = ((now - last) as f64 / DAY_MS).floor();
+        let mut labels = Labels::new();
+        labels.insert("dependents".into(), dependents.into());
+        labels.insert("last_release".into(), crate::clock::rfc3339(last).into());
+        out.push(condition(
+            FindingKind::Unmaintained,
+            Severity::Warning,
+            package_subject(&p.record.name),
+            days,
+            format!(
+                "{}: no release for {days} days, and {dependents} packages depend on it",
+                p.record.name
+            ),
+            labels,
+        ));
+    }
+    out
+}
+
+/// Why a dependency of a release cannot be installed, if it cannot.
+fn unavailable(facts: &Facts, name: &str, requirement: &str) -> Option<&'static str> {
+    let Some(dep) = facts.package(name) else {
+        return Some("missing");
+    };
+    if dep.record.status == "quarantined" {
+        return Some("quarantined");
+    }
+    let req = semver::VersionReq::parse(requirement).ok();
+    let matches = |v: &str| match (&req, semver::Version::parse(v)) {
+        (Some(req), Ok(v)) => req.matches(&v),
+        // An odd version or requirement (real data has them) is not held against the package.
+        _ => true,
+    };
+    let candidates: Vec<_> = dep
+        .releases
+        .iter()
+        .filter(|r| matches(&r.version))
+        .collect();
+    if candidates.is_empty() {
+        return Some("no release matches the requirement");
+    }
+    if candidates.iter().all(|r| !r.available()) {
+        return Some(if candidates.iter().all(|r| r.quarantined) {
+            "every matching release is quarantined"
+        } else {
+            "every matching release is yanked or quarantined"
+        });
+    }
+    None
+}
+
+/// The latest release of an active package depends on something missing, quarantined or yanked.
+pub fn dependency_unavailable(facts: &Facts) -> Vec<Condition> {
+    let mut out = Vec::new();
+    for p in &facts.packages {
+        if p.record.status == "quarantined" {
+            continue;
+        }
+        let Some(latest) = p.latest() else { continue };
+        let mut broken = Vec::new();
+        for d in &latest.dependencies {
+            if let Some(why) = unavailable(facts, &d.name, &d.requirement) {
+                broken.push((d, why));
+            }
+        }
+        if broken.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = broken
+            .iter()
+            .map(|(d, why)| format!("{} {} ({why})", d.name, d.requirement))
+            .collect();
+        let mut labels = Labels::new();
+        labels.insert(
+            "dependencies".into(),
+            broken
+                .iter()
+                .map(|(d, _)| serde_json::Value::from(d.name.clone()))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        labels.insert(
+            "reasons".into(),
+            broken
+                .iter()
+                .map(|(_, w)| serde_json::Value::from(*w))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        out.push(condition(
+            FindingKind::DependencyUnavailable,
+            Severity::Warning,
+            Subject {
+                package: p.record.name.clone(),
+                version: Some(latest.version.clone()),
+            },
+            broken.len() as f64,
+            format!(
+                "{}@{}: cannot be installed: {}",
+                p.record.name,
+                latest.version,
+                list.join(", ")
+            ),
+            labels,
+        ));
+    }
+    out
+}
+
+/// Every dependency cycle (a strongly connected component of more than one package, or a
+/// package depending on itself), reported once, on its first package by name.
+pub fn dependency_cycles(facts: &Facts) -> Vec<Condition> {
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(facts.packages.len(), facts.edges.len());
+    let nodes: Vec<_> = (0..facts.packages.len()).map(|i| g.add_node(i)).collect();
+    let mut self_loops = Vec::new();
+    for &(a, b) in &facts.edges {
+        if a == b {
+            self_loops.push(a);
+        } else {
+            g.add_edge(nodes[a], nodes[b], ());
+        }
+    }
+    let mut cycles: Vec<Vec<&str>> = tarjan_scc(&g)
+        .into_iter()
+        .filter(|scc| scc.len() > 1)
+        .map(|scc| {
+            scc.iter()
+                .map(|n| facts.packages[g[*n]].record.name.as_str())
+                .collect()
+        })
+        .collect();
+    cycles.extend(
+        self_loops
+            .into_iter()
+            .map(|i| vec![facts.packages[i].record.name.as_str()]),
+    );
+    cycles
+        .into_iter()
+        .map(|mut members| {
+            members.sort_unstable();
+            members.dedup();
+            let first = members[0];
+            let mut labels = Labels::new();
+            labels.insert(
+                "members".into(),
+                members
+                    .iter()
+                    .map(|m| serde_json::Value::from(*m))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            condition(
+                FindingKind::DependencyCycle,
+                Severity::Warning,
+                package_subject(first),
+                members.len() as f64,
+                format!("dependency cycle: {}", members.join(" -> ")),
+                labels,
+            )
+        })
+        .collect()
+}
+
+/// A name with the look-alikes of the spec folded: `_` as `-`, `1` as `l`, `rn` as `m`.
+pub fn fold_confusables(name: &str) -> String {
+    name.to_lowercase()
+        .replace('_', "-")
+        .replace('1', "l")
+        .replace("rn", "m")
+}
+
+/// How far a name may be from a popular one to be suspect: the setting, but at most a quarter
+/// of its length, so that short names (`cli`, `api`) are only suspect when confusable.
+fn allowed_distance(len: usize, max: usize) -> usize {
+    max.min(len / 4)
+}
+
+fn author_of(p: &PackageFacts) -> Option<&str> {
+    p.record
+        .author
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+}
+
+/// New packages whose names are confusable with, or a small edit away from, a popular package
+/// by another author.
+pub fn typosquats(facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
+    let mut popular: HashMap<usize, Vec<(String, &PackageFacts)>> = HashMap::new();
+    for p in &facts.packages {
+        if p.record.downloads >= s.typosquat_popular_downloads {
+            let folded = fold_confusables(&p.record.name);
+            popular
+                .entry(folded.chars().count())
+                .or_default()
+                .push((folded, p));
+        }
+    }
+    if popular.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in &facts.packages {
+        if now - p.record.created_at > s.typosquat_new_within_ms {
+            continue;
+        }
+        let folded = fold_confusables(&p.record.name);
+        let len = folded.chars().count();
+        let d_max = allowed_distance(len, s.typosquat_max_distance);
+        let mut best: Option<(usize, &PackageFacts)> = None;
+        for l in len.saturating_sub(d_max)..=len + d_max {
+            for (other, q) in popular.get(&l).into_iter().flatten() {
+                if q.record.name == p.record.name {
+                    continue;
+                }
+                let same_author =
+                    matches!((author_of(p), author_of(q)), (Some(a), Some(b)) if a == b);
+                if same_author {
+                    continue;
+                }
+                let d = strsim::damerau_levenshtein(&folded, other);
+                if d <= d_max
+                    && best.is_none_or(|(bd, bq)| {
+                        (d, std::cmp::Reverse(q.record.downloads))
+                            < (bd, std::cmp::Reverse(bq.record.downloads))
+                    })
+                {
+                    best = Some((d, q));
+                }
+            }
+        }
+        let Some((d, q)) = best else { continue };
+        let why = if d == 0 {
+            "confusable with".to_string()
+        } else {
+            format!("{d} edit(s) from")
+        };
+        let mut labels = Labels::new();
+        labels.insert("similar_to".into(), q.record.name.clone().into());
+        labels.insert("distance".into(), d.into());
+        labels.insert("similar_downloads".into(), q.record.downloads.into());
+        out.push(condition(
+            FindingKind::TyposquatSuspect,
+            Severity::Warning,
+            package_subject(&p.record.name),
+            d as f64,
+            format!(
+                "{}: new package {why} popular `{}` ({} downloads) by another author",
+                p.record.name, q.record.name, q.record.downloads
+            ),
+            labels,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusables_fold_to_the_same_name() {
+        assert_eq!(fold_confusables("rest_api-1ib"), "rest-api-lib");
+        assert_eq!(fold_confusables("modern"), fold_confusables("modem"));
+        assert_ne!(
+            fold_confusables("sparql-cli"),
+            fold_confusables("sparql-cil")
+        );
+    }
+
+    #[test]
+    fn short_names_allow_no_edits() {
+        assert_eq!(allowed_distance(3, 2), 0);
+        assert_eq!(allowed_distance(7, 2), 1);
+        assert_eq!(allowed_distance(8, 2), 2);
+        assert_eq!(allowed_distance(40, 2), 2);
+    }
+}

@@ -1,0 +1,310 @@
+//! Detectors that learn: download baselines (EWMA of hourly downloads), quality scores against their recent peak, and corroborated reports.
+
+use std::collections::HashMap;
+
+use super::checks::condition;
+use super::lifecycle::Condition;
+use super::quality::{guard_passed, Evidence, QualityModel};
+use super::settings::Settings;
+use super::windows::Windows;
+use crate::knowledge::learned::{Baseline, QualityState};
+use crate::model::{FindingKind, Severity, Subject};
+use crate::monitor::events::{Report, HOUR};
+use crate::monitor::facts::Facts;
+
+type Labels = serde_json::Map<String, serde_json::Value>;
+
+/// At most this many empty hours are folded one by one after a gap; a longer gap has decayed
+/// the baseline to nothing anyway.
+const MAX_CATCH_UP_HOURS: i64 = 24 * 14;
+
+/// West's update of an exponentially weighted mean and variance.
+pub fn fold(b: &mut Baseline, x: f64, alpha: f64) {
+    let diff = x - b.mean;
+    let incr = alpha * diff;
+    b.mean += incr;
+    b.var = (1.0 - alpha) * (b.var + diff * incr);
+    b.samples += 1;
+}
+
+/// How unusual `x` is against the baseline: its distance from the mean in standard deviations,
+/// with the deviation at least that of a Poisson count of the mean (downloads are counts).
+pub fn z_score(b: &Baseline, x: f64) -> f64 {
+    let sd = b.var.sqrt().max(b.mean.max(1.0).sqrt());
+    (x - b.mean) / sd
+}
+
+/// The verdict of the last complete hour of one package.
+#[derive(Debug, Clone, Copy)]
+struct HourVerdict {
+    hour: i64,
+    downloads: f64,
+    mean: f64,
+    z: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Downloads {
+    pub baselines: HashMap<String, Baseline>,
+    verdicts: HashMap<String, HourVerdict>,
+}
+
+impl Downloads {
+    /// Folds every complete hour not yet folded, judging each against the baseline before it;
+    /// returns the anomalies of the last complete hour and the baselines that changed.
+    pub fn cycle(&mut self, w: &Windows, s: &Settings, now: i64) -> (Vec<Condition>, Vec<String>) {
+        let last_complete = now.div_euclid(HOUR) * HOUR - HOUR;
+        let mut hourly: HashMap<&str, HashMap<i64, i64>> = HashMap::new();
+        for ((p, _), series) in &w.releases {
+            let per = hourly.entry(p.as_str()).or_default();
+            for h in [last_complete - HOUR, last_complete] {
+                *per.entry(h).or_default() += series.downloads_in_hour(h);
+            }
+        }
+        let mut changed = Vec::new();
+        for (p, per) in &hourly {
+            if !self.baselines.contains_key(*p) {
+                if let Some(x) = per.get(&last_complete).copied().filter(|x| *x > 0) {
+                    self.baselines.insert(
+                        p.to_string(),
+                        Baseline {
+                            mean: x as f64,
+                            var: 0.0,
+                            samples: 1,
+                            last_hour: last_complete,
+                        },
+                    );
+                    changed.push(p.to_string());
+                }
+            }
+        }
+        for (p, b) in self.baselines.iter_mut() {
+            if b.last_hour >= last_complete {
+                continue;
+            }
+            let per = hourly.get(p.as_str());
+            let x_of = |h: i64| per.and_then(|m| m.get(&h)).copied().unwrap_or(0) as f64;
+            let gap = (last_complete - b.last_hour) / HOUR;
+            let start = last_complete - (gap.min(MAX_CATCH_UP_HOURS) - 1) * HOUR;
+            let mut h = start;
+            while h <= last_complete {
+                if h == last_complete {
+                    self.verdicts.insert(
+                        p.clone(),
+                        HourVerdict {
+                            hour: h,
+                            downloads: x_of(h),
+                            mean: b.mean,
+                            z: if b.samples >= s.download_warmup_hours {
+                                z_score(b, x_of(h))
+                            } else {
+                                0.0
+                            },
+                        },
+                    );
+                }
+                fold(b, x_of(h), s.download_alpha);
+                h += HOUR;
+            }
+            b.last_hour = last_complete;
+            changed.push(p.clone());
+        }
+        let mut out = Vec::new();
+        for (p, v) in &self.verdicts {
+            if v.hour != last_complete
+                || v.z.abs() < s.download_z
+                || v.downloads.max(v.mean) < s.download_min_per_hour
+            {
+                continue;
+            }
+            let dir = if v.z > 0.0 { "spike" } else { "drop" };
+            let mut labels = Labels::new();
+            labels.insert("downloads".into(), v.downloads.into());
+            labels.insert("baseline".into(), v.mean.into());
+            labels.insert("z".into(), v.z.into());
+            labels.insert("direction".into(), dir.into());
+            out.push(condition(
+                FindingKind::DownloadAnomaly,
+                Severity::Warning,
+                Subject {
+                    package: p.clone(),
+                    version: None,
+                },
+                v.z,
+                format!(
+                    "{p}: {} downloads in the hour from {}, against a baseline of {:.1} ({dir}, z = {:.1})",
+                    v.downloads,
+                    crate::clock::rfc3339(v.hour),
+                    v.mean,
+                    v.z
+                ),
+                labels,
+            ));
+        }
+        (out, changed)
+    }
+}
+
+/// Quality scores and their peaks, per package.
+#[derive(Debug, Default)]
+pub struct Quality {
+    pub states: HashMap<String, QualityState>,
+}
+
+/// A peak is refreshed in the store at most this often while it holds.
+const PEAK_REFRESH_MS: i64 = HOUR;
+
+impl Quality {
+    /// Scores every package; returns the regressions and the packages whose state must be saved.
+    pub fn cycle(
+        &mut self,
+        model: &QualityModel,
+        facts: &Facts,
+        evidence: impl Fn(usize) -> Evidence,
+        s: &Settings,
+        now: i64,
+    ) -> (Vec<Condition>, Vec<String>) {
+        let unmaintained_days = s.unmaintained_after_ms as f64 / 86_400_000.0;
+        let mut out = Vec::new();
+        let mut changed = Vec::new();
+        for (i, p) in facts.packages.iter().enumerate() {
+            let e = evidence(i);
+            let sc = model.score(|g| guard_passed(g, p, &e, s.install_slo, unmaintained_days));
+            let name = &p.record.name;
+            let state = self.states.entry(name.clone()).or_insert_with(|| {
+                changed.push(name.clone());
+                QualityState {
+                    score: sc.score,
+                    band: sc.band.clone(),
+                    failed: sc.failed.clone(),
+                    peak: sc.score,
+                    peak_band: sc.band.clone(),
+                    peak_at: now,
+                    computed_at: now,
+                }
+            });
+            let before = state.clone();
+            if sc.score >= state.peak || now - state.peak_at > s.quality_window_ms {
+                state.peak = sc.score;
+                state.peak_band = sc.band.clone();
+                state.peak_at = now;
+            }
+            state.score = sc.score;
+            state.band = sc.band.clone();
+            state.failed = sc.failed.clone();
+            state.computed_at = now;
+            let material = before.score != state.score
+                || before.band != state.band
+                || before.peak != state.peak
+                || before.peak_band != state.peak_band
+                || state.peak_at - before.peak_at >= PEAK_REFRESH_MS;
+            if material && changed.last() != Some(name) {
+                changed.push(name.clone());
+            } else if !material {
+                // Keep the stored times, so that an unchanged row is not rewritten every cycle.
+                state.peak_at = before.peak_at;
+                state.computed_at = before.computed_at;
+            }
+            let dropped = state.peak - state.score;
+            let band_fell = model.band_rank(&state.band) > model.band_rank(&state.peak_band);
+            if dropped > s.quality_drop_points || band_fell {
+                let mut labels = Labels::new();
+                labels.insert("score".into(), state.score.into());
+                labels.insert("band".into(), state.band.clone().into());
+                labels.insert("peak".into(), state.peak.into());
+                labels.insert("failed".into(), state.failed.clone().into());
+                out.push(condition(
+                    FindingKind::QualityRegression,
+                    Severity::Warning,
+                    Subject {
+                        package: name.clone(),
+                        version: None,
+                    },
+                    state.score,
+                    format!(
+                        "{name}: quality {:.1} ({}), down from {:.1}; failing: {}",
+                        state.score,
+                        state.band,
+                        state.peak,
+                        state.failed.join(", ")
+                    ),
+                    labels,
+                ));
+            }
+        }
+        (out, changed)
+    }
+}
+
+/// Reports of the window, per release: (reporter, category) -> when.
+#[derive(Debug, Default)]
+pub struct Reports {
+    by_release: HashMap<(String, String), HashMap<(String, String), i64>>,
+}
+
+impl Reports {
+    pub fn apply(&mut self, reports: &[Report]) {
+        for r in reports {
+            self.by_release
+                .entry((r.package.clone(), r.version.clone()))
+                .or_default()
+                .insert((r.reporter.clone(), r.category.clone()), r.at);
+        }
+    }
+
+    /// Warning on any report in the window; critical when enough distinct reporters call the
+    /// same release malware.
+    pub fn cycle(&mut self, s: &Settings, now: i64) -> Vec<Condition> {
+        let from = now - s.report_window_ms;
+        self.by_release.retain(|_, m| {
+            m.retain(|_, at| *at >= from);
+            !m.is_empty()
+        });
+        let mut out = Vec::new();
+        for ((p, v), m) in &self.by_release {
+            let mut reporters: Vec<&str> = m.keys().map(|k| k.0.as_str()).collect();
+            reporters.sort_unstable();
+            reporters.dedup();
+            let mut malware: Vec<&str> = m
+                .keys()
+                .filter(|k| k.1 == "malware")
+                .map(|k| k.0.as_str())
+                .collect();
+            malware.sort_unstable();
+            malware.dedup();
+            let critical = malware.len() >= s.report_corroboration;
+            let mut categories: Vec<&str> = m.keys().map(|k| k.1.as_str()).collect();
+            categories.sort_unstable();
+            categories.dedup();
+            let mut labels = Labels::new();
+            labels.insert("reporters".into(), reporters.len().into());
+            labels.insert("malware_reporters".into(), malware.len().into());
+            labels.insert("categories".into(), categories.join(",").into());
+            out.push(condition(
+                FindingKind::Reported,
+                if critical {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                },
+                Subject {
+                    package: p.clone(),
+                    version: Some(v.clone()),
+                },
+                reporters.len() as f64,
+                format!(
+                    "{p}@{v}: reported by {} reporter(s) ({}){}",
+                    reporters.len(),
+                    categories.join(", "),
+                    if critical {
+                        format!("; {} independently report malware", malware.len())
+                    } else {
+                        String::new()
+                    }
+                ),
+                labels,
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,318 @@
+//! Rolling telemetry windows in memory (minute buckets for 6 h, hour buckets for 3 days) and the SRE workbook's multiwindow burn rates over them.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::knowledge::telemetry::{BucketRow, LookupRow};
+use crate::monitor::events::{Counts, HOUR, LATENCY_BOUNDS, MINUTE};
+
+/// Minute buckets are kept this long: the longest window read from them is 6 h.
+pub const MINUTES_KEPT: i64 = 6 * HOUR + MINUTE;
+/// Hour buckets are kept this long: the longest window is 3 days.
+pub const HOURS_KEPT: i64 = 72 * HOUR + HOUR;
+
+/// Buckets of one width, oldest first, absolute values as stored.
+#[derive(Debug, Clone)]
+struct Buckets<T> {
+    width: i64,
+    slots: VecDeque<(i64, T)>,
+}
+
+impl<T: Copy + Default> Buckets<T> {
+    fn new(width: i64) -> Self {
+        Self {
+            width,
+            slots: VecDeque::new(),
+        }
+    }
+
+    fn set(&mut self, bucket: i64, value: T) {
+        match self.slots.binary_search_by_key(&bucket, |s| s.0) {
+            Ok(i) => self.slots[i].1 = value,
+            Err(i) => self.slots.insert(i, (bucket, value)),
+        }
+    }
+
+    fn prune(&mut self, before: i64) {
+        while self.slots.front().is_some_and(|s| s.0 < before) {
+            self.slots.pop_front();
+        }
+    }
+
+    /// Sum over the window (now - w, now], each bucket weighted by the share of its time span
+    /// (up to now, for the current bucket) that lies in the window.
+    fn sum(&self, now: i64, w: i64, mut add: impl FnMut(&T, f64)) {
+        let from = now - w;
+        for (b, v) in self.slots.iter().rev() {
+            let end = (*b + self.width).min(now);
+            if end <= from {
+                break;
+            }
+            if *b > now {
+                continue;
+            }
+            let span = (end - b).max(1);
+            let inside = end - (*b).max(from);
+            add(v, inside as f64 / span as f64);
+        }
+    }
+}
+
+/// Good and bad events over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tally {
+    pub good: f64,
+    pub bad: f64,
+}
+
+impl Tally {
+    pub fn total(&self) -> f64 {
+        self.good + self.bad
+    }
+    /// How fast the error budget burns: the error ratio over the budget (1 - SLO).
+    pub fn burn(&self, slo: f64) -> f64 {
+        if self.total() <= 0.0 {
+            return 0.0;
+        }
+        (self.bad / self.total()) / (1.0 - slo)
+    }
+}
+
+/// One release's install and download counts.
+#[derive(Debug, Clone)]
+pub struct Series {
+    minutes: Buckets<Counts>,
+    hours: Buckets<Counts>,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Self {
+            minutes: Buckets::new(MINUTE),
+            hours: Buckets::new(HOUR),
+        }
+    }
+}
+
+fn pick(w: i64) -> bool {
+    // Windows up to 6 h are read from minute buckets, longer ones from hour buckets.
+    w <= 6 * HOUR
+}
+
+impl Series {
+    pub fn installs(&self, now: i64, w: i64) -> Tally {
+        let mut t = Tally::default();
+        let b = if pick(w) { &self.minutes } else { &self.hours };
+        b.sum(now, w, |c, f| {
+            t.good += c.installs_ok as f64 * f;
+            t.bad += c.installs_failed as f64 * f;
+        });
+        t
+    }
+
+    /// Downloads in the hour bucket starting at `hour`.
+    pub fn downloads_in_hour(&self, hour: i64) -> i64 {
+        self.hours
+            .slots
+            .binary_search_by_key(&hour, |s| s.0)
+            .map(|i| self.hours.slots[i].1.downloads)
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.minutes.slots.is_empty() && self.hours.slots.is_empty()
+    }
+}
+
+/// The registry-wide lookup latency histogram.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    minutes: Buckets<[i64; LATENCY_BOUNDS.len()]>,
+    hours: Buckets<[i64; LATENCY_BOUNDS.len()]>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            minutes: Buckets::new(MINUTE),
+            hours: Buckets::new(HOUR),
+        }
+    }
+}
+
+impl Latency {
+    /// Lookups within `threshold_ms` are good, slower ones bad.
+    pub fn tally(&self, now: i64, w: i64, threshold_ms: i64) -> Tally {
+        let mut t = Tally::default();
+        let b = if pick(w) { &self.minutes } else { &self.hours };
+        b.sum(now, w, |hist, f| {
+            for (i, n) in hist.iter().enumerate() {
+                if LATENCY_BOUNDS[i] <= threshold_ms {
+                    t.good += *n as f64 * f;
+                } else {
+                    t.bad += *n as f64 * f;
+                }
+            }
+        });
+        t
+    }
+}
+
+/// All telemetry windows.
+#[derive(Debug, Default)]
+pub struct Windows {
+    pub releases: HashMap<(String, String), Series>,
+    pub latency: Latency,
+}
+
+impl Windows {
+    pub fn apply(&mut self, buckets: &[BucketRow], lookups: &[LookupRow]) {
+        for r in buckets {
+            let s = self
+                .releases
+                .entry((r.package.clone(), r.version.clone()))
+                .or_default();
+            match r.width {
+                MINUTE => s.minutes.set(r.bucket, r.counts),
+                HOUR => s.hours.set(r.bucket, r.counts),
+                _ => {}
+            }
+        }
+        for l in lookups {
+            let b = match l.width {
+                MINUTE => &mut self.latency.minutes,
+                HOUR => &mut self.latency.hours,
+                _ => continue,
+            };
+            let i = b.slots.binary_search_by_key(&l.bucket, |s| s.0);
+            let mut hist = match i {
+                Ok(i) => b.slots[i].1,
+                Err(_) => [0; LATENCY_BOUNDS.len()],
+            };
+            hist[l.bound] = l.lookups;
+            b.set(l.bucket, hist);
+        }
+    }
+
+    /// Forgets buckets no window reaches any more.
+    pub fn prune(&mut self, now: i64) {
+        self.releases.retain(|_, s| {
+            s.minutes.prune(now - MINUTES_KEPT);
+            s.hours.prune(now - HOURS_KEPT);
+            !s.is_empty()
+        });
+        self.latency.minutes.prune(now - MINUTES_KEPT);
+        self.latency.hours.prune(now - HOURS_KEPT);
+    }
+}
+
+/// A pair of windows of the SRE workbook: both must burn faster than `factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pair {
+    pub long_ms: i64,
+    pub short_ms: i64,
+    pub factor: f64,
+    pub critical: bool,
+}
+
+/// 1 h with 5 m at 14.4x and 6 h with 30 m at 6x page; 3 d with 6 h at 1x is a ticket.
+pub const PAIRS: [Pair; 3] = [
+    Pair {
+        long_ms: HOUR,
+        short_ms: 5 * MINUTE,
+        factor: 14.4,
+        critical: true,
+    },
+    Pair {
+        long_ms: 6 * HOUR,
+        short_ms: 30 * MINUTE,
+        factor: 6.0,
+        critical: true,
+    },
+    Pair {
+        long_ms: 72 * HOUR,
+        short_ms: 6 * HOUR,
+        factor: 1.0,
+        critical: false,
+    },
+];
+
+/// The most severe pair burning now: (pair, long burn, short burn, events in the long window).
+pub fn burning(
+    tally: impl Fn(i64) -> Tally,
+    slo: f64,
+    min_events: i64,
+) -> Option<(Pair, f64, f64, f64)> {
+    for pair in PAIRS {
+        let long = tally(pair.long_ms);
+        if long.total() < min_events as f64 || long.total() <= 0.0 {
+            continue;
+        }
+        let (bl, bs) = (long.burn(slo), tally(pair.short_ms).burn(slo));
+        if bl >= pair.factor && bs >= pair.factor {
+            return Some((pair, bl, bs, long.total()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(bucket: i64, width: i64, ok: i64, failed: i64) -> BucketRow {
+        BucketRow {
+            package: "p".into(),
+            version: "1.0.0".into(),
+            width,
+            bucket,
+            counts: Counts {
+                installs_ok: ok,
+                installs_failed: failed,
+                downloads: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_window_weighs_the_bucket_at_its_edge_by_the_share_inside() {
+        let mut w = Windows::default();
+        let t0 = 100 * HOUR;
+        // Ten minutes of 10 installs each, one failure per minute.
+        let rows: Vec<_> = (0..10)
+            .map(|i| row(t0 + i * MINUTE, MINUTE, 9, 1))
+            .collect();
+        w.apply(&rows, &[]);
+        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let now = t0 + 10 * MINUTE;
+        let five = s.installs(now, 5 * MINUTE);
+        assert_eq!(five.total(), 50.0);
+        let half = s.installs(now, 5 * MINUTE + 30_000);
+        assert!((half.total() - 55.0).abs() < 1e-9, "{half:?}");
+        // A stored value replaces the old one (values are absolute, not deltas).
+        w.apply(&[row(t0 + 9 * MINUTE, MINUTE, 0, 10)], &[]);
+        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        assert_eq!(s.installs(now, MINUTE).bad, 10.0);
+    }
+
+    #[test]
+    fn both_windows_of_a_pair_must_burn() {
+        let slo = 0.95;
+        // Long window burning at 15x, short at 14x: not enough for the 14.4x pair.
+        let t = |long: Tally, short: Tally| {
+            move |w: i64| match w {
+                HOUR => long,
+                w if w == 5 * MINUTE => short,
+                _ => Tally::default(),
+            }
+        };
+        let at = |bad: f64| Tally {
+            good: 100.0 - bad,
+            bad,
+        };
+        assert!(burning(t(at(75.0), at(70.0)), slo, 20).is_none());
+        let (pair, bl, _, _) = burning(t(at(75.0), at(73.0)), slo, 20).unwrap();
+        assert!(pair.critical && (bl - 15.0).abs() < 1e-9);
+        // Too few events in the long window: no judgement.
+        assert!(burning(t(at(75.0), at(75.0)), slo, 101).is_none());
+    }
+}
