@@ -1,0 +1,387 @@
+//! Telemetry: the intake over HTTP (token, partial refusal, size bound, durability) and the detectors fed by it, over virtual time.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+use common::{store, world, NOW};
+use mapek::analyze::{AnalyzeInput, Analyzer, Rules};
+use mapek::knowledge::findings::{Finding, FindingState};
+use mapek::knowledge::Store;
+use mapek::model::{FindingKind, Severity};
+use mapek::monitor::events::{Batch, Event, Horizon, Report, HOUR, MINUTE};
+use mapek::monitor::intake::Intake;
+
+const TOKEN: &str = "a-test-token-of-some-length";
+
+async fn post(
+    app: &axum::Router,
+    token: Option<&str>,
+    body: String,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::post("/v1/events");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+fn stored_events(d: &mapek::knowledge::telemetry::TelemetryDelta) -> i64 {
+    let installs_and_downloads: i64 = d
+        .buckets
+        .iter()
+        .filter(|b| b.width == MINUTE)
+        .map(|b| b.counts.installs_ok + b.counts.installs_failed + b.counts.downloads)
+        .sum();
+    let lookups: i64 = d
+        .lookups
+        .iter()
+        .filter(|l| l.width == MINUTE)
+        .map(|l| l.lookups)
+        .sum();
+    installs_and_downloads + lookups + d.reports.len() as i64
+}
+
+#[tokio::test]
+async fn the_intake_takes_valid_lines_refuses_the_rest_and_stores_nothing_without_a_token() {
+    let w = world(3).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (writer, task) = Intake::start(w.t.store.clone(), stop.clone());
+    let mut rt = w.runtime(mapek::daemon::reload::PolicySource::fixed(
+        common::default_policies(),
+    ));
+    rt.intake = Some(mapek::daemon::http::IntakeConfig {
+        writer,
+        token: TOKEN.into(),
+        max_body: 4096,
+        horizon: Horizon::default(),
+    });
+    let app = mapek::daemon::http::router(Arc::new(rt));
+    let body = "{\"type\":\"install\",\"package\":\"pkg-00001\",\"version\":\"1.0.0\",\"ok\":false,\"error\":\"checksum\"}\n\
+                {\"type\":\"download\",\"package\":\"pkg-00001\",\"version\":\"1.0.0\"}\n\
+                {\"type\":\"lookup\",\"latency_ms\":\"fast\"}\n\
+                {\"type\":\"lookup\",\"latency_ms\":12.5}\n\
+                {\"type\":\"report\",\"package\":\"pkg-00002\",\"version\":\"1.0.0\",\"reporter\":\"alice\",\"category\":\"malware\"}\n\
+                {\"type\":\"install\",\"package\":\"../etc\",\"version\":\"1\",\"ok\":true}\n";
+
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let (status, _) = post(&app, token, body.to_string()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        stored_events(&w.t.store.telemetry_since(0).await.unwrap()),
+        0
+    );
+
+    let (status, answer) = post(&app, Some(TOKEN), body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["accepted"], 4);
+    assert_eq!(answer["refused"], 2);
+    assert_eq!(answer["errors"][0]["line"], 3);
+    assert_eq!(answer["errors"][1]["line"], 6);
+    assert!(answer["errors"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("package"));
+    // What the answer counted as accepted is in the store, and nothing else.
+    let stored = w.t.store.telemetry_since(0).await.unwrap();
+    assert_eq!(stored_events(&stored), 4);
+
+    // Over the size bound: 413, and still nothing more stored.
+    let big = format!("{}\n", "{\"type\":\"lookup\",\"latency_ms\":1}").repeat(200);
+    let (status, _) = post(&app, Some(TOKEN), big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        stored_events(&w.t.store.telemetry_since(0).await.unwrap()),
+        4
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_committed_together_and_none_is_lost() {
+    let t = store().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (writer, task) = Intake::start(t.store.clone(), stop.clone());
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let writer = writer.clone();
+        handles.push(tokio::spawn(async move {
+            let mut b = Batch::default();
+            for j in 0..50 {
+                b.add(Event::Download {
+                    package: format!("p{}", (i + j) % 7),
+                    version: "1.0.0".into(),
+                    at: NOW + j * 1000,
+                });
+            }
+            writer.submit(b).await
+        }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let d = t.store.telemetry_since(0).await.unwrap();
+    assert_eq!(stored_events(&d), 1000);
+    let hours: i64 = d
+        .buckets
+        .iter()
+        .filter(|b| b.width == HOUR)
+        .map(|b| b.counts.downloads)
+        .sum();
+    assert_eq!(hours, 1000, "hour buckets count the same events");
+}
+
+/// Writes `ok` and `failed` installs of `package@1.0.0` in every minute of [from, to).
+async fn installs(store: &Store, package: &str, from: i64, to: i64, ok: i64, failed: i64) {
+    let mut b = Batch::default();
+    let mut t = from;
+    while t < to {
+        for i in 0..(ok + failed) {
+            b.add(Event::Install {
+                package: package.into(),
+                version: "1.0.0".into(),
+                ok: i >= failed,
+                at: t,
+            });
+        }
+        t += MINUTE;
+    }
+    store.write_telemetry(&b).await.unwrap();
+}
+
+async fn judge(a: &mut Analyzer, store: &Store, since: &mut i64, now: i64) -> Vec<Finding> {
+    let delta = store.telemetry_since(*since).await.unwrap();
+    *since = delta.head;
+    let input = AnalyzeInput {
+        telemetry: Some(&delta),
+        ..Default::default()
+    };
+    a.cycle(store, input, now).await.unwrap();
+    store.open_findings().await.unwrap()
+}
+
+fn of<'a>(open: &'a [Finding], kind: FindingKind, package: &str) -> Option<&'a Finding> {
+    open.iter()
+        .find(|f| f.kind == kind && f.subject.package == package)
+}
+
+const T0: i64 = 1_795_000_000_000 - 1_795_000_000_000 % HOUR;
+
+#[tokio::test]
+async fn install_burn_pages_just_over_14_4x_and_only_tickets_just_under() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    // Five clean hours, then an hour failing 71 % (14.2x) for `under` and 73 % (14.6x) for `over`.
+    for p in ["under", "over"] {
+        installs(&t.store, p, T0, T0 + 5 * HOUR, 100, 0).await;
+    }
+    installs(&t.store, "under", T0 + 5 * HOUR, T0 + 6 * HOUR, 29, 71).await;
+    installs(&t.store, "over", T0 + 5 * HOUR, T0 + 6 * HOUR, 27, 73).await;
+    let open = judge(&mut a, &t.store, &mut since, T0 + 6 * HOUR).await;
+    let under = of(&open, FindingKind::InstallFailureBurn, "under").expect("3d/6h pair burns");
+    assert_eq!(under.severity, Severity::Warning);
+    let over = of(&open, FindingKind::InstallFailureBurn, "over").expect("1h/5m pair burns");
+    assert_eq!(over.severity, Severity::Critical);
+    assert_eq!(over.state, FindingState::Firing);
+    assert!((over.value - 14.6).abs() < 1e-6, "{}", over.value);
+}
+
+#[tokio::test]
+async fn install_burn_needs_the_minimum_volume() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    // Every install fails, but 19 in the whole window are too few to judge; 20 are enough.
+    let mut b = Batch::default();
+    for (p, n) in [("few", 19), ("enough", 20)] {
+        for i in 0..n {
+            b.add(Event::Install {
+                package: p.into(),
+                version: "1.0.0".into(),
+                ok: false,
+                at: T0 + 59 * MINUTE + i,
+            });
+        }
+    }
+    t.store.write_telemetry(&b).await.unwrap();
+    let open = judge(&mut a, &t.store, &mut since, T0 + HOUR).await;
+    assert!(of(&open, FindingKind::InstallFailureBurn, "few").is_none());
+    assert!(of(&open, FindingKind::InstallFailureBurn, "enough").is_some());
+}
+
+#[tokio::test]
+async fn a_burn_survives_a_restart_and_a_gap_resolves_it_only_after_keep_firing_for() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    installs(&t.store, "bad", T0, T0 + 30 * MINUTE, 10, 10).await;
+    let open = judge(&mut a, &t.store, &mut since, T0 + 30 * MINUTE).await;
+    let first = of(&open, FindingKind::InstallFailureBurn, "bad")
+        .unwrap()
+        .clone();
+    assert_eq!(first.severity, Severity::Critical);
+
+    // Restart in the middle of the window: a new analyzer reads the stored buckets again.
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    let open = judge(&mut a, &t.store, &mut since, T0 + 31 * MINUTE).await;
+    let again = of(&open, FindingKind::InstallFailureBurn, "bad").unwrap();
+    assert_eq!(again.id, first.id, "the same finding, not a new one");
+
+    // A gap in telemetry: three hours on, the 3d/6h pair still burns (a ticket now, not a page).
+    let open = judge(&mut a, &t.store, &mut since, T0 + 3 * HOUR).await;
+    let f = of(&open, FindingKind::InstallFailureBurn, "bad").unwrap();
+    assert_eq!((f.severity, f.cleared_at), (Severity::Warning, None));
+    // Once the 6 h window has emptied the condition clears, but the finding keeps firing for
+    // keep_firing_for (15 minutes by default), then resolves.
+    let clear_from = T0 + 6 * HOUR + 30 * MINUTE + 1;
+    let open = judge(&mut a, &t.store, &mut since, clear_from).await;
+    let f = of(&open, FindingKind::InstallFailureBurn, "bad").expect("still firing while clear");
+    assert_eq!(f.cleared_at, Some(clear_from));
+    let open = judge(&mut a, &t.store, &mut since, clear_from + 15 * MINUTE - 1).await;
+    assert!(of(&open, FindingKind::InstallFailureBurn, "bad").is_some());
+    let open = judge(&mut a, &t.store, &mut since, clear_from + 15 * MINUTE).await;
+    assert!(of(&open, FindingKind::InstallFailureBurn, "bad").is_none());
+}
+
+#[tokio::test]
+async fn lookup_latency_burns_against_its_own_slo() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    let mut b = Batch::default();
+    // One hour, 100 lookups a minute; 20 % over 100 ms: 20x the 1 % budget.
+    for m in 0..60 {
+        for i in 0..100 {
+            b.add(Event::Lookup {
+                latency_ms: if i < 20 { 150.0 } else { 100.0 },
+                at: T0 + m * MINUTE,
+            });
+        }
+    }
+    t.store.write_telemetry(&b).await.unwrap();
+    let open = judge(&mut a, &t.store, &mut since, T0 + HOUR).await;
+    let f = of(&open, FindingKind::LookupLatencyBurn, "*").expect("burning");
+    assert_eq!(f.severity, Severity::Critical);
+    assert!((f.value - 20.0).abs() < 1e-6);
+
+    // The same traffic judged against a 150 ms threshold is within its SLO.
+    let mut rules = Rules::default();
+    rules.settings.latency_threshold_ms = 150;
+    let t2 = store().await;
+    t2.store.write_telemetry(&b).await.unwrap();
+    let mut a = Analyzer::new(rules);
+    let mut since = 0;
+    let open = judge(&mut a, &t2.store, &mut since, T0 + HOUR).await;
+    assert!(of(&open, FindingKind::LookupLatencyBurn, "*").is_none());
+}
+
+fn report(reporter: &str, category: &str, at: i64) -> Event {
+    Event::Report(Report {
+        package: "sparql-cli".into(),
+        version: "1.0.0".into(),
+        reporter: reporter.into(),
+        category: category.into(),
+        at,
+    })
+}
+
+#[tokio::test]
+async fn a_report_warns_and_only_distinct_malware_reporters_make_it_critical() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    let mut b = Batch::default();
+    b.add(report("alice", "malware", T0));
+    b.add(report("alice", "malware", T0 + 1));
+    b.add(report("bob", "spam", T0 + 2));
+    t.store.write_telemetry(&b).await.unwrap();
+    let open = judge(&mut a, &t.store, &mut since, T0 + MINUTE).await;
+    let f = of(&open, FindingKind::Reported, "sparql-cli").unwrap();
+    assert_eq!(
+        f.severity,
+        Severity::Warning,
+        "one malware reporter, however often"
+    );
+    let mut b = Batch::default();
+    b.add(report("carol", "malware", T0 + 3));
+    t.store.write_telemetry(&b).await.unwrap();
+    let open = judge(&mut a, &t.store, &mut since, T0 + 2 * MINUTE).await;
+    let f = of(&open, FindingKind::Reported, "sparql-cli").unwrap();
+    assert_eq!(f.severity, Severity::Critical);
+    assert_eq!(f.labels["malware_reporters"], 2);
+    // Reports older than the window (30 days) no longer count; the finding resolves after
+    // keep_firing_for (1 hour).
+    let later = T0 + 30 * 24 * HOUR + HOUR;
+    judge(&mut a, &t.store, &mut since, later).await;
+    let open = judge(&mut a, &t.store, &mut since, later + HOUR).await;
+    assert!(of(&open, FindingKind::Reported, "sparql-cli").is_none());
+}
+
+/// `per_hour(h)` downloads of `package` in hour `h` after T0.
+async fn downloads(
+    store: &Store,
+    package: &str,
+    hours: std::ops::Range<i64>,
+    per_hour: impl Fn(i64) -> i64,
+) {
+    let mut b = Batch::default();
+    for h in hours {
+        for i in 0..per_hour(h) {
+            b.add(Event::Download {
+                package: package.into(),
+                version: "1.0.0".into(),
+                at: T0 + h * HOUR + i % HOUR,
+            });
+        }
+    }
+    store.write_telemetry(&b).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_download_spike_against_the_learned_baseline_fires_and_small_packages_do_not_page() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    // 30 hours of a steady 200 an hour (a little noise), and of 5 an hour for a small package.
+    downloads(&t.store, "big", 0..30, |h| 200 + (h % 3) * 5).await;
+    downloads(&t.store, "small", 0..30, |_| 5).await;
+    for h in 1..=30 {
+        let open = judge(&mut a, &t.store, &mut since, T0 + h * HOUR + MINUTE).await;
+        assert!(
+            of(&open, FindingKind::DownloadAnomaly, "big").is_none(),
+            "hour {h}"
+        );
+    }
+    // Restart: the baseline comes back from the store.
+    let mut a = Analyzer::new(Rules::default());
+    let mut since = 0;
+    let learned = t.store.baselines().await.unwrap();
+    assert!(learned["big"].samples >= 29, "{learned:?}");
+    downloads(&t.store, "big", 30..31, |_| 2_000).await;
+    downloads(&t.store, "small", 30..31, |_| 60).await;
+    let open = judge(&mut a, &t.store, &mut since, T0 + 31 * HOUR + MINUTE).await;
+    let f = of(&open, FindingKind::DownloadAnomaly, "big").expect("a tenfold hour");
+    assert_eq!(f.labels["direction"], "spike");
+    assert!(
+        of(&open, FindingKind::DownloadAnomaly, "small").is_none(),
+        "60 downloads an hour are under the minimum volume"
+    );
+}
