@@ -68,7 +68,8 @@ async fn the_intake_takes_valid_lines_refuses_the_rest_and_stores_nothing_withou
         max_body: 4096,
         horizon: Horizon::default(),
     });
-    let app = mapek::daemon::http::router(Arc::new(rt));
+    let rt = Arc::new(rt);
+    let app = mapek::daemon::http::router(rt.clone());
     let body = "{\"type\":\"install\",\"package\":\"pkg-00001\",\"version\":\"1.0.0\",\"ok\":false,\"error\":\"checksum\"}\n\
                 {\"type\":\"download\",\"package\":\"pkg-00001\",\"version\":\"1.0.0\"}\n\
                 {\"type\":\"lookup\",\"latency_ms\":\"fast\"}\n\
@@ -98,6 +99,15 @@ async fn the_intake_takes_valid_lines_refuses_the_rest_and_stores_nothing_withou
     // What the answer counted as accepted is in the store, and nothing else.
     let stored = w.t.store.telemetry_since(0).await.unwrap();
     assert_eq!(stored_events(&stored), 4);
+    let metrics = rt.metrics.render();
+    assert!(
+        metrics.contains("mapek_intake_events_total{result=\"accepted\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mapek_intake_events_total{result=\"refused\"} 2"),
+        "{metrics}"
+    );
 
     // Over the size bound: 413, and still nothing more stored.
     let big = format!("{}\n", "{\"type\":\"lookup\",\"latency_ms\":1}").repeat(200);

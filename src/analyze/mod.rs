@@ -219,11 +219,7 @@ impl Analyzer {
     }
 
     /// Everything that holds now, per kind judged completely this pass.
-    fn complete_judgements(
-        &mut self,
-        input: &AnalyzeInput<'_>,
-        now: i64,
-    ) -> Judgements {
+    fn complete_judgements(&mut self, input: &AnalyzeInput<'_>, now: i64) -> Judgements {
         let s = &self.rules.settings;
         let mut complete = Vec::new();
         let (mut baselines, mut scores) = (Vec::new(), Vec::new());

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::analyze::{self, Rules};
+use crate::analyze::{AnalyzeInput, Analyzer, Rules};
 use crate::clock::{Clock, SystemClock};
 use crate::execute;
 use crate::keys::KeyPair;
@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// How many times to repeat the measurement (each on a fresh store); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Measure the analyze stage with a day of aggregated telemetry instead of the whole cycle.
+    #[arg(long)]
+    pub analyze: bool,
 }
 
 /// Resets the peak resident memory counter (Linux: `5` to /proc/self/clear_refs), so the peak
@@ -50,6 +53,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// One full loop cycle (monitor, analyze, plan, execute) with the stages the daemon runs.
 async fn one_cycle(
     state: &mut MonitorState,
+    analyzer: &mut Analyzer,
     registry: &Arc<SqlRegistry>,
     store: &Store,
     trust: &Arc<crate::keys::TrustStore>,
@@ -61,7 +65,9 @@ async fn one_cycle(
     let observed = monitor::cycle(state, registry, store, trust, now, i64::MAX).await?;
     let monitor_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    analyze::cycle(store, &observed.observations, &Rules::default(), now).await?;
+    analyzer
+        .cycle(store, AnalyzeInput::from_monitor(&observed), now)
+        .await?;
     let analyze_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let ctx = plan::PlanContext {
@@ -84,6 +90,10 @@ async fn one_cycle(
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Pretty);
+    if args.analyze {
+        super::bench_analyze::bench(args.packages, args.max_releases, args.runs).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let policies = PolicySet::from_sources(
         &super::demo::DEFAULT_POLICIES
             .iter()
@@ -114,16 +124,34 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let generation_peak = peak_rss_mib();
         let reset = reset_peak_rss();
         let mut state = MonitorState::new();
+        let mut analyzer = Analyzer::new(Rules::default());
         let t = Instant::now();
-        let (seen, verified) =
-            one_cycle(&mut state, &registry, &store, &trust, &policies, &key).await?;
+        let (seen, verified) = one_cycle(
+            &mut state,
+            &mut analyzer,
+            &registry,
+            &store,
+            &trust,
+            &policies,
+            &key,
+        )
+        .await?;
         full.push(t.elapsed());
         anyhow::ensure!(
             seen == releases && verified == releases,
             "first cycle saw {seen} and verified {verified} of {releases} releases"
         );
         let t = Instant::now();
-        let (seen, _) = one_cycle(&mut state, &registry, &store, &trust, &policies, &key).await?;
+        let (seen, _) = one_cycle(
+            &mut state,
+            &mut analyzer,
+            &registry,
+            &store,
+            &trust,
+            &policies,
+            &key,
+        )
+        .await?;
         unchanged.push(t.elapsed());
         anyhow::ensure!(seen == 0, "unchanged cycle rescanned {seen} releases");
         eprintln!(

@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod bench_analyze;
 mod demo;
 mod policy;
 mod registry;

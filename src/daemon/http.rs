@@ -94,7 +94,23 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
     let (batch, refused) = parse_body(text, rt.clock.now_ms(), intake.horizon);
     let accepted = batch.events;
     if accepted > 0 {
-        if let Err(e) = intake.writer.submit(batch).await {
+        // Submitted and counted in a task of its own: a client that hangs up does not stop the
+        // write, and what is stored is counted as accepted whether or not the answer arrives.
+        let writer = intake.writer.clone();
+        let metrics = rt.metrics.clone();
+        let submitted = tokio::spawn(async move {
+            let r = writer.submit(batch).await;
+            if r.is_ok() {
+                metrics
+                    .intake_events
+                    .with_label_values(&["accepted"])
+                    .inc_by(accepted);
+            }
+            r
+        })
+        .await
+        .unwrap_or(Err(IntakeError::Closed));
+        if let Err(e) = submitted {
             rt.metrics
                 .intake_requests
                 .with_label_values(&["store_failed"])
@@ -108,10 +124,6 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
             );
         }
     }
-    rt.metrics
-        .intake_events
-        .with_label_values(&["accepted"])
-        .inc_by(accepted);
     rt.metrics
         .intake_events
         .with_label_values(&["refused"])
