@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use super::bench::median;
 
 use crate::analyze::{AnalyzeInput, Analyzer, Rules};
 use crate::clock::{Clock, SystemClock};
@@ -61,11 +63,6 @@ async fn a_day_of_telemetry(
         .prune_telemetry(now - 7 * HOUR, now - 96 * HOUR, now - 30 * 24 * HOUR)
         .await?;
     Ok(rows)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 pub async fn bench(packages: usize, max_releases: usize, runs: usize) -> anyhow::Result<()> {

@@ -117,6 +117,11 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
                 trust: trust.as_ref(),
                 require_signed,
             };
+            // The quality model lives next to the policies: a bad one would stop the daemon.
+            if let Err(e) = crate::analyze::quality::QualityModel::load(&dir) {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
             match PolicySet::load_dir(&dir, opts) {
                 Ok(set) => {
                     let signatures = if trust.is_some() {
@@ -125,7 +130,7 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
                         ""
                     };
                     println!(
-                        "{}: {} policies and the guards, all valid{signatures}",
+                        "{}: {} policies, the guards and the quality model, all valid{signatures}",
                         dir.display(),
                         set.policies.len()
                     );
