@@ -225,6 +225,34 @@ impl Action {
         Self::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
+    /// What the action works on, given the subject of the finding it answers: the actions of
+    /// the catalogue whose subject is a package (`restore_latest`, `deprecate`, `undeprecate`,
+    /// the quality actions) take the finding's package, the others its subject as it is.
+    pub fn target(self, finding: &Subject) -> Subject {
+        match self {
+            Self::RestoreLatest
+            | Self::Deprecate
+            | Self::Undeprecate
+            | Self::SetQuality
+            | Self::AdjustQuality => Subject {
+                package: finding.package.clone(),
+                version: None,
+            },
+            _ => finding.clone(),
+        }
+    }
+
+    /// When it runs among the remediations of one cycle: what changes a release's availability
+    /// first, then `restore_latest` (which reads it), then the rest.
+    pub fn execution_order(self) -> u8 {
+        match self {
+            Self::Quarantine | Self::ReleaseQuarantine | Self::Yank | Self::Unyank => 0,
+            Self::RestoreLatest => 1,
+            Self::Notify => 3,
+            _ => 2,
+        }
+    }
+
     /// The spec's tie-break order: the more severe action wins a priority tie.
     pub fn severity_rank(self) -> u8 {
         match self {

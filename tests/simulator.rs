@@ -90,7 +90,11 @@ fn invalid_scenarios_are_refused_with_file_line_and_field() {
     let cases = [
         ("[scenario]\nname = \"x\"\nduration = \"soon\"\n[registry]\ngenerate = { packages = 5 }\n", 3, "scenario.duration"),
         ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"explode\"\n", 6, "event.kind"),
-        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"downloads\"\npackage = \"a\"\nper_hour = 5.0\nfor = \"1h\"\n", 6, "event.kind"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"downloads\"\npackage = \"a\"\nper_hour = -5.0\nfor = \"1h\"\n", 6, "event.per_hour"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"install_outcomes\"\npackage = \"a\"\nper_hour = 5.0\nfailure_ratio = 1.5\nfor = \"1h\"\n", 6, "event.failure_ratio"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"report\"\npackage = \"a\"\nreporter = \"r\"\ncategory = \"rude\"\n", 6, "event.category"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"1m\"\nkind = \"lookup_latency\"\nfor = \"1h\"\n", 6, "event.p99_ms"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[expect.final]]\npackage = \"a\"\nquality_min = 120\n", 6, "expect.final.quality_min"),
         ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[expect.action]]\naction = \"obliterate\"\npackage = \"*\"\n", 6, "expect.action.action"),
         ("[scenario]\nname = \"x\"\nduration = \"1h\"\ncolour = 1\n[registry]\ngenerate = { packages = 5 }\n", 4, "colour"),
     ];

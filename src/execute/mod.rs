@@ -108,7 +108,10 @@ pub async fn cycle<R: Registry>(
 ) -> Result<ExecuteOutput, ExecuteError> {
     let mut out = ExecuteOutput::default();
     let mut work = store.remediations_with_status(Status::Executing).await?;
-    work.extend(store.remediations_with_status(Status::Ready).await?);
+    let mut ready = store.remediations_with_status(Status::Ready).await?;
+    // A `restore_latest` planned with the yank of the bad release must see that yank.
+    ready.sort_by_key(|r| r.action.execution_order());
+    work.extend(ready);
     for r in work {
         let outcome = execute_one(store, registry.as_ref(), key, &r, now).await?;
         out.results.push((r, outcome));

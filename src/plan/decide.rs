@@ -137,7 +137,9 @@ pub fn decide(
     now: i64,
 ) -> Decided {
     let mut out = Decided::default();
-    let mut by_subject: BTreeMap<&Subject, Vec<(&Policy, &Finding)>> = BTreeMap::new();
+    // Grouped by what each action works on: a yank of a release and a `restore_latest` of its
+    // package do not compete, two actions on one package do.
+    let mut by_subject: BTreeMap<Subject, Vec<(&Policy, &Finding)>> = BTreeMap::new();
     // One evaluation context for the whole pass: each finding's facts replace the last ones.
     let mut ctx: Option<cel::Context<'_, '_>> = None;
     for c in candidates {
@@ -158,7 +160,7 @@ pub fn decide(
         }
         for p in matched {
             by_subject
-                .entry(&c.finding.subject)
+                .entry(p.action.target(&c.finding.subject))
                 .or_default()
                 .push((p, &c.finding));
         }
@@ -175,7 +177,7 @@ pub fn decide(
             let verdict = if i == 0 {
                 keeper.decide(&GateInput {
                     policy: p,
-                    subject,
+                    subject: &subject,
                     radius: radius.get(subject.package.as_str()).copied().unwrap_or(0),
                     approvals: &none,
                     created_at: now,
@@ -191,7 +193,7 @@ pub fn decide(
             };
             out.decisions.push(Decision {
                 finding_id: finding.id.clone(),
-                idempotency_key: idempotency_key(p, subject, &finding.id),
+                idempotency_key: idempotency_key(p, &subject, &finding.id),
                 policy: p.id.clone(),
                 action: p.action,
                 params: p.params.clone(),

@@ -18,6 +18,10 @@ pub struct GenerateSpec {
     pub publishers: usize,
     pub max_releases: usize,
     pub signed_fraction: f64,
+    /// Share of packages whose last release is 2 to 3 years old.
+    pub unmaintained_fraction: f64,
+    /// Dependency cycles to add (none by default).
+    pub cycles: usize,
     pub seed: u64,
 }
 
@@ -29,6 +33,8 @@ impl Default for GenerateSpec {
             publishers: 10,
             max_releases: 3,
             signed_fraction: 1.0,
+            unmaintained_fraction: 0.0,
+            cycles: 0,
             seed: 0,
         }
     }
@@ -108,7 +114,15 @@ pub async fn generate(
             }
         }
         let key = &publishers[i % publishers.len()];
-        let newest_age = rng.random_range(0..90 * DAY_MS);
+        // The draw for unmaintained packages only happens when asked for, so that registries
+        // generated without it stay what they were.
+        let unmaintained =
+            spec.unmaintained_fraction > 0.0 && rng.random::<f64>() < spec.unmaintained_fraction;
+        let newest_age = if unmaintained {
+            rng.random_range(730 * DAY_MS..1095 * DAY_MS)
+        } else {
+            rng.random_range(0..90 * DAY_MS)
+        };
         let mut latest = None;
         for r in 0..n_releases {
             let version = format!("1.{r}.0");
@@ -148,12 +162,13 @@ pub async fn generate(
             status: "active".into(),
             latest,
             quality: None,
-            quality_detail: None,
+            quality_detail: Some(files_receipt(true, true)),
             production_ready: true,
             created_at: now - newest_age - (n_releases as i64) * 7 * DAY_MS,
             updated_at: now - newest_age,
         });
     }
+    add_cycles(&mut rng, spec, &mut releases);
     let count = releases.len();
     registry.insert_all(&packages, &releases).await?;
     Ok(Generated {
@@ -162,6 +177,89 @@ pub async fn generate(
         artifact_dir: dir,
         releases: count,
     })
+}
+
+/// What a package's files hold, as a ggen receipt records it: the `readme` and `tests` guards,
+/// which only the package's files can tell (the quality model reads them from here).
+pub fn files_receipt(readme: bool, tests: bool) -> String {
+    serde_json::json!([
+        { "guard_type": "readme", "passed": readme },
+        { "guard_type": "tests", "passed": tests },
+    ])
+    .to_string()
+}
+
+/// A stored receipt with its `readme` and `tests` results replaced (the others, from an imported
+/// ggen receipt, kept).
+fn with_files(detail: Option<&str>, readme: bool, tests: bool) -> String {
+    let mut guards = match detail.map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(serde_json::Value::Array(g))) => g,
+        _ => Vec::new(),
+    };
+    guards.retain(|g| {
+        !matches!(
+            g.get("guard_type").and_then(|t| t.as_str()),
+            Some("readme" | "tests")
+        )
+    });
+    guards.push(serde_json::json!({ "guard_type": "readme", "passed": readme }));
+    guards.push(serde_json::json!({ "guard_type": "tests", "passed": tests }));
+    serde_json::Value::Array(guards).to_string()
+}
+
+/// Closes `spec.cycles` dependency cycles: a package's first dependency is made to depend back
+/// on it (in every release of that dependency).
+fn add_cycles(rng: &mut ChaCha8Rng, spec: &GenerateSpec, releases: &mut [ReleaseRecord]) {
+    if spec.packages < 2 {
+        return;
+    }
+    for _ in 0..spec.cycles {
+        let i = rng.random_range(1..spec.packages);
+        let name = package_name(i, spec.packages);
+        let target = releases
+            .iter()
+            .find(|r| r.package == name)
+            .and_then(|r| r.dependencies.first().map(|d| d.name.clone()))
+            .unwrap_or_else(|| package_name(i - 1, spec.packages));
+        if target == name {
+            continue;
+        }
+        for r in releases.iter_mut().filter(|r| r.package == target) {
+            if !r.dependencies.iter().any(|d| d.name == name) {
+                r.dependencies.push(Dependency {
+                    name: name.clone(),
+                    requirement: "^1".into(),
+                });
+            }
+        }
+        // The cycle needs the edge back as well when the package had no dependency.
+        for r in releases.iter_mut().filter(|r| r.package == name) {
+            if !r.dependencies.iter().any(|d| d.name == target) {
+                r.dependencies.push(Dependency {
+                    name: target.clone(),
+                    requirement: "^1".into(),
+                });
+            }
+        }
+    }
+}
+
+/// What a published release holds besides its artifact: the files the quality model asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Contents {
+    pub license: bool,
+    pub readme: bool,
+    pub tests: bool,
+}
+
+impl Default for Contents {
+    fn default() -> Self {
+        Self {
+            license: true,
+            readme: true,
+            tests: true,
+        }
+    }
 }
 
 /// Changes an artifact's bytes after publication (its recorded checksum no longer matches).
@@ -180,6 +278,7 @@ pub async fn publish(
     version: &str,
     signer: Option<&KeyPair>,
     dependencies: &[String],
+    contents: Contents,
     now: i64,
 ) -> Result<(), RegistryError> {
     use super::Registry;
@@ -199,6 +298,12 @@ pub async fn publish(
         Some(mut p) => {
             p.latest = Some(version.to_string());
             p.updated_at = now;
+            p.license = contents.license.then(|| "MIT".into());
+            p.quality_detail = Some(with_files(
+                p.quality_detail.as_deref(),
+                contents.readme,
+                contents.tests,
+            ));
             p
         }
         None => PackageRecord {
@@ -206,7 +311,7 @@ pub async fn publish(
             description: format!("Published package {name}"),
             category: Some("web".into()),
             author: signer.map(|k| k.key_id.clone()),
-            license: Some("MIT".into()),
+            license: contents.license.then(|| "MIT".into()),
             repository: None,
             tags: vec![],
             keywords: vec![],
@@ -215,7 +320,7 @@ pub async fn publish(
             status: "active".into(),
             latest: Some(version.to_string()),
             quality: None,
-            quality_detail: None,
+            quality_detail: Some(files_receipt(contents.readme, contents.tests)),
             production_ready: true,
             created_at: now,
             updated_at: now,

@@ -55,6 +55,14 @@ fn verdict<T>(
     (pass, evidence)
 }
 
+/// " quality 60..=100", as a final expectation prints its bounds.
+fn quality_text(min: Option<f64>, max: Option<f64>) -> String {
+    match (min, max) {
+        (None, None) => String::new(),
+        (min, max) => format!(" quality {}..={}", min.unwrap_or(0.0), max.unwrap_or(100.0)),
+    }
+}
+
 /// "after X within Y (min N, max M)", as expectations print their window and counts.
 fn span_text(after: &str, within: Option<&String>, min: u64, max: Option<u64>) -> String {
     format!(
@@ -172,10 +180,12 @@ fn finding(e: &ExpectFinding, line: usize, all: &[Finding], start: i64) -> Judge
         .collect();
     let show = |f: &Finding| {
         format!(
-            "{} on {} fired at {}",
+            "{} {} on {} fired at {}: {}",
+            f.severity.as_str(),
             f.kind,
             f.subject,
-            f.fired_at.map(rfc3339).unwrap_or_else(|| "never".into())
+            f.fired_at.map(rfc3339).unwrap_or_else(|| "never".into()),
+            f.message
         )
     };
     let min = least(e.min, e.max);
@@ -219,10 +229,36 @@ pub async fn judge(
     for (line, e) in &s.expect_finding {
         out.push(finding(e, *line, &findings, start));
     }
+    let scores = if s
+        .expect_final
+        .iter()
+        .any(|(_, e)| e.quality_min.is_some() || e.quality_max.is_some())
+    {
+        store.quality_states().await?
+    } else {
+        Default::default()
+    };
     for (line, e) in &s.expect_final {
         let package = registry.package(&e.package).await?;
         let mut wrong = Vec::new();
         let mut seen = Vec::new();
+        if let (Some(p), true) = (&package, e.quality_min.is_some() || e.quality_max.is_some()) {
+            // The score the registry shows (set by import or a quality action), else the model's.
+            match p
+                .quality
+                .map(|q| (q, "registry"))
+                .or_else(|| scores.get(&p.name).map(|q| (q.score, "model")))
+            {
+                None => wrong.push("no quality score".into()),
+                Some((q, from)) => {
+                    seen.push(format!("quality {q:.1} ({from})"));
+                    if e.quality_min.is_some_and(|m| q < m) || e.quality_max.is_some_and(|m| q > m)
+                    {
+                        wrong.push(format!("quality is {q:.1} ({from})"));
+                    }
+                }
+            }
+        }
         match (&package, &e.version) {
             (None, _) => wrong.push(format!("package `{}` does not exist", e.package)),
             (Some(p), None) => {
@@ -263,7 +299,7 @@ pub async fn judge(
             line: *line,
             kind: "final",
             expectation: format!(
-                "{}{}{}{}",
+                "{}{}{}{}{}",
                 e.package,
                 e.version
                     .as_ref()
@@ -276,7 +312,8 @@ pub async fn judge(
                 e.latest
                     .as_ref()
                     .map(|l| format!(" latest {l}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                quality_text(e.quality_min, e.quality_max),
             ),
             pass: wrong.is_empty(),
             evidence: if wrong.is_empty() {

@@ -4,6 +4,7 @@ pub mod expect;
 pub mod registry;
 pub mod report;
 pub mod scenario;
+pub mod telemetry;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -26,6 +27,7 @@ use crate::registry::{Registry, SqlRegistry};
 use registry::SimRegistry;
 use report::{Report, Sample};
 use scenario::{EventKind, Scenario, Source};
+use telemetry::{Background, Telemetry};
 
 /// Virtual time zero: 2026-01-05T00:00:00Z, a Monday.
 pub const START_MS: i64 = 1_767_571_200_000;
@@ -41,6 +43,9 @@ struct World {
     policies: PolicySet,
     seed: u64,
     notes: Vec<String>,
+    telemetry: Telemetry,
+    /// The registry's change sequence when the background traffic last learnt each latest.
+    background_seq: i64,
 }
 
 fn digest(trust: &mut TrustStore) {
@@ -94,18 +99,14 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
     let inner = SqlRegistry::new(store.clone(), dir.path().join("artifacts"));
     let mut trust = match &s.source {
         Source::Generate(g) => {
-            if g.unmaintained_fraction > 0.0 || g.cycles > 0 {
-                anyhow::bail!(
-                    "{}: `unmaintained_fraction` and `cycles` need findings this version does not raise yet",
-                    s.file.display()
-                );
-            }
             let spec = GenerateSpec {
                 packages: g.packages,
                 mean_dependencies: g.mean_dependencies,
                 publishers: g.publishers,
                 max_releases: g.max_releases,
                 signed_fraction: g.signed_fraction,
+                unmaintained_fraction: g.unmaintained_fraction,
+                cycles: g.cycles,
                 seed: s.seed,
             };
             generate::generate(&inner, &spec, START_MS).await?.trust
@@ -145,6 +146,15 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
         );
     }
     digest(&mut trust);
+    let mut telemetry = Telemetry::default();
+    if let Some(b) = s.background {
+        telemetry.background = Some(Background::new(
+            by_popularity(inner.packages().await?),
+            b.downloads_per_hour,
+            b.installs_per_hour,
+        ));
+    }
+    let background_seq = inner.change_seq().await?;
     Ok(World {
         registry: Arc::new(SimRegistry {
             inner,
@@ -159,7 +169,37 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
         policies,
         seed: s.seed,
         notes: Vec::new(),
+        telemetry,
+        background_seq,
     })
+}
+
+/// Packages with their latest release, most downloaded first (by name on a tie).
+fn by_popularity(
+    mut packages: Vec<crate::registry::PackageRecord>,
+) -> Vec<(String, Option<String>)> {
+    packages.sort_by(|a, b| b.downloads.cmp(&a.downloads).then(a.name.cmp(&b.name)));
+    packages.into_iter().map(|p| (p.name, p.latest)).collect()
+}
+
+/// Background traffic follows `latest` as the daemon's actions and publications move it.
+async fn follow_latest(w: &mut World) -> anyhow::Result<()> {
+    let Some(b) = &mut w.telemetry.background else {
+        return Ok(());
+    };
+    let seq = w.registry.inner.change_seq().await?;
+    if seq != w.background_seq {
+        let changed = sqlx::query("SELECT name, latest FROM packages WHERE change_seq > $1")
+            .bind(w.background_seq)
+            .fetch_all(&w.store.pool)
+            .await?;
+        for row in changed {
+            use sqlx::Row as _;
+            b.set_latest(row.try_get(0)?, row.try_get(1)?);
+        }
+        w.background_seq = seq;
+    }
+    Ok(())
 }
 
 async fn latest(w: &World, package: &str, version: &str) -> anyhow::Result<String> {
@@ -183,18 +223,62 @@ async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> 
             signed,
             signer,
             dependencies,
+            license,
+            readme,
+            tests,
         } => {
             let key = signer.clone().unwrap_or_else(|| "pub-0".to_string());
             let key = derived_key(w.seed, &key);
+            let contents = generate::Contents {
+                license: *license,
+                readme: *readme,
+                tests: *tests,
+            };
             generate::publish(
                 reg,
                 package,
                 version,
                 signed.then_some(&key),
                 dependencies,
+                contents,
                 now,
             )
             .await?;
+        }
+        EventKind::InstallOutcomes {
+            package,
+            version,
+            per_hour,
+            failure_ratio,
+            for_ms,
+        } => {
+            let v = latest(w, package, version).await?;
+            w.telemetry
+                .installs(package, &v, *per_hour, *failure_ratio, now, *for_ms);
+        }
+        EventKind::Downloads {
+            package,
+            per_hour,
+            for_ms,
+        } => {
+            let v = latest(w, package, "latest").await?;
+            w.telemetry.downloads(package, &v, *per_hour, now, *for_ms);
+        }
+        EventKind::LookupLatency { p99_ms, for_ms } => w.telemetry.lookups(*p99_ms, now, *for_ms),
+        EventKind::Report {
+            package,
+            version,
+            reporter,
+            category,
+        } => {
+            let v = latest(w, package, version).await?;
+            w.telemetry.report(crate::monitor::events::Report {
+                package: package.clone(),
+                version: v,
+                reporter: reporter.clone(),
+                category: category.clone(),
+                at: now,
+            });
         }
         EventKind::TamperArtifact { package, version } => {
             let v = latest(w, package, version).await?;
@@ -306,7 +390,11 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
     let mut w = setup(s).await?;
     let mut monitor_state = MonitorState::new();
     let mut planner = Planner::default();
-    let mut analyzer = analyze::Analyzer::new(Rules::default());
+    let rules = Rules {
+        quality: crate::analyze::quality::QualityModel::load(&s.policies_dir)?,
+        ..Rules::default()
+    };
+    let mut analyzer = analyze::Analyzer::new(rules);
     let ticks = (s.duration_ms / s.tick_ms).max(1);
     let sample_every = (ticks / 240).max(1);
     let mut next_event = 0;
@@ -345,6 +433,9 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
         if w.registry.down.load(Ordering::SeqCst) && t >= registry_back {
             w.registry.down.store(false, Ordering::SeqCst);
         }
+        if t > 0 {
+            w.telemetry.advance(now - s.tick_ms, now);
+        }
         if store_down && t >= store_back {
             w.store = Store::open(&w.url).await?;
             let inner = SqlRegistry::new(w.store.clone(), w.dir.path().join("artifacts"));
@@ -354,6 +445,25 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
                 virtual_artifacts: w.registry.virtual_artifacts.clone(),
             });
             store_down = false;
+        }
+        if !store_down {
+            // What the intake would have committed during the tick, written as it writes it.
+            let (batch, dropped) = w.telemetry.take(now);
+            if dropped > 0 {
+                w.notes.push(format!(
+                    "{}: {dropped} telemetry buckets older than the intake's horizon dropped after the store outage",
+                    crate::clock::rfc3339(now)
+                ));
+            }
+            if batch.events > 0 {
+                if let Err(e) = w.store.write_telemetry(&batch).await {
+                    w.notes.push(format!(
+                        "{}: telemetry not written, kept for the next tick: {e}",
+                        crate::clock::rfc3339(now)
+                    ));
+                    w.telemetry.keep(batch);
+                }
+            }
         }
         // The daemon's four stages, in its order; a failed stage ends the cycle, as in the daemon.
         let cycle = async {
@@ -386,6 +496,9 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
         };
         if cycle.await.is_err() {
             stage_errors += 1;
+        }
+        if !store_down {
+            follow_latest(&mut w).await?;
         }
         if (tick % sample_every == 0 || tick == ticks) && !store_down {
             samples.push(sample(&w, t).await);

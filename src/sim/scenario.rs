@@ -50,6 +50,18 @@ struct RawScenario {
 struct RawRegistry {
     generate: Option<Generate>,
     import: Option<S<String>>,
+    background: Option<S<Background>>,
+}
+
+/// `[registry] background`: ordinary traffic over the whole registry (an extension of the
+/// format, see docs/simulation.md).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Background {
+    #[serde(default)]
+    pub downloads_per_hour: f64,
+    #[serde(default)]
+    pub installs_per_hour: f64,
 }
 
 /// The `generate` table.
@@ -84,10 +96,9 @@ fn one() -> f64 {
     1.0
 }
 
-/// Every field an event of the format may carry; telemetry fields are read only to refuse them.
+/// Every field an event of the format may carry.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawEvent {
     at: String,
     kind: String,
@@ -204,6 +215,32 @@ pub enum EventKind {
         signed: bool,
         signer: Option<String>,
         dependencies: Vec<String>,
+        license: bool,
+        readme: bool,
+        tests: bool,
+    },
+    /// Install telemetry for `version` of `package` during `for_ms`.
+    InstallOutcomes {
+        package: String,
+        version: String,
+        per_hour: f64,
+        failure_ratio: f64,
+        for_ms: i64,
+    },
+    Downloads {
+        package: String,
+        per_hour: f64,
+        for_ms: i64,
+    },
+    LookupLatency {
+        p99_ms: f64,
+        for_ms: i64,
+    },
+    Report {
+        package: String,
+        version: String,
+        reporter: String,
+        category: String,
     },
     TamperArtifact {
         package: String,
@@ -254,6 +291,7 @@ pub struct Scenario {
     pub tick_ms: i64,
     pub policies_dir: PathBuf,
     pub source: Source,
+    pub background: Option<Background>,
     /// `[guards]`, as a guards.toml would hold it.
     pub guards: Option<String>,
     /// `[[policy]]` tables, as a policy file would hold them.
@@ -325,6 +363,17 @@ impl Scenario {
             Some(p) => base.join(p),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
         };
+        let background = raw.registry.background.as_ref().map(|b| *b.get_ref());
+        if let Some(b) = &raw.registry.background {
+            let bad = |r: f64| !(0.0..=1e9).contains(&r) || r.is_nan();
+            if bad(b.get_ref().downloads_per_hour) || bad(b.get_ref().installs_per_hour) {
+                errors.push(err(
+                    span_line(b.span().start),
+                    "registry.background",
+                    "rates are between 0 and 1e9 an hour".into(),
+                ));
+            }
+        }
         let source = match (raw.registry.generate, raw.registry.import) {
             (Some(g), None) => Source::Generate(g),
             (None, Some(i)) => Source::Import(base.join(i.get_ref())),
@@ -414,12 +463,17 @@ impl Scenario {
             .map(|a| (span_line(a.span().start), a.get_ref().clone()))
             .collect();
         for (line, f) in &expect_final {
-            if f.quality_min.is_some() || f.quality_max.is_some() {
-                errors.push(err(
-                    *line,
-                    "expect.final.quality_min",
-                    "quality expectations need the quality model, which this version does not compute yet".into(),
-                ));
+            for (field, q) in [
+                ("quality_min", f.quality_min),
+                ("quality_max", f.quality_max),
+            ] {
+                if q.is_some_and(|q| !(0.0..=100.0).contains(&q)) {
+                    errors.push(err(
+                        *line,
+                        &format!("expect.final.{field}"),
+                        "a quality score is between 0 and 100".into(),
+                    ));
+                }
             }
         }
         let guards = raw.guards.map(|g| {
@@ -447,6 +501,7 @@ impl Scenario {
             tick_ms,
             policies_dir,
             source,
+            background,
             guards,
             policies,
             events,
@@ -466,26 +521,67 @@ fn need<'a>(
         .ok_or((field, "is required for this kind of event".to_string()))
 }
 
+fn rate(v: Option<f64>, field: &'static str) -> Result<f64, (&'static str, String)> {
+    match v {
+        Some(r) if r >= 0.0 && r.is_finite() && r <= 1e9 => Ok(r),
+        Some(_) => Err((field, "is a rate between 0 and 1e9 an hour".into())),
+        None => Err((field, "is required for this kind of event".into())),
+    }
+}
+
 fn event(e: &RawEvent) -> Result<EventKind, (&'static str, String)> {
     let for_ms = || -> Result<i64, (&'static str, String)> {
         duration_ms(need(&e.for_, "for")?).map_err(|r| ("for", r))
     };
     let version = || e.version.clone().unwrap_or_else(|| "latest".into());
     Ok(match e.kind.as_str() {
-        "publish" if [e.license, e.readme, e.tests].contains(&Some(false)) => {
-            return Err((
-                "license",
-                "a release without license, readme or tests only matters to the quality model, \
-                 which this version does not compute yet"
-                    .into(),
-            ))
-        }
         "publish" => EventKind::Publish {
             package: need(&e.package, "package")?.clone(),
             version: need(&e.version, "version")?.clone(),
             signed: e.signed.unwrap_or(true),
             signer: e.signer.clone(),
             dependencies: e.dependencies.clone(),
+            license: e.license.unwrap_or(true),
+            readme: e.readme.unwrap_or(true),
+            tests: e.tests.unwrap_or(true),
+        },
+        "install_outcomes" => EventKind::InstallOutcomes {
+            package: need(&e.package, "package")?.clone(),
+            version: version(),
+            per_hour: rate(e.per_hour, "per_hour")?,
+            failure_ratio: match e.failure_ratio {
+                Some(r) if (0.0..=1.0).contains(&r) => r,
+                Some(_) => return Err(("failure_ratio", "is a share between 0 and 1".into())),
+                None => 0.0,
+            },
+            for_ms: for_ms()?,
+        },
+        "downloads" => EventKind::Downloads {
+            package: need(&e.package, "package")?.clone(),
+            per_hour: rate(e.per_hour, "per_hour")?,
+            for_ms: for_ms()?,
+        },
+        "lookup_latency" => EventKind::LookupLatency {
+            p99_ms: match e.p99_ms {
+                Some(p) if p > 0.0 && p.is_finite() => p,
+                Some(_) => return Err(("p99_ms", "is a positive number of milliseconds".into())),
+                None => return Err(("p99_ms", "is required for this kind of event".into())),
+            },
+            for_ms: for_ms()?,
+        },
+        "report" => EventKind::Report {
+            package: need(&e.package, "package")?.clone(),
+            version: version(),
+            reporter: need(&e.reporter, "reporter")?.clone(),
+            category: match need(&e.category, "category")?.as_str() {
+                c @ ("malware" | "spam" | "license") => c.to_string(),
+                other => {
+                    return Err((
+                        "category",
+                        format!("`{other}` is not one of malware, spam, license"),
+                    ))
+                }
+            },
         },
         "tamper_artifact" => EventKind::TamperArtifact {
             package: need(&e.package, "package")?.clone(),
@@ -512,16 +608,6 @@ fn event(e: &RawEvent) -> Result<EventKind, (&'static str, String)> {
             package: need(&e.package, "package")?.clone(),
             key: need(&e.key, "key")?.clone(),
         },
-        "install_outcomes" | "downloads" | "lookup_latency" | "report" => {
-            return Err((
-                "kind",
-                format!(
-                    "`{}` is telemetry, which this version cannot take in yet (the intake is not built); \
-                     refused rather than ignored",
-                    e.kind
-                ),
-            ))
-        }
         other => return Err(("kind", format!("unknown event kind `{other}`"))),
     })
 }
