@@ -63,6 +63,11 @@ pub fn open(c: Condition, timing: Timing, now: i64) -> Transition {
 pub fn holds(mut f: Finding, c: Condition, timing: Timing, now: i64) -> Transition {
     f.last_seen = now;
     f.cleared_at = None;
+    if f.state == FindingState::Firing && c.severity > f.severity {
+        // Worse than when the planner last looked (a second malware reporter, a faster burn):
+        // it looks again, and policies that want the higher severity can now match.
+        f.plan_state = PlanState::New;
+    }
     f.severity = c.severity;
     f.value = c.value;
     f.message = c.message;
@@ -181,5 +186,27 @@ mod tests {
         let f = finding(clears(f, timing, 10_000));
         assert_eq!(f.state, FindingState::Resolved);
         assert_eq!(f.fired_at, None);
+    }
+
+    #[test]
+    fn a_firing_finding_that_gets_worse_is_planned_again() {
+        let timing = Timing {
+            for_ms: 0,
+            keep_firing_for_ms: 0,
+        };
+        let warning = Condition {
+            severity: Severity::Warning,
+            ..cond()
+        };
+        let mut f = finding(open(warning.clone(), timing, 0));
+        f.plan_state = PlanState::Planned;
+        let f = finding(holds(f, warning, timing, 60_000));
+        assert_eq!(f.plan_state, PlanState::Planned, "unchanged: not again");
+        let f = finding(holds(f, cond(), timing, 120_000));
+        assert_eq!(f.plan_state, PlanState::New, "warning to critical");
+        let mut f = f;
+        f.plan_state = PlanState::Planned;
+        let f = finding(holds(f, cond(), timing, 180_000));
+        assert_eq!(f.plan_state, PlanState::Planned);
     }
 }

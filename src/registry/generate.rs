@@ -164,7 +164,9 @@ pub async fn generate(
             quality: None,
             quality_detail: Some(files_receipt(true, true)),
             production_ready: true,
-            created_at: now - newest_age - (n_releases as i64) * 7 * DAY_MS,
+            // Packages are older than their releases: a year before the first one, so that a
+            // generated registry holds no new package (and no typosquat suspect by its names).
+            created_at: now - newest_age - (n_releases as i64) * 7 * DAY_MS - 365 * DAY_MS,
             updated_at: now - newest_age,
         });
     }
