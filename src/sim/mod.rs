@@ -501,7 +501,7 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
             follow_latest(&mut w).await?;
         }
         if (tick % sample_every == 0 || tick == ticks) && !store_down {
-            samples.push(sample(&w, t).await);
+            samples.push(sample(&w, now, t).await);
         }
         progress(tick as f64 / ticks as f64);
     }
@@ -518,18 +518,56 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
     Ok(report)
 }
 
-async fn sample(w: &World, t: i64) -> Sample {
-    let quarantined = w.registry.counts().await.map(|c| c.quarantined).ok();
+async fn sample(w: &World, now: i64, t: i64) -> Sample {
+    use sqlx::Row as _;
+    let pool = &w.store.pool;
+    let counts = w.registry.inner.counts().await.ok();
     let open = w.store.open_findings().await.map(|f| f.len() as i64).ok();
-    let actions = sqlx::query("SELECT COUNT(*) FROM remediations WHERE status = 'executed'")
-        .fetch_one(&w.store.pool)
+    let deprecated = sqlx::query("SELECT COUNT(*) FROM packages WHERE status = 'deprecated'")
+        .fetch_one(pool)
+        .await
+        .and_then(|r| r.try_get::<i64, _>(0))
+        .ok();
+    let mut actions = std::collections::BTreeMap::new();
+    if let Ok(rows) = sqlx::query(
+        "SELECT action, COUNT(*) FROM remediations WHERE status = 'executed' GROUP BY action",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        for r in rows {
+            if let (Ok(a), Ok(n)) = (r.try_get::<String, _>(0), r.try_get::<i64, _>(1)) {
+                actions.insert(a, n);
+            }
+        }
+    }
+    // Two decimals, so the report stays byte-identical across platforms' float printing.
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let mean_quality = sqlx::query("SELECT AVG(score) FROM quality_scores")
+        .fetch_one(pool)
         .await
         .ok()
-        .and_then(|r| sqlx::Row::try_get::<i64, _>(&r, 0).ok());
+        .and_then(|r| r.try_get::<Option<f64>, _>(0).ok().flatten())
+        .map(round);
+    let install_failure_ratio = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(installs_failed), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(installs_ok), 0) AS BIGINT) FROM telemetry_buckets \
+         WHERE width = $1 AND bucket >= $2",
+    )
+    .bind(crate::monitor::events::MINUTE)
+    .bind(now - crate::monitor::events::HOUR)
+    .fetch_one(pool)
+    .await
+    .ok()
+    .and_then(|r| Some((r.try_get::<i64, _>(0).ok()?, r.try_get::<i64, _>(1).ok()?)))
+    .map(|(failed, ok)| round(failed as f64 / (failed + ok).max(1) as f64));
     Sample {
         t_s: t / 1000,
-        quarantined,
+        quarantined: counts.map(|c| c.quarantined),
+        deprecated,
+        mean_quality,
+        install_failure_ratio,
         open_findings: open,
-        actions,
+        actions: (!actions.is_empty() || counts.is_some()).then_some(actions),
     }
 }

@@ -2,6 +2,7 @@
 
 use plotters::prelude::*;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::expect::Judged;
@@ -11,13 +12,30 @@ use super::scenario::Scenario;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sample {
     pub t_s: i64,
+    /// Quarantined releases and packages.
     pub quarantined: Option<i64>,
+    pub deprecated: Option<i64>,
+    /// Mean quality-model score over every scored package.
+    pub mean_quality: Option<f64>,
+    /// Failed installs over all installs of the last hour.
+    pub install_failure_ratio: Option<f64>,
     pub open_findings: Option<i64>,
-    pub actions: Option<i64>,
+    /// Executed remediations so far, by action.
+    pub actions: Option<BTreeMap<String, i64>>,
 }
 
-/// A line of the timeline: its name, colour and points (virtual hours, count).
-type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+/// A line of the timeline: its name, colour and points (virtual hours, value).
+type Series = (String, RGBColor, Vec<(f64, f64)>);
+
+/// Colours of the actions' lines, in the order their actions first appear.
+const ACTION_COLOURS: [RGBColor; 6] = [
+    GREEN,
+    MAGENTA,
+    CYAN,
+    RGBColor(255, 140, 0),
+    RGBColor(120, 60, 0),
+    RGBColor(90, 90, 90),
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -107,51 +125,106 @@ impl Report {
         md
     }
 
-    /// Draws the timeline: quarantined releases, open findings and actions over virtual hours.
+    /// Draws the timeline: above, counts (quarantined, deprecated, open findings, executed
+    /// actions by kind); below, shares in percent (mean quality, install failures).
     pub fn draw_timeline(&self, path: &Path) -> anyhow::Result<()> {
-        let hours = |t: i64| t as f64 / 3600.0;
-        let x_max = self
-            .timeline
-            .last()
-            .map(|s| hours(s.t_s))
-            .unwrap_or(1.0)
-            .max(0.01);
-        let series: [Series; 3] = [
-            ("quarantined", RED, self.points(|s| s.quarantined, hours)),
+        let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+        let mut counts: Vec<Series> = vec![
             (
-                "open findings",
-                BLUE,
-                self.points(|s| s.open_findings, hours),
+                "quarantined".into(),
+                RED,
+                self.points(|s| s.quarantined.map(|v| v as f64)),
             ),
-            ("actions executed", GREEN, self.points(|s| s.actions, hours)),
+            (
+                "deprecated".into(),
+                BLACK,
+                self.points(|s| s.deprecated.map(|v| v as f64)),
+            ),
+            (
+                "open findings".into(),
+                BLUE,
+                self.points(|s| s.open_findings.map(|v| v as f64)),
+            ),
         ];
-        let y_max = series
+        let kinds: std::collections::BTreeSet<&String> = self
+            .timeline
+            .iter()
+            .filter_map(|s| s.actions.as_ref())
+            .flat_map(|a| a.keys())
+            .collect();
+        for (i, kind) in kinds.into_iter().enumerate() {
+            counts.push((
+                format!("{kind} (executed)"),
+                ACTION_COLOURS[i % ACTION_COLOURS.len()],
+                self.points(|s| {
+                    s.actions
+                        .as_ref()
+                        .map(|a| a.get(kind).copied().unwrap_or(0) as f64)
+                }),
+            ));
+        }
+        let shares: Vec<Series> = vec![
+            (
+                "mean quality".into(),
+                GREEN,
+                self.points(|s| s.mean_quality),
+            ),
+            (
+                "install failures (%)".into(),
+                RED,
+                self.points(|s| s.install_failure_ratio.map(|r| r * 100.0)),
+            ),
+        ];
+        let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let root = root
+            .titled(
+                &format!("{}: registry health over virtual time", self.scenario),
+                ("sans-serif", 20),
+            )
+            .map_err(|x| e(&x))?;
+        let (top, bottom) = root.split_vertically(360);
+        let y_max = counts
             .iter()
             .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
             .fold(1.0f64, f64::max)
             * 1.1;
-        let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("{}: registry health over virtual time", self.scenario),
-                ("sans-serif", 20),
-            )
+        self.panel(&top, counts, 0.0..y_max, "count")?;
+        self.panel(&bottom, shares, 0.0..105.0, "percent")?;
+        root.present().map_err(|x| e(&x))?;
+        Ok(())
+    }
+
+    fn panel(
+        &self,
+        area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+        series: Vec<Series>,
+        y: std::ops::Range<f64>,
+        y_desc: &str,
+    ) -> anyhow::Result<()> {
+        let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+        let x_max = self
+            .timeline
+            .last()
+            .map(|s| s.t_s as f64 / 3600.0)
+            .unwrap_or(1.0)
+            .max(0.01);
+        let mut chart = ChartBuilder::on(area)
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .build_cartesian_2d(0.0..x_max, y)
+            .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
             .x_desc("virtual hours")
-            .y_desc("count")
+            .y_desc(y_desc)
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|x| e(&x))?;
         for (name, color, points) in series {
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map_err(|x| e(&x))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
         }
@@ -160,19 +233,14 @@ impl Report {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|x| e(&x))?;
         Ok(())
     }
 
-    fn points(
-        &self,
-        value: impl Fn(&Sample) -> Option<i64>,
-        hours: impl Fn(i64) -> f64,
-    ) -> Vec<(f64, f64)> {
+    fn points(&self, value: impl Fn(&Sample) -> Option<f64>) -> Vec<(f64, f64)> {
         self.timeline
             .iter()
-            .filter_map(|s| value(s).map(|v| (hours(s.t_s), v as f64)))
+            .filter_map(|s| value(s).map(|v| (s.t_s as f64 / 3600.0, v)))
             .collect()
     }
 
