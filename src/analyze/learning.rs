@@ -171,39 +171,46 @@ impl Quality {
             let e = evidence(i);
             let sc = model.score(|g| guard_passed(g, p, &e, s.install_slo, unmaintained_days));
             let name = &p.record.name;
-            let state = self.states.entry(name.clone()).or_insert_with(|| {
-                changed.push(name.clone());
-                QualityState {
-                    score: sc.score,
-                    band: sc.band.clone(),
-                    failed: sc.failed.clone(),
-                    peak: sc.score,
-                    peak_band: sc.band.clone(),
-                    peak_at: now,
-                    computed_at: now,
+            let state = match self.states.get_mut(name.as_str()) {
+                Some(state) => state,
+                None => {
+                    changed.push(name.clone());
+                    self.states.entry(name.clone()).or_insert(QualityState {
+                        score: sc.score,
+                        band: sc.band.clone(),
+                        failed: sc.failed.clone(),
+                        peak: sc.score,
+                        peak_band: sc.band.clone(),
+                        peak_at: now,
+                        computed_at: now,
+                    })
                 }
-            });
-            let before = state.clone();
-            if sc.score >= state.peak || now - state.peak_at > s.quality_window_ms {
-                state.peak = sc.score;
-                state.peak_band = sc.band.clone();
-                state.peak_at = now;
+            };
+            // Compared before anything is copied: most packages do not change in most cycles.
+            let new_peak = sc.score >= state.peak || now - state.peak_at > s.quality_window_ms;
+            let material = state.score != sc.score
+                || state.band != sc.band
+                || (new_peak
+                    && (state.peak != sc.score
+                        || state.peak_band != sc.band
+                        || now - state.peak_at >= PEAK_REFRESH_MS));
+            if material {
+                if new_peak {
+                    state.peak = sc.score;
+                    state.peak_band = sc.band.clone();
+                    state.peak_at = now;
+                }
+                state.computed_at = now;
+                if changed.last() != Some(name) {
+                    changed.push(name.clone());
+                }
             }
             state.score = sc.score;
-            state.band = sc.band.clone();
-            state.failed = sc.failed.clone();
-            state.computed_at = now;
-            let material = before.score != state.score
-                || before.band != state.band
-                || before.peak != state.peak
-                || before.peak_band != state.peak_band
-                || state.peak_at - before.peak_at >= PEAK_REFRESH_MS;
-            if material && changed.last() != Some(name) {
-                changed.push(name.clone());
-            } else if !material {
-                // Keep the stored times, so that an unchanged row is not rewritten every cycle.
-                state.peak_at = before.peak_at;
-                state.computed_at = before.computed_at;
+            if state.band != sc.band {
+                state.band = sc.band;
+            }
+            if state.failed != sc.failed {
+                state.failed = sc.failed;
             }
             let dropped = state.peak - state.score;
             let band_fell = model.band_rank(&state.band) > model.band_rank(&state.peak_band);

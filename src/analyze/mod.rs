@@ -197,8 +197,8 @@ pub struct Analyzer {
     downloads: learning::Downloads,
     quality: learning::Quality,
     reports: learning::Reports,
-    /// (package, version) -> (checksum matches, signature valid), as last observed.
-    integrity: HashMap<(String, String), (bool, bool)>,
+    /// package -> version -> (checksum matches, signature valid), as last observed.
+    integrity: HashMap<String, HashMap<String, (bool, bool)>>,
     cached: FactConditions,
     loaded: bool,
 }
@@ -294,7 +294,12 @@ impl Analyzer {
     fn install_burn(&self, now: i64) -> Vec<Condition> {
         let s = &self.rules.settings;
         let mut out = Vec::new();
+        // The longest window is 3 days: a series without a failure in it cannot burn.
+        let longest = windows::PAIRS.iter().map(|p| p.long_ms).max().unwrap_or(0);
         for ((p, v), series) in &self.windows.releases {
+            if !series.failed_within(now, longest) {
+                continue;
+            }
             let burning = windows::burning(
                 |w| series.installs(now, w),
                 s.install_slo,
@@ -338,8 +343,13 @@ impl Analyzer {
     }
 
     fn quality_pass(&mut self, facts: &Facts, now: i64) -> (Vec<Condition>, Vec<String>) {
+        // Only packages with a failed install in the 3 days can fail the install guard; the
+        // others pass it whether or not they had installs, and are not summed.
         let mut installs: HashMap<&str, Tally> = HashMap::new();
         for ((p, _), series) in &self.windows.releases {
+            if !series.failed_within(now, 72 * 3_600_000) {
+                continue;
+            }
             let t = series.installs(now, 72 * 3_600_000);
             let e = installs.entry(p.as_str()).or_default();
             e.good += t.good;
@@ -350,7 +360,8 @@ impl Analyzer {
             let p = &facts.packages[i];
             let observed = p.latest().and_then(|r| {
                 integrity
-                    .get(&(p.record.name.clone(), r.version.clone()))
+                    .get(p.record.name.as_str())
+                    .and_then(|v| v.get(r.version.as_str()))
                     .copied()
             });
             Evidence {
@@ -390,7 +401,9 @@ impl Analyzer {
             let checksum = matches!(o.integrity, Integrity::Ok);
             let signed = o.signature == SignatureState::Valid;
             self.integrity
-                .insert((o.package.clone(), o.version.clone()), (checksum, signed));
+                .entry(o.package.clone())
+                .or_default()
+                .insert(o.version.clone(), (checksum, signed));
         }
         let (complete, baselines, scores) = self.complete_judgements(&input, now);
         let open = store.open_findings().await?;

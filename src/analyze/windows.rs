@@ -82,6 +82,9 @@ impl Tally {
 pub struct Series {
     minutes: Buckets<Counts>,
     hours: Buckets<Counts>,
+    /// The latest bucket start with a failed install: a series without one in a window has
+    /// nothing to burn there, and is not summed at all.
+    last_failure: Option<i64>,
 }
 
 impl Default for Series {
@@ -89,6 +92,7 @@ impl Default for Series {
         Self {
             minutes: Buckets::new(MINUTE),
             hours: Buckets::new(HOUR),
+            last_failure: None,
         }
     }
 }
@@ -99,6 +103,12 @@ fn pick(w: i64) -> bool {
 }
 
 impl Series {
+    /// Whether a failed install may fall in the window of length `w` ending at `now` (an hour
+    /// bucket that starts before the window may reach into it).
+    pub fn failed_within(&self, now: i64, w: i64) -> bool {
+        self.last_failure.is_some_and(|t| t + HOUR > now - w)
+    }
+
     pub fn installs(&self, now: i64, w: i64) -> Tally {
         let mut t = Tally::default();
         let b = if pick(w) { &self.minutes } else { &self.hours };
@@ -174,7 +184,10 @@ impl Windows {
             match r.width {
                 MINUTE => s.minutes.set(r.bucket, r.counts),
                 HOUR => s.hours.set(r.bucket, r.counts),
-                _ => {}
+                _ => continue,
+            }
+            if r.counts.installs_failed > 0 {
+                s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
             }
         }
         for l in lookups {
@@ -271,6 +284,31 @@ mod tests {
                 downloads: 0,
             },
         }
+    }
+
+    #[test]
+    fn a_series_is_skipped_only_when_no_failure_can_fall_in_the_window() {
+        let mut w = Windows::default();
+        let t0 = 100 * HOUR;
+        w.apply(
+            &[row(t0, HOUR, 50, 0), row(t0 + 5 * HOUR, HOUR, 50, 0)],
+            &[],
+        );
+        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        assert!(
+            !s.failed_within(t0 + 6 * HOUR, 72 * HOUR),
+            "no failure at all"
+        );
+        w.apply(&[row(t0, HOUR, 40, 10)], &[]);
+        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let w3d = 72 * HOUR;
+        // The hour bucket at t0 reaches into a window that starts before t0 + 1h.
+        assert!(s.failed_within(t0 + w3d, w3d));
+        assert!(s.failed_within(t0 + w3d + HOUR - 1, w3d));
+        assert!(!s.failed_within(t0 + w3d + HOUR, w3d));
+        // Where it is skipped, the sum it stands for has indeed no failure.
+        assert_eq!(s.installs(t0 + w3d + HOUR, w3d).bad, 0.0);
+        assert!(s.installs(t0 + w3d + HOUR - MINUTE, w3d).bad > 0.0);
     }
 
     #[test]
