@@ -30,6 +30,21 @@ async fn the_same_files_and_seed_give_a_byte_identical_report() {
 }
 
 #[tokio::test]
+async fn telemetry_runs_are_byte_identical_too() {
+    // Background traffic, an install-failure stream, a yank and a restore_latest.
+    let s = Scenario::load(&library("bad-release.toml")).expect("loads");
+    let a = run(&s).await;
+    let b = run(&s).await;
+    assert_eq!(a.to_json(), b.to_json());
+    let ratio = a
+        .timeline
+        .iter()
+        .filter_map(|s| s.install_failure_ratio)
+        .fold(0.0f64, f64::max);
+    assert!(ratio > 0.0, "the timeline shows the failure spike");
+}
+
+#[tokio::test]
 async fn every_scenario_of_the_library_passes() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(library(""))
         .expect("simulations/")
