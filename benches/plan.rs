@@ -182,6 +182,7 @@ fn world() -> World {
                 }),
                 dependents,
                 transitive_dependents: transitive,
+                handover: None,
             }
         })
         .collect();
@@ -232,6 +233,7 @@ fn main() {
             circuit: Circuit::default(),
             registry_packages: PACKAGES as u64,
             memo: Default::default(),
+            demoted: Default::default(),
         };
         // The facts the planner looks up per finding: dependents on a freshly built graph.
         let graph = DependencyGraph::build(&w.edges);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::analyze::settings::{self, DetectorFile, Settings};
+use crate::execute::learn::LearningSettings;
 use crate::keys::{line_of, toml_error};
 use crate::monitor::events::Horizon;
 use std::collections::HashMap;
@@ -71,6 +72,17 @@ struct ConfigFile {
     telemetry_retention: Option<toml::Spanned<String>>,
     /// `[detectors.KIND]`: thresholds and lifecycle of each finding kind.
     detectors: Option<HashMap<String, toml::Spanned<DetectorFile>>>,
+    /// `[learning]`: when a policy whose remediations do not help is demoted to dry run.
+    learning: Option<LearningFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearningFile {
+    window: Option<toml::Spanned<String>>,
+    min_judged: Option<toml::Spanned<i64>>,
+    max_bad_fraction: Option<toml::Spanned<f64>>,
+    demote: Option<bool>,
 }
 
 /// The validated configuration.
@@ -94,6 +106,7 @@ pub struct Config {
     pub horizon: Horizon,
     pub telemetry_retention: Duration,
     pub detectors: Settings,
+    pub learning: LearningSettings,
 }
 
 impl Config {
@@ -117,6 +130,7 @@ impl Config {
             horizon: Horizon::default(),
             telemetry_retention: Duration::from_secs(4 * 86_400),
             detectors: Settings::default(),
+            learning: LearningSettings::default(),
         }
     }
 
@@ -271,6 +285,45 @@ impl Config {
                 }
             })?;
         }
+        if let Some(l) = &file.learning {
+            if let Some(v) = &l.window {
+                let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+                    invalid("learning.window", v.span(), format!("not a duration: {e}"))
+                })?;
+                if d < Duration::from_secs(3600) {
+                    return Err(invalid(
+                        "learning.window",
+                        v.span(),
+                        "must be at least 1h".into(),
+                    ));
+                }
+                config.learning.window = d;
+            }
+            if let Some(v) = &l.min_judged {
+                if *v.get_ref() < 1 {
+                    return Err(invalid(
+                        "learning.min_judged",
+                        v.span(),
+                        "must be at least 1".into(),
+                    ));
+                }
+                config.learning.min_judged = *v.get_ref();
+            }
+            if let Some(v) = &l.max_bad_fraction {
+                let f = *v.get_ref();
+                if !(f > 0.0 && f <= 1.0) {
+                    return Err(invalid(
+                        "learning.max_bad_fraction",
+                        v.span(),
+                        format!("{f} is not in (0, 1]"),
+                    ));
+                }
+                config.learning.max_bad_fraction = f;
+            }
+            if let Some(d) = l.demote {
+                config.learning.demote = d;
+            }
+        }
         if let Some(l) = file.listen {
             config.listen =
                 Some(l.get_ref().parse().map_err(|e| {
@@ -317,6 +370,27 @@ mod tests {
         let err = Config::parse(Path::new("m.toml"), src).unwrap_err();
         assert!(
             err.to_string().starts_with("m.toml:3: field `interval`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn learning_settings_are_read_and_a_bad_fraction_names_its_field() {
+        let src = "[learning]\nwindow = \"7d\"\nmin_judged = 5\nmax_bad_fraction = 0.75\n";
+        let c = Config::parse(Path::new("m.toml"), src).unwrap();
+        assert_eq!(c.learning.window, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            (c.learning.min_judged, c.learning.max_bad_fraction),
+            (5, 0.75)
+        );
+        let err = Config::parse(
+            Path::new("m.toml"),
+            "[learning]\n\nmax_bad_fraction = 1.5\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("m.toml:3: field `learning.max_bad_fraction`"),
             "{err}"
         );
     }

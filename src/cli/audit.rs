@@ -151,6 +151,9 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
     let open = store.open_findings().await?;
     let counts = store.remediation_counts().await?;
     let recent = store.recent_remediations(10).await?;
+    let window = i64::try_from(config.learning.window.as_millis()).unwrap_or(i64::MAX);
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let outcomes = store.policy_outcomes(now.saturating_sub(window)).await?;
     store.close().await;
     println!("open findings: {}", open.len());
     for f in open.iter().take(20) {
@@ -165,6 +168,25 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
     println!("remediations by status:");
     for (status, n) in counts {
         println!("  {status:<12} {n}");
+    }
+    println!(
+        "policies over the last {} (executed, effective, failed verification, rolled back, superseded):",
+        humantime::format_duration(config.learning.window)
+    );
+    for o in &outcomes {
+        println!(
+            "  {:<32} {:>5} {:>5} {:>5} {:>5} {:>5}{}",
+            o.policy,
+            o.executed,
+            o.effective,
+            o.failed_verification,
+            o.rolled_back,
+            o.superseded,
+            o.demoted
+                .as_ref()
+                .map(|r| format!("  DEMOTED to dry_run: {r}"))
+                .unwrap_or_default()
+        );
     }
     println!("latest remediations:");
     for r in recent {

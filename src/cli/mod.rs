@@ -120,6 +120,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Registry(c) => registry::registry(&cli.global, c).await,
             Command::Keys(c) => registry::keys(c),
             Command::Audit(c) => audit::audit(&cli.global, c).await,
+            Command::Policy(policy::PolicyCommand::Enable { id, key }) => {
+                policy::enable(&cli.global, &id, &key).await
+            }
             Command::Policy(c) => policy::policy(&cli.global, c),
             Command::Plans(c) => policy::plans(&cli.global, c).await,
             Command::Circuit(c) => policy::circuit(&cli.global, c).await,

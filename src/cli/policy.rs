@@ -1,4 +1,4 @@
-//! `mapek policy check|sign|verify|test`, `mapek plans list|approve|reject`, `mapek circuit status|close`.
+//! `mapek policy check|sign|verify|test|enable`, `mapek plans list|approve|reject`, `mapek circuit status|close`.
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -40,6 +40,15 @@ pub enum PolicyCommand {
         dir: PathBuf,
         #[arg(long)]
         trusted_keys: Option<PathBuf>,
+    },
+    /// Let a policy demoted for being ineffective act again (signed by a maintainer key,
+    /// audited); its figures count afresh from now.
+    Enable {
+        /// The policy's id.
+        id: String,
+        /// The maintainer's secret key file.
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Run the cases of every `*.test.toml` in a directory; exit 1 if one fails.
     Test {
@@ -134,11 +143,6 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
                         dir.display(),
                         set.policies.len()
                     );
-                    for p in &set.policies {
-                        if p.verify_after_ms.is_some() || p.escalate_to.is_some() {
-                            println!("note: {}: policy `{}`: verify_after / max_attempts / escalate_to are checked; this version records them but does not yet re-verify subjects", p.file.display(), p.id);
-                        }
-                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(errors) => Ok(print_errors(&errors)),
@@ -186,6 +190,9 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
             } else {
                 ExitCode::from(1)
             })
+        }
+        PolicyCommand::Enable { .. } => {
+            anyhow::bail!("`policy enable` talks to the store: it runs through `policy::enable`")
         }
         PolicyCommand::Test { dir, strict } => {
             let set = match PolicySet::load_dir(&dir, LoadOptions::default()) {
@@ -327,6 +334,34 @@ async fn plans_with(
             eprintln!("refused: {e}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// `mapek policy enable ID --key FILE`.
+pub async fn enable(global: &Global, id: &str, key: &Path) -> anyhow::Result<ExitCode> {
+    let config = global.config()?;
+    let trust = TrustStore::load(&config.trusted_keys)?;
+    let maintainer = maintainer(&trust, key)?;
+    let daemon_key = KeyPair::load(&config.key_file)?;
+    let store = Store::open(&config.database_url).await?;
+    let result = crate::execute::learn::enable(
+        &store,
+        &daemon_key,
+        id,
+        &maintainer.key_id,
+        SystemClock.now_ms(),
+    )
+    .await;
+    store.close().await;
+    if result? {
+        println!(
+            "policy `{id}` re-enabled by `{}`: it acts in its own mode again",
+            maintainer.key_id
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("refused: policy `{id}` is not demoted");
+        Ok(ExitCode::from(1))
     }
 }
 

@@ -92,6 +92,7 @@ pub async fn runtime(
             settings: config.detectors.clone(),
             quality,
         },
+        learning: config.learning.clone(),
         retention: Retention {
             hours_ms: config.telemetry_retention.as_millis() as i64,
             reports_ms: config.detectors.report_window_ms,

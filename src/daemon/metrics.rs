@@ -25,6 +25,9 @@ pub struct Metrics {
     pub circuit_open: IntGauge,
     pub intake_requests: IntCounterVec,
     pub intake_events: IntCounterVec,
+    pub verifications: IntCounterVec,
+    pub policy_outcomes: IntGaugeVec,
+    pub policy_demoted: IntGaugeVec,
 }
 
 impl Metrics {
@@ -116,6 +119,27 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            verifications: IntCounterVec::new(
+                Opts::new(
+                    "mapek_verifications_total",
+                    "Remediations verified after verify_after, by verdict (effective, unverifiable, retry, escalated, gave_up)",
+                ),
+                &["verdict"],
+            )?,
+            policy_outcomes: IntGaugeVec::new(
+                Opts::new(
+                    "mapek_policy_remediations",
+                    "A policy's remediations in the learning window, by outcome (executed, effective, failed_verification, rolled_back, superseded)",
+                ),
+                &["policy", "outcome"],
+            )?,
+            policy_demoted: IntGaugeVec::new(
+                Opts::new(
+                    "mapek_policy_demoted",
+                    "1 while a policy is demoted to dry run for being ineffective",
+                ),
+                &["policy"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.cycles.clone()))?;
@@ -134,6 +158,12 @@ impl Metrics {
         m.registry.register(Box::new(m.circuit_open.clone()))?;
         m.registry.register(Box::new(m.intake_requests.clone()))?;
         m.registry.register(Box::new(m.intake_events.clone()))?;
+        m.registry.register(Box::new(m.verifications.clone()))?;
+        m.registry.register(Box::new(m.policy_outcomes.clone()))?;
+        m.registry.register(Box::new(m.policy_demoted.clone()))?;
+        for verdict in ["effective", "unverifiable", "retry", "escalated", "gave_up"] {
+            m.verifications.with_label_values(&[verdict]).inc_by(0);
+        }
         for result in ["accepted", "refused"] {
             m.intake_events.with_label_values(&[result]).inc_by(0);
         }
@@ -144,6 +174,26 @@ impl Metrics {
             m.findings_open.with_label_values(&[kind.as_str()]).set(0);
         }
         Ok(m)
+    }
+
+    /// Shows every policy's figures from a learning pass.
+    pub fn set_outcomes(&self, outcomes: &[crate::knowledge::standing::Outcomes]) {
+        for o in outcomes {
+            for (outcome, n) in [
+                ("executed", o.executed),
+                ("effective", o.effective),
+                ("failed_verification", o.failed_verification),
+                ("rolled_back", o.rolled_back),
+                ("superseded", o.superseded),
+            ] {
+                self.policy_outcomes
+                    .with_label_values(&[o.policy.as_str(), outcome])
+                    .set(n);
+            }
+            self.policy_demoted
+                .with_label_values(&[o.policy.as_str()])
+                .set(i64::from(o.demoted.is_some()));
+        }
     }
 
     /// The text exposition format.

@@ -41,6 +41,8 @@ pub struct Runtime {
     pub retention: crate::monitor::Retention,
     /// `POST /v1/events`: the writer, the bearer token and the limits; None: the intake is off.
     pub intake: Option<http::IntakeConfig>,
+    /// When an ineffective policy is demoted.
+    pub learning: crate::execute::learn::LearningSettings,
 }
 
 /// How many cycles to run (None: until cancelled) and how often.
@@ -457,6 +459,44 @@ fn report_plan(rt: &Runtime, out: &plan::PlanOutput) {
     rt.metrics.circuit_open.set(i64::from(out.circuit_open));
 }
 
+/// After execution: verify what is due, then count every policy's outcomes and demote those
+/// that keep failing.
+async fn follow_up(rt: &Runtime, errors: &AtomicU64) {
+    let now = rt.clock.now_ms();
+    let policies = rt.policies.get();
+    match execute::verify::cycle(&rt.store, &policies, &rt.key, now).await {
+        Ok(out) => {
+            for (r, v) in &out.verdicts {
+                rt.metrics
+                    .verifications
+                    .with_label_values(&[v.label()])
+                    .inc();
+                match v {
+                    execute::verify::Verdict::Effective => {
+                        tracing::info!(id = %r.id, policy = %r.policy, subject = %r.subject, "remediation verified: its finding cleared")
+                    }
+                    other => {
+                        tracing::warn!(id = %r.id, policy = %r.policy, subject = %r.subject, attempt = r.attempt, verdict = ?other, "remediation verified: its finding has not cleared")
+                    }
+                }
+            }
+            for p in &out.released {
+                tracing::info!(package = %p, "hold released: its finding resolved");
+            }
+        }
+        Err(e) => stage_failed(rt, errors, "verify", &e),
+    }
+    match execute::learn::cycle(&rt.store, &rt.key, &rt.learning, now).await {
+        Ok(out) => {
+            rt.metrics.set_outcomes(&out.outcomes);
+            for p in &out.demoted {
+                tracing::error!(policy = %p, "policy demoted to dry run: its remediations keep failing or being rolled back; `mapek policy enable {p}` re-enables it");
+            }
+        }
+        Err(e) => stage_failed(rt, errors, "learn", &e),
+    }
+}
+
 async fn execute_task(
     rt: Arc<Runtime>,
     mut rx: mpsc::Receiver<(Cycle, bool)>,
@@ -501,6 +541,9 @@ async fn execute_task(
                 }
             }
             Err(e) => stage_failed(&rt, &errors, "execute", &e),
+        }
+        if !stale {
+            follow_up(&rt, &errors).await;
         }
         rt.metrics.cycles.inc();
         observe(&rt, "cycle", cycle.started);

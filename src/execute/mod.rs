@@ -1,12 +1,15 @@
 //! Execute: verify each remediation's signature, write its intent, apply it with its audit entry in one transaction.
 
+pub mod learn;
 pub mod rollback;
+pub mod verify;
 
 use std::sync::Arc;
 
 use crate::keys::{verify_hex, KeyPair};
 use crate::knowledge::audit::{self, NewEntry};
 use crate::knowledge::remediations::{self, Remediation, Status};
+use crate::knowledge::standing;
 use crate::knowledge::{Store, StoreError};
 use crate::model::Action;
 use crate::registry::{Change, Registry, RegistryError};
@@ -256,6 +259,9 @@ pub(crate) async fn execute_one<R: Registry>(
         now,
     )
     .await?;
+    if let (Some(after), Some(_)) = (r.verify_after_ms, &r.finding_id) {
+        standing::schedule_verification(&mut tx, &r.id, now.saturating_add(after)).await?;
+    }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(Outcome::Executed {
         changed: applied.changed,

@@ -121,6 +121,10 @@ pub async fn rollback<R: Registry>(
         inverse: None,
         gate: None,
         expires_at: None,
+        attempt: 1,
+        verify_after_ms: None,
+        verify_at: None,
+        verdict: None,
     };
     r.signature = key.sign(&r.signing_bytes());
     let mut tx = store.begin().await?;

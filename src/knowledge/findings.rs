@@ -41,6 +41,10 @@ pub enum PlanState {
     New,
     Planned,
     Unmatched,
+    /// Its package is held: the daemon gave up on it and waits for a person.
+    Held,
+    /// Every attempt and escalation failed verification: the daemon acts on it no more.
+    Exhausted,
 }
 
 impl PlanState {
@@ -49,6 +53,8 @@ impl PlanState {
             Self::New => "new",
             Self::Planned => "planned",
             Self::Unmatched => "unmatched",
+            Self::Held => "held",
+            Self::Exhausted => "exhausted",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -56,6 +62,8 @@ impl PlanState {
             "new" => Some(Self::New),
             "planned" => Some(Self::Planned),
             "unmatched" => Some(Self::Unmatched),
+            "held" => Some(Self::Held),
+            "exhausted" => Some(Self::Exhausted),
             _ => None,
         }
     }
@@ -81,6 +89,43 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A finding the daemon raises about itself or its work (firing at once, never judged by
+    /// the analyzer): an open circuit, a policy or remediation that did not help.
+    pub fn raised(
+        kind: FindingKind,
+        subject: Subject,
+        fingerprint: String,
+        message: String,
+        labels: serde_json::Map<String, serde_json::Value>,
+        now: i64,
+    ) -> Self {
+        Finding {
+            id: format!("{fingerprint}#{now}"),
+            fingerprint,
+            kind,
+            severity: Severity::Critical,
+            subject,
+            state: FindingState::Firing,
+            value: 1.0,
+            message,
+            labels,
+            first_seen: now,
+            fired_at: Some(now),
+            last_seen: now,
+            cleared_at: None,
+            resolved_at: None,
+            plan_state: PlanState::New,
+        }
+    }
+
+    /// Resolves it now (a daemon-raised finding whose cause is gone, or that a person closed).
+    pub fn resolve(&mut self, now: i64) {
+        self.state = FindingState::Resolved;
+        self.cleared_at = Some(now);
+        self.resolved_at = Some(now);
+        self.last_seen = now;
+    }
+
     /// The identity of a condition on a subject: the same problem on the same release is one finding.
     pub fn fingerprint_of(kind: FindingKind, subject: &Subject) -> String {
         format!("{}:{}", kind.as_str(), subject)
@@ -124,6 +169,18 @@ impl Store {
     pub async fn open_findings(&self) -> Result<Vec<Finding>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM findings WHERE state <> 'resolved' ORDER BY id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Open findings of one kind.
+    pub async fn open_findings_of(&self, kind: FindingKind) -> Result<Vec<Finding>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM findings WHERE state <> 'resolved' AND kind = $1 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(kind.as_str())
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode).collect()

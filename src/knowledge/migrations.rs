@@ -230,6 +230,27 @@ CREATE TABLE quality_scores (
 );
 "#;
 
+/// Verification, escalation and learning: a remediation's attempt and verdict, a finding handed
+/// to a policy for another attempt, and each policy's standing (demoted or not).
+const V6: &str = r#"
+ALTER TABLE remediations ADD COLUMN attempt BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE remediations ADD COLUMN verify_after_ms BIGINT;
+ALTER TABLE remediations ADD COLUMN verify_at BIGINT;
+ALTER TABLE remediations ADD COLUMN verdict TEXT;
+CREATE INDEX remediations_verify_at ON remediations (verify_at);
+CREATE INDEX remediations_finding ON remediations (finding_id);
+
+ALTER TABLE findings ADD COLUMN attempt BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE findings ADD COLUMN handed_to TEXT;
+
+CREATE TABLE policy_standing (
+    policy TEXT PRIMARY KEY,
+    demoted_at BIGINT,
+    reason TEXT,
+    counted_from BIGINT NOT NULL
+);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -247,6 +268,7 @@ pub fn migrator() -> Migrator {
             step(3, "compact verification cache", V3),
             step(4, "deprecation notes", V4),
             step(5, "telemetry and learned state", V5),
+            step(6, "verification and learning", V6),
         ]),
         ..Migrator::DEFAULT
     }

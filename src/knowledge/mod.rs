@@ -7,6 +7,7 @@ pub mod findings;
 pub mod learned;
 mod migrations;
 pub mod remediations;
+pub mod standing;
 pub mod state;
 pub mod telemetry;
 

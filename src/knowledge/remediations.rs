@@ -84,6 +84,14 @@ pub struct Remediation {
     pub gate: Option<String>,
     /// While it waits for approvals: when it expires.
     pub expires_at: Option<i64>,
+    /// Which attempt of its policy on its finding this is (1 for the first).
+    pub attempt: i64,
+    /// The policy's `verify_after` when planned: executed, it is checked again this long after.
+    pub verify_after_ms: Option<i64>,
+    /// When the executor applied it and it waits for verification: when it is due.
+    pub verify_at: Option<i64>,
+    /// What verification found: `effective`, `ineffective`, or `unverifiable`.
+    pub verdict: Option<String>,
 }
 
 /// The fields the daemon signs, in a fixed order (serde_json keeps struct order and sorts maps).
@@ -120,10 +128,12 @@ impl Remediation {
     }
 }
 
-const COLUMNS: &str = "id, idempotency_key, finding_id, policy, action, params, package, version, \
-    mode, status, reason, created_at, updated_at, signature, inverse, gate, expires_at";
+pub(super) const COLUMNS: &str =
+    "id, idempotency_key, finding_id, policy, action, params, package, version, \
+    mode, status, reason, created_at, updated_at, signature, inverse, gate, expires_at, attempt, \
+    verify_after_ms, verify_at, verdict";
 
-fn decode(row: &AnyRow) -> Result<Remediation, StoreError> {
+pub(super) fn decode_row(row: &AnyRow) -> Result<Remediation, StoreError> {
     let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("remediation {what} `{v}`"));
     let action: String = row.try_get("action")?;
     let status: String = row.try_get("status")?;
@@ -152,6 +162,10 @@ fn decode(row: &AnyRow) -> Result<Remediation, StoreError> {
         },
         gate: row.try_get("gate")?,
         expires_at: row.try_get("expires_at")?,
+        attempt: row.try_get("attempt")?,
+        verify_after_ms: row.try_get("verify_after_ms")?,
+        verify_at: row.try_get("verify_at")?,
+        verdict: row.try_get("verdict")?,
     })
 }
 
@@ -162,7 +176,7 @@ impl Store {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(decode).transpose()
+        row.as_ref().map(decode_row).transpose()
     }
 
     pub async fn remediations_with_status(
@@ -175,7 +189,7 @@ impl Store {
             .bind(status.as_str())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode).collect()
+        rows.iter().map(decode_row).collect()
     }
 
     pub async fn recent_remediations(&self, limit: i64) -> Result<Vec<Remediation>, StoreError> {
@@ -185,7 +199,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode).collect()
+        rows.iter().map(decode_row).collect()
     }
 
     /// Counts by status, for `mapek status`.
@@ -202,7 +216,7 @@ impl Store {
 /// Inserts a remediation unless one with the same idempotency key exists; true when inserted.
 pub async fn insert(conn: &mut Conn, r: &Remediation) -> Result<bool, StoreError> {
     let sql = format!(
-        "INSERT INTO remediations ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+        "INSERT INTO remediations ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) \
          ON CONFLICT (idempotency_key) DO NOTHING"
     );
     let done = conn
@@ -224,7 +238,11 @@ pub async fn insert(conn: &mut Conn, r: &Remediation) -> Result<bool, StoreError
                 .bind(r.signature.clone())
                 .bind(r.inverse.as_ref().map(|v| v.to_string()))
                 .bind(r.gate.clone())
-                .bind(r.expires_at),
+                .bind(r.expires_at)
+                .bind(r.attempt)
+                .bind(r.verify_after_ms)
+                .bind(r.verify_at)
+                .bind(r.verdict.clone()),
         )
         .await?;
     Ok(done.rows_affected() == 1)

@@ -20,6 +20,18 @@ pub struct Candidate {
     pub release: Option<ReleaseRecord>,
     pub dependents: i64,
     pub transitive_dependents: i64,
+    /// Set when verification handed the finding back for another attempt: only this policy
+    /// acts on it, whatever its `on` and `when`.
+    pub handover: Option<Handover>,
+}
+
+/// A finding handed to a policy after a failed verification: the same policy again (a retry)
+/// or its `escalate_to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub policy: String,
+    /// Attempts that policy already made on the finding.
+    pub attempts: i64,
 }
 
 impl Candidate {
@@ -48,6 +60,9 @@ pub struct Decision {
     pub subject: Subject,
     pub mode: &'static str,
     pub verdict: Verdict,
+    /// Which attempt of the policy on this finding it is (1 for the first).
+    pub attempt: i64,
+    pub verify_after_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -58,7 +73,7 @@ pub struct Decided {
     pub eval_errors: Vec<EvalError>,
 }
 
-fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> String {
+fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str, attempt: i64) -> String {
     let mut h = Sha256::new();
     for part in [
         policy.id.as_str(),
@@ -68,6 +83,10 @@ fn idempotency_key(policy: &Policy, subject: &Subject, finding_id: &str) -> Stri
     ] {
         h.update(part.as_bytes());
         h.update([0]);
+    }
+    // A first attempt keeps the key it always had; each retry is a remediation of its own.
+    if attempt > 1 {
+        h.update(attempt.to_string().as_bytes());
     }
     let mut out = [0u8; 64];
     // encode_to_slice cannot fail: 32 bytes always fit 64 hex digits.
@@ -139,10 +158,20 @@ pub fn decide(
     let mut out = Decided::default();
     // Grouped by what each action works on: a yank of a release and a `restore_latest` of its
     // package do not compete, two actions on one package do.
-    let mut by_subject: BTreeMap<Subject, Vec<(&Policy, &Finding)>> = BTreeMap::new();
+    let mut by_subject: BTreeMap<Subject, Vec<(&Policy, &Candidate)>> = BTreeMap::new();
     // One evaluation context for the whole pass: each finding's facts replace the last ones.
     let mut ctx: Option<cel::Context<'_, '_>> = None;
     for c in candidates {
+        if let Some(h) = &c.handover {
+            match policies.get(&h.policy).filter(|p| p.enabled) {
+                Some(p) => by_subject
+                    .entry(p.action.target(&c.finding.subject))
+                    .or_default()
+                    .push((p, c)),
+                None => out.unmatched.push(c.finding.id.clone()),
+            }
+            continue;
+        }
         let f = c.facts(counts, now);
         let mut bound = false;
         let (matched, mut errors) =
@@ -162,7 +191,7 @@ pub fn decide(
             by_subject
                 .entry(p.action.target(&c.finding.subject))
                 .or_default()
-                .push((p, &c.finding));
+                .push((p, c));
         }
     }
     let radius: BTreeMap<&str, i64> = candidates
@@ -170,10 +199,17 @@ pub fn decide(
         .map(|c| (c.finding.subject.package.as_str(), c.transitive_dependents))
         .collect();
     let none = Approvals::default();
-    for (subject, mut matches) in by_subject {
-        rank(&mut matches);
-        let winner = matches[0].0.id.clone();
-        for (i, (p, finding)) in matches.into_iter().enumerate() {
+    for (subject, matches) in by_subject {
+        let mut ranked: Vec<(&Policy, &Finding)> =
+            matches.iter().map(|(p, c)| (*p, &c.finding)).collect();
+        rank(&mut ranked);
+        let winner = ranked[0].0.id.clone();
+        for (i, (p, finding)) in ranked.into_iter().enumerate() {
+            let handover = matches
+                .iter()
+                .find(|(_, c)| c.finding.id == finding.id)
+                .and_then(|(_, c)| c.handover.as_ref());
+            let attempt = handover.map_or(1, |h| h.attempts + 1);
             let verdict = if i == 0 {
                 keeper.decide(&GateInput {
                     policy: p,
@@ -182,6 +218,7 @@ pub fn decide(
                     approvals: &none,
                     created_at: now,
                     now,
+                    retry: attempt > 1,
                 })
             } else {
                 Verdict {
@@ -193,13 +230,15 @@ pub fn decide(
             };
             out.decisions.push(Decision {
                 finding_id: finding.id.clone(),
-                idempotency_key: idempotency_key(p, &subject, &finding.id),
+                idempotency_key: idempotency_key(p, &subject, &finding.id, attempt),
                 policy: p.id.clone(),
                 action: p.action,
                 params: p.params.clone(),
                 subject: subject.clone(),
-                mode: p.mode.as_str(),
+                mode: keeper.mode_of(p).as_str(),
                 verdict,
+                attempt,
+                verify_after_ms: p.verify_after_ms,
             });
         }
     }
@@ -236,6 +275,7 @@ mod tests {
             }),
             dependents: 0,
             transitive_dependents: 0,
+            handover: None,
         }
     }
 
@@ -261,6 +301,7 @@ mod tests {
             daemon_dry_run: false,
             ledger: Ledger::default(),
             circuit: Default::default(),
+            demoted: Default::default(),
             registry_packages: 5,
             memo: Default::default(),
         };

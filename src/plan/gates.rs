@@ -34,6 +34,9 @@ pub struct GateInput<'a> {
     /// When the remediation was first planned (approval expiry counts from here).
     pub created_at: i64,
     pub now: i64,
+    /// Another attempt after a failed verification: `cooldown` does not hold it (`max_attempts`
+    /// bounds retries; the cooldown keeps a policy from repeating on fresh findings).
+    pub retry: bool,
 }
 
 /// What the gates say of a remediation.
@@ -110,6 +113,8 @@ pub struct Gatekeeper<'g> {
     pub registry_packages: u64,
     /// Window answers for the instant being decided (every decision of a pass has the same one).
     pub memo: Memo,
+    /// Policies demoted to dry run for being ineffective, until a maintainer re-enables them.
+    pub demoted: HashSet<String>,
 }
 
 /// Cached window answers, valid for one instant.
@@ -124,6 +129,15 @@ fn when(ms: i64) -> String {
 }
 
 impl Gatekeeper<'_> {
+    /// The policy's mode in force: `dry_run` while it is demoted.
+    pub fn mode_of(&self, p: &Policy) -> Mode {
+        if self.demoted.contains(&p.id) {
+            Mode::DryRun
+        } else {
+            p.mode
+        }
+    }
+
     /// Runs the gates in order; a `Ready` verdict is counted against the limits at once.
     pub fn decide(&mut self, input: &GateInput<'_>) -> Verdict {
         let p = input.policy;
@@ -149,7 +163,7 @@ impl Gatekeeper<'_> {
                 );
             }
         }
-        if let Some(cooldown) = p.cooldown_ms {
+        if let Some(cooldown) = p.cooldown_ms.filter(|_| !input.retry) {
             let last = self
                 .ledger
                 .last
@@ -186,7 +200,9 @@ impl Gatekeeper<'_> {
         if let Some(who) = &input.approvals.rejected_by {
             return stop(Status::Refused, "approval", format!("rejected by `{who}`"));
         }
-        let mut needs_approval = p.mode == Mode::Approve;
+        let demoted = self.demoted.contains(&p.id);
+        let mode = self.mode_of(p);
+        let mut needs_approval = mode == Mode::Approve;
         let mut why_approval = "the policy's mode is approve".to_string();
         if let Some(max) = p.max_blast_radius {
             if input.radius > i64::from(max) {
@@ -204,7 +220,7 @@ impl Gatekeeper<'_> {
                 "the daemon runs in dry-run mode".into(),
             );
         }
-        let would_execute = p.mode != Mode::DryRun && (!needs_approval || approved);
+        let would_execute = mode != Mode::DryRun && (!needs_approval || approved);
         if would_execute {
             let frozen = match self.memo.frozen {
                 Some((at, frozen)) if at == now => frozen,
@@ -253,13 +269,20 @@ impl Gatekeeper<'_> {
                 );
             }
         }
-        match p.mode {
+        match mode {
             Mode::DryRun => {
                 let note = if needs_approval {
                     format!(" ({why_approval})")
                 } else {
                     String::new()
                 };
+                if demoted {
+                    return stop(
+                        Status::DryRun,
+                        "demoted",
+                        format!("the policy is demoted to dry_run for being ineffective, until a maintainer runs `mapek policy enable {}`{note}", p.id),
+                    );
+                }
                 stop(
                     Status::DryRun,
                     "dry_run",
@@ -340,6 +363,7 @@ mod tests {
             circuit: Circuit::default(),
             registry_packages: 1000,
             memo: Memo::default(),
+            demoted: Default::default(),
         }
     }
 
@@ -358,6 +382,7 @@ mod tests {
             approvals: a,
             created_at: NOW,
             now,
+            retry: false,
         })
     }
 
@@ -430,6 +455,50 @@ mod tests {
             NOW + 3_600_000,
         );
         assert_eq!(later.status, Status::Ready);
+    }
+
+    #[test]
+    fn a_retry_after_failed_verification_is_not_held_by_cooldown_but_still_by_the_rate_limit() {
+        let set = policy("cooldown = \"1h\"\nmax_per_hour = 2\n");
+        let g = Guards::default();
+        let mut k = keeper(&g);
+        let input = |now, retry| GateInput {
+            policy: &set.policies[0],
+            subject: &SUBJECT,
+            radius: 0,
+            approvals: &NO_APPROVALS,
+            created_at: NOW,
+            now,
+            retry,
+        };
+        assert_eq!(k.decide(&input(NOW, false)).status, Status::Ready);
+        let repeat = k.decide(&input(NOW + 1_000, false));
+        assert_eq!(repeat.gate, Some("cooldown"));
+        assert_eq!(k.decide(&input(NOW + 2_000, true)).status, Status::Ready);
+        let third = k.decide(&input(NOW + 3_000, true));
+        assert_eq!(
+            (third.status, third.gate),
+            (Status::Suppressed, Some("max_per_hour"))
+        );
+    }
+
+    static SUBJECT: std::sync::LazyLock<Subject> = std::sync::LazyLock::new(|| subject(1));
+    static NO_APPROVALS: std::sync::LazyLock<Approvals> =
+        std::sync::LazyLock::new(Approvals::default);
+
+    #[test]
+    fn a_demoted_policy_only_records_what_it_would_do_and_says_how_to_re_enable_it() {
+        let set = policy("");
+        let g = Guards::default();
+        let mut k = keeper(&g);
+        k.demoted.insert("p".into());
+        let v = run(&mut k, &set, &subject(1), 0, &Approvals::default(), NOW);
+        assert_eq!((v.status, v.gate), (Status::DryRun, Some("demoted")));
+        assert!(v.reason.contains("mapek policy enable p"), "{}", v.reason);
+        assert_eq!(k.mode_of(&set.policies[0]), Mode::DryRun);
+        k.demoted.clear();
+        let v = run(&mut k, &set, &subject(2), 0, &Approvals::default(), NOW);
+        assert_eq!(v.status, Status::Ready);
     }
 
     #[test]

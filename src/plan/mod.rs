@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::audit::{self, NewEntry};
-use crate::knowledge::findings::{self, Finding, FindingState, PlanState};
+use crate::knowledge::findings::{self, Finding, PlanState};
 use crate::knowledge::remediations::{self, Remediation, Status};
 use crate::knowledge::{Conn, Store, StoreError};
-use crate::model::{FindingKind, Severity, Subject};
+use crate::model::{FindingKind, Subject};
 use crate::registry::{Registry, RegistryError};
 use decide::{Candidate, Decision};
 use gates::{GateInput, Gatekeeper, Ledger};
@@ -166,6 +166,7 @@ impl Planner {
             circuit,
             registry_packages: counts.packages.max(0) as u64,
             memo: Default::default(),
+            demoted: store.demoted_policies().await?.into_iter().collect(),
         };
 
         // Waiting remediations first: they were planned earlier. One query for the findings
@@ -210,6 +211,7 @@ impl Planner {
                             approvals: &valid,
                             created_at: r.created_at,
                             now,
+                            retry: r.attempt > 1,
                         }))
                     }
                 }
@@ -229,10 +231,23 @@ impl Planner {
             }
         }
 
-        // New findings: match, resolve conflicts, gate.
+        // New findings: match, resolve conflicts, gate. A package the daemon gave up on is held
+        // until a person acts (or its finding resolves); the finding about that stays plannable.
+        let (held, handovers) = if candidates.is_empty() {
+            Default::default()
+        } else {
+            (store.held_packages().await?, store.handovers().await?)
+        };
         let mut packages = HashMap::new();
         let mut cands = Vec::with_capacity(candidates.len());
+        let mut on_hold = Vec::new();
         for finding in candidates {
+            if finding.kind != FindingKind::PolicyIneffective
+                && held.contains(&finding.subject.package)
+            {
+                on_hold.push(finding.id);
+                continue;
+            }
             let name = finding.subject.package.clone();
             if !packages.contains_key(&name) {
                 packages.insert(name.clone(), registry.package(&name).await?);
@@ -243,11 +258,17 @@ impl Planner {
             };
             let (dependents, transitive) = graph.dependents(&name);
             cands.push(Candidate {
-                finding,
                 package: packages.get(&name).cloned().flatten(),
                 release,
                 dependents,
                 transitive_dependents: transitive,
+                handover: handovers
+                    .get(&finding.id)
+                    .map(|(policy, attempts)| decide::Handover {
+                        policy: policy.clone(),
+                        attempts: *attempts,
+                    }),
+                finding,
             });
         }
         let decided = decide::decide(policies, &cands, counts, &mut keeper, now);
@@ -268,6 +289,9 @@ impl Planner {
         let mut tx = store.begin().await?;
         for id in &decided.unmatched {
             findings::set_plan_state(&mut tx, id, PlanState::Unmatched).await?;
+        }
+        for id in &on_hold {
+            findings::set_plan_state(&mut tx, id, PlanState::Held).await?;
         }
         for r in moved {
             if remediations::regate(&mut tx, &r, Status::Pending, now).await? {
@@ -319,6 +343,10 @@ pub fn remediation(d: &Decision, key: &KeyPair, now: i64) -> Remediation {
         inverse: None,
         gate: d.verdict.gate.map(str::to_string),
         expires_at: d.verdict.expires_at,
+        attempt: d.attempt,
+        verify_after_ms: d.verify_after_ms,
+        verify_at: None,
+        verdict: None,
     };
     r.signature = key.sign(&r.signing_bytes());
     r
@@ -363,26 +391,17 @@ async fn open_circuit(
     let fingerprint = Finding::fingerprint_of(FindingKind::CircuitOpen, &subject);
     let mut labels = serde_json::Map::new();
     labels.insert("guard".into(), c.guard.clone().into());
-    let f = Finding {
-        id: format!("{fingerprint}#{now}"),
+    let f = Finding::raised(
+        FindingKind::CircuitOpen,
+        subject.clone(),
         fingerprint,
-        kind: FindingKind::CircuitOpen,
-        severity: Severity::Critical,
-        subject: subject.clone(),
-        state: FindingState::Firing,
-        value: 1.0,
-        message: format!(
+        format!(
             "circuit open: guard {}: {}; nothing executes",
             c.guard, c.reason
         ),
         labels,
-        first_seen: now,
-        fired_at: Some(now),
-        last_seen: now,
-        cleared_at: None,
-        resolved_at: None,
-        plan_state: PlanState::New,
-    };
+        now,
+    );
     findings::insert(tx, &f).await?;
     audit::append(
         tx,
@@ -410,10 +429,7 @@ async fn close_circuit(
     now: i64,
 ) -> Result<(), StoreError> {
     for mut f in open {
-        f.state = FindingState::Resolved;
-        f.cleared_at = Some(now);
-        f.resolved_at = Some(now);
-        f.last_seen = now;
+        f.resolve(now);
         findings::update(tx, &f).await?;
     }
     audit::append(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::analyze::{self, Rules};
 use crate::execute;
+use crate::execute::learn::LearningSettings;
 use crate::keys::{KeyPair, Role, TrustStore};
 use crate::knowledge::approvals::Decision;
 use crate::knowledge::remediations::Status;
@@ -492,6 +493,10 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
             };
             planner.cycle(&w.store, &w.registry, ctx).await?;
             execute::cycle(&w.store, &w.registry, &w.key, now).await?;
+            let verified = execute::verify::cycle(&w.store, &w.policies, &w.key, now).await?;
+            if !verified.verdicts.is_empty() {
+                execute::learn::cycle(&w.store, &w.key, &LearningSettings::default(), now).await?;
+            }
             anyhow::Ok(())
         };
         if cycle.await.is_err() {

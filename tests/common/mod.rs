@@ -132,6 +132,7 @@ impl World {
             rules: Default::default(),
             retention: Default::default(),
             intake: None,
+            learning: Default::default(),
         }
     }
 
