@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::analyze::settings::{self, DetectorFile, Settings};
 use crate::execute::learn::LearningSettings;
+use crate::execute::notify::NotifySettings;
 use crate::keys::{line_of, toml_error};
 use crate::monitor::events::Horizon;
 use std::collections::HashMap;
@@ -74,6 +75,12 @@ struct ConfigFile {
     detectors: Option<HashMap<String, toml::Spanned<DetectorFile>>>,
     /// `[learning]`: when a policy whose remediations do not help is demoted to dry run.
     learning: Option<LearningFile>,
+    /// Where `notify` posts when the policy names no `params.webhook`.
+    notify_webhook: Option<toml::Spanned<String>>,
+    /// Each webhook POST's time limit.
+    notify_timeout: Option<toml::Spanned<String>>,
+    /// Tries before a notice is given up on.
+    notify_max_tries: Option<toml::Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +114,7 @@ pub struct Config {
     pub telemetry_retention: Duration,
     pub detectors: Settings,
     pub learning: LearningSettings,
+    pub notify: NotifySettings,
 }
 
 impl Config {
@@ -131,6 +139,7 @@ impl Config {
             telemetry_retention: Duration::from_secs(4 * 86_400),
             detectors: Settings::default(),
             learning: LearningSettings::default(),
+            notify: NotifySettings::default(),
         }
     }
 
@@ -323,6 +332,40 @@ impl Config {
             if let Some(d) = l.demote {
                 config.learning.demote = d;
             }
+        }
+        if let Some(v) = &file.notify_webhook {
+            let url = v.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "notify_webhook",
+                    v.span(),
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+            config.notify.default_webhook = Some(url.clone());
+        }
+        if let Some(v) = &file.notify_timeout {
+            let d = humantime::parse_duration(v.get_ref())
+                .map_err(|e| invalid("notify_timeout", v.span(), format!("not a duration: {e}")))?;
+            if d < Duration::from_millis(100) || d > Duration::from_secs(120) {
+                return Err(invalid(
+                    "notify_timeout",
+                    v.span(),
+                    "must be between 100ms and 2m".into(),
+                ));
+            }
+            config.notify.timeout = d;
+        }
+        if let Some(v) = &file.notify_max_tries {
+            let n = *v.get_ref();
+            if !(1..=50).contains(&n) {
+                return Err(invalid(
+                    "notify_max_tries",
+                    v.span(),
+                    format!("{n} is outside 1..=50"),
+                ));
+            }
+            config.notify.max_tries = n;
         }
         if let Some(l) = file.listen {
             config.listen =

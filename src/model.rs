@@ -238,6 +238,11 @@ impl Action {
                 package: finding.package.clone(),
                 version: None,
             },
+            // One search index: every reindex of a cycle is the same work.
+            Self::Reindex => Subject {
+                package: "*".into(),
+                version: None,
+            },
             _ => finding.clone(),
         }
     }

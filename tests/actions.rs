@@ -150,6 +150,13 @@ fn action_params_are_checked_at_load_time() {
     assert!(load(policy("set_quality", "{ score = 40 }")).is_ok());
     assert!(load(policy("adjust_quality", "{ delta = -10.5 }")).is_ok());
     assert!(load(policy(
+        "notify",
+        "{ webhook = \"https://hooks.example/x\" }"
+    ))
+    .is_ok());
+    assert!(load(policy("notify", "{}")).is_ok());
+    assert!(load(policy("reindex", "{}")).is_ok());
+    assert!(load(policy(
         "deprecate",
         "{ reason = \"old\", successor = \"new\" }"
     ))
@@ -159,7 +166,12 @@ fn action_params_are_checked_at_load_time() {
         ("set_quality", "{ score = 140 }", "not between 0 and 100"),
         ("adjust_quality", "{ delta = \"up\" }", "params.delta"),
         ("deprecate", "{ reason = 3 }", "strings"),
-        ("notify", "{}", "cannot execute it yet"),
+        (
+            "notify",
+            "{ webhook = \"ftp://x\" }",
+            "http:// or https:// URL",
+        ),
+        ("notify", "{ webhook = 3 }", "http:// or https:// URL"),
     ] {
         let e = load(policy(action, params)).unwrap_err();
         assert!(

@@ -154,6 +154,7 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
     let window = i64::try_from(config.learning.window.as_millis()).unwrap_or(i64::MAX);
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     let outcomes = store.policy_outcomes(now.saturating_sub(window)).await?;
+    let notices = store.notice_counts().await?;
     store.close().await;
     println!("open findings: {}", open.len());
     for f in open.iter().take(20) {
@@ -168,6 +169,12 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
     println!("remediations by status:");
     for (status, n) in counts {
         println!("  {status:<12} {n}");
+    }
+    if !notices.is_empty() {
+        println!("notices (notify) by status:");
+        for (status, n) in notices {
+            println!("  {status:<12} {n}");
+        }
     }
     println!(
         "policies over the last {} (executed, effective, failed verification, rolled back, superseded):",

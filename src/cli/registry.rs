@@ -20,6 +20,12 @@ pub enum RegistryCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Packages the search index (rebuilt by the `reindex` action) finds by a word.
+    Search {
+        term: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,7 +44,18 @@ pub enum KeysCommand {
 pub async fn registry(global: &Global, command: RegistryCommand) -> anyhow::Result<ExitCode> {
     let config = global.config()?;
     init_logging(config.log_format);
-    let RegistryCommand::Import { path, json } = command;
+    let (path, json) = match command {
+        RegistryCommand::Import { path, json } => (path, json),
+        RegistryCommand::Search { term, limit } => {
+            let store = Store::open(&config.database_url).await?;
+            let found = crate::registry::changes::search(&store, &term, limit).await;
+            store.close().await;
+            for p in found? {
+                println!("{p}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let store = Store::open(&config.database_url).await?;
     let report = import::import(&store, &path, SystemClock.now_ms()).await;
     store.close().await;

@@ -93,6 +93,10 @@ pub async fn runtime(
             quality,
         },
         learning: config.learning.clone(),
+        notifier: Some(Arc::new(
+            crate::execute::notify::Notifier::new(config.notify.clone())
+                .map_err(anyhow::Error::msg)?,
+        )),
         retention: Retention {
             hours_ms: config.telemetry_retention.as_millis() as i64,
             reports_ms: config.detectors.report_window_ms,

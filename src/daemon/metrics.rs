@@ -26,6 +26,7 @@ pub struct Metrics {
     pub intake_requests: IntCounterVec,
     pub intake_events: IntCounterVec,
     pub verifications: IntCounterVec,
+    pub notices: IntCounterVec,
     pub policy_outcomes: IntGaugeVec,
     pub policy_demoted: IntGaugeVec,
 }
@@ -126,6 +127,13 @@ impl Metrics {
                 ),
                 &["verdict"],
             )?,
+            notices: IntCounterVec::new(
+                Opts::new(
+                    "mapek_notices_total",
+                    "Webhook delivery attempts of notify notices, by result (delivered, retry, failed)",
+                ),
+                &["result"],
+            )?,
             policy_outcomes: IntGaugeVec::new(
                 Opts::new(
                     "mapek_policy_remediations",
@@ -159,6 +167,10 @@ impl Metrics {
         m.registry.register(Box::new(m.intake_requests.clone()))?;
         m.registry.register(Box::new(m.intake_events.clone()))?;
         m.registry.register(Box::new(m.verifications.clone()))?;
+        m.registry.register(Box::new(m.notices.clone()))?;
+        for result in ["delivered", "retry", "failed"] {
+            m.notices.with_label_values(&[result]).inc_by(0);
+        }
         m.registry.register(Box::new(m.policy_outcomes.clone()))?;
         m.registry.register(Box::new(m.policy_demoted.clone()))?;
         for verdict in ["effective", "unverifiable", "retry", "escalated", "gave_up"] {

@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod metrics;
+mod notifier;
 pub mod notify;
 pub mod reload;
 
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub intake: Option<http::IntakeConfig>,
     /// When an ineffective policy is demoted.
     pub learning: crate::execute::learn::LearningSettings,
+    /// Delivers `notify` notices beside the loop; None: they stay queued in the outbox.
+    pub notifier: Option<Arc<crate::execute::notify::Notifier>>,
 }
 
 /// How many cycles to run (None: until cancelled) and how often.
@@ -138,17 +141,27 @@ pub async fn run(
         entered,
         plan_task(rt.clone(), ana_rx, plan_tx, errors.clone(), cancel.clone()),
     ));
+    // The notifier runs beside the loop and stops with it (also after a counted run).
+    let notifier_stop = cancel.child_token();
+    if let Some(n) = rt.notifier.clone() {
+        let entered = running.enter("notify");
+        tracker.spawn(staged(
+            entered,
+            notifier::notifier_task(rt.clone(), n, notifier_stop.clone()),
+        ));
+    }
     let entered = running.enter("execute");
-    tracker.spawn(staged(
-        entered,
-        execute_task(
-            rt.clone(),
-            plan_rx,
-            errors.clone(),
-            completed.clone(),
-            cancel.clone(),
-        ),
-    ));
+    let execute = execute_task(
+        rt.clone(),
+        plan_rx,
+        errors.clone(),
+        completed.clone(),
+        cancel.clone(),
+    );
+    tracker.spawn(staged(entered, async move {
+        execute.await;
+        notifier_stop.cancel();
+    }));
     tracker.close();
     notify::ready(&format!(
         "watching the registry; {} policies",

@@ -1,6 +1,7 @@
 //! Execute: verify each remediation's signature, write its intent, apply it with its audit entry in one transaction.
 
 pub mod learn;
+pub mod notify;
 pub mod rollback;
 pub mod verify;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use crate::keys::{verify_hex, KeyPair};
 use crate::knowledge::audit::{self, NewEntry};
 use crate::knowledge::remediations::{self, Remediation, Status};
-use crate::knowledge::standing;
+use crate::knowledge::{outbox, standing};
 use crate::knowledge::{Store, StoreError};
 use crate::model::Action;
 use crate::registry::{Change, Registry, RegistryError};
@@ -93,10 +94,9 @@ pub fn change_for(r: &Remediation) -> Result<Change, String> {
             package,
             delta: number("delta").ok_or("`adjust_quality` needs params.delta")?,
         },
-        other @ (Action::Reindex | Action::Notify) => {
-            return Err(format!(
-                "action `{other}` cannot be executed by this version"
-            ))
+        Action::Reindex => Change::Reindex,
+        Action::Notify => {
+            return Err("`notify` is not a registry change: it queues a notice".into())
         }
     })
 }
@@ -163,6 +163,9 @@ pub(crate) async fn execute_one<R: Registry>(
         tx.commit().await.map_err(StoreError::from)?;
         return Ok(Outcome::Refused);
     }
+    if r.action == Action::Notify && r.params.get("change").is_none() {
+        return queue_notice(store, key, r, now).await;
+    }
     let change = match change_for(r) {
         Ok(c) => c,
         Err(reason) => {
@@ -224,7 +227,7 @@ pub(crate) async fn execute_one<R: Registry>(
         Err(e) => return Ok(Outcome::Retry(e.to_string())),
     };
     // A remediation that changed nothing has nothing to undo: its recorded inverse is null.
-    let inverse = if applied.changed {
+    let inverse = if applied.changed && change.reversible() {
         serde_json::to_value(&applied.inverse).unwrap_or_default()
     } else {
         serde_json::Value::Null
@@ -266,4 +269,92 @@ pub(crate) async fn execute_one<R: Registry>(
     Ok(Outcome::Executed {
         changed: applied.changed,
     })
+}
+
+/// The JSON a `notify` remediation posts: what happened, to what, and why.
+pub fn notice_body(
+    r: &Remediation,
+    finding: Option<&crate::knowledge::findings::Finding>,
+    now: i64,
+) -> String {
+    serde_json::json!({
+        "source": "mapek",
+        "remediation": r.id,
+        "policy": r.policy,
+        "subject": r.subject.to_string(),
+        "at": crate::clock::rfc3339(now),
+        "message": r.params.get("message").cloned().unwrap_or(serde_json::Value::Null),
+        "finding": finding.map(|f| serde_json::json!({
+            "id": f.id,
+            "kind": f.kind.as_str(),
+            "severity": f.severity.as_str(),
+            "message": f.message,
+            "labels": f.labels,
+        })),
+    })
+    .to_string()
+}
+
+/// `notify`: the notice goes into the outbox with the remediation's outcome and audit entry,
+/// in one transaction; the notifier delivers it later, so a dead webhook never blocks the loop.
+async fn queue_notice(
+    store: &Store,
+    key: &KeyPair,
+    r: &Remediation,
+    now: i64,
+) -> Result<Outcome, ExecuteError> {
+    let finding = match &r.finding_id {
+        Some(id) => store.finding(id).await?,
+        None => None,
+    };
+    let url = r.params.get("webhook").and_then(|v| v.as_str());
+    let body = notice_body(r, finding.as_ref(), now);
+    let mut tx = store.begin().await?;
+    if r.status == Status::Ready
+        && !remediations::transition(
+            &mut tx,
+            &r.id,
+            Status::Ready,
+            Status::Executing,
+            "intent written",
+            None,
+            now,
+        )
+        .await?
+    {
+        return Ok(Outcome::Retry("another executor took it".into()));
+    }
+    outbox::enqueue(&mut tx, &r.id, url, &body, now).await?;
+    audit::append(
+        &mut tx,
+        key,
+        NewEntry {
+            at: now,
+            kind: "remediation.executed".into(),
+            actor: "daemon".into(),
+            subject: r.subject.to_string(),
+            remediation_id: Some(r.id.clone()),
+            detail: serde_json::json!({
+                "policy": r.policy,
+                "action": r.action.as_str(),
+                "finding": r.finding_id,
+                "changed": true,
+                "inverse": null,
+                "notice": { "webhook": url.unwrap_or("(notify_webhook)"), "queued": true },
+            }),
+        },
+    )
+    .await?;
+    remediations::transition(
+        &mut tx,
+        &r.id,
+        Status::Executing,
+        Status::Executed,
+        "notice queued for delivery",
+        Some(&serde_json::Value::Null),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Outcome::Executed { changed: true })
 }

@@ -251,6 +251,28 @@ CREATE TABLE policy_standing (
 );
 "#;
 
+/// The registry's search index (rebuilt by `reindex`) and the outbox of webhook notices.
+const V7: &str = r#"
+CREATE TABLE search_index (
+    term TEXT NOT NULL,
+    package TEXT NOT NULL,
+    PRIMARY KEY (term, package)
+);
+
+CREATE TABLE outbox (
+    id TEXT PRIMARY KEY,
+    url TEXT,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    tries BIGINT NOT NULL,
+    next_at BIGINT NOT NULL,
+    last_error TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX outbox_due ON outbox (status, next_at);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -269,6 +291,7 @@ pub fn migrator() -> Migrator {
             step(4, "deprecation notes", V4),
             step(5, "telemetry and learned state", V5),
             step(6, "verification and learning", V6),
+            step(7, "search index and notice outbox", V7),
         ]),
         ..Migrator::DEFAULT
     }

@@ -6,6 +6,7 @@ mod batch;
 pub mod findings;
 pub mod learned;
 mod migrations;
+pub mod outbox;
 pub mod remediations;
 pub mod standing;
 pub mod state;

@@ -141,8 +141,8 @@ impl std::fmt::Debug for PolicySet {
     }
 }
 
-/// The actions this version can execute; the others are refused at load time rather than ignored.
-pub const SUPPORTED_ACTIONS: [Action; 9] = [
+/// The actions this version can execute: the whole catalogue.
+pub const SUPPORTED_ACTIONS: [Action; 11] = [
     Action::Quarantine,
     Action::ReleaseQuarantine,
     Action::Yank,
@@ -152,6 +152,8 @@ pub const SUPPORTED_ACTIONS: [Action; 9] = [
     Action::Undeprecate,
     Action::SetQuality,
     Action::AdjustQuality,
+    Action::Reindex,
+    Action::Notify,
 ];
 
 /// Checks an action's params: what each action needs, of the right type.
@@ -175,6 +177,13 @@ fn check_params(action: Action, params: &toml::Table) -> Result<(), String> {
         Action::Deprecate if !text_ok("reason") || !text_ok("successor") => {
             Err("params.reason and params.successor are strings".into())
         }
+        Action::Notify => match params.get("webhook") {
+            None => Ok(()),
+            Some(v) => match v.as_str() {
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(()),
+                _ => Err("params.webhook must be an http:// or https:// URL (without it: the configured notify_webhook)".into()),
+            },
+        },
         _ if params.contains_key("change") => Err("params.change is reserved for rollbacks".into()),
         _ => Ok(()),
     }

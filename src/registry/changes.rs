@@ -218,6 +218,7 @@ pub async fn apply(conn: &mut Conn, change: &Change) -> Result<Applied, Registry
             .await?;
             changed(inverse)
         }
+        Change::Reindex => reindex(conn).await,
         Change::SetQuality { package, score } => {
             quality(conn, package, |_| score.map(|s| s.clamp(0.0, 100.0))).await
         }
@@ -259,4 +260,76 @@ async fn quality(
     )
     .await?;
     changed(inverse)
+}
+
+/// The words a package is found by: its name's parts, its category, and the words of its
+/// description, lower case, at least two characters.
+pub fn terms(name: &str, category: Option<&str>, description: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::iter::once(name.to_string())
+        .chain(name.split(['-', '_', '.']).map(str::to_string))
+        .chain(category.map(str::to_lowercase))
+        .chain(
+            description
+                .split(|c: char| !c.is_alphanumeric())
+                .map(str::to_lowercase),
+        )
+        .filter(|t| t.chars().count() >= 2 && t.len() <= 100)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Rebuilds the search index in the caller's transaction: every package that is not
+/// quarantined, by the terms it is found by.
+async fn reindex(conn: &mut Conn) -> Result<Applied, RegistryError> {
+    let rows = conn
+        .fetch_all(sqlx::query(
+            "SELECT name, category, description FROM packages WHERE status <> 'quarantined' ORDER BY name",
+        ))
+        .await?;
+    conn.execute(sqlx::query("DELETE FROM search_index"))
+        .await?;
+    let mut params = Vec::new();
+    for r in &rows {
+        let name: String = r.try_get(0)?;
+        let category: Option<String> = r.try_get(1)?;
+        let description: String = r.try_get(2)?;
+        for t in terms(&name, category.as_deref(), &description) {
+            params.push(vec![
+                crate::knowledge::Param::Text(t),
+                crate::knowledge::Param::Text(name.clone()),
+            ]);
+        }
+    }
+    crate::knowledge::insert_rows(
+        conn,
+        "search_index",
+        &["term", "package"],
+        &params,
+        "ON CONFLICT (term, package) DO NOTHING",
+    )
+    .await?;
+    changed(Change::Reindex)
+}
+
+/// Packages found by `term` in the search index (the last `reindex`), most downloaded first;
+/// a package quarantined since is never shown.
+pub async fn search(
+    store: &crate::knowledge::Store,
+    term: &str,
+    limit: i64,
+) -> Result<Vec<String>, RegistryError> {
+    let rows = sqlx::query(
+        "SELECT s.package FROM search_index s JOIN packages p ON p.name = s.package \
+         WHERE s.term = $1 AND p.status <> 'quarantined' ORDER BY p.downloads DESC, s.package LIMIT $2",
+    )
+    .bind(term.to_lowercase())
+    .bind(limit)
+    .fetch_all(&store.pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?)
 }

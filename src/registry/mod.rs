@@ -1,6 +1,6 @@
 //! The managed registry: the one narrow interface through which sensors read it and effectors change it.
 
-mod changes;
+pub mod changes;
 pub mod generate;
 pub mod import;
 mod sql;
@@ -129,6 +129,15 @@ pub enum Change {
         package: String,
         delta: f64,
     },
+    /// Rebuild the search index from the packages as they are (quarantined ones left out).
+    Reindex,
+}
+
+impl Change {
+    /// Whether undoing it means anything (a rebuilt search index has nothing to undo).
+    pub fn reversible(&self) -> bool {
+        !matches!(self, Change::Reindex)
+    }
 }
 
 /// The outcome of applying a change: whether anything moved, and the change that undoes it.

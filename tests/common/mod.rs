@@ -133,6 +133,7 @@ impl World {
             retention: Default::default(),
             intake: None,
             learning: Default::default(),
+            notifier: None,
         }
     }
 
