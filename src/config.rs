@@ -9,6 +9,7 @@ use crate::analyze::settings::{self, DetectorFile, Settings};
 use crate::execute::learn::LearningSettings;
 use crate::execute::notify::NotifySettings;
 use crate::keys::{line_of, toml_error};
+use crate::knowledge::retention::RetentionSettings;
 use crate::monitor::events::Horizon;
 use std::collections::HashMap;
 
@@ -75,12 +76,22 @@ struct ConfigFile {
     detectors: Option<HashMap<String, toml::Spanned<DetectorFile>>>,
     /// `[learning]`: when a policy whose remediations do not help is demoted to dry run.
     learning: Option<LearningFile>,
+    /// `[retention]`: when compaction runs, and how long resolved findings and notices are kept.
+    retention: Option<RetentionFile>,
     /// Where `notify` posts when the policy names no `params.webhook`.
     notify_webhook: Option<toml::Spanned<String>>,
     /// Each webhook POST's time limit.
     notify_timeout: Option<toml::Spanned<String>>,
     /// Tries before a notice is given up on.
     notify_max_tries: Option<toml::Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    schedule: Option<toml::Spanned<String>>,
+    resolved_findings: Option<toml::Spanned<String>>,
+    notices: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +126,7 @@ pub struct Config {
     pub detectors: Settings,
     pub learning: LearningSettings,
     pub notify: NotifySettings,
+    pub compaction: RetentionSettings,
 }
 
 impl Config {
@@ -140,6 +152,7 @@ impl Config {
             detectors: Settings::default(),
             learning: LearningSettings::default(),
             notify: NotifySettings::default(),
+            compaction: RetentionSettings::default(),
         }
     }
 
@@ -333,6 +346,39 @@ impl Config {
                 config.learning.demote = d;
             }
         }
+        if let Some(r) = &file.retention {
+            if let Some(v) = &r.schedule {
+                config.compaction.schedule =
+                    <cron::Schedule as std::str::FromStr>::from_str(v.get_ref()).map_err(|e| {
+                        invalid(
+                            "retention.schedule",
+                            v.span(),
+                            format!("not a cron expression (sec min hour dom mon dow): {e}"),
+                        )
+                    })?;
+            }
+            for (field, value, slot) in [
+                (
+                    "retention.resolved_findings",
+                    &r.resolved_findings,
+                    &mut config.compaction.resolved_findings,
+                ),
+                (
+                    "retention.notices",
+                    &r.notices,
+                    &mut config.compaction.notices,
+                ),
+            ] {
+                if let Some(v) = value {
+                    let d = humantime::parse_duration(v.get_ref())
+                        .map_err(|e| invalid(field, v.span(), format!("not a duration: {e}")))?;
+                    if d < Duration::from_secs(3600) {
+                        return Err(invalid(field, v.span(), "must be at least 1h".into()));
+                    }
+                    *slot = d;
+                }
+            }
+        }
         if let Some(v) = &file.notify_webhook {
             let url = v.get_ref();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -434,6 +480,29 @@ mod tests {
         .to_string();
         assert!(
             err.starts_with("m.toml:3: field `learning.max_bad_fraction`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_retention_schedule_is_a_cron_expression_and_a_bad_one_names_its_field() {
+        let src = "[retention]\nschedule = \"0 0 4 * * Sun\"\nresolved_findings = \"30d\"\n";
+        let c = Config::parse(Path::new("m.toml"), src).unwrap();
+        // 2026-11-22 is a Sunday: from 05:00 that day, the next run is a week later at 04:00.
+        let now = 1_795_323_600_000; // 2026-11-22T05:00:00Z
+        assert_eq!(
+            c.compaction.next_after(now),
+            Some(now + 7 * 86_400_000 - 3_600_000)
+        );
+        assert_eq!(
+            c.compaction.resolved_findings,
+            Duration::from_secs(30 * 86_400)
+        );
+        let err = Config::parse(Path::new("m.toml"), "[retention]\nschedule = \"daily\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("m.toml:2: field `retention.schedule`"),
             "{err}"
         );
     }

@@ -93,6 +93,7 @@ pub async fn runtime(
             quality,
         },
         learning: config.learning.clone(),
+        compaction: config.compaction.clone(),
         notifier: Some(Arc::new(
             crate::execute::notify::Notifier::new(config.notify.clone())
                 .map_err(anyhow::Error::msg)?,

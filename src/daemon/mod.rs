@@ -5,6 +5,7 @@ pub mod metrics;
 mod notifier;
 pub mod notify;
 pub mod reload;
+pub mod retention;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,8 @@ pub struct Runtime {
     pub intake: Option<http::IntakeConfig>,
     /// When an ineffective policy is demoted.
     pub learning: crate::execute::learn::LearningSettings,
+    /// When compaction runs and what it keeps of findings and notices.
+    pub compaction: crate::knowledge::retention::RetentionSettings,
     /// Delivers `notify` notices beside the loop; None: they stay queued in the outbox.
     pub notifier: Option<Arc<crate::execute::notify::Notifier>>,
 }
@@ -141,7 +144,7 @@ pub async fn run(
         entered,
         plan_task(rt.clone(), ana_rx, plan_tx, errors.clone(), cancel.clone()),
     ));
-    // The notifier runs beside the loop and stops with it (also after a counted run).
+    // The notifier and compaction run beside the loop and stop with it (also after a counted run).
     let notifier_stop = cancel.child_token();
     if let Some(n) = rt.notifier.clone() {
         let entered = running.enter("notify");
@@ -150,6 +153,11 @@ pub async fn run(
             notifier::notifier_task(rt.clone(), n, notifier_stop.clone()),
         ));
     }
+    let entered = running.enter("retention");
+    tracker.spawn(staged(
+        entered,
+        retention::retention_task(rt.clone(), notifier_stop.clone()),
+    ));
     let entered = running.enter("execute");
     let execute = execute_task(
         rt.clone(),

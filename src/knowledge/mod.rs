@@ -8,6 +8,7 @@ pub mod learned;
 mod migrations;
 pub mod outbox;
 pub mod remediations;
+pub mod retention;
 pub mod standing;
 pub mod state;
 pub mod telemetry;

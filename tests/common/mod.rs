@@ -134,6 +134,7 @@ impl World {
             intake: None,
             learning: Default::default(),
             notifier: None,
+            compaction: Default::default(),
         }
     }
 
