@@ -231,6 +231,18 @@ async fn audit_verify_names_the_first_entry_altered_or_removed() {
         verify_chain(&read(&forged), &key.public()).unwrap_err().seq,
         2
     );
+    // Checked on several threads, the first bad entry by sequence is still the one named.
+    forged[3] = forged[3].replace("pkg-3@1.0.0", "pkg-8@1.0.0");
+    assert_eq!(
+        verify_chain(&read(&forged), &key.public()).unwrap_err().seq,
+        2
+    );
+    let mut late = export.clone();
+    late[3] = late[3].replace("pkg-3@1.0.0", "pkg-8@1.0.0");
+    assert_eq!(
+        verify_chain(&read(&late), &key.public()).unwrap_err().seq,
+        4
+    );
 
     let other = KeyPair::from_seed("other", [5; 32]);
     assert_eq!(

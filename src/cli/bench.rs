@@ -29,6 +29,15 @@ pub struct BenchArgs {
     /// Measure the analyze stage with a day of aggregated telemetry instead of the whole cycle.
     #[arg(long)]
     pub analyze: bool,
+    /// Measure the executor: `--packages` quarantines executed with signatures and audit entries.
+    #[arg(long)]
+    pub execute: bool,
+    /// Measure `audit verify` over a log of this many entries.
+    #[arg(long)]
+    pub audit: Option<usize>,
+    /// Run `--execute` or `--audit` on a new database of this PostgreSQL server instead of SQLite.
+    #[arg(long)]
+    pub pg: Option<String>,
 }
 
 /// Resets the peak resident memory counter (Linux: `5` to /proc/self/clear_refs), so the peak
@@ -90,6 +99,14 @@ async fn one_cycle(
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Pretty);
+    if args.execute {
+        super::bench_execute::execute(args.packages, args.runs, args.pg.as_deref()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(n) = args.audit {
+        super::bench_execute::audit(n, args.runs, args.pg.as_deref()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.analyze {
         super::bench_analyze::bench(args.packages, args.max_releases, args.runs).await?;
         return Ok(ExitCode::SUCCESS);

@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod bench_analyze;
+mod bench_execute;
 mod demo;
 mod policy;
 mod registry;

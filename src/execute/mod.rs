@@ -101,6 +101,9 @@ pub fn change_for(r: &Remediation) -> Result<Change, String> {
     })
 }
 
+/// Remediations applied per transaction when all of them go the common way.
+const GROUP: usize = 64;
+
 /// Executes every `ready` remediation, and first finishes any whose intent was written but whose
 /// effect never committed (a crash between the two).
 pub async fn cycle<R: Registry>(
@@ -110,14 +113,48 @@ pub async fn cycle<R: Registry>(
     now: i64,
 ) -> Result<ExecuteOutput, ExecuteError> {
     let mut out = ExecuteOutput::default();
-    let mut work = store.remediations_with_status(Status::Executing).await?;
+    let work = store.remediations_with_status(Status::Executing).await?;
     let mut ready = store.remediations_with_status(Status::Ready).await?;
     // A `restore_latest` planned with the yank of the bad release must see that yank.
     ready.sort_by_key(|r| r.action.execution_order());
-    work.extend(ready);
-    for r in work {
-        let outcome = execute_one(store, registry.as_ref(), key, &r, now).await?;
-        out.results.push((r, outcome));
+    // Intents first, all of them in one transaction, before any effect: each is then applied
+    // with its audit entry in a transaction of its own. (A crash in between leaves them
+    // `executing`, which the next cycle finishes.)
+    let mut intended = Vec::with_capacity(ready.len());
+    let mut tx = store.begin().await?;
+    // (Signatures are checked just before each effect; a remediation whose signature fails
+    // goes from `executing` to `refused` with nothing applied.)
+    for mut r in ready {
+        if remediations::transition(
+            &mut tx,
+            &r.id,
+            Status::Ready,
+            Status::Executing,
+            "intent written",
+            None,
+            now,
+        )
+        .await?
+        {
+            r.status = Status::Executing;
+            intended.push(r);
+        } else {
+            out.results
+                .push((r, Outcome::Retry("another executor took it".into())));
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    let all: Vec<Remediation> = work.into_iter().chain(intended).collect();
+    for group in all.chunks(GROUP) {
+        match execute_group(store, registry.as_ref(), key, group, now).await? {
+            Some(outcomes) => out.results.extend(group.iter().cloned().zip(outcomes)),
+            None => {
+                for r in group {
+                    let outcome = execute_one(store, registry.as_ref(), key, r, now).await?;
+                    out.results.push((r.clone(), outcome));
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -129,14 +166,7 @@ pub(crate) async fn execute_one<R: Registry>(
     r: &Remediation,
     now: i64,
 ) -> Result<Outcome, ExecuteError> {
-    let entry = |kind: &str, detail: serde_json::Value| NewEntry {
-        at: now,
-        kind: kind.into(),
-        actor: "daemon".into(),
-        subject: r.subject.to_string(),
-        remediation_id: Some(r.id.clone()),
-        detail,
-    };
+    let entry = |kind: &str, detail: serde_json::Value| entry(r, now, kind, detail);
     if !verify_hex(&key.public(), &r.signing_bytes(), &r.signature) {
         let mut tx = store.begin().await?;
         if remediations::transition(
@@ -226,6 +256,35 @@ pub(crate) async fn execute_one<R: Registry>(
         }
         Err(e) => return Ok(Outcome::Retry(e.to_string())),
     };
+    record_applied(&mut tx, key, r, &change, &applied, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Outcome::Executed {
+        changed: applied.changed,
+    })
+}
+
+/// An audit entry of the daemon about `r`.
+fn entry(r: &Remediation, now: i64, kind: &str, detail: serde_json::Value) -> NewEntry {
+    NewEntry {
+        at: now,
+        kind: kind.into(),
+        actor: "daemon".into(),
+        subject: r.subject.to_string(),
+        remediation_id: Some(r.id.clone()),
+        detail,
+    }
+}
+
+/// After the registry applied `change`: the audit entry, the outcome with its inverse, and the
+/// verification's due time, in the caller's transaction.
+async fn record_applied(
+    tx: &mut crate::knowledge::Conn,
+    key: &KeyPair,
+    r: &Remediation,
+    change: &Change,
+    applied: &crate::registry::Applied,
+    now: i64,
+) -> Result<(), ExecuteError> {
     // A remediation that changed nothing has nothing to undo: its recorded inverse is null.
     let inverse = if applied.changed && change.reversible() {
         serde_json::to_value(&applied.inverse).unwrap_or_default()
@@ -233,9 +292,11 @@ pub(crate) async fn execute_one<R: Registry>(
         serde_json::Value::Null
     };
     audit::append(
-        &mut tx,
+        tx,
         key,
         entry(
+            r,
+            now,
             "remediation.executed",
             serde_json::json!({
                 "policy": r.policy,
@@ -253,7 +314,7 @@ pub(crate) async fn execute_one<R: Registry>(
         "already in effect: nothing changed"
     };
     remediations::transition(
-        &mut tx,
+        tx,
         &r.id,
         Status::Executing,
         Status::Executed,
@@ -263,12 +324,43 @@ pub(crate) async fn execute_one<R: Registry>(
     )
     .await?;
     if let (Some(after), Some(_)) = (r.verify_after_ms, &r.finding_id) {
-        standing::schedule_verification(&mut tx, &r.id, now.saturating_add(after)).await?;
+        standing::schedule_verification(tx, &r.id, now.saturating_add(after)).await?;
+    }
+    Ok(())
+}
+
+/// Applies a group of remediations in one transaction (each with its audit entry and outcome,
+/// as one at a time would); None, with nothing applied, when one of them cannot go the common
+/// way (a bad signature, a notice, a registry error): the caller then takes them one by one.
+async fn execute_group<R: Registry>(
+    store: &Store,
+    registry: &R,
+    key: &KeyPair,
+    group: &[Remediation],
+    now: i64,
+) -> Result<Option<Vec<Outcome>>, ExecuteError> {
+    let mut tx = store.begin().await?;
+    let mut out = Vec::with_capacity(group.len());
+    for r in group {
+        if r.status != Status::Executing
+            || r.action == Action::Notify
+            || !verify_hex(&key.public(), &r.signing_bytes(), &r.signature)
+        {
+            return Ok(None);
+        }
+        let Ok(change) = change_for(r) else {
+            return Ok(None);
+        };
+        let Ok(applied) = registry.apply(&mut tx, &change, now).await else {
+            return Ok(None);
+        };
+        record_applied(&mut tx, key, r, &change, &applied, now).await?;
+        out.push(Outcome::Executed {
+            changed: applied.changed,
+        });
     }
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Outcome::Executed {
-        changed: applied.changed,
-    })
+    Ok(Some(out))
 }
 
 /// The JSON a `notify` remediation posts: what happened, to what, and why.
