@@ -323,3 +323,80 @@ async fn a_policy_that_keeps_failing_is_demoted_to_dry_run_until_a_maintainer_en
     assert!(kinds.contains(&"policy.demoted") && kinds.contains(&"policy.enabled"));
     assert!(open.iter().all(|f| f.state == FindingState::Firing));
 }
+
+#[tokio::test]
+async fn a_group_with_a_remediation_that_fails_is_redone_one_by_one_and_the_others_still_apply() {
+    use mapek::execute::Outcome;
+    use mapek::knowledge::remediations;
+    use mapek::model::{Action, Subject};
+    let w = world(6).await;
+    let store = &w.t.store;
+    let make = |i: usize, package: &str, forged: bool| {
+        let mut r = Remediation {
+            id: format!("rem-g{i}"),
+            idempotency_key: format!("g{i}"),
+            finding_id: None,
+            policy: "p".into(),
+            action: Action::Quarantine,
+            params: serde_json::json!({}),
+            subject: Subject {
+                package: package.into(),
+                version: Some("1.0.0".into()),
+            },
+            mode: "enforce".into(),
+            status: Status::Ready,
+            reason: String::new(),
+            created_at: NOW,
+            updated_at: NOW,
+            signature: String::new(),
+            inverse: None,
+            gate: None,
+            expires_at: None,
+            attempt: 1,
+            verify_after_ms: None,
+            verify_at: None,
+            verdict: None,
+        };
+        r.signature = w.key.sign(&r.signing_bytes());
+        if forged {
+            r.subject.package = "pkg-00005".into();
+        }
+        r
+    };
+    let mut tx = store.begin().await.unwrap();
+    for r in [
+        make(1, "pkg-00001", false),
+        make(2, "no-such-package", false),
+        make(3, "pkg-00003", false),
+        make(4, "pkg-00004", true),
+    ] {
+        remediations::insert(&mut tx, &r).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let out = mapek::execute::cycle(store, &w.registry, &w.key, NOW)
+        .await
+        .unwrap();
+    let by_id: std::collections::HashMap<String, Outcome> =
+        out.results.into_iter().map(|(r, o)| (r.id, o)).collect();
+    assert_eq!(by_id["rem-g1"], Outcome::Executed { changed: true });
+    assert!(matches!(&by_id["rem-g2"], Outcome::Failed(why) if why.contains("no-such-package")));
+    assert_eq!(by_id["rem-g3"], Outcome::Executed { changed: true });
+    assert_eq!(by_id["rem-g4"], Outcome::Refused);
+    for (p, want) in [
+        ("pkg-00001", true),
+        ("pkg-00003", true),
+        ("pkg-00005", false),
+    ] {
+        let r = w.registry.release(p, "1.0.0").await.unwrap().unwrap();
+        assert_eq!(r.quarantined, want, "{p}");
+    }
+    let entries = store.audit_entries().await.unwrap();
+    assert!(verify_chain(&entries, &w.key.public()).is_ok());
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == "remediation.executed")
+            .count(),
+        2
+    );
+}
