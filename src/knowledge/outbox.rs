@@ -20,6 +20,19 @@ pub struct Notice {
     pub last_error: Option<String>,
 }
 
+/// A notice from its row (`id, url, body, status, tries, next_at, last_error`).
+fn decode(r: &sqlx::any::AnyRow) -> Result<Notice, StoreError> {
+    Ok(Notice {
+        id: r.try_get(0)?,
+        url: r.try_get(1)?,
+        body: r.try_get(2)?,
+        status: r.try_get(3)?,
+        tries: r.try_get(4)?,
+        next_at: r.try_get(5)?,
+        last_error: r.try_get(6)?,
+    })
+}
+
 /// Queues a notice inside the remediation's own transaction.
 pub async fn enqueue(
     conn: &mut Conn,
@@ -64,15 +77,7 @@ impl Store {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let n = Notice {
-                id: r.try_get(0)?,
-                url: r.try_get(1)?,
-                body: r.try_get(2)?,
-                status: r.try_get(3)?,
-                tries: r.try_get(4)?,
-                next_at: r.try_get(5)?,
-                last_error: r.try_get(6)?,
-            };
+            let n = decode(r)?;
             let claimed = tx
                 .execute(
                     sqlx::query(
@@ -99,18 +104,7 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(Notice {
-                id: r.try_get(0)?,
-                url: r.try_get(1)?,
-                body: r.try_get(2)?,
-                status: r.try_get(3)?,
-                tries: r.try_get(4)?,
-                next_at: r.try_get(5)?,
-                last_error: r.try_get(6)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(decode).transpose()
     }
 
     /// Notices by status, for `mapek status`.
