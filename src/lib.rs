@@ -14,3 +14,4 @@ pub mod monitor;
 pub mod plan;
 pub mod registry;
 pub mod sim;
+pub mod traces;

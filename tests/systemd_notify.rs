@@ -1,5 +1,7 @@
 //! The daemon as systemd runs it: READY once its stores are open, WATCHDOG from each cycle, STOPPING at the end, on a notify socket of the test's own.
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
@@ -45,14 +47,7 @@ fn sigterm_stops_the_daemon_cleanly_and_says_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     // The demo's store and keys, prepared by a counted run; then a configuration of our own
     // (no HTTP listener, a short interval) for the daemon that runs until it is told to stop.
-    let prepared = Command::new(env!("CARGO_BIN_EXE_mapek"))
-        .args(["--demo", "run", "--cycles", "1"])
-        .current_dir(dir.path())
-        .env("MAPEK_LOG", "warn")
-        .status()
-        .expect("the demo prepares");
-    assert!(prepared.success());
-    let demo = dir.path().join("mapek-demo");
+    let demo = common::prepare_demo(dir.path(), "mapek-demo/mapek.db");
     let config = dir.path().join("mapek.toml");
     std::fs::write(
         &config,
@@ -92,4 +87,50 @@ fn sigterm_stops_the_daemon_cleanly_and_says_so() {
         rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(rest.iter().any(|m| m.starts_with("STOPPING=1")), "{rest:?}");
+}
+
+#[test]
+fn sighup_reloads_the_policies_between_reloading_and_ready() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    common::prepare_demo(dir.path(), "mapek-demo/mapek.db");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mapek"))
+        .args(["--demo", "run"])
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", &path)
+        .env("MAPEK_LOG", "warn")
+        // The environment overrides the demo's settings: a short cycle, no listener needed.
+        .env("MAPEK_INTERVAL", "200ms")
+        .env("MAPEK_LISTEN", "127.0.0.1:0")
+        .spawn()
+        .expect("the daemon starts");
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().starts_with("READY=1"));
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.starts_with("RELOADING=1")) {
+        seen.push(next());
+        assert!(seen.len() < 200, "no RELOADING=1 after SIGHUP: {seen:?}");
+    }
+    let after = next();
+    assert!(
+        after.starts_with("READY=1"),
+        "READY=1 follows RELOADING=1: {after}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }

@@ -145,69 +145,149 @@ pub async fn audit(global: &Global, command: AuditCommand) -> anyhow::Result<Exi
     }
 }
 
+/// `mapek status`: from the running daemon's admin API when `admin_url` is configured (the
+/// store is read directly when it cannot be reached), from the store otherwise.
 pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
     let config = global.config()?;
+    if let Some(remote) = super::remote::Remote::of(&config)? {
+        match remote
+            .call(reqwest::Method::GET, "/v1/admin/status", None)
+            .await
+        {
+            Ok(Ok(body)) => {
+                println!("(from the daemon at {})", remote.url());
+                print_status(&body);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Err(refused)) => {
+                eprintln!("refused: {refused}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => eprintln!("{e:#}; reading the store directly instead"),
+        }
+    }
     let store = Store::open(&config.database_url).await?;
-    let open = store.open_findings().await?;
-    let counts = store.remediation_counts().await?;
-    let recent = store.recent_remediations(10).await?;
-    let window = i64::try_from(config.learning.window.as_millis()).unwrap_or(i64::MAX);
-    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-    let outcomes = store.policy_outcomes(now.saturating_sub(window)).await?;
-    let notices = store.notice_counts().await?;
+    let view = crate::daemon::admin::StatusView {
+        role: "read from the store (no daemon asked)",
+        holder: "",
+        policies: crate::daemon::reload::PolicySource::load(
+            &config.policies,
+            &config.trusted_keys,
+            config.require_signed_policies,
+        )
+        .map(|p| p.policies.len())
+        .unwrap_or(0),
+        dry_run: config.dry_run,
+        window_ms: i64::try_from(config.learning.window.as_millis()).unwrap_or(i64::MAX),
+        now: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+    };
+    let body = crate::daemon::admin::status_body(&store, view).await;
     store.close().await;
-    println!("open findings: {}", open.len());
-    for f in open.iter().take(20) {
+    print_status(&body?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints a status document (the admin API's answer, or the same built from the store).
+pub fn print_status(s: &serde_json::Value) {
+    println!("role: {}", text(&s["role"]));
+    if let Some(lease) = s["lease"].as_object() {
+        println!(
+            "leader: {} (token {}, lease until {})",
+            text(&lease["holder"]),
+            text(&lease["token"]),
+            lease["expires_at"]
+                .as_i64()
+                .map(rfc3339)
+                .unwrap_or_default()
+        );
+    }
+    if let Some(p) = s["paused"].as_object() {
+        println!(
+            "EXECUTION PAUSED by {} since {}",
+            text(&p["by"]),
+            p["at"].as_i64().map(rfc3339).unwrap_or_default()
+        );
+    }
+    if s["circuit"]["open"].as_bool() == Some(true) {
+        println!(
+            "CIRCUIT OPEN by guard {}: {}",
+            text(&s["circuit"]["guard"]),
+            text(&s["circuit"]["reason"])
+        );
+    }
+    println!(
+        "policies: {}{}",
+        text(&s["policies"]),
+        if s["dry_run"].as_bool() == Some(true) {
+            " (dry run)"
+        } else {
+            ""
+        }
+    );
+    println!("open findings: {}", text(&s["findings_open_total"]));
+    for f in s["findings"].as_array().into_iter().flatten() {
         println!(
             "  {:<20} {:<9} {:<8} {}",
-            f.kind.as_str(),
-            f.severity.as_str(),
-            f.state.as_str(),
-            f.subject
+            text(&f["kind"]),
+            text(&f["severity"]),
+            text(&f["state"]),
+            text(&f["subject"])
         );
     }
     println!("remediations by status:");
-    for (status, n) in counts {
+    for (status, n) in s["remediations"].as_object().into_iter().flatten() {
         println!("  {status:<12} {n}");
     }
-    if !notices.is_empty() {
+    if let Some(notices) = s["notices"].as_object().filter(|n| !n.is_empty()) {
         println!("notices (notify) by status:");
         for (status, n) in notices {
             println!("  {status:<12} {n}");
         }
     }
+    let window = std::time::Duration::from_millis(s["learning_window_ms"].as_u64().unwrap_or(0));
     println!(
         "policies over the last {} (executed, effective, failed verification, rolled back, superseded):",
-        humantime::format_duration(config.learning.window)
+        humantime::format_duration(window)
     );
-    for o in &outcomes {
+    for o in s["policy_outcomes"].as_array().into_iter().flatten() {
         println!(
             "  {:<32} {:>5} {:>5} {:>5} {:>5} {:>5}{}",
-            o.policy,
-            o.executed,
-            o.effective,
-            o.failed_verification,
-            o.rolled_back,
-            o.superseded,
-            o.demoted
-                .as_ref()
+            text(&o["policy"]),
+            text(&o["executed"]),
+            text(&o["effective"]),
+            text(&o["failed_verification"]),
+            text(&o["rolled_back"]),
+            text(&o["superseded"]),
+            o["demoted"]
+                .as_str()
                 .map(|r| format!("  DEMOTED to dry_run: {r}"))
                 .unwrap_or_default()
         );
     }
     println!("latest remediations:");
-    for r in recent {
+    for r in s["recent"].as_array().into_iter().flatten() {
+        let subject = match r["subject"]["version"].as_str() {
+            Some(v) => format!("{}@{v}", text(&r["subject"]["package"])),
+            None => text(&r["subject"]["package"]),
+        };
         println!(
             "  {}  {}  {:<28} {:<12} {:<10} {}",
-            r.id,
-            rfc3339(r.created_at),
-            r.subject.to_string(),
-            r.action.as_str(),
-            r.status.as_str(),
-            r.policy
+            text(&r["id"]),
+            r["created_at"].as_i64().map(rfc3339).unwrap_or_default(),
+            subject,
+            text(&r["action"]),
+            text(&r["status"]),
+            text(&r["policy"])
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `mapek rollback ID`: undo an executed remediation by applying its recorded inverse.

@@ -43,7 +43,14 @@ async fn fresh_store(
             let (prefix, _) = base
                 .rsplit_once('/')
                 .ok_or_else(|| anyhow::anyhow!("--pg {base}: the URL has no database path"))?;
-            Ok((Store::open(&format!("{prefix}/{name}")).await?, Some(name)))
+            // As the daemon writes on PostgreSQL: every transaction fenced by the leader's lease.
+            let store = Store::open(&format!("{prefix}/{name}")).await?.fenced();
+            let token = store
+                .try_acquire(crate::knowledge::lease::LEADER, "bench", 0, i64::MAX / 2)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("a fresh database has no free lease"))?;
+            store.set_fence(token);
+            Ok((store, Some(name)))
         }
     }
 }

@@ -7,8 +7,11 @@ mod bench_execute;
 mod demo;
 mod policy;
 mod registry;
+mod remote;
+mod replay;
 mod run;
 mod simulate;
+mod validate;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -77,6 +80,11 @@ pub enum Command {
     },
     /// Run scenarios against a simulated registry on a virtual clock; judge their expectations.
     Simulate(simulate::SimulateArgs),
+    /// Check a configuration, the policies, keys and stores it names; report every problem.
+    Validate,
+    /// Run a proposed policy set over the findings of a period; print every decision that
+    /// would differ from what was done.
+    Replay(replay::ReplayArgs),
     /// Time a full and an unchanged cycle on a generated registry, and report peak memory.
     Bench(bench::BenchArgs),
 }
@@ -86,13 +94,14 @@ pub const DEMO_DIR: &str = "mapek-demo";
 impl Global {
     /// The configuration these options select.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut config = if self.demo {
+        let config = if self.demo {
             Config::demo(Path::new(DEMO_DIR))
         } else if let Some(path) = &self.config {
             Config::load(path)?
         } else {
             Config::defaults(Path::new("."))
         };
+        let mut config = crate::config::env::apply(config, std::env::vars())?;
         if let Some(url) = &self.database_url {
             config.database_url = url.clone();
         }
@@ -100,14 +109,9 @@ impl Global {
     }
 }
 
+/// Logs only (the commands other than `run`).
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAPEK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+    let _ = crate::traces::init(format, None);
 }
 
 /// Runs a command and maps its outcome to an exit code.
@@ -131,6 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Simulate(args) => simulate::simulate(args).await,
             Command::Rollback { id, by } => audit::rollback(&cli.global, &id, &by).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Validate => validate::validate(&cli.global).await,
+            Command::Replay(args) => replay::replay(&cli.global, args).await,
         }
     })
 }

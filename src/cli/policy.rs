@@ -233,7 +233,7 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
     }
 }
 
-fn maintainer(trust: &TrustStore, key: &Path) -> anyhow::Result<KeyPair> {
+pub(super) fn maintainer(trust: &TrustStore, key: &Path) -> anyhow::Result<KeyPair> {
     let key = KeyPair::load(key)?;
     match trust.trust(&key.key_id) {
         Trust::Trusted(k) if k.has_role(Role::Maintainer) && k.public == key.public() => Ok(key),
@@ -251,8 +251,43 @@ fn maintainer(trust: &TrustStore, key: &Path) -> anyhow::Result<KeyPair> {
     }
 }
 
+/// Prints waiting remediations (as the admin API or the store gives them).
+pub fn print_pending(pending: &[serde_json::Value], json: bool) -> anyhow::Result<()> {
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    for r in pending {
+        if json {
+            println!("{}", serde_json::to_string(r)?);
+            continue;
+        }
+        let expires = r["expires_at"]
+            .as_i64()
+            .map(|t| format!(" expires={}", rfc3339(t)))
+            .unwrap_or_default();
+        let subject = match r["subject"]["version"].as_str() {
+            Some(v) => format!("{}@{v}", text(&r["subject"]["package"])),
+            None => text(&r["subject"]["package"]),
+        };
+        println!(
+            "{}  {}  {} {subject}  policy={} gate={}{expires}\n    {}",
+            text(&r["id"]),
+            r["created_at"].as_i64().map(rfc3339).unwrap_or_default(),
+            text(&r["action"]),
+            text(&r["policy"]),
+            text(&r["gate"]),
+            text(&r["reason"])
+        );
+    }
+    if !json {
+        println!("{} waiting", pending.len());
+    }
+    Ok(())
+}
+
 pub async fn plans(global: &Global, command: PlansCommand) -> anyhow::Result<ExitCode> {
     let config = global.config()?;
+    if let Some(remote) = super::remote::Remote::of(&config)? {
+        return super::remote::plans(&remote, &config, command).await;
+    }
     let store = Store::open(&config.database_url).await?;
     let result = plans_with(&store, &config, command).await;
     store.close().await;
@@ -267,29 +302,11 @@ async fn plans_with(
     let (id, key, decision) = match command {
         PlansCommand::List { json } => {
             let pending = store.remediations_with_status(Status::Pending).await?;
-            for r in &pending {
-                if json {
-                    println!("{}", serde_json::to_string(r)?);
-                } else {
-                    let expires = r
-                        .expires_at
-                        .map(|t| format!(" expires={}", rfc3339(t)))
-                        .unwrap_or_default();
-                    println!(
-                        "{}  {}  {} {}  policy={} gate={}{expires}\n    {}",
-                        r.id,
-                        rfc3339(r.created_at),
-                        r.action,
-                        r.subject,
-                        r.policy,
-                        r.gate.as_deref().unwrap_or("-"),
-                        r.reason
-                    );
-                }
-            }
-            if !json {
-                println!("{} waiting", pending.len());
-            }
+            let pending: Vec<serde_json::Value> = pending
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?;
+            print_pending(&pending, json)?;
             return Ok(ExitCode::SUCCESS);
         }
         PlansCommand::Approve { id, key } => (id, key, Decision::Approve),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use super::{demo, init_logging, Global};
+use super::{demo, Global};
 use crate::analyze::quality::QualityModel;
 use crate::analyze::Rules;
 use crate::clock::SystemClock;
@@ -42,6 +42,11 @@ pub async fn runtime(
     intake: Option<Intake>,
 ) -> anyhow::Result<Runtime> {
     let store = Store::open(&config.database_url).await?;
+    // On PostgreSQL every transaction of the loop is fenced by the leader's lease.
+    let store = match store.backend {
+        crate::knowledge::Backend::Postgres => store.fenced(),
+        crate::knowledge::Backend::Sqlite => store,
+    };
     let key = KeyPair::load(&config.key_file).with_context(|| {
         format!(
             "the daemon needs its signing key; create one with `mapek keys generate --id daemon --out {}`",
@@ -104,12 +109,20 @@ pub async fn runtime(
             ..Retention::default()
         },
         intake,
+        leadership: Arc::new(crate::daemon::lead::Leadership::new(config.lease_ttl)),
+        admin_token: config.admin_token.clone(),
+        on_task_failure: config.on_task_failure,
+        fault: None,
     })
 }
 
 pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = global.config()?;
-    init_logging(config.log_format);
+    // Held to the end: dropping it flushes the spans still buffered to the collector.
+    let _traces = crate::traces::init(
+        config.log_format,
+        crate::traces::endpoint(config.otlp_endpoint.as_deref()),
+    );
     if global.demo {
         demo::prepare(&config).await?;
     }
@@ -127,6 +140,8 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // A second daemon on one SQLite file refuses to start; held until the process ends.
+    let _single = daemon::lead::single_replica(&config.database_url)?;
     let rt = Arc::new(runtime(&config, args.dry_run, intake).await?);
     tracing::info!(
         database = %redact(&config.database_url),
@@ -156,7 +171,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(stop_on_signal(cancel.clone()));
         tokio::spawn(reload_on_hangup(rt.clone(), cancel.clone()));
     }
-    let summary = daemon::run(
+    let summary = daemon::lead::run(
         rt.clone(),
         RunOptions {
             cycles,

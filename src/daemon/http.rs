@@ -1,4 +1,4 @@
-//! The daemon's HTTP listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (stores reachable, policies loaded) and `POST /v1/events` (telemetry intake).
+//! The daemon's HTTP listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (stores reachable, policies loaded, role), `POST /v1/events` (telemetry intake) and the admin API.
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -27,6 +27,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .route("/v1/events", post(events_handler))
+        .merge(super::admin::routes())
         .with_state(rt)
 }
 
@@ -38,7 +39,7 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 /// Byte-wise comparison that takes the same time wherever the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -93,6 +94,7 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
     };
     let (batch, refused) = parse_body(text, rt.clock.now_ms(), intake.horizon);
     let accepted = batch.events;
+    let by_type = batch.by_type;
     if accepted > 0 {
         // Submitted and counted in a task of its own: a client that hangs up does not stop the
         // write, and what is stored is counted as accepted whether or not the answer arrives.
@@ -105,6 +107,9 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
                     .intake_events
                     .with_label_values(&["accepted"])
                     .inc_by(accepted);
+                for (source, n) in crate::monitor::events::EVENT_TYPES.iter().zip(by_type) {
+                    metrics.observations.with_label_values(&[source]).inc_by(n);
+                }
             }
             r
         })
@@ -149,15 +154,31 @@ async fn metrics_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
     )
 }
 
-/// 200 when the knowledge store answers and a policy set is in force; 503 saying why otherwise.
-/// There is one replica (no lease yet), so it is always the acting one.
+/// 200 when the knowledge store answers and a policy set is in force, naming this replica's
+/// role (leader, standby or standalone: a standby is ready to take over); 503 saying why otherwise.
 async fn ready_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
+    let started = std::time::Instant::now();
     let store = rt.store.ping().await;
+    match &store {
+        Ok(()) => rt
+            .metrics
+            .store_latency
+            .observe(started.elapsed().as_secs_f64()),
+        Err(_) => rt.metrics.store_errors.inc(),
+    }
     let policies = rt.policies.get().policies.len();
+    let role = rt.leadership.role();
     match store {
+        Ok(()) if role == super::lead::Role::Starting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting\n".to_string(),
+        ),
         Ok(()) => (
             StatusCode::OK,
-            format!("ready: store reachable, {policies} policies loaded, role standalone\n"),
+            format!(
+                "ready: store reachable, {policies} policies loaded, role {}\n",
+                role.as_str()
+            ),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,8 +1,8 @@
 //! The Prometheus metrics of the loop (`mapek_` namespace, bounded labels: never a package name).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::model::FindingKind;
@@ -29,6 +29,18 @@ pub struct Metrics {
     pub notices: IntCounterVec,
     pub policy_outcomes: IntGaugeVec,
     pub policy_demoted: IntGaugeVec,
+    pub leader: IntGauge,
+    pub lease_acquisitions: IntCounter,
+    pub paused: IntGauge,
+    pub admin_requests: IntCounterVec,
+    pub task_restarts: IntCounterVec,
+    pub store_latency: Histogram,
+    pub build_info: IntGaugeVec,
+    pub observations: IntCounterVec,
+    pub last_cycle: prometheus::Gauge,
+    pub store_errors: IntCounter,
+    /// The name of every metric, for the catalogue's test.
+    pub names: Vec<String>,
 }
 
 impl Metrics {
@@ -37,7 +49,7 @@ impl Metrics {
         let buckets = vec![
             0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
-        let m = Self {
+        let mut m = Self {
             cycles: IntCounter::new("mapek_cycles_total", "Loop cycles completed")?,
             stage_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -148,31 +160,110 @@ impl Metrics {
                 ),
                 &["policy"],
             )?,
+            leader: IntGauge::new(
+                "mapek_leader",
+                "1 while this replica holds the leader's lease (or is the one SQLite replica) and acts; 0 standing by",
+            )?,
+            lease_acquisitions: IntCounter::new(
+                "mapek_lease_acquisitions_total",
+                "Times this replica took the leader's lease",
+            )?,
+            paused: IntGauge::new(
+                "mapek_execution_paused",
+                "1 while execution is paused through the admin API",
+            )?,
+            admin_requests: IntCounterVec::new(
+                Opts::new(
+                    "mapek_admin_requests_total",
+                    "Admin API requests, by endpoint and result (ok, refused, unauthorized, error)",
+                ),
+                &["endpoint", "result"],
+            )?,
+            task_restarts: IntCounterVec::new(
+                Opts::new(
+                    "mapek_task_restarts_total",
+                    "Daemon tasks restarted after they failed (panicked), by task",
+                ),
+                &["task"],
+            )?,
+            store_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "mapek_store_latency_seconds",
+                    "Round trip of a probe query to the knowledge store, once per cycle and per /readyz",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ]),
+            )?,
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "mapek_build_info",
+                    "Always 1; the labels name the running build",
+                ),
+                &["version"],
+            )?,
+            observations: IntCounterVec::new(
+                Opts::new(
+                    "mapek_observations_total",
+                    "Observations taken in, by source (registry: releases the monitor observed; install, download, lookup, report: telemetry events accepted)",
+                ),
+                &["source"],
+            )?,
+            last_cycle: prometheus::Gauge::new(
+                "mapek_last_cycle_timestamp_seconds",
+                "When the loop last completed a cycle (Unix time)",
+            )?,
+            store_errors: IntCounter::new(
+                "mapek_store_errors_total",
+                "Probe queries to the knowledge store that failed (once per cycle and per /readyz)",
+            )?,
+            names: Vec::new(),
             registry,
         };
-        m.registry.register(Box::new(m.cycles.clone()))?;
-        m.registry.register(Box::new(m.stage_duration.clone()))?;
-        m.registry.register(Box::new(m.stage_errors.clone()))?;
-        m.registry.register(Box::new(m.findings_open.clone()))?;
-        m.registry.register(Box::new(m.findings_fired.clone()))?;
-        m.registry.register(Box::new(m.remediations.clone()))?;
-        m.registry.register(Box::new(m.releases_scanned.clone()))?;
-        m.registry.register(Box::new(m.signature_checks.clone()))?;
-        m.registry
-            .register(Box::new(m.policy_eval_errors.clone()))?;
-        m.registry.register(Box::new(m.policy_reloads.clone()))?;
-        m.registry.register(Box::new(m.policies_loaded.clone()))?;
-        m.registry.register(Box::new(m.gate_stops.clone()))?;
-        m.registry.register(Box::new(m.circuit_open.clone()))?;
-        m.registry.register(Box::new(m.intake_requests.clone()))?;
-        m.registry.register(Box::new(m.intake_events.clone()))?;
-        m.registry.register(Box::new(m.verifications.clone()))?;
-        m.registry.register(Box::new(m.notices.clone()))?;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.cycles.clone()),
+            Box::new(m.stage_duration.clone()),
+            Box::new(m.stage_errors.clone()),
+            Box::new(m.findings_open.clone()),
+            Box::new(m.findings_fired.clone()),
+            Box::new(m.remediations.clone()),
+            Box::new(m.releases_scanned.clone()),
+            Box::new(m.signature_checks.clone()),
+            Box::new(m.policy_eval_errors.clone()),
+            Box::new(m.policy_reloads.clone()),
+            Box::new(m.policies_loaded.clone()),
+            Box::new(m.gate_stops.clone()),
+            Box::new(m.circuit_open.clone()),
+            Box::new(m.intake_requests.clone()),
+            Box::new(m.intake_events.clone()),
+            Box::new(m.verifications.clone()),
+            Box::new(m.notices.clone()),
+            Box::new(m.policy_outcomes.clone()),
+            Box::new(m.policy_demoted.clone()),
+            Box::new(m.leader.clone()),
+            Box::new(m.lease_acquisitions.clone()),
+            Box::new(m.paused.clone()),
+            Box::new(m.admin_requests.clone()),
+            Box::new(m.task_restarts.clone()),
+            Box::new(m.store_latency.clone()),
+            Box::new(m.build_info.clone()),
+            Box::new(m.observations.clone()),
+            Box::new(m.last_cycle.clone()),
+            Box::new(m.store_errors.clone()),
+        ];
+        for c in collectors {
+            m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+            m.registry.register(c)?;
+        }
+        for source in ["registry", "install", "download", "lookup", "report"] {
+            m.observations.with_label_values(&[source]).inc_by(0);
+        }
         for result in ["delivered", "retry", "failed"] {
             m.notices.with_label_values(&[result]).inc_by(0);
         }
-        m.registry.register(Box::new(m.policy_outcomes.clone()))?;
-        m.registry.register(Box::new(m.policy_demoted.clone()))?;
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for verdict in ["effective", "unverifiable", "retry", "escalated", "gave_up"] {
             m.verifications.with_label_values(&[verdict]).inc_by(0);
         }

@@ -1,5 +1,6 @@
 //! Execute: verify each remediation's signature, write its intent, apply it with its audit entry in one transaction.
 
+pub mod faults;
 pub mod learn;
 pub mod notify;
 pub mod rollback;
@@ -125,17 +126,7 @@ pub async fn cycle<R: Registry>(
     // (Signatures are checked just before each effect; a remediation whose signature fails
     // goes from `executing` to `refused` with nothing applied.)
     for mut r in ready {
-        if remediations::transition(
-            &mut tx,
-            &r.id,
-            Status::Ready,
-            Status::Executing,
-            "intent written",
-            None,
-            now,
-        )
-        .await?
-        {
+        if write_intent(&mut tx, &r, now).await? {
             r.status = Status::Executing;
             intended.push(r);
         } else {
@@ -144,6 +135,7 @@ pub async fn cycle<R: Registry>(
         }
     }
     tx.commit().await.map_err(StoreError::from)?;
+    faults::point("intents");
     let all: Vec<Remediation> = work.into_iter().chain(intended).collect();
     for group in all.chunks(GROUP) {
         match execute_group(store, registry.as_ref(), key, group, now).await? {
@@ -166,7 +158,7 @@ pub(crate) async fn execute_one<R: Registry>(
     r: &Remediation,
     now: i64,
 ) -> Result<Outcome, ExecuteError> {
-    let entry = |kind: &str, detail: serde_json::Value| entry(r, now, kind, detail);
+    let entry = |kind: &str, detail: serde_json::Value| NewEntry::about(r, now, kind, detail);
     if !verify_hex(&key.public(), &r.signing_bytes(), &r.signature) {
         let mut tx = store.begin().await?;
         if remediations::transition(
@@ -209,16 +201,7 @@ pub(crate) async fn execute_one<R: Registry>(
     // The intent, committed on its own before any effect.
     if r.status == Status::Ready {
         let mut tx = store.begin().await?;
-        let moved = remediations::transition(
-            &mut tx,
-            &r.id,
-            Status::Ready,
-            Status::Executing,
-            "intent written",
-            None,
-            now,
-        )
-        .await?;
+        let moved = write_intent(&mut tx, r, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
         if !moved {
             return Ok(Outcome::Retry("another executor took it".into()));
@@ -264,17 +247,24 @@ pub(crate) async fn execute_one<R: Registry>(
 }
 
 /// An audit entry of the daemon about `r`.
-fn entry(r: &Remediation, now: i64, kind: &str, detail: serde_json::Value) -> NewEntry {
-    NewEntry {
-        at: now,
-        kind: kind.into(),
-        actor: "daemon".into(),
-        subject: r.subject.to_string(),
-        remediation_id: Some(r.id.clone()),
-        detail,
-    }
+/// Writes remediation `r`'s intent (`ready` -> `executing`) in the caller's transaction;
+/// false when another executor took it first.
+async fn write_intent(
+    conn: &mut crate::knowledge::Conn,
+    r: &Remediation,
+    now: i64,
+) -> Result<bool, StoreError> {
+    remediations::transition(
+        conn,
+        &r.id,
+        Status::Ready,
+        Status::Executing,
+        "intent written",
+        None,
+        now,
+    )
+    .await
 }
-
 /// After the registry applied `change`: the audit entry, the outcome with its inverse, and the
 /// verification's due time, in the caller's transaction.
 async fn record_applied(
@@ -294,7 +284,7 @@ async fn record_applied(
     audit::append(
         tx,
         key,
-        entry(
+        NewEntry::about(
             r,
             now,
             "remediation.executed",
@@ -359,7 +349,9 @@ async fn execute_group<R: Registry>(
             changed: applied.changed,
         });
     }
+    faults::point("before_commit");
     tx.commit().await.map_err(StoreError::from)?;
+    faults::point("after_commit");
     Ok(Some(out))
 }
 
@@ -402,31 +394,18 @@ async fn queue_notice(
     let url = r.params.get("webhook").and_then(|v| v.as_str());
     let body = notice_body(r, finding.as_ref(), now);
     let mut tx = store.begin().await?;
-    if r.status == Status::Ready
-        && !remediations::transition(
-            &mut tx,
-            &r.id,
-            Status::Ready,
-            Status::Executing,
-            "intent written",
-            None,
-            now,
-        )
-        .await?
-    {
+    if r.status == Status::Ready && !write_intent(&mut tx, r, now).await? {
         return Ok(Outcome::Retry("another executor took it".into()));
     }
     outbox::enqueue(&mut tx, &r.id, url, &body, now).await?;
     audit::append(
         &mut tx,
         key,
-        NewEntry {
-            at: now,
-            kind: "remediation.executed".into(),
-            actor: "daemon".into(),
-            subject: r.subject.to_string(),
-            remediation_id: Some(r.id.clone()),
-            detail: serde_json::json!({
+        NewEntry::about(
+            r,
+            now,
+            "remediation.executed",
+            serde_json::json!({
                 "policy": r.policy,
                 "action": r.action.as_str(),
                 "finding": r.finding_id,
@@ -434,7 +413,7 @@ async fn queue_notice(
                 "inverse": null,
                 "notice": { "webhook": url.unwrap_or("(notify_webhook)"), "queued": true },
             }),
-        },
+        ),
     )
     .await?;
     remediations::transition(

@@ -118,13 +118,11 @@ pub async fn cycle(
         audit::append(
             &mut tx,
             key,
-            NewEntry {
-                at: now,
-                kind: "remediation.verified".into(),
-                actor: "daemon".into(),
-                subject: r.subject.to_string(),
-                remediation_id: Some(r.id.clone()),
-                detail: serde_json::json!({
+            NewEntry::about(
+                &r,
+                now,
+                "remediation.verified",
+                serde_json::json!({
                     "policy": r.policy,
                     "action": r.action.as_str(),
                     "finding": r.finding_id,
@@ -137,7 +135,7 @@ pub async fn cycle(
                         _ => serde_json::Value::Null,
                     },
                 }),
-            },
+            ),
         )
         .await?;
         tx.commit().await?;

@@ -71,6 +71,25 @@ pub struct NewEntry {
     pub detail: serde_json::Value,
 }
 
+impl NewEntry {
+    /// An entry of the daemon's about remediation `r` (its subject and id).
+    pub fn about(
+        r: &super::remediations::Remediation,
+        now: i64,
+        kind: &str,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            at: now,
+            kind: kind.into(),
+            actor: "daemon".into(),
+            subject: r.subject.to_string(),
+            remediation_id: Some(r.id.clone()),
+            detail,
+        }
+    }
+}
+
 /// Appends an entry inside the caller's transaction, so it commits with the change it records.
 pub async fn append(
     conn: &mut Conn,
@@ -136,6 +155,14 @@ fn decode(row: &AnyRow) -> Result<AuditEntry, StoreError> {
 }
 
 impl Store {
+    /// Appends one entry in a transaction of its own (an event that changes nothing else).
+    pub async fn record(&self, key: &KeyPair, new: NewEntry) -> Result<AuditEntry, StoreError> {
+        let mut tx = self.begin().await?;
+        let entry = append(&mut tx, key, new).await?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
     pub async fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, at, kind, actor, subject, remediation_id, detail, prev_hash, hash, signature \
@@ -166,6 +193,50 @@ fn check_entry(e: &AuditEntry, key: &VerifyingKey) -> Option<&'static str> {
     None
 }
 
+/// Entries whose signatures are checked together in one batch equation.
+const BATCH: usize = 128;
+
+/// The first entry of `part` that is wrong on its own, as (index in `part`, why). Hashes are
+/// checked one by one; signatures in batches (about twice as fast as one by one), and a batch
+/// that fails is checked again entry by entry to name the first bad one.
+fn first_bad(part: &[AuditEntry], key: &VerifyingKey) -> Option<(usize, &'static str)> {
+    for (b, batch) in part.chunks(BATCH).enumerate() {
+        let mut signatures = Vec::with_capacity(batch.len());
+        let mut suspect = false;
+        for e in batch {
+            if e.compute_hash() != e.hash {
+                suspect = true;
+                break;
+            }
+            let decoded = hex::decode(e.signature.trim())
+                .ok()
+                .and_then(|bytes| ed25519_dalek::Signature::from_slice(&bytes).ok());
+            match decoded {
+                Some(s) => signatures.push(s),
+                None => {
+                    suspect = true;
+                    break;
+                }
+            }
+        }
+        if !suspect {
+            let messages: Vec<&[u8]> = batch.iter().map(|e| e.hash.as_bytes()).collect();
+            let keys = vec![*key; batch.len()];
+            suspect = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_err();
+        }
+        if suspect {
+            if let Some((i, why)) = batch
+                .iter()
+                .enumerate()
+                .find_map(|(i, e)| check_entry(e, key).map(|why| (i, why)))
+            {
+                return Some((b * BATCH + i, why));
+            }
+        }
+    }
+    None
+}
+
 /// Checks sequence, links, hashes and signatures; returns how many entries verified, or the
 /// first entry (by sequence) where the chain breaks. Hashes and signatures are independent per
 /// entry and are checked on every core; the links are then followed in order.
@@ -180,11 +251,7 @@ pub fn verify_chain(entries: &[AuditEntry], key: &VerifyingKey) -> Result<usize,
             .chunks(chunk)
             .enumerate()
             .map(|(c, part)| {
-                scope.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .find_map(|(i, e)| check_entry(e, key).map(|why| (c * chunk + i, why)))
-                })
+                scope.spawn(move || first_bad(part, key).map(|(i, why)| (c * chunk + i, why)))
             })
             .collect();
         // A checking thread that died proves nothing: its whole part counts as unverified.
@@ -226,4 +293,49 @@ pub fn verify_chain(entries: &[AuditEntry], key: &VerifyingKey) -> Result<usize,
         prev = &e.hash;
     }
     Ok(entries.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid chain of `n` entries, built in memory.
+    fn chain(key: &KeyPair, n: i64) -> Vec<AuditEntry> {
+        let mut prev = GENESIS.to_string();
+        (1..=n)
+            .map(|seq| {
+                let mut e = AuditEntry {
+                    seq,
+                    at: seq,
+                    kind: "remediation.executed".into(),
+                    actor: "daemon".into(),
+                    subject: format!("pkg-{seq}@1.0.0"),
+                    remediation_id: None,
+                    detail: "{}".into(),
+                    prev_hash: prev.clone(),
+                    hash: String::new(),
+                    signature: String::new(),
+                };
+                e.hash = e.compute_hash();
+                e.signature = key.sign(e.hash.as_bytes());
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bad_signature_deep_in_a_batch_is_named_and_a_good_chain_passes() {
+        let key = KeyPair::from_seed("daemon", [3; 32]);
+        let mut entries = chain(&key, 700);
+        assert_eq!(verify_chain(&entries, &key.public()), Ok(700));
+        // A signature by another key over the right hash: only the signature check catches it,
+        // in a batch of its own and on whichever thread holds entry 517.
+        let other = KeyPair::from_seed("other", [4; 32]);
+        entries[516].signature = other.sign(entries[516].hash.as_bytes());
+        entries[600].signature = "not hex".into();
+        let b = verify_chain(&entries, &key.public()).expect_err("forged");
+        assert_eq!(b.seq, 517);
+        assert!(b.reason.contains("signature"), "{b}");
+    }
 }

@@ -197,6 +197,18 @@ impl Store {
         rows.iter().map(decode).collect()
     }
 
+    /// Findings that fired at or after `since`, oldest first (for `mapek replay`).
+    pub async fn fired_since(&self, since: i64) -> Result<Vec<Finding>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM findings WHERE fired_at IS NOT NULL AND fired_at >= $1 ORDER BY fired_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// All findings, newest first, for the CLI.
     pub async fn recent_findings(&self, limit: i64) -> Result<Vec<Finding>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM findings ORDER BY first_seen DESC, id LIMIT $1");

@@ -273,6 +273,18 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (status, next_at);
 "#;
 
+/// The leader's lease: one row per lease name; `token` grows by one with every new holder and
+/// fences the writes of a holder that lost it.
+const V8: &str = r#"
+CREATE TABLE lease (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    acquired_at BIGINT NOT NULL
+);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -292,6 +304,7 @@ pub fn migrator() -> Migrator {
             step(5, "telemetry and learned state", V5),
             step(6, "verification and learning", V6),
             step(7, "search index and notice outbox", V7),
+            step(8, "leader lease", V8),
         ]),
         ..Migrator::DEFAULT
     }

@@ -3,8 +3,10 @@
 pub mod approvals;
 pub mod audit;
 mod batch;
+pub mod control;
 pub mod findings;
 pub mod learned;
+pub mod lease;
 mod migrations;
 pub mod outbox;
 pub mod remediations;
@@ -18,6 +20,8 @@ pub use batch::{insert_rows, Param};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::sync::Once;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,8 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("stored row is invalid: {0}")]
     Corrupt(String),
+    #[error("fenced: {0}; nothing was written")]
+    Fenced(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +49,9 @@ pub enum Backend {
 pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The fencing token every transaction must still hold (see [`lease`]); None: unfenced
+    /// (the command line, the intake, a single SQLite replica).
+    fence: Option<Arc<AtomicI64>>,
 }
 
 static DRIVERS: Once = Once::new();
@@ -100,15 +109,93 @@ impl Store {
                 source,
             })?;
         migrations::migrator().run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            fence: None,
+        })
+    }
+
+    /// A handle on the same pool whose transactions are fenced by the leader's lease: refused
+    /// until [`Store::set_fence`] gives it a token, and refused once the lease has moved on.
+    pub fn fenced(&self) -> Self {
+        Self {
+            fence: Some(Arc::new(AtomicI64::new(lease::NOT_LEADING))),
+            ..self.clone()
+        }
+    }
+
+    /// The token this handle's transactions must hold; [`lease::NOT_LEADING`] refuses them all.
+    pub fn set_fence(&self, token: i64) {
+        if let Some(f) = &self.fence {
+            f.store(token, Ordering::SeqCst);
+        }
+    }
+
+    /// The schema version of the database at `url` and the version this build migrates to,
+    /// without changing anything (`mapek validate`); None: no schema yet (a new database).
+    pub async fn schema_version(url: &str) -> Result<(Option<i64>, i64), StoreError> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let url = normalize_url(url).replace("mode=rwc", "mode=rw");
+        let latest = migrations::migrator()
+            .migrations
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let mut conn =
+            AnyConnection::connect(&url)
+                .await
+                .map_err(|source| StoreError::Connect {
+                    url: redact(&url),
+                    source,
+                })?;
+        let found = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_optional(&mut conn)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| sqlx::Row::try_get::<i64, _>(&r, 0).ok());
+        let _ = conn.close().await;
+        Ok((found, latest))
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 
+    /// Begins a transaction; on a fenced handle, only while the lease's token is still ours
+    /// (checked under a share lock that the next holder's acquisition must wait for).
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        Ok(self.pool.begin().await?)
+        let mut tx = self.pool.begin().await?;
+        let Some(fence) = &self.fence else {
+            return Ok(tx);
+        };
+        let token = fence.load(Ordering::SeqCst);
+        if token == lease::NOT_LEADING {
+            return Err(StoreError::Fenced(
+                "this replica does not hold the leader's lease".into(),
+            ));
+        }
+        if self.backend == Backend::Postgres {
+            // A paused holder must not keep the lease row locked for ever.
+            tx.execute("SET LOCAL idle_in_transaction_session_timeout = '15s'")
+                .await?;
+            let row = sqlx::query("SELECT token FROM lease WHERE name = $1 FOR SHARE")
+                .bind(lease::LEADER)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current: Option<i64> = row.map(|r| sqlx::Row::try_get(&r, 0)).transpose()?;
+            if current != Some(token) {
+                return Err(StoreError::Fenced(format!(
+                    "the leader's lease moved on (token {}, ours {token})",
+                    current
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "none".into())
+                )));
+            }
+        }
+        Ok(tx)
     }
 
     /// Checks that the store answers.

@@ -192,6 +192,18 @@ impl Store {
         rows.iter().map(decode_row).collect()
     }
 
+    /// Remediations created at or after `since`, oldest first (for `mapek replay`).
+    pub async fn remediations_since(&self, since: i64) -> Result<Vec<Remediation>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM remediations WHERE created_at >= $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     pub async fn recent_remediations(&self, limit: i64) -> Result<Vec<Remediation>, StoreError> {
         let sql =
             format!("SELECT {COLUMNS} FROM remediations ORDER BY created_at DESC, id LIMIT $1");

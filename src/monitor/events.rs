@@ -245,7 +245,12 @@ pub struct Batch {
     pub lookups: HashMap<(i64, usize), i64>,
     pub reports: Vec<Report>,
     pub events: u64,
+    /// Events by type (install, download, lookup, report), for the metrics.
+    pub by_type: [u64; 4],
 }
+
+/// The event types, in the order of [`Batch::by_type`].
+pub const EVENT_TYPES: [&str; 4] = ["install", "download", "lookup", "report"];
 
 fn minute_of(at: i64) -> i64 {
     at.div_euclid(MINUTE) * MINUTE
@@ -254,6 +259,12 @@ fn minute_of(at: i64) -> i64 {
 impl Batch {
     pub fn add(&mut self, e: Event) {
         self.events += 1;
+        self.by_type[match &e {
+            Event::Install { .. } => 0,
+            Event::Download { .. } => 1,
+            Event::Lookup { .. } => 2,
+            Event::Report(_) => 3,
+        }] += 1;
         match e {
             Event::Install {
                 package,
@@ -295,6 +306,9 @@ impl Batch {
     /// Folds another batch in (the intake writer commits several requests at once).
     pub fn merge(&mut self, other: Batch) {
         self.events += other.events;
+        for (mine, theirs) in self.by_type.iter_mut().zip(other.by_type) {
+            *mine += theirs;
+        }
         for (k, c) in other.releases {
             self.releases.entry(k).or_default().add(&c);
         }

@@ -27,6 +27,8 @@ pub enum ApprovalError {
     Untrusted(String),
     #[error("the key file's public key does not match the trusted key `{0}`")]
     WrongKey(String),
+    #[error("the signature of key `{0}` does not hold for this decision on this remediation")]
+    BadSignature(String),
     #[error("key `{key}` already decided on remediation `{id}`")]
     AlreadyDecided { key: String, id: String },
     #[error(transparent)]
@@ -68,7 +70,7 @@ pub fn valid(
     out
 }
 
-/// Records a maintainer's signed decision on a waiting remediation, with its audit entry.
+/// Signs a maintainer's decision on a waiting remediation with its key file and records it.
 #[allow(clippy::too_many_arguments)]
 pub async fn decide(
     store: &Store,
@@ -80,6 +82,25 @@ pub async fn decide(
     decision: Decision,
     now: i64,
 ) -> Result<Approval, ApprovalError> {
+    let r = waiting(store, id).await?;
+    if let Trust::Trusted(k) = trust.trust(&maintainer.key_id) {
+        if k.has_role(Role::Maintainer) && k.public != maintainer.public() {
+            return Err(ApprovalError::WrongKey(maintainer.key_id.clone()));
+        }
+    }
+    let msg = Approval::signing_bytes(decision, &r.id, &r.signature, &maintainer.key_id, now);
+    let approval = Approval {
+        remediation_id: r.id.clone(),
+        key_id: maintainer.key_id.clone(),
+        decision,
+        at: now,
+        signature: maintainer.sign(&msg),
+    };
+    record(store, policies, trust, daemon_key, approval).await
+}
+
+/// The remediation `id`, if it waits for approval.
+pub async fn waiting(store: &Store, id: &str) -> Result<Remediation, ApprovalError> {
     let r = store
         .remediation(id)
         .await?
@@ -93,13 +114,28 @@ pub async fn decide(
             },
         });
     }
+    Ok(r)
+}
+
+/// Records a decision signed elsewhere (by `mapek plans approve` through the admin API, say)
+/// once its key is a trusted maintainer among the policy's approvers and its signature holds;
+/// with its audit entry.
+pub async fn record(
+    store: &Store,
+    policies: &PolicySet,
+    trust: &TrustStore,
+    daemon_key: &KeyPair,
+    approval: Approval,
+) -> Result<Approval, ApprovalError> {
+    let id = approval.remediation_id.clone();
+    let r = waiting(store, &id).await?;
     let policy = policies
         .get(&r.policy)
         .ok_or_else(|| ApprovalError::NoPolicy {
-            id: id.into(),
+            id: id.clone(),
             policy: r.policy.clone(),
         })?;
-    let key_id = maintainer.key_id.clone();
+    let key_id = approval.key_id.clone();
     if !policy.approvers.contains(&key_id) {
         return Err(ApprovalError::NotAnApprover {
             key: key_id,
@@ -107,27 +143,22 @@ pub async fn decide(
             approvers: policy.approvers.join(", "),
         });
     }
+    let decision = approval.decision;
     match trust.trust(&key_id) {
         Trust::Trusted(k) if k.has_role(Role::Maintainer) => {
-            if k.public != maintainer.public() {
-                return Err(ApprovalError::WrongKey(key_id));
+            let msg = Approval::signing_bytes(decision, &r.id, &r.signature, &key_id, approval.at);
+            if !verify_hex(&k.public, &msg, &approval.signature) {
+                return Err(ApprovalError::BadSignature(key_id));
             }
         }
         _ => return Err(ApprovalError::Untrusted(key_id)),
     }
-    let msg = Approval::signing_bytes(decision, &r.id, &r.signature, &key_id, now);
-    let approval = Approval {
-        remediation_id: r.id.clone(),
-        key_id: key_id.clone(),
-        decision,
-        at: now,
-        signature: maintainer.sign(&msg),
-    };
+    let now = approval.at;
     let mut tx = store.begin().await?;
     if !approvals::insert(&mut tx, &approval).await? {
         return Err(ApprovalError::AlreadyDecided {
             key: key_id,
-            id: id.into(),
+            id: id.clone(),
         });
     }
     audit::append(

@@ -8,6 +8,7 @@ pub mod gates;
 pub mod graph;
 pub mod guards;
 pub mod policy;
+pub mod replay;
 pub mod signing;
 pub mod testing;
 pub mod values;
@@ -362,19 +363,17 @@ async fn audit_remediation(
     audit::append(
         tx,
         key,
-        NewEntry {
-            at: now,
-            kind: kind.into(),
-            actor: "daemon".into(),
-            subject: r.subject.to_string(),
-            remediation_id: Some(r.id.clone()),
-            detail: serde_json::json!({
+        NewEntry::about(
+            r,
+            now,
+            kind,
+            serde_json::json!({
                 "policy": r.policy,
                 "action": r.action.as_str(),
                 "finding": r.finding_id,
                 "reason": r.reason,
             }),
-        },
+        ),
     )
     .await?;
     Ok(())

@@ -135,6 +135,12 @@ impl World {
             learning: Default::default(),
             notifier: None,
             compaction: Default::default(),
+            leadership: Arc::new(mapek::daemon::lead::Leadership::new(
+                std::time::Duration::from_secs(15),
+            )),
+            admin_token: None,
+            on_task_failure: Default::default(),
+            fault: None,
         }
     }
 
@@ -177,4 +183,44 @@ pub async fn plan(
         .cycle(&w.t.store, &w.registry, ctx)
         .await
         .expect("the plan stage runs")
+}
+
+/// The demo's store, keys and policies under `dir/mapek-demo`, on `url`, after one cycle of
+/// the real binary (which plants and quarantines its three problems).
+pub fn prepare_demo(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mapek"))
+        .args(["--demo", "--database-url", url, "run", "--cycles", "1"])
+        .current_dir(dir)
+        .env("MAPEK_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the demo prepares");
+    assert!(status.success(), "{status}");
+    dir.join("mapek-demo")
+}
+
+/// Rewrites settings of the demo's policy files: (file, from, to), each `from` must be there.
+pub fn edit_policies(demo: &std::path::Path, edits: &[(&str, &str, &str)]) {
+    for (file, from, to) in edits {
+        let path = demo.join("policies").join(file);
+        let text = std::fs::read_to_string(&path).expect("policy file");
+        assert!(text.contains(from), "{file}: {from}");
+        std::fs::write(&path, text.replacen(from, to, 1)).expect("policy file");
+    }
+}
+
+/// Changes the artifact bytes of `package`@1.0.0 behind the registry's back.
+pub async fn tamper(registry: &SqlRegistry, package: &str) {
+    let release = registry
+        .release(package, "1.0.0")
+        .await
+        .expect("release")
+        .expect("the registry has it");
+    generate::tamper_artifact(
+        &registry.artifact_root,
+        release.artifact.as_deref().expect("an artifact file"),
+    )
+    .expect("tamper");
 }

@@ -13,12 +13,20 @@ use crate::knowledge::retention::RetentionSettings;
 use crate::monitor::events::Horizon;
 use std::collections::HashMap;
 
+pub mod env;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
     Read {
         file: PathBuf,
         source: std::io::Error,
+    },
+    #[error("environment variable {var}: field `{field}`: {reason}")]
+    Env {
+        var: String,
+        field: String,
+        reason: String,
     },
     #[error("{file}:{line}: field `{field}`: {reason}")]
     Invalid {
@@ -64,8 +72,18 @@ struct ConfigFile {
     require_signed_policies: Option<bool>,
     /// On SIGTERM, how long the stages may take to finish their current work.
     shutdown_grace: Option<toml::Spanned<String>>,
+    /// What a failed (panicked) task does: `restart` (with backoff) or `stop` the daemon.
+    on_task_failure: Option<crate::daemon::supervise::OnFailure>,
+    /// OTLP/HTTP collector for traces (else OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
+    otlp_endpoint: Option<toml::Spanned<String>>,
+    /// How long the leader's lease lasts without a renewal (PostgreSQL, several replicas).
+    lease_ttl: Option<toml::Spanned<String>>,
     /// File holding the bearer token of `POST /v1/events` (without one, the intake is off).
     intake_token_file: Option<PathBuf>,
+    /// File holding the admin API's bearer token (without one, the admin API is off).
+    admin_token_file: Option<PathBuf>,
+    /// Where `mapek status` and `mapek plans` reach a running daemon's admin API.
+    admin_url: Option<toml::Spanned<String>>,
     /// The largest request body the intake reads, in bytes.
     intake_max_body: Option<toml::Spanned<i64>>,
     /// Events older than this are refused.
@@ -118,9 +136,17 @@ pub struct Config {
     pub dry_run: bool,
     pub require_signed_policies: bool,
     pub shutdown_grace: Duration,
+    pub lease_ttl: Duration,
+    /// Where traces go (OTLP over HTTP); None: `OTEL_EXPORTER_OTLP_ENDPOINT`, or nowhere.
+    pub otlp_endpoint: Option<String>,
+    pub on_task_failure: crate::daemon::supervise::OnFailure,
     /// The intake's bearer token, read from `intake_token_file`; None: the intake is off.
     pub intake_token: Option<String>,
     pub intake_max_body: usize,
+    /// The admin API's bearer token, read from `admin_token_file`; None: the admin API is off.
+    pub admin_token: Option<String>,
+    /// A running daemon's address for the command line (`http://127.0.0.1:9700`).
+    pub admin_url: Option<String>,
     pub horizon: Horizon,
     pub telemetry_retention: Duration,
     pub detectors: Settings,
@@ -145,7 +171,12 @@ impl Config {
             dry_run: false,
             require_signed_policies: false,
             shutdown_grace: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(15),
+            otlp_endpoint: None,
+            on_task_failure: Default::default(),
             intake_token: None,
+            admin_token: None,
+            admin_url: None,
             intake_max_body: 16 << 20,
             horizon: Horizon::default(),
             telemetry_retention: Duration::from_secs(4 * 86_400),
@@ -180,6 +211,13 @@ impl Config {
     }
 
     pub fn parse(path: &Path, src: &str) -> Result<Self, ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::defaults(base).apply(path, src)
+    }
+
+    /// Applies the settings `src` names onto this configuration; the others stay as they are.
+    /// Relative paths resolve against `path`'s directory.
+    pub fn apply(self, path: &Path, src: &str) -> Result<Self, ConfigError> {
         let file: ConfigFile = toml::from_str(src).map_err(|e| {
             let (line, reason) = toml_error(src, &e);
             ConfigError::Invalid {
@@ -190,7 +228,7 @@ impl Config {
             }
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = Self::defaults(base);
+        let mut config = self;
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let invalid =
             |field: &str, span: std::ops::Range<usize>, reason: String| ConfigError::Invalid {
@@ -230,6 +268,7 @@ impl Config {
                 file.shutdown_grace,
                 &mut config.shutdown_grace,
             ),
+            ("lease_ttl", file.lease_ttl, &mut config.lease_ttl),
         ] {
             if let Some(v) = value {
                 let d = humantime::parse_duration(v.get_ref())
@@ -237,27 +276,48 @@ impl Config {
                 if d.is_zero() {
                     return Err(invalid(field, v.span(), "must be more than zero".into()));
                 }
+                if field == "lease_ttl" && d < Duration::from_secs(1) {
+                    return Err(invalid(field, v.span(), "must be at least 1s".into()));
+                }
                 *slot = d;
             }
         }
-        if let Some(p) = file.intake_token_file {
+        let token_of = |field: &str, p: PathBuf| -> Result<String, ConfigError> {
             let p = rel(p);
+            let at = line_of(src, src.find(field).unwrap_or(0));
             let token = std::fs::read_to_string(&p).map_err(|e| ConfigError::Invalid {
                 file: path.to_path_buf(),
-                line: line_of(src, src.find("intake_token_file").unwrap_or(0)),
-                field: "intake_token_file".into(),
+                line: at,
+                field: field.into(),
                 reason: format!("cannot read {}: {e}", p.display()),
             })?;
             let token = token.trim().to_string();
             if token.len() < 16 {
                 return Err(ConfigError::Invalid {
                     file: path.to_path_buf(),
-                    line: line_of(src, src.find("intake_token_file").unwrap_or(0)),
-                    field: "intake_token_file".into(),
+                    line: at,
+                    field: field.into(),
                     reason: format!("the token in {} is shorter than 16 characters", p.display()),
                 });
             }
-            config.intake_token = Some(token);
+            Ok(token)
+        };
+        if let Some(p) = file.intake_token_file {
+            config.intake_token = Some(token_of("intake_token_file", p)?);
+        }
+        if let Some(p) = file.admin_token_file {
+            config.admin_token = Some(token_of("admin_token_file", p)?);
+        }
+        if let Some(v) = &file.admin_url {
+            let url = v.get_ref().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "admin_url",
+                    v.span(),
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+            config.admin_url = Some(url.to_string());
         }
         if let Some(n) = file.intake_max_body {
             let v = *n.get_ref();
@@ -419,6 +479,20 @@ impl Config {
                     invalid("listen", l.span(), format!("not a socket address: {e}"))
                 })?);
         }
+        if let Some(v) = &file.otlp_endpoint {
+            let url = v.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    v.span(),
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+            config.otlp_endpoint = Some(url.clone());
+        }
+        if let Some(f) = file.on_task_failure {
+            config.on_task_failure = f;
+        }
         if let Some(f) = file.log_format {
             config.log_format = f;
         }
@@ -514,5 +588,30 @@ mod tests {
         assert_eq!(c.policies, PathBuf::from("/srv/mapek/pol"));
         assert_eq!(c.database_url, "/srv/mapek/state/m.db");
         assert_eq!(c.interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn the_deployed_example_documents_every_setting() {
+        let src = include_str!("mod.rs");
+        let (Some(start), Some(end)) = (
+            src.find("struct ConfigFile"),
+            src.find("struct RetentionFile"),
+        ) else {
+            panic!("the ConfigFile struct moved");
+        };
+        let example = include_str!("../../deploy/mapek.toml");
+        let fields: Vec<&str> = src[start..end]
+            .lines()
+            .filter_map(|l| l.trim().split_once(": Option<").map(|(name, _)| name))
+            .collect();
+        assert!(fields.len() > 20, "{fields:?}");
+        for field in fields {
+            assert!(
+                example.contains(&format!("{field} =")) || example.contains(&format!("[{field}")),
+                "deploy/mapek.toml does not document `{field}`"
+            );
+        }
+        // The example itself is a valid configuration.
+        Config::parse(Path::new("/etc/mapek/mapek.toml"), example).expect("the example parses");
     }
 }

@@ -1,0 +1,447 @@
+//! The admin API under `/v1/admin`: status, pause and resume, reload, pending plans and signed decisions on them, rollback, closing the circuit; bearer token, every call audited.
+//!
+//! Without a valid token the answer is 401 and nothing is done (nor written: an anonymous
+//! caller cannot grow the audit log). A replica that does not act (a standby) answers 409 and
+//! names the leader: admin calls go to the leader, whose writes are fenced by its lease.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+use super::Runtime;
+use crate::knowledge::approvals::{Approval, Decision};
+use crate::knowledge::audit::NewEntry;
+use crate::knowledge::control::{set_paused, Paused};
+use crate::knowledge::lease::LEADER;
+use crate::knowledge::remediations::Status;
+use crate::knowledge::StoreError;
+
+pub fn routes() -> Router<Arc<Runtime>> {
+    Router::new()
+        .route("/v1/admin/status", get(status))
+        .route("/v1/admin/pause", post(pause))
+        .route("/v1/admin/resume", post(resume))
+        .route("/v1/admin/reload", post(reload))
+        .route("/v1/admin/plans", get(plans))
+        .route("/v1/admin/plans/{id}/{decision}", post(decide))
+        .route("/v1/admin/remediations/{id}/rollback", post(rollback))
+        .route("/v1/admin/circuit/close", post(close_circuit))
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, Json(body)).into_response()
+}
+
+/// None when the request carries the admin token; otherwise the 401 to answer (counted, logged).
+fn unauthorized(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = match (&rt.admin_token, given) {
+        (Some(token), Some(g)) => super::http::same_secret(g.trim().as_bytes(), token.as_bytes()),
+        _ => false,
+    };
+    if ok {
+        return None;
+    }
+    rt.metrics
+        .admin_requests
+        .with_label_values(&[endpoint, "unauthorized"])
+        .inc();
+    tracing::warn!(endpoint, "admin API call without a valid token refused");
+    let why = if rt.admin_token.is_none() {
+        "the admin API is off: no admin_token_file is configured"
+    } else {
+        "a valid bearer token is required"
+    };
+    Some(reply(
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({ "error": why }),
+    ))
+}
+
+/// None when authenticated and this replica acts; otherwise the answer to give.
+async fn refused(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Response> {
+    if let Some(r) = unauthorized(rt, headers, endpoint) {
+        return Some(r);
+    }
+    if rt.leadership.acting() {
+        return None;
+    }
+    rt.metrics
+        .admin_requests
+        .with_label_values(&[endpoint, "refused"])
+        .inc();
+    let leader = rt
+        .store
+        .lease(LEADER)
+        .await
+        .ok()
+        .flatten()
+        .map(|h| h.holder)
+        .unwrap_or_default();
+    Some(reply(
+        StatusCode::CONFLICT,
+        serde_json::json!({
+            "error": format!("this replica is {}: send admin calls to the leader", rt.leadership.role().as_str()),
+            "leader": leader,
+        }),
+    ))
+}
+
+/// Audits the call (its own entry, beside any entry of the change itself), counts it and
+/// answers; a call whose audit entry cannot be written is answered 503.
+async fn finish(
+    rt: &Runtime,
+    endpoint: &str,
+    subject: &str,
+    status: StatusCode,
+    body: serde_json::Value,
+) -> Response {
+    let result = if status.is_success() { "ok" } else { "refused" };
+    let write = rt.store.record(
+        &rt.key,
+        NewEntry {
+            at: rt.clock.now_ms(),
+            kind: format!("admin.{endpoint}"),
+            actor: "admin-api".into(),
+            subject: subject.to_string(),
+            remediation_id: None,
+            detail: serde_json::json!({ "status": status.as_u16(), "result": result }),
+        },
+    );
+    if let Err(e) = write.await {
+        rt.metrics
+            .admin_requests
+            .with_label_values(&[endpoint, "error"])
+            .inc();
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": format!("the call could not be audited: {e}"), "outcome": body }),
+        );
+    }
+    rt.metrics
+        .admin_requests
+        .with_label_values(&[endpoint, result])
+        .inc();
+    reply(status, body)
+}
+
+fn store_failed(e: impl std::fmt::Display) -> (StatusCode, serde_json::Value) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "error": format!("knowledge store: {e}") }),
+    )
+}
+
+/// Who answers a status request: the daemon, or the command line reading the store itself.
+pub struct StatusView<'a> {
+    pub role: &'a str,
+    pub holder: &'a str,
+    pub policies: usize,
+    pub dry_run: bool,
+    pub window_ms: i64,
+    pub now: i64,
+}
+
+/// Everything `mapek status` shows, as JSON: the one shape the admin API answers and the
+/// command line prints.
+pub async fn status_body(
+    store: &crate::knowledge::Store,
+    v: StatusView<'_>,
+) -> Result<serde_json::Value, StoreError> {
+    let open = store.open_findings().await?;
+    let mut by_kind = std::collections::BTreeMap::<String, i64>::new();
+    for f in &open {
+        *by_kind.entry(f.kind.as_str().to_string()).or_default() += 1;
+    }
+    Ok(serde_json::json!({
+        "role": v.role,
+        "holder": v.holder,
+        "lease": store.lease(LEADER).await?.map(|h| serde_json::json!({
+            "holder": h.holder, "token": h.token, "expires_at": h.expires_at,
+        })),
+        "paused": store.paused().await?,
+        "circuit": crate::plan::circuit(store).await?,
+        "policies": v.policies,
+        "dry_run": v.dry_run,
+        "findings_open_total": open.len(),
+        "findings_open": by_kind,
+        "findings": open.iter().take(20).map(|f| serde_json::json!({
+            "kind": f.kind.as_str(), "severity": f.severity.as_str(),
+            "state": f.state.as_str(), "subject": f.subject.to_string(),
+        })).collect::<Vec<_>>(),
+        "remediations": store.remediation_counts().await?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "notices": store.notice_counts().await?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "learning_window_ms": v.window_ms,
+        "policy_outcomes": store.policy_outcomes(v.now.saturating_sub(v.window_ms)).await?,
+        "recent": store.recent_remediations(10).await?,
+    }))
+}
+
+async fn status(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&rt, &headers, "status").await {
+        return r;
+    }
+    let view = StatusView {
+        role: rt.leadership.role().as_str(),
+        holder: &rt.leadership.holder,
+        policies: rt.policies.get().policies.len(),
+        dry_run: rt.dry_run,
+        window_ms: i64::try_from(rt.learning.window.as_millis()).unwrap_or(i64::MAX),
+        now: rt.clock.now_ms(),
+    };
+    let (code, body) = match status_body(&rt.store, view).await {
+        Ok(b) => (StatusCode::OK, b),
+        Err(e) => store_failed(e),
+    };
+    finish(&rt, "status", "*", code, body).await
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct By {
+    /// Who asks, for the audit log.
+    #[serde(default)]
+    by: Option<String>,
+}
+
+fn by_of(body: &Option<Json<By>>) -> String {
+    body.as_ref()
+        .and_then(|b| b.by.clone())
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| format!("admin-api:{}", b.trim()))
+        .unwrap_or_else(|| "admin-api".into())
+}
+
+async fn set_pause(rt: &Runtime, paused: Option<Paused>) -> Result<(), StoreError> {
+    let mut tx = rt.store.begin().await?;
+    set_paused(&mut tx, paused.as_ref()).await?;
+    tx.commit().await?;
+    rt.metrics.paused.set(i64::from(paused.is_some()));
+    Ok(())
+}
+
+async fn pause(
+    State(rt): State<Arc<Runtime>>,
+    headers: HeaderMap,
+    body: Option<Json<By>>,
+) -> Response {
+    if let Some(r) = refused(&rt, &headers, "pause").await {
+        return r;
+    }
+    let by = by_of(&body);
+    let paused = Paused {
+        by: by.clone(),
+        at: rt.clock.now_ms(),
+    };
+    let (code, body) = match set_pause(&rt, Some(paused.clone())).await {
+        Ok(()) => {
+            tracing::warn!(%by, "execution paused through the admin API");
+            (
+                StatusCode::OK,
+                serde_json::json!({ "paused": paused, "note": "plans are still made and recorded; nothing is applied until resumed" }),
+            )
+        }
+        Err(e) => store_failed(e),
+    };
+    finish(&rt, "pause", &by, code, body).await
+}
+
+async fn resume(
+    State(rt): State<Arc<Runtime>>,
+    headers: HeaderMap,
+    body: Option<Json<By>>,
+) -> Response {
+    if let Some(r) = refused(&rt, &headers, "resume").await {
+        return r;
+    }
+    let by = by_of(&body);
+    let (code, body) = match set_pause(&rt, None).await {
+        Ok(()) => {
+            tracing::warn!(%by, "execution resumed through the admin API");
+            (StatusCode::OK, serde_json::json!({ "paused": null }))
+        }
+        Err(e) => store_failed(e),
+    };
+    finish(&rt, "resume", &by, code, body).await
+}
+
+async fn reload(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&rt, &headers, "reload").await {
+        return r;
+    }
+    let (code, body) = match rt.policies.reload() {
+        Some(super::reload::Reload::Loaded { policies }) => {
+            rt.metrics
+                .policy_reloads
+                .with_label_values(&["success"])
+                .inc();
+            rt.metrics.policies_loaded.set(policies as i64);
+            (StatusCode::OK, serde_json::json!({ "loaded": policies }))
+        }
+        Some(super::reload::Reload::Refused(errors)) => {
+            rt.metrics
+                .policy_reloads
+                .with_label_values(&["failure"])
+                .inc();
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({
+                    "error": "the new policy set is refused; the last good set stays in force",
+                    "problems": errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        None => (
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": "this daemon's policies do not come from a directory" }),
+        ),
+    };
+    finish(&rt, "reload", "*", code, body).await
+}
+
+async fn plans(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refused(&rt, &headers, "plans").await {
+        return r;
+    }
+    let (code, body) = match rt.store.remediations_with_status(Status::Pending).await {
+        Ok(list) => (StatusCode::OK, serde_json::json!({ "pending": list })),
+        Err(e) => store_failed(e),
+    };
+    finish(&rt, "plans", "*", code, body).await
+}
+
+/// A maintainer's decision, signed where the maintainer's key is (see
+/// `Approval::signing_bytes`); the daemon checks it, it never signs for a maintainer.
+#[derive(Debug, Deserialize)]
+struct SignedDecision {
+    key_id: String,
+    at: i64,
+    signature: String,
+}
+
+async fn decide(
+    State(rt): State<Arc<Runtime>>,
+    Path((id, decision)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<SignedDecision>>,
+) -> Response {
+    let endpoint = "decide";
+    if let Some(r) = refused(&rt, &headers, endpoint).await {
+        return r;
+    }
+    let decision =
+        match decision.as_str() {
+            "approve" => Decision::Approve,
+            "reject" => Decision::Reject,
+            other => return finish(
+                &rt,
+                endpoint,
+                &id,
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": format!("`{other}` is neither approve nor reject") }),
+            )
+            .await,
+        };
+    let Some(Json(signed)) = body else {
+        return finish(
+            &rt,
+            endpoint,
+            &id,
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "the body must be JSON: {\"key_id\", \"at\", \"signature\"}, the maintainer's signed decision" }),
+        )
+        .await;
+    };
+    let approval = Approval {
+        remediation_id: id.clone(),
+        key_id: signed.key_id,
+        decision,
+        at: signed.at,
+        signature: signed.signature,
+    };
+    let policies = rt.policies.get();
+    let (code, body) = match crate::plan::approve::record(
+        &rt.store, &policies, &rt.trust, &rt.key, approval,
+    )
+    .await
+    {
+        Ok(a) => (
+            StatusCode::OK,
+            serde_json::json!({ "recorded": a.decision.as_str(), "key_id": a.key_id, "remediation": id }),
+        ),
+        Err(crate::plan::approve::ApprovalError::Store(e)) => store_failed(e),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+    };
+    finish(&rt, endpoint, &id, code, body).await
+}
+
+async fn rollback(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<By>>,
+) -> Response {
+    if let Some(r) = refused(&rt, &headers, "rollback").await {
+        return r;
+    }
+    let by = by_of(&body);
+    let result = crate::execute::rollback::rollback(
+        &rt.store,
+        &rt.registry,
+        &rt.key,
+        &id,
+        &by,
+        rt.clock.now_ms(),
+    )
+    .await;
+    let (code, body) = match result {
+        Ok((r, outcome)) => (
+            StatusCode::OK,
+            serde_json::json!({ "rolled_back": id, "by": r.id, "action": r.action.as_str(), "outcome": format!("{outcome:?}") }),
+        ),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+    };
+    finish(&rt, "rollback", &id, code, body).await
+}
+
+async fn close_circuit(
+    State(rt): State<Arc<Runtime>>,
+    headers: HeaderMap,
+    body: Option<Json<By>>,
+) -> Response {
+    if let Some(r) = refused(&rt, &headers, "circuit_close").await {
+        return r;
+    }
+    let by = by_of(&body);
+    let (code, body) = match crate::plan::close_circuit_by_hand(
+        &rt.store,
+        &rt.key,
+        &by,
+        rt.clock.now_ms(),
+    )
+    .await
+    {
+        Ok(true) => {
+            rt.metrics.circuit_open.set(0);
+            (StatusCode::OK, serde_json::json!({ "closed": true }))
+        }
+        Ok(false) => (
+            StatusCode::CONFLICT,
+            serde_json::json!({ "error": "the circuit is not open" }),
+        ),
+        Err(e) => store_failed(e),
+    };
+    finish(&rt, "circuit_close", &by, code, body).await
+}

@@ -1,0 +1,44 @@
+//! Fault points of the executor for the crash and outage tests: `MAPEK_TEST_CRASH_AT=POINT:N` SIGKILLs the process the N-th time it reaches POINT, and a test may set a hook called at each point; otherwise nothing happens.
+//!
+//! The points are the executor's commit boundaries: `intents` (every intent committed, no
+//! effect yet), `before_commit` (a group's effects, audit entries and outcomes written but not
+//! committed) and `after_commit` (a group committed). `MAPEK_TEST_*` variables are not settings.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+fn plan() -> &'static Option<(String, u64)> {
+    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    PLAN.get_or_init(|| {
+        let v = std::env::var("MAPEK_TEST_CRASH_AT").ok()?;
+        let (point, n) = v.split_once(':')?;
+        Some((point.to_string(), n.parse().ok()?))
+    })
+}
+
+type Hook = Box<dyn Fn(&str) + Send + Sync>;
+
+static HOOK: OnceLock<Hook> = OnceLock::new();
+
+/// Sets the process's one fault hook (a test's); false if one was set already.
+pub fn set_hook(hook: Hook) -> bool {
+    HOOK.set(hook).is_ok()
+}
+
+/// Dies here, by SIGKILL (no destructor, no flush, no rollback but the database's own), when
+/// this is the planned point and its planned passage.
+pub fn point(name: &str) {
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    if let Some(hook) = HOOK.get() {
+        hook(name);
+    }
+    let Some((point, n)) = plan() else { return };
+    if point != name || PASSED.fetch_add(1, Ordering::SeqCst) + 1 != *n {
+        return;
+    }
+    let pid = std::process::id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status();
+    std::process::abort();
+}

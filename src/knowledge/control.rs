@@ -1,0 +1,40 @@
+//! Operator controls kept in the store, so they hold across restarts and failovers: whether execution is paused, by whom, since when.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::set_cursor;
+use super::{Store, StoreError};
+
+const PAUSED: &str = "execution.paused";
+
+/// Execution is paused: plans are still made and recorded, nothing is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    pub by: String,
+    pub at: i64,
+}
+
+impl Store {
+    /// Whether execution is paused (an unreadable value counts as paused: the safe side).
+    pub async fn paused(&self) -> Result<Option<Paused>, StoreError> {
+        Ok(match self.cursor(PAUSED).await?.as_deref() {
+            None | Some("") => None,
+            Some(v) => Some(serde_json::from_str(v).unwrap_or(Paused {
+                by: format!("unreadable pause record `{v}`"),
+                at: 0,
+            })),
+        })
+    }
+}
+
+/// Pauses (`Some`) or resumes (`None`) execution inside the caller's transaction.
+pub async fn set_paused(
+    conn: &mut sqlx::AnyConnection,
+    paused: Option<&Paused>,
+) -> Result<(), StoreError> {
+    let value = match paused {
+        Some(p) => serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        None => String::new(),
+    };
+    set_cursor(conn, PAUSED, &value).await
+}

@@ -1,0 +1,323 @@
+//! The admin API: 401 and nothing done without the token; pause stops execution until resume; signed approvals, rollback and closing the circuit; every call audited; a standby refuses.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+use common::{default_policies, world, World};
+use mapek::daemon::lead::Role;
+use mapek::daemon::reload::PolicySource;
+use mapek::daemon::{self, RunOptions, Runtime};
+use mapek::keys::{KeyPair, Role as KeyRole};
+use mapek::knowledge::approvals::{Approval, Decision};
+use mapek::knowledge::remediations::Status;
+use mapek::plan::policy::PolicySet;
+
+const TOKEN: &str = "an-admin-token-long-enough";
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+fn runtime(w: &World, policies: PolicySet) -> Arc<Runtime> {
+    let mut rt = w.runtime(PolicySource::fixed(policies));
+    rt.admin_token = Some(TOKEN.into());
+    rt.leadership.set(Role::Standalone);
+    Arc::new(rt)
+}
+
+async fn one_cycle(rt: &Arc<Runtime>) {
+    let summary = daemon::run(
+        rt.clone(),
+        RunOptions {
+            cycles: Some(1),
+            interval: Duration::from_millis(10),
+            grace: Duration::from_secs(30),
+        },
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.stage_errors, 0);
+}
+
+async fn audit_kinds(w: &World) -> Vec<String> {
+    w.t.store
+        .audit_entries()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn without_a_valid_token_every_call_is_refused_and_nothing_is_done() {
+    let w = world(10).await;
+    let rt = runtime(&w, default_policies());
+    let app = daemon::http::router(rt.clone());
+    let before = w.t.store.audit_entries().await.unwrap().len();
+    for (method, path) in [
+        ("GET", "/v1/admin/status"),
+        ("POST", "/v1/admin/pause"),
+        ("POST", "/v1/admin/resume"),
+        ("POST", "/v1/admin/reload"),
+        ("GET", "/v1/admin/plans"),
+        ("POST", "/v1/admin/plans/rem-x/approve"),
+        ("POST", "/v1/admin/remediations/rem-x/rollback"),
+        ("POST", "/v1/admin/circuit/close"),
+    ] {
+        for token in [None, Some("wrong-token-wrong-token")] {
+            let (status, body) = call(&app, method, path, token, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert!(body["error"].as_str().unwrap().contains("bearer token"));
+        }
+    }
+    assert_eq!(w.t.store.paused().await.unwrap(), None);
+    assert_eq!(w.t.store.audit_entries().await.unwrap().len(), before);
+    assert!(rt
+        .metrics
+        .render()
+        .contains("mapek_admin_requests_total{endpoint=\"pause\",result=\"unauthorized\"} 2"));
+}
+
+#[tokio::test]
+async fn pause_holds_execution_until_resume_and_rollback_and_circuit_are_answered() {
+    let w = world(20).await;
+    w.plant_problems().await;
+    let rt = runtime(&w, default_policies());
+    let app = daemon::http::router(rt.clone());
+
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/admin/pause",
+        Some(TOKEN),
+        Some(serde_json::json!({ "by": "alice" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    one_cycle(&rt).await;
+    assert!(w.quarantined().await.is_empty(), "paused: nothing applied");
+    let (_, status_body) = call(&app, "GET", "/v1/admin/status", Some(TOKEN), None).await;
+    assert_eq!(status_body["paused"]["by"], "admin-api:alice");
+    assert_eq!(status_body["role"], "standalone");
+    assert!(status_body["remediations"]["ready"].as_i64().unwrap_or(0) > 0);
+
+    let (status, _) = call(&app, "POST", "/v1/admin/resume", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    one_cycle(&rt).await;
+    assert_eq!(w.quarantined().await.len(), 3, "resumed: applied");
+
+    let executed =
+        w.t.store
+            .remediations_with_status(Status::Executed)
+            .await
+            .unwrap();
+    let id = executed[0].id.clone();
+    let path = format!("/v1/admin/remediations/{id}/rollback");
+    let (status, body) = call(&app, "POST", &path, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(w.quarantined().await.len(), 2);
+    let (status, body) = call(&app, "POST", &path, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already rolled back"),
+        "{body}"
+    );
+    let (status, body) = call(&app, "POST", "/v1/admin/circuit/close", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("not open"));
+
+    let kinds = audit_kinds(&w).await;
+    for k in [
+        "admin.pause",
+        "admin.status",
+        "admin.resume",
+        "admin.rollback",
+        "admin.circuit_close",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} audited: {kinds:?}");
+    }
+    let verified = mapek::knowledge::audit::verify_chain(
+        &w.t.store.audit_entries().await.unwrap(),
+        &w.key.public(),
+    );
+    assert!(verified.is_ok(), "{verified:?}");
+}
+
+const APPROVE: &str = r#"
+[[policy]]
+id = "q"
+on = ["checksum_mismatch", "signature_invalid", "signer_untrusted"]
+action = "quarantine"
+mode = "approve"
+approvers = ["maint-alice"]
+min_approvals = 1
+approval_ttl = "2h"
+"#;
+
+#[tokio::test]
+async fn an_approval_through_the_api_must_carry_the_maintainers_signature() {
+    let w = world(20).await;
+    w.plant_problems().await;
+    let alice = KeyPair::from_seed("maint-alice", [21; 32]);
+    let mut trust = (*w.trust).clone();
+    trust.add(&alice, "alice", vec![KeyRole::Maintainer]);
+    let policies =
+        PolicySet::from_sources(&[(PathBuf::from("p.toml"), APPROVE.to_string())]).unwrap();
+    let mut rt = w.runtime(PolicySource::fixed(policies));
+    rt.admin_token = Some(TOKEN.into());
+    rt.trust = Arc::new(trust);
+    rt.leadership.set(Role::Standalone);
+    let rt = Arc::new(rt);
+    let app = daemon::http::router(rt.clone());
+    one_cycle(&rt).await;
+
+    let (status, body) = call(&app, "GET", "/v1/admin/plans", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let pending = body["pending"].as_array().unwrap().clone();
+    assert_eq!(pending.len(), 3, "{body}");
+    let r = &pending[0];
+    let id = r["id"].as_str().unwrap();
+    let at = common::NOW;
+    let msg = Approval::signing_bytes(
+        Decision::Approve,
+        id,
+        r["signature"].as_str().unwrap(),
+        "maint-alice",
+        at,
+    );
+    let path = format!("/v1/admin/plans/{id}/approve");
+    // A signature over other bytes, by the right key: refused, nothing recorded.
+    let forged =
+        serde_json::json!({ "key_id": "maint-alice", "at": at, "signature": alice.sign(b"other") });
+    let (status, body) = call(&app, "POST", &path, Some(TOKEN), Some(forged)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("does not hold"));
+    let decided = |w: &World| {
+        let store = w.t.store.clone();
+        let id = id.to_string();
+        async move {
+            store
+                .pending_approvals()
+                .await
+                .unwrap()
+                .get(&id)
+                .map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(decided(&w).await, 0);
+
+    let signed =
+        serde_json::json!({ "key_id": "maint-alice", "at": at, "signature": alice.sign(&msg) });
+    let (status, body) = call(&app, "POST", &path, Some(TOKEN), Some(signed)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(decided(&w).await, 1);
+
+    // A standby changes nothing and names the leader.
+    rt.leadership.set(Role::Standby);
+    let (status, body) = call(&app, "POST", "/v1/admin/pause", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains("standby"));
+    assert_eq!(w.t.store.paused().await.unwrap(), None);
+}
+
+#[test]
+fn the_command_line_asks_a_running_daemon_when_one_is_configured() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin = env!("CARGO_BIN_EXE_mapek");
+    let prepared = Command::new(bin)
+        .args(["--demo", "run", "--cycles", "1"])
+        .current_dir(dir.path())
+        .env("MAPEK_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .expect("the demo prepares");
+    assert!(prepared.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).expect("token");
+    let config = dir.path().join("mapek.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{0}/mapek.db\"\npolicies = \"{0}/policies\"\ntrusted_keys = \"{0}/trusted-keys.toml\"\n\
+             key_file = \"{0}/daemon.key\"\nartifact_root = \"{0}/artifacts\"\ninterval = \"1s\"\n\
+             listen = \"127.0.0.1:{port}\"\nadmin_token_file = \"admin.token\"\nadmin_url = \"http://127.0.0.1:{port}\"\n",
+            dir.path().join("mapek-demo").display()
+        ),
+    )
+    .expect("config");
+    let cli = |args: &[&str]| {
+        Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("MAPEK_LOG", "warn")
+            .output()
+            .expect("the command runs")
+    };
+    // No daemon yet: the store is read directly, and the command says so.
+    let offline = cli(&["status"]);
+    assert!(offline.status.success());
+    assert!(String::from_utf8_lossy(&offline.stderr).contains("unreachable"));
+    assert!(String::from_utf8_lossy(&offline.stdout).contains("read from the store"));
+
+    let mut daemon = Command::new(bin)
+        .args(["--config", &config.display().to_string(), "run"])
+        .env("MAPEK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the daemon starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let online = loop {
+        let out = cli(&["status"]);
+        if String::from_utf8_lossy(&out.stdout).contains("from the daemon at") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let text = String::from_utf8_lossy(&online.stdout);
+    assert!(text.contains("role: standalone"), "{text}");
+    assert!(text.contains("quarantine-tampered"), "{text}");
+}

@@ -1,0 +1,288 @@
+//! High availability with real processes: replicas on one PostgreSQL share a leader's lease, a killed leader's standby takes over within the lease period, nothing is applied twice; on SQLite a second replica refuses to start.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mapek::knowledge::lease::LEADER;
+use mapek::knowledge::Store;
+use mapek::registry::SqlRegistry;
+use sqlx::Row;
+
+const TTL: Duration = Duration::from_secs(3);
+
+fn mapek() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mapek"));
+    c.env("MAPEK_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null());
+    c
+}
+
+/// A replica's configuration: the demo's files, a short interval, a short lease, no listener.
+fn write_config(dir: &Path, demo: &Path, url: &str) -> PathBuf {
+    let config = dir.join("replica.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{url}\"\npolicies = \"{0}/policies\"\ntrusted_keys = \"{0}/trusted-keys.toml\"\n\
+             key_file = \"{0}/daemon.key\"\nartifact_root = \"{0}/artifacts\"\ninterval = \"300ms\"\n\
+             full_scan_interval = \"1s\"\nlease_ttl = \"{1}s\"\nshutdown_grace = \"5s\"\n",
+            demo.display(),
+            TTL.as_secs()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Starts a replica; its log goes to `replica-N.log` beside the configuration.
+fn replica(config: &Path) -> Child {
+    // MAPEK_TEST_LOGS=DIR keeps the replicas' logs there, for a failure to be read.
+    let dir = std::env::var("MAPEK_TEST_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| config.parent().expect("config dir").to_path_buf());
+    let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    let log = std::fs::File::create(dir.join(format!("replica-{n}.log"))).expect("log file");
+    mapek()
+        .args(["--config", &config.display().to_string(), "run"])
+        .env("MAPEK_LOG", "info,sqlx=warn")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("a replica starts")
+}
+
+/// The pid in a lease holder's name (`host:pid:nonce`).
+fn pid_of(holder: &str) -> Option<u32> {
+    holder.split(':').nth(1)?.parse().ok()
+}
+
+/// Waits for a live holder of the lease that is one of `replicas` and not `not`; returns its index.
+async fn wait_for_leader(store: &Store, replicas: &[Child], not: Option<u32>) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(h) = store.lease(LEADER).await.expect("lease") {
+            let pid = pid_of(&h.holder);
+            if pid != not {
+                if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn executed_quarantines(store: &Store, package: &str) -> i64 {
+    sqlx::query(
+        "SELECT COUNT(*) FROM remediations WHERE package = $1 AND action = 'quarantine' AND status = 'executed'",
+    )
+    .bind(package.to_string())
+    .fetch_one(&store.pool)
+    .await
+    .expect("count")
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_applied_twice() {
+    if std::env::var("MAPEK_TEST_DATABASE_URL").map_or(true, |u| u.is_empty()) {
+        eprintln!("high availability: skipped on SQLite (one replica there; set MAPEK_TEST_DATABASE_URL to run the failover test on PostgreSQL)");
+        return;
+    }
+    let t = common::store().await;
+    let dir = t.dir.path();
+    let demo = common::prepare_demo(dir, &t.url);
+    // Every round tampers one more release: let the daily blast-radius guard allow them.
+    common::edit_policies(
+        &demo,
+        &[(
+            "guards.toml",
+            "max_registry_fraction_per_day = 0.02",
+            "max_registry_fraction_per_day = 0.5",
+        )],
+    );
+    let config = write_config(dir, &demo, &t.url);
+    let registry = SqlRegistry::new(t.store.clone(), demo.join("artifacts"));
+
+    let mut replicas = vec![replica(&config), replica(&config)];
+    // A counted run (as from cron) does not stand by for ever behind the leader.
+    wait_for_leader(&t.store, &replicas, None).await;
+    let once = mapek()
+        .args(["--config", &config.display().to_string(), "run", "--once"])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("a counted run");
+    let said = String::from_utf8_lossy(&once.stderr);
+    assert!(!once.status.success());
+    assert!(said.contains("another replica leads"), "{said}");
+    let rounds = 6;
+    let mut takeovers = Vec::new();
+    let mut tampered = Vec::new();
+    for round in 0..rounds {
+        let leader = wait_for_leader(&t.store, &replicas, None).await;
+        // New work for the leader: a tampered artifact, found at the next full scan.
+        let package = format!("pkg-{:05}", 200 + round);
+        common::tamper(&registry, &package).await;
+        tampered.push(package.clone());
+        // Kill at a different moment of the leader's work each round: before, during or after
+        // it acts on the tampered release.
+        tokio::time::sleep(Duration::from_millis(250 * round as u64)).await;
+        let killed = replicas[leader].id();
+        replicas[leader].kill().expect("SIGKILL");
+        let _ = replicas[leader].wait();
+        let at = Instant::now();
+        replicas.push(replica(&config));
+        let next = wait_for_leader(&t.store, &replicas, Some(killed)).await;
+        let took = at.elapsed();
+        takeovers.push(took);
+        assert!(
+            took <= TTL + Duration::from_millis(1500),
+            "round {round}: the standby took {took:?} to lead (lease {TTL:?})"
+        );
+        // The new leader acts: the tampered release ends quarantined, once.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while executed_quarantines(&t.store, &package).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {package} was never quarantined"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_ne!(replicas[next].id(), killed);
+    }
+    for mut r in replicas {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+    eprintln!("takeovers after SIGKILL: {takeovers:?}");
+
+    for package in &tampered {
+        assert_eq!(
+            executed_quarantines(&t.store, package).await,
+            1,
+            "{package}"
+        );
+    }
+    let twice: Vec<(String, i64)> = sqlx::query(
+        "SELECT remediation_id, COUNT(*) FROM audit_log WHERE kind = 'remediation.executed' \
+         GROUP BY remediation_id HAVING COUNT(*) > 1",
+    )
+    .fetch_all(&t.store.pool)
+    .await
+    .expect("audit")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    assert!(twice.is_empty(), "applied twice: {twice:?}");
+    let tokens: Vec<i64> = t
+        .store
+        .audit_entries()
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|e| e.kind == "leader.acquired")
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
+        .filter_map(|d| d["token"].as_i64())
+        .collect();
+    assert!(tokens.len() > rounds, "one term per leader: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens grow: {tokens:?}"
+    );
+    let verified = mapek()
+        .args(["--config", &config.display().to_string(), "audit", "verify"])
+        .status()
+        .expect("audit verify");
+    assert!(verified.success(), "the audit chain holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cannot_write_anything_with_its_old_token() {
+    let t = common::store().await;
+    if t.store.backend != mapek::knowledge::Backend::Postgres {
+        eprintln!("fencing: skipped on SQLite (one replica, no lease)");
+        return;
+    }
+    let old = t.store.fenced();
+    assert!(
+        old.begin().await.is_err(),
+        "no token yet: refused before any write"
+    );
+    let now = common::NOW;
+    let token = t
+        .store
+        .try_acquire(LEADER, "a:1:x", now, 1_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    old.set_fence(token);
+    old.begin().await.expect("the holder writes");
+    assert_eq!(
+        t.store
+            .try_acquire(LEADER, "b:2:y", now + 500, 1_000)
+            .await
+            .expect("ask"),
+        None,
+        "held until it expires"
+    );
+    let newer = t
+        .store
+        .try_acquire(LEADER, "b:2:y", now + 1_001, 1_000)
+        .await
+        .expect("acquire")
+        .expect("expired");
+    assert!(newer > token);
+    let err = old.begin().await.expect_err("fenced");
+    assert!(err.to_string().contains("moved on"), "{err}");
+    assert!(!t
+        .store
+        .renew(LEADER, "a:1:x", token, now + 1_100, 1_000)
+        .await
+        .expect("renew"));
+}
+
+#[test]
+fn a_second_replica_on_one_sqlite_store_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("mapek-demo").join("mapek.db");
+    let demo = common::prepare_demo(dir.path(), &db.display().to_string());
+    let config = write_config(dir.path(), &demo, &db.display().to_string());
+    let mut first = replica(&config);
+    // Wait until the first replica holds the lock file.
+    let lock = PathBuf::from(format!("{}.lock", db.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = std::fs::File::open(&lock)
+            .map(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+            .unwrap_or(false);
+        if held {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first replica never locked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = mapek()
+        .args(["--config", &config.display().to_string(), "run", "--once"])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the second replica runs");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        said.contains("another mapek daemon is running on the SQLite store"),
+        "{said}"
+    );
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    // The lock dies with its process: a replacement starts.
+    let status = mapek()
+        .args(["--config", &config.display().to_string(), "run", "--once"])
+        .status()
+        .expect("a replacement runs");
+    assert!(status.success(), "{status}");
+}
