@@ -202,66 +202,81 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// SIGHUP asks the plan stage to reload the policies before its next cycle.
-async fn reload_on_hangup(rt: Arc<Runtime>, cancel: CancellationToken) {
+/// SIGHUP asks the plan stage to reload the policies before its next cycle. The handler is
+/// installed before this returns (not when the task first runs): READY is sent soon after, and
+/// a SIGHUP that arrived before the handler would take the default action and end the daemon.
+fn reload_on_hangup(
+    rt: Arc<Runtime>,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGHUP; policies reload on directory changes only");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                got = hup.recv() => {
-                    if got.is_none() { return }
-                    tracing::info!("SIGHUP: reloading policies at the next cycle");
-                    rt.policies.request();
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hup = match hup {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGHUP; policies reload on directory changes only");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    got = hup.recv() => {
+                        if got.is_none() { return }
+                        tracing::info!("SIGHUP: reloading policies at the next cycle");
+                        rt.policies.request();
+                    }
                 }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (rt, cancel);
+        #[cfg(not(unix))]
+        {
+            let _ = (rt, cancel);
+        }
     }
 }
 
-/// Cancels on Ctrl-C or SIGTERM; the stages finish their current work and stop.
-async fn stop_on_signal(cancel: CancellationToken) {
+/// Cancels on Ctrl-C or SIGTERM; the stages finish their current work and stop. As with
+/// SIGHUP, the handlers are installed before this returns.
+fn stop_on_signal(cancel: CancellationToken) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let handlers = {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-                cancel.cancel();
-                return;
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = match handlers {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM or SIGINT");
+                    let _ = tokio::signal::ctrl_c().await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = int.recv() => tracing::info!("interrupt: stopping; the stages finish their current work (a second signal exits at once)"),
+                _ = term.recv() => tracing::info!("SIGTERM: stopping; the stages finish their current work (a second signal exits at once)"),
+                _ = cancel.cancelled() => return,
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping; the stages finish their current work (a second signal exits at once)"),
-            _ = term.recv() => tracing::info!("SIGTERM: stopping; the stages finish their current work (a second signal exits at once)"),
-            _ = cancel.cancelled() => return,
+            crate::daemon::notify::stopping();
+            cancel.cancel();
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(130);
         }
-        crate::daemon::notify::stopping();
-        cancel.cancel();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            cancel.cancel();
         }
-        tracing::warn!("second signal: exiting at once");
-        std::process::exit(130);
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        cancel.cancel();
     }
 }
