@@ -3,6 +3,7 @@
 pub mod approvals;
 pub mod audit;
 mod batch;
+pub mod chain;
 pub mod control;
 pub mod findings;
 pub mod learned;
