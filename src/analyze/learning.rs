@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::checks::condition;
 use super::lifecycle::Condition;
-use super::quality::{guard_passed, Evidence, QualityModel};
+use super::quality::{check_passed, Evidence, QualityModel};
 use super::settings::Settings;
 use super::windows::Windows;
 use crate::knowledge::learned::{Baseline, QualityState};
@@ -167,37 +167,52 @@ impl Quality {
         let unmaintained_days = s.unmaintained_after_ms as f64 / 86_400_000.0;
         let mut out = Vec::new();
         let mut changed = Vec::new();
+        // Each guard's check is resolved once, and a score is a tally without allocations:
+        // strings are copied only for the packages whose state changes.
+        let checks = model.checks();
         for (i, p) in facts.packages.iter().enumerate() {
             let e = evidence(i);
-            let sc = model.score(|g| guard_passed(g, p, &e, s.install_slo, unmaintained_days));
+            let t = model.tally(|g| {
+                check_passed(
+                    &model.guards[g].0,
+                    checks[g],
+                    p,
+                    &e,
+                    s.install_slo,
+                    unmaintained_days,
+                )
+            });
+            let band = model.band_name(t.band);
             let name = &p.record.name;
             let state = match self.states.get_mut(name.as_str()) {
                 Some(state) => state,
                 None => {
                     changed.push(name.clone());
                     self.states.entry(name.clone()).or_insert(QualityState {
-                        score: sc.score,
-                        band: sc.band.clone(),
-                        failed: sc.failed.clone(),
-                        peak: sc.score,
-                        peak_band: sc.band.clone(),
+                        score: t.score,
+                        band: band.to_string(),
+                        failed: model.failed_names(t.failed),
+                        peak: t.score,
+                        peak_band: band.to_string(),
                         peak_at: now,
                         computed_at: now,
                     })
                 }
             };
             // Compared before anything is copied: most packages do not change in most cycles.
-            let new_peak = sc.score >= state.peak || now - state.peak_at > s.quality_window_ms;
-            let material = state.score != sc.score
-                || state.band != sc.band
+            let new_peak = t.score >= state.peak || now - state.peak_at > s.quality_window_ms;
+            let material = state.score != t.score
+                || state.band != band
                 || (new_peak
-                    && (state.peak != sc.score
-                        || state.peak_band != sc.band
+                    && (state.peak != t.score
+                        || state.peak_band != band
                         || now - state.peak_at >= PEAK_REFRESH_MS));
             if material {
                 if new_peak {
-                    state.peak = sc.score;
-                    state.peak_band = sc.band.clone();
+                    state.peak = t.score;
+                    if state.peak_band != band {
+                        state.peak_band = band.to_string();
+                    }
                     state.peak_at = now;
                 }
                 state.computed_at = now;
@@ -205,15 +220,15 @@ impl Quality {
                     changed.push(name.clone());
                 }
             }
-            state.score = sc.score;
-            if state.band != sc.band {
-                state.band = sc.band;
+            state.score = t.score;
+            if state.band != band {
+                state.band = band.to_string();
             }
-            if state.failed != sc.failed {
-                state.failed = sc.failed;
+            if !model.failed_are(t.failed, &state.failed) {
+                state.failed = model.failed_names(t.failed);
             }
             let dropped = state.peak - state.score;
-            let band_fell = model.band_rank(&state.band) > model.band_rank(&state.peak_band);
+            let band_fell = t.band > model.band_rank(&state.peak_band);
             if dropped > s.quality_drop_points || band_fell {
                 let mut labels = Labels::new();
                 labels.insert("score".into(), state.score.into());

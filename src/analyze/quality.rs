@@ -40,6 +40,19 @@ pub struct QualityModel {
     pub guards: Vec<(String, f64)>,
     pub critical: Vec<String>,
     pub bands: Vec<(String, f64)>,
+    /// Bit `i`: guard `i` is critical.
+    critical_mask: u128,
+}
+
+/// At most this many guards (a package's failed guards are kept as a bit mask).
+pub const MAX_GUARDS: usize = 128;
+
+/// A score as [`QualityModel::tally`] gives it: the band as its rank, the failed guards as bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tally {
+    pub score: f64,
+    pub band: usize,
+    pub failed: u128,
 }
 
 /// The band below every configured one.
@@ -115,6 +128,13 @@ impl QualityModel {
             guards.push((name, weight));
         }
         guards.sort_by(|a, b| a.0.cmp(&b.0));
+        if guards.len() > MAX_GUARDS {
+            return Err(err(
+                guards_at,
+                "quality.guards",
+                format!("{} guards; at most {MAX_GUARDS}", guards.len()),
+            ));
+        }
         if guards.iter().map(|g| g.1).sum::<f64>() <= 0.0 {
             return Err(err(
                 guards_at,
@@ -153,40 +173,84 @@ impl QualityModel {
             bands.push((name, v));
         }
         bands.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let critical_mask = guards
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| critical.contains(&g.0))
+            .fold(0u128, |m, (i, _)| m | 1 << i);
         Ok(Self {
             guards,
             critical,
             bands,
+            critical_mask,
         })
     }
 
     /// score = 100 * (weights of passed guards) / (all weights); the band is the best one whose
     /// threshold the score reaches, except that the best band also needs every critical guard.
     pub fn score(&self, passed: impl Fn(&str) -> bool) -> Score {
-        let total: f64 = self.guards.iter().map(|g| g.1).sum();
-        let mut got = 0.0;
-        let mut failed = Vec::new();
-        for (name, w) in &self.guards {
-            if passed(name) {
+        let t = self.tally(|i| passed(&self.guards[i].0));
+        Score {
+            score: t.score,
+            band: self.band_name(t.band).to_string(),
+            failed: self.failed_names(t.failed),
+        }
+    }
+
+    /// [`QualityModel::score`] without allocating, for scoring every package every cycle:
+    /// `passed(i)` judges the model's guard `i`.
+    pub fn tally(&self, passed: impl Fn(usize) -> bool) -> Tally {
+        let (mut total, mut got, mut failed) = (0.0, 0.0, 0u128);
+        for (i, (_, w)) in self.guards.iter().enumerate() {
+            total += w;
+            if passed(i) {
                 got += w;
             } else {
-                failed.push(name.clone());
+                failed |= 1 << i;
             }
         }
         let score = 100.0 * got / total;
-        let critical_ok = self.critical.iter().all(|c| !failed.contains(c));
+        let critical_ok = failed & self.critical_mask == 0;
         let band = self
             .bands
             .iter()
             .enumerate()
-            .find(|(i, (_, t))| score >= *t && (*i > 0 || critical_ok))
-            .map(|(_, (name, _))| name.clone())
-            .unwrap_or_else(|| LOWEST_BAND.into());
-        Score {
+            .position(|(i, (_, t))| score >= *t && (i > 0 || critical_ok))
+            .unwrap_or(self.bands.len());
+        Tally {
             score,
             band,
             failed,
         }
+    }
+
+    /// The name of band `rank` (as [`QualityModel::band_rank`] counts).
+    pub fn band_name(&self, rank: usize) -> &str {
+        self.bands.get(rank).map_or(LOWEST_BAND, |b| b.0.as_str())
+    }
+
+    /// The names of the guards in `failed`, in the model's order.
+    pub fn failed_names(&self, failed: u128) -> Vec<String> {
+        self.failed_iter(failed).map(str::to_string).collect()
+    }
+
+    /// Whether `names` are exactly the guards in `failed`, in the model's order.
+    pub fn failed_are(&self, failed: u128, names: &[String]) -> bool {
+        self.failed_iter(failed)
+            .eq(names.iter().map(String::as_str))
+    }
+
+    fn failed_iter(&self, failed: u128) -> impl Iterator<Item = &str> {
+        self.guards
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| failed & (1 << i) != 0)
+            .map(|(_, g)| g.0.as_str())
+    }
+
+    /// How each guard is judged, in the model's order.
+    pub fn checks(&self) -> Vec<Check> {
+        self.guards.iter().map(|g| Check::of(&g.0)).collect()
     }
 
     /// How good a band is: 0 for the best, larger below.
@@ -214,36 +278,68 @@ pub struct Evidence {
 /// Packages with at least this many downloads count as adopted even with no dependents.
 pub const ADOPTION_DOWNLOADS: i64 = 100;
 
+/// How the daemon judges a guard from registry facts and telemetry (a receipt may still say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Signed,
+    Checksum,
+    License,
+    Metadata,
+    Maintained,
+    Adoption,
+    NoInstallFailures,
+    /// A guard only a receipt can judge.
+    Receipt,
+}
+
+impl Check {
+    pub fn of(guard: &str) -> Self {
+        match guard {
+            "signed" => Self::Signed,
+            "checksum" => Self::Checksum,
+            "license" => Self::License,
+            "metadata" => Self::Metadata,
+            "maintained" => Self::Maintained,
+            "adoption" => Self::Adoption,
+            "no_install_failures" => Self::NoInstallFailures,
+            _ => Self::Receipt,
+        }
+    }
+}
+
 /// One guard's result. A ggen receipt's result wins for the guards it covers (it saw the
-/// package's files, which the daemon does not); the others are judged on registry facts; a guard
-/// neither can judge counts as failed.
-pub fn guard_passed(
+/// package's files, which the daemon does not); the others are judged on registry facts by their
+/// [`Check`]; a guard neither can judge counts as failed.
+pub fn check_passed(
     guard: &str,
+    check: Check,
     p: &PackageFacts,
     e: &Evidence,
     slo: f64,
     unmaintained_days: f64,
 ) -> bool {
-    if let Some(r) = p.receipt.get(guard) {
-        return *r;
+    if !p.receipt.is_empty() {
+        if let Some(r) = p.receipt.get(guard) {
+            return *r;
+        }
     }
     let filled = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());
     let rec = &p.record;
-    match guard {
-        "signed" => e.signed == Some(true),
-        "checksum" => e.checksum == Some(true),
-        "license" => filled(&rec.license),
-        "metadata" => {
+    match check {
+        Check::Signed => e.signed == Some(true),
+        Check::Checksum => e.checksum == Some(true),
+        Check::License => filled(&rec.license),
+        Check::Metadata => {
             !rec.description.trim().is_empty()
                 && filled(&rec.author)
                 && filled(&rec.license)
                 && filled(&rec.category)
                 && p.latest().is_some()
         }
-        "maintained" => e.days_since_release.is_some_and(|d| d <= unmaintained_days),
-        "adoption" => e.dependents > 0 || rec.downloads >= ADOPTION_DOWNLOADS,
-        "no_install_failures" => e.install_success.is_none_or(|s| s >= slo),
-        _ => false,
+        Check::Maintained => e.days_since_release.is_some_and(|d| d <= unmaintained_days),
+        Check::Adoption => e.dependents > 0 || rec.downloads >= ADOPTION_DOWNLOADS,
+        Check::NoInstallFailures => e.install_success.is_none_or(|s| s >= slo),
+        Check::Receipt => false,
     }
 }
 
@@ -274,6 +370,12 @@ mod tests {
         let s = m.score(|g| g == "b");
         assert_eq!(s.score, 99.0);
         assert_eq!(s.band, "mid");
+        assert_eq!(s.failed, vec!["a".to_string()]);
+        let t = m.tally(|i| m.guards[i].0 == "b");
+        assert_eq!((t.band, m.band_name(t.band)), (1, "mid"));
+        assert!(m.failed_are(t.failed, &s.failed));
+        assert!(!m.failed_are(t.failed, &[]));
+        assert!(!m.failed_are(0b11, &s.failed));
     }
 
     #[test]
@@ -291,6 +393,17 @@ mod tests {
             .unwrap_err();
         assert!(
             e.to_string().starts_with("q.toml:2: quality.guards.a"),
+            "{e}"
+        );
+        let many: Vec<String> = (0..=MAX_GUARDS).map(|i| format!("g{i} = 1")).collect();
+        let e = QualityModel::parse(
+            Path::new("q.toml"),
+            &format!("[quality]\nguards = {{ {} }}\n", many.join(", ")),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("q.toml:2: quality.guards: 129 guards; at most 128"),
             "{e}"
         );
         let e = QualityModel::parse(Path::new("q.toml"), "[quality]\nguardz = {}\n").unwrap_err();
