@@ -10,6 +10,7 @@ use common::{default_policies, world};
 use mapek::daemon::reload::PolicySource;
 use mapek::daemon::supervise::OnFailure;
 use mapek::daemon::{self, RunOptions};
+use mapek::knowledge::Backend;
 
 fn opts(cycles: u64) -> RunOptions {
     RunOptions {
@@ -58,9 +59,23 @@ async fn with_on_task_failure_stop_the_daemon_stops_and_names_the_task() {
             panic!("injected fault in plan");
         }
     }));
-    let error = daemon::run(Arc::new(rt), opts(50), Default::default())
+    let store = rt.store.clone();
+    // Through the leader's loop, as `mapek run` runs it: the lease is handed back on the way out.
+    let error = daemon::lead::run(Arc::new(rt), opts(50), Default::default())
         .await
         .expect_err("the daemon stops");
+    let lease = store
+        .lease(mapek::knowledge::lease::LEADER)
+        .await
+        .expect("the lease row");
+    match store.backend {
+        Backend::Postgres => {
+            let lease = lease.expect("it was held");
+            assert_eq!(lease.expires_at, 0, "the lease was released: {lease:?}");
+        }
+        // One replica on SQLite (a lock file): there is no lease to hand back.
+        Backend::Sqlite => assert_eq!(lease, None),
+    }
     let text = error.to_string();
     assert!(
         text.contains("the plan task failed: injected fault in plan"),

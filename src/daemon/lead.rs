@@ -164,13 +164,18 @@ pub async fn run(
         term.cancel();
         let _ = keeper.await;
         rt.store.set_fence(NOT_LEADING);
-        let summary = summary?;
-        total.cycles += summary.cycles;
-        total.stage_errors += summary.stage_errors;
-        if cancel.is_cancelled() || opts.cycles.is_some() {
+        // Stopping (told to, done counting, or a failed task with on_task_failure = "stop"):
+        // the lease is handed back at once rather than left to expire under a standby.
+        let stopping = cancel.is_cancelled() || opts.cycles.is_some() || summary.is_err();
+        if stopping {
             if let Err(error) = rt.store.release(LEADER, &lead.holder, token).await {
                 tracing::warn!(%error, "could not release the lease; it expires by itself");
             }
+        }
+        let summary = summary?;
+        total.cycles += summary.cycles;
+        total.stage_errors += summary.stage_errors;
+        if stopping {
             break;
         }
         tracing::error!(holder = %lead.holder, token, "the lease was lost: this replica stops acting and stands by");
