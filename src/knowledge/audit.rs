@@ -14,6 +14,8 @@ use crate::keys::KeyPair;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The fields are in the order of the table's columns: [`Store::audit_page`] reads each entry
+/// as an array in this order.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEntry {
@@ -181,59 +183,17 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         let text: String = row.try_get(0)?;
-        let encoded: Vec<Encoded> = serde_json::from_str(&text).map_err(|e| {
+        // Each entry is an array of the columns in the order of AuditEntry's fields, which
+        // serde reads into the struct as it is.
+        serde_json::from_str(&text).map_err(|e| {
             StoreError::Corrupt(format!(
                 "audit_log after seq {after}: a page of entries: {e}"
             ))
-        })?;
-        Ok(encoded
-            .into_iter()
-            .map(
-                |(
-                    seq,
-                    at,
-                    kind,
-                    actor,
-                    subject,
-                    remediation_id,
-                    detail,
-                    prev_hash,
-                    hash,
-                    signature,
-                )| {
-                    AuditEntry {
-                        seq,
-                        at,
-                        kind,
-                        actor,
-                        subject,
-                        remediation_id,
-                        detail,
-                        prev_hash,
-                        hash,
-                        signature,
-                    }
-                },
-            )
-            .collect())
+        })
     }
 }
 
 /// Entries read per query when the log is read whole.
 pub const PAGE: i64 = 20_000;
-
-/// One entry as the database encodes it in a page (the columns in order).
-type Encoded = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-);
 
 pub use super::chain::{verify_chain, ChainBreak};
