@@ -394,4 +394,10 @@ async fn a_download_spike_against_the_learned_baseline_fires_and_small_packages_
         of(&open, FindingKind::DownloadAnomaly, "small").is_none(),
         "60 downloads an hour are under the minimum volume"
     );
+    // Later in the same hour the hour is not folded again, but its anomaly still holds: the
+    // finding is seen again (its last_seen moves on), not left to resolve.
+    let later = T0 + 31 * HOUR + 20 * MINUTE;
+    let open = judge(&mut a, &t.store, &mut since, later).await;
+    let again = of(&open, FindingKind::DownloadAnomaly, "big").expect("still open");
+    assert_eq!(again.last_seen, later);
 }

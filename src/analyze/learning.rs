@@ -47,13 +47,29 @@ struct HourVerdict {
 pub struct Downloads {
     pub baselines: HashMap<String, Baseline>,
     verdicts: HashMap<String, HourVerdict>,
+    /// The last complete hour already folded, under which settings, and the anomalies it gave:
+    /// until the next hour completes (or the settings change) there is nothing new to fold.
+    folded: Option<(i64, [f64; 4], Vec<Condition>)>,
 }
 
 impl Downloads {
     /// Folds every complete hour not yet folded, judging each against the baseline before it;
     /// returns the anomalies of the last complete hour and the baselines that changed.
+    /// Within an hour the work is done once, at its first cycle: a package first seen with
+    /// downloads later in that hour gets its baseline at the next hour's fold.
     pub fn cycle(&mut self, w: &Windows, s: &Settings, now: i64) -> (Vec<Condition>, Vec<String>) {
         let last_complete = now.div_euclid(HOUR) * HOUR - HOUR;
+        let settings = [
+            s.download_alpha,
+            s.download_z,
+            s.download_min_per_hour,
+            s.download_warmup_hours as f64,
+        ];
+        if let Some((hour, under, out)) = &self.folded {
+            if *hour == last_complete && *under == settings {
+                return (out.clone(), Vec::new());
+            }
+        }
         let mut hourly: HashMap<&str, HashMap<i64, i64>> = HashMap::new();
         for ((p, _), series) in &w.releases {
             let per = hourly.entry(p.as_str()).or_default();
@@ -141,6 +157,7 @@ impl Downloads {
                 labels,
             ));
         }
+        self.folded = Some((last_complete, settings, out.clone()));
         (out, changed)
     }
 }
