@@ -180,6 +180,37 @@ async fn the_command_checks_the_head_by_default_and_every_signature_when_asked()
         .await
         .expect("damage");
     store.close().await;
+    // A third party with the export and the public key alone: no store is opened or created.
+    let export = dir.path().join("audit.jsonl");
+    let exported = std::process::Command::new(env!("CARGO_BIN_EXE_mapek"))
+        .args(["--demo", "audit", "export", "--out"])
+        .arg(&export)
+        .current_dir(dir.path())
+        .env("MAPEK_LOG", "warn")
+        .status()
+        .expect("audit export runs");
+    assert!(exported.success());
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let public = KeyPair::load(&dir.path().join("mapek-demo/daemon.key"))
+        .expect("the demo's key")
+        .public_hex();
+    let third = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mapek"))
+            .args(["audit", "verify", "--public-key", &public, "--file"])
+            .arg(&export)
+            .args(extra)
+            .current_dir(elsewhere.path())
+            .env("MAPEK_LOG", "warn")
+            .output()
+            .expect("audit verify runs")
+    };
+    assert!(third(&[]).status.success(), "{:?}", third(&[]));
+    assert_eq!(third(&["--every-signature"]).status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).expect("dir").count(),
+        0,
+        "nothing was created where the export was checked"
+    );
     assert!(verify(&[]).status.success());
     let broken = verify(&["--every-signature"]);
     assert_eq!(broken.status.code(), Some(1), "{broken:?}");
