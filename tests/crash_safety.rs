@@ -59,6 +59,17 @@ fn prepare(dir: &Path, url: &str) -> (PathBuf, PathBuf) {
     (demo, config)
 }
 
+/// How many of the tampered releases (pkg-00150 to pkg-00299) are quarantined.
+async fn quarantined(store: &mapek::knowledge::Store) -> i64 {
+    sqlx::query(
+        "SELECT COUNT(*) FROM releases WHERE quarantined = 1 AND package >= 'pkg-00150' AND package < 'pkg-00300'",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .expect("count")
+    .get::<i64, _>(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_many_moments_leaves_nothing_half_applied_or_applied_twice() {
     let t = common::store().await;
@@ -70,18 +81,6 @@ async fn sigkill_at_many_moments_leaves_nothing_half_applied_or_applied_twice() 
     for package in &tampered {
         common::tamper(&registry, package).await;
     }
-    let quarantined = || {
-        let store = t.store.clone();
-        async move {
-            sqlx::query(
-                "SELECT COUNT(*) FROM releases WHERE quarantined = 1 AND package >= 'pkg-00150' AND package < 'pkg-00300'",
-            )
-            .fetch_one(&store.pool)
-            .await
-            .expect("count")
-            .get::<i64, _>(0)
-        }
-    };
     let intents = || {
         let store = t.store.clone();
         async move {
@@ -118,7 +117,11 @@ async fn sigkill_at_many_moments_leaves_nothing_half_applied_or_applied_twice() 
         };
         use std::os::unix::process::ExitStatusExt as _;
         assert_eq!(status.signal(), Some(9), "{point}: killed by SIGKILL");
-        assert_eq!(quarantined().await, quarantined_after, "{point}: applied");
+        assert_eq!(
+            quarantined(&t.store).await,
+            quarantined_after,
+            "{point}: applied"
+        );
         assert_eq!(intents().await, intents_after, "{point}: intents left");
     }
     // Then killed after different delays: during start-up, the full scan, planning, execution.
@@ -131,13 +134,7 @@ async fn sigkill_at_many_moments_leaves_nothing_half_applied_or_applied_twice() 
         daemon.kill().expect("SIGKILL");
         let _ = daemon.wait();
     }
-    let before_last = sqlx::query(
-        "SELECT COUNT(*) FROM releases WHERE quarantined = 1 AND package >= 'pkg-00150' AND package < 'pkg-00300'",
-    )
-    .fetch_one(&t.store.pool)
-    .await
-    .expect("count")
-    .get::<i64, _>(0);
+    let before_last = quarantined(&t.store).await;
     let terms = t.store.audit_entries().await.expect("audit").len();
     eprintln!("after the kills: {before_last} of 150 quarantined, {terms} audit entries");
     // A last daemon runs until every tampered release is quarantined.
@@ -146,16 +143,7 @@ async fn sigkill_at_many_moments_leaves_nothing_half_applied_or_applied_twice() 
         .spawn()
         .expect("the daemon starts");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let count = |store: mapek::knowledge::Store| async move {
-        sqlx::query(
-            "SELECT COUNT(*) FROM releases WHERE quarantined = 1 AND package >= 'pkg-00150' AND package < 'pkg-00300'",
-        )
-        .fetch_one(&store.pool)
-        .await
-        .expect("count")
-        .get::<i64, _>(0)
-    };
-    while count(t.store.clone()).await < tampered.len() as i64 {
+    while quarantined(&t.store).await < tampered.len() as i64 {
         if Instant::now() > deadline {
             let counts = t.store.remediation_counts().await.expect("counts");
             let gates: Vec<(String, String)> = sqlx::query(
