@@ -68,16 +68,6 @@ async fn one_cycle(rt: &Arc<Runtime>) {
     assert_eq!(summary.stage_errors, 0);
 }
 
-async fn audit_kinds(w: &World) -> Vec<String> {
-    w.t.store
-        .audit_entries()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
-}
-
 #[tokio::test]
 async fn without_a_valid_token_every_call_is_refused_and_nothing_is_done() {
     let w = world(10).await;
@@ -159,7 +149,7 @@ async fn pause_holds_execution_until_resume_and_rollback_and_circuit_are_answere
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(body["error"].as_str().unwrap().contains("not open"));
 
-    let kinds = audit_kinds(&w).await;
+    let kinds = w.audit_kinds().await;
     for k in [
         "admin.pause",
         "admin.status",

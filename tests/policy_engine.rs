@@ -47,17 +47,6 @@ async fn circuit_findings(w: &World) -> Vec<mapek::knowledge::findings::Finding>
         .collect()
 }
 
-/// The kinds of the audit log's entries, in order.
-async fn audit_kinds(w: &World) -> Vec<String> {
-    w.t.store
-        .audit_entries()
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind.clone())
-        .collect()
-}
-
 /// Monitor and analyze once, so the planted problems are firing findings.
 async fn observe(w: &World, now: i64) {
     let mut state = MonitorState::new();
@@ -184,7 +173,7 @@ async fn an_approved_remediation_runs_and_only_the_policys_maintainers_can_appro
             .unwrap();
     assert_eq!(waiting.len(), 2);
     assert!(waiting.iter().all(|r| r.expires_at == Some(NOW + 2 * HOUR)));
-    let kinds = audit_kinds(&w).await;
+    let kinds = w.audit_kinds().await;
     assert!(
         kinds.contains(&"remediation.approve".to_string()),
         "{kinds:?}"
@@ -301,7 +290,7 @@ async fn a_guard_opens_the_circuit_raises_a_finding_and_it_closes_after_a_quiet_
     ));
     let still = circuit_findings(&w).await;
     assert!(still.is_empty());
-    let kinds = audit_kinds(&w).await;
+    let kinds = w.audit_kinds().await;
     assert!(
         kinds.contains(&"circuit.open".to_string()) && kinds.contains(&"circuit.close".to_string()),
         "{kinds:?}"

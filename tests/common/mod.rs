@@ -84,6 +84,18 @@ pub async fn world(packages: usize) -> World {
 }
 
 impl World {
+    /// The kinds of the audit log's entries, in order.
+    pub async fn audit_kinds(&self) -> Vec<String> {
+        self.t
+            .store
+            .audit_entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
     /// Plants the demo's three problems on pkg-00002, pkg-00003 and pkg-00004 (release 1.0.0).
     pub async fn plant_problems(&self) {
         let r = self
