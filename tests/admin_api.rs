@@ -1,4 +1,4 @@
-//! The admin API: 401 and nothing done without the token; pause stops execution until resume; signed approvals, rollback and closing the circuit; every call audited; a standby refuses.
+//! The admin API: 401 and nothing done without the token; pause stops execution until resume; signed approvals, rollback and closing the circuit; every call audited; a standby refuses. Also the probes, /healthz and /readyz.
 
 mod common;
 
@@ -310,4 +310,43 @@ fn the_command_line_asks_a_running_daemon_when_one_is_configured() {
     let text = String::from_utf8_lossy(&online.stdout);
     assert!(text.contains("role: standalone"), "{text}");
     assert!(text.contains("quarantine-tampered"), "{text}");
+}
+
+/// A probe's status and text.
+async fn probe(app: &axum::Router, path: &str) -> (StatusCode, String) {
+    let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn healthz_says_alive_and_readyz_says_whether_the_daemon_can_work() {
+    let w = world(20).await;
+    let rt = Arc::new(w.runtime(PolicySource::fixed(default_policies())));
+    let app = daemon::http::router(rt.clone());
+    assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
+    // Before the replica knows its role it is not ready.
+    let (status, text) = probe(&app, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("starting"), "{text}");
+    let loaded = rt.policies.get().policies.len();
+    for (role, name) in [(Role::Standalone, "standalone"), (Role::Standby, "standby")] {
+        rt.leadership.set(role);
+        let (status, text) = probe(&app, "/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert!(
+            text.contains(&format!("{loaded} policies loaded, role {name}")),
+            "{text}"
+        );
+    }
+    // The knowledge store gone: alive, but not ready.
+    rt.store.close().await;
+    assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
+    let (status, text) = probe(&app, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("knowledge store unreachable"), "{text}");
 }
