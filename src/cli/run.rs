@@ -189,13 +189,18 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = writer {
         let _ = w.await;
     }
-    rt.store.close().await;
+    // A stage cut off by the grace period may still hold a connection, and closing the pool
+    // waits for every connection: the process ends without it (the database lets them go).
+    if summary.cut_off.is_empty() {
+        rt.store.close().await;
+    }
     tracing::info!(
         cycles = summary.cycles,
         stage_errors = summary.stage_errors,
+        cut_off = ?summary.cut_off,
         "mapek stopped"
     );
-    Ok(if summary.stage_errors > 0 {
+    Ok(if summary.stage_errors > 0 || !summary.cut_off.is_empty() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

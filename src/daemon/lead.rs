@@ -175,6 +175,7 @@ pub async fn run(
         let summary = summary?;
         total.cycles += summary.cycles;
         total.stage_errors += summary.stage_errors;
+        total.cut_off.extend(summary.cut_off);
         if stopping {
             break;
         }

@@ -106,6 +106,8 @@ impl Drop for Entered {
 pub struct RunSummary {
     pub cycles: u64,
     pub stage_errors: u64,
+    /// The stages still at work when the grace period ran out, left unfinished.
+    pub cut_off: Vec<&'static str>,
 }
 
 /// Runs a stage's task, marked as running until it ends.
@@ -239,14 +241,16 @@ pub async fn run(
         "watching the registry; {} policies",
         rt.policies.get().policies.len()
     ));
+    let mut cut_off = Vec::new();
     tokio::select! {
         _ = tracker.wait() => {}
         _ = async {
             cancel.cancelled().await;
             tokio::time::sleep(grace).await;
         } => {
+            cut_off = running.names();
             tracing::error!(
-                still_running = ?running.names(),
+                still_running = ?cut_off,
                 grace = ?grace,
                 "the grace period is over: stopping without waiting for these stages"
             );
@@ -259,6 +263,7 @@ pub async fn run(
     Ok(RunSummary {
         cycles: completed.load(Ordering::SeqCst),
         stage_errors: errors.load(Ordering::SeqCst),
+        cut_off,
     })
 }
 

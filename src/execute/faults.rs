@@ -2,7 +2,9 @@
 //!
 //! The points are the executor's commit boundaries: `intents` (every intent committed, no
 //! effect yet), `before_commit` (a group's effects, audit entries and outcomes written but not
-//! committed) and `after_commit` (a group committed). `MAPEK_TEST_*` variables are not settings.
+//! committed) and `after_commit` (a group committed). `MAPEK_TEST_STALL_AT=POINT` instead
+//! makes the executor hang at POINT (as on an action that never answers), for the shutdown
+//! tests. `MAPEK_TEST_*` variables are not settings.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -23,6 +25,17 @@ static HOOK: OnceLock<Hook> = OnceLock::new();
 /// Sets the process's one fault hook (a test's); false if one was set already.
 pub fn set_hook(hook: Hook) -> bool {
     HOOK.set(hook).is_ok()
+}
+
+/// Hangs here for an hour, without blocking a thread, when `MAPEK_TEST_STALL_AT` names this
+/// point; says so on stderr first, so that a test knows the stage is stuck.
+pub async fn stall(name: &str) {
+    static STALL: OnceLock<Option<String>> = OnceLock::new();
+    let planned = STALL.get_or_init(|| std::env::var("MAPEK_TEST_STALL_AT").ok());
+    if planned.as_deref() == Some(name) {
+        eprintln!("mapek test: stalled at {name}");
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
 }
 
 /// Dies here, by SIGKILL (no destructor, no flush, no rollback but the database's own), when

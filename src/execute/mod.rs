@@ -136,6 +136,7 @@ pub async fn cycle<R: Registry>(
     }
     tx.commit().await.map_err(StoreError::from)?;
     faults::point("intents");
+    faults::stall("intents").await;
     let all: Vec<Remediation> = work.into_iter().chain(intended).collect();
     for group in all.chunks(GROUP) {
         match execute_group(store, registry.as_ref(), key, group, now).await? {
