@@ -1,16 +1,14 @@
-//! Detectors that learn: download baselines (EWMA of hourly downloads), quality scores against their recent peak, and corroborated reports.
+//! Detectors that learn: download baselines (EWMA of hourly downloads) and corroborated reports.
 
 use std::collections::HashMap;
 
 use super::checks::condition;
 use super::lifecycle::Condition;
-use super::quality::{check_passed, Evidence, QualityModel};
 use super::settings::Settings;
 use super::windows::Windows;
-use crate::knowledge::learned::{Baseline, QualityState};
+use crate::knowledge::learned::Baseline;
 use crate::model::{FindingKind, Severity, Subject};
 use crate::monitor::events::{Report, HOUR};
-use crate::monitor::facts::Facts;
 
 type Labels = serde_json::Map<String, serde_json::Value>;
 
@@ -158,119 +156,6 @@ impl Downloads {
             ));
         }
         self.folded = Some((last_complete, settings, out.clone()));
-        (out, changed)
-    }
-}
-
-/// Quality scores and their peaks, per package.
-#[derive(Debug, Default)]
-pub struct Quality {
-    pub states: HashMap<String, QualityState>,
-}
-
-/// A peak is refreshed in the store at most this often while it holds.
-const PEAK_REFRESH_MS: i64 = HOUR;
-
-impl Quality {
-    /// Scores every package; returns the regressions and the packages whose state must be saved.
-    pub fn cycle(
-        &mut self,
-        model: &QualityModel,
-        facts: &Facts,
-        evidence: impl Fn(usize) -> Evidence,
-        s: &Settings,
-        now: i64,
-    ) -> (Vec<Condition>, Vec<String>) {
-        let unmaintained_days = s.unmaintained_after_ms as f64 / 86_400_000.0;
-        let mut out = Vec::new();
-        let mut changed = Vec::new();
-        // Each guard's check is resolved once, and a score is a tally without allocations:
-        // strings are copied only for the packages whose state changes.
-        let checks = model.checks();
-        for (i, p) in facts.packages.iter().enumerate() {
-            let e = evidence(i);
-            let t = model.tally(|g| {
-                check_passed(
-                    &model.guards[g].0,
-                    checks[g],
-                    p,
-                    &e,
-                    s.install_slo,
-                    unmaintained_days,
-                )
-            });
-            let band = model.band_name(t.band);
-            let name = &p.record.name;
-            let state = match self.states.get_mut(name.as_str()) {
-                Some(state) => state,
-                None => {
-                    changed.push(name.clone());
-                    self.states.entry(name.clone()).or_insert(QualityState {
-                        score: t.score,
-                        band: band.to_string(),
-                        failed: model.failed_names(t.failed),
-                        peak: t.score,
-                        peak_band: band.to_string(),
-                        peak_at: now,
-                        computed_at: now,
-                    })
-                }
-            };
-            // Compared before anything is copied: most packages do not change in most cycles.
-            let new_peak = t.score >= state.peak || now - state.peak_at > s.quality_window_ms;
-            let material = state.score != t.score
-                || state.band != band
-                || (new_peak
-                    && (state.peak != t.score
-                        || state.peak_band != band
-                        || now - state.peak_at >= PEAK_REFRESH_MS));
-            if material {
-                if new_peak {
-                    state.peak = t.score;
-                    if state.peak_band != band {
-                        state.peak_band = band.to_string();
-                    }
-                    state.peak_at = now;
-                }
-                state.computed_at = now;
-                if changed.last() != Some(name) {
-                    changed.push(name.clone());
-                }
-            }
-            state.score = t.score;
-            if state.band != band {
-                state.band = band.to_string();
-            }
-            if !model.failed_are(t.failed, &state.failed) {
-                state.failed = model.failed_names(t.failed);
-            }
-            let dropped = state.peak - state.score;
-            let band_fell = t.band > model.band_rank(&state.peak_band);
-            if dropped > s.quality_drop_points || band_fell {
-                let mut labels = Labels::new();
-                labels.insert("score".into(), state.score.into());
-                labels.insert("band".into(), state.band.clone().into());
-                labels.insert("peak".into(), state.peak.into());
-                labels.insert("failed".into(), state.failed.clone().into());
-                out.push(condition(
-                    FindingKind::QualityRegression,
-                    Severity::Warning,
-                    Subject {
-                        package: name.clone(),
-                        version: None,
-                    },
-                    state.score,
-                    format!(
-                        "{name}: quality {:.1} ({}), down from {:.1}; failing: {}",
-                        state.score,
-                        state.band,
-                        state.peak,
-                        state.failed.join(", ")
-                    ),
-                    labels,
-                ));
-            }
-        }
         (out, changed)
     }
 }

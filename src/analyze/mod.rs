@@ -4,6 +4,7 @@ pub mod checks;
 pub mod learning;
 pub mod lifecycle;
 pub mod quality;
+pub mod regression;
 pub mod settings;
 pub mod windows;
 
@@ -195,10 +196,14 @@ pub struct Analyzer {
     pub rules: Rules,
     windows: Windows,
     downloads: learning::Downloads,
-    quality: learning::Quality,
+    quality: regression::Quality,
     reports: learning::Reports,
     /// package -> version -> (checksum matches, signature valid), as last observed.
     integrity: HashMap<String, HashMap<String, (bool, bool)>>,
+    /// Packages whose integrity changed since the quality pass last ran.
+    integrity_changed: HashSet<String>,
+    /// Packages whose install success the last quality pass judged (a failure in 3 days).
+    judged_installs: Vec<String>,
     cached: FactConditions,
     loaded: bool,
 }
@@ -355,6 +360,16 @@ impl Analyzer {
             e.good += t.good;
             e.bad += t.bad;
         }
+        // Scored again: packages whose integrity changed, whose install success is judged now,
+        // and those judged last time (their failures may have left the window).
+        let touched: Vec<usize> = self
+            .integrity_changed
+            .drain()
+            .chain(self.judged_installs.drain(..))
+            .filter_map(|p| facts.index.get(&p).copied())
+            .chain(installs.keys().filter_map(|p| facts.index.get(*p).copied()))
+            .collect();
+        self.judged_installs = installs.keys().map(|p| p.to_string()).collect();
         let integrity = &self.integrity;
         let evidence = |i: usize| {
             let p = &facts.packages[i];
@@ -381,6 +396,7 @@ impl Analyzer {
             evidence,
             &self.rules.settings,
             now,
+            touched,
         )
     }
 
@@ -400,10 +416,14 @@ impl Analyzer {
         for o in input.observations {
             let checksum = matches!(o.integrity, Integrity::Ok);
             let signed = o.signature == SignatureState::Valid;
-            self.integrity
+            let before = self
+                .integrity
                 .entry(o.package.clone())
                 .or_default()
                 .insert(o.version.clone(), (checksum, signed));
+            if before != Some((checksum, signed)) {
+                self.integrity_changed.insert(o.package.clone());
+            }
         }
         let (complete, baselines, scores) = self.complete_judgements(&input, now);
         let open = store.open_findings().await?;
