@@ -452,3 +452,52 @@ async fn a_rollback_applies_the_inverse_once_and_is_audited() {
         "{refused:?}"
     );
 }
+
+/// (package, observed_at, signature state) of each stored observation of release 1.0.0.
+async fn stored_observations(w: &World) -> Vec<(String, i64, String)> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT package, observed_at, signature_state FROM release_observations \
+         WHERE version = '1.0.0' ORDER BY package",
+    )
+    .fetch_all(&w.t.store.pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_full_scan_writes_only_the_observations_that_changed() {
+    let w = world(30).await;
+    let mut state = MonitorState::new();
+    // Every pass is a full scan (interval 0): every release is hashed and judged each time.
+    let mut scan = async |now: i64| {
+        let m = monitor::cycle(&mut state, &w.registry, &w.t.store, &w.trust, now, 0)
+            .await
+            .unwrap();
+        assert!(m.full_scan);
+        m.observations.len()
+    };
+    let seen = scan(NOW).await;
+    let before = stored_observations(&w).await;
+    assert_eq!(before.len(), 30);
+    assert!(before.iter().all(|o| o.1 == NOW), "{before:?}");
+    // Nothing changed: a full scan sees every release again and writes none of them.
+    assert_eq!(scan(NOW + 60_000).await, seen);
+    assert_eq!(stored_observations(&w).await, before);
+    // Three releases go bad: their observations alone are written, at the time they were seen.
+    w.plant_problems().await;
+    assert_eq!(scan(NOW + 120_000).await, seen);
+    let after = stored_observations(&w).await;
+    let moved: Vec<&str> = after
+        .iter()
+        .filter(|o| o.1 == NOW + 120_000)
+        .map(|o| o.0.as_str())
+        .collect();
+    assert_eq!(moved, ["pkg-00002", "pkg-00003", "pkg-00004"]);
+    for o in after.iter().filter(|o| o.1 == NOW) {
+        assert!(before.contains(o), "{o:?} is as it was");
+    }
+}

@@ -81,7 +81,17 @@ pub struct MonitorState {
     telemetry_cursor: i64,
     pub retention: Retention,
     last_prune: Option<i64>,
+    /// What the store holds of each release's observation (integrity, signature, signer), so
+    /// that a full scan writes only the releases whose observation changed.
+    recorded: HashMap<String, HashMap<String, Seen>>,
 }
+
+/// An observation without its time: what decides whether it is written again.
+type Seen = (
+    crate::model::Integrity,
+    crate::model::SignatureState,
+    Option<String>,
+);
 
 impl MonitorState {
     pub fn new() -> Self {
@@ -216,7 +226,28 @@ async fn registry_pass<R: Registry>(
     }
     let cache_s = t_write.elapsed().as_secs_f64();
     let t_obs = std::time::Instant::now();
-    store.record_observations(&output.observations).await?;
+    // Only what changed is written: on an unchanged registry a full scan writes nothing, and
+    // `observed_at` is when the release was first seen as it is now.
+    let news: Vec<ReleaseObservation> = output
+        .observations
+        .iter()
+        .filter(|o| {
+            let seen = state
+                .recorded
+                .get(o.package.as_str())
+                .and_then(|v| v.get(o.version.as_str()));
+            !matches!(seen, Some((i, s, g)) if *i == o.integrity && *s == o.signature && *g == o.signer)
+        })
+        .cloned()
+        .collect();
+    store.record_observations(&news).await?;
+    for o in news {
+        state
+            .recorded
+            .entry(o.package)
+            .or_default()
+            .insert(o.version, (o.integrity, o.signature, o.signer));
+    }
     store.set_cursor(CURSOR, &head.to_string()).await?;
     tracing::debug!(
         releases = output.observations.len(),
