@@ -272,3 +272,61 @@ async fn audit_verify_names_the_first_entry_altered_or_removed() {
     assert_eq!(b.seq, 2);
     assert!(b.reason.contains("missing"));
 }
+
+#[tokio::test]
+async fn releases_read_a_page_at_a_time_are_every_release_once_in_order() {
+    let t = store().await;
+    let registry = SqlRegistry::new(t.store.clone(), t.dir.path().join("artifacts"));
+    let spec = mapek::registry::generate::GenerateSpec {
+        packages: 40,
+        max_releases: 3,
+        seed: 11,
+        ..Default::default()
+    };
+    mapek::registry::generate::generate(&registry, &spec, NOW)
+        .await
+        .unwrap();
+    let (all, head) = registry.releases_since(0).await.unwrap();
+    assert!(all.len() > 40, "{}", all.len());
+    let keys = |rs: &[mapek::registry::ReleaseRecord]| {
+        rs.iter()
+            .map(|r| (r.package.clone(), r.version.clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut sorted = keys(&all);
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), all.len(), "each release once");
+    assert_eq!(keys(&all), sorted, "in order");
+    let stored: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) FROM releases")
+            .fetch_one(&t.store.pool)
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(all.len() as i64, stored);
+    let mut conn = t.store.pool.acquire().await.unwrap();
+    // Pages that end inside a package's releases, on a boundary, and one page for all.
+    for page in [1, 2, 7, all.len() as i64, 10_000] {
+        let paged = registry
+            .releases_between(&mut conn, 0, head, page)
+            .await
+            .unwrap();
+        assert_eq!(paged, all, "page of {page}");
+    }
+    // Only what changed after a cursor: one signature replaced.
+    let last = &all[all.len() / 2];
+    let key = KeyPair::from_seed("pub-x", [3; 32]);
+    registry
+        .set_signature(&last.package, &last.version, &key.sign(b"x"), "pub-x")
+        .await
+        .unwrap();
+    let (changed, now) = registry.releases_since(head).await.unwrap();
+    assert_eq!(keys(&changed), keys(std::slice::from_ref(last)));
+    let paged = registry
+        .releases_between(&mut conn, head, now, 1)
+        .await
+        .unwrap();
+    assert_eq!(paged, changed);
+}

@@ -3,6 +3,7 @@
 pub mod changes;
 pub mod generate;
 pub mod import;
+mod release_pages;
 mod sql;
 
 pub use sql::SqlRegistry;

@@ -1,6 +1,5 @@
 //! The registry in SQL (the same sqlx store as the knowledge): scans by change sequence, effectors, upserts.
 
-use futures_util::TryStreamExt;
 use sqlx::any::AnyRow;
 use sqlx::{Executor, Row};
 use std::path::{Path, PathBuf};
@@ -10,6 +9,9 @@ use super::{
     ReleaseRecord,
 };
 use crate::knowledge::{insert_rows, Conn, Param, Store};
+
+/// Releases are read this many at a time.
+const RELEASE_PAGE: i64 = 20_000;
 
 /// The registry held in the store's `packages`, `releases` and `dependencies` tables. Artifacts
 /// are `file://` URLs or paths; relative paths resolve against `artifact_root`.
@@ -373,20 +375,9 @@ impl Registry for SqlRegistry {
         if head <= cursor {
             return Ok((Vec::new(), head));
         }
-        let sql = format!(
-            "SELECT {RELEASE_COLUMNS} FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
-             ORDER BY package, version"
-        );
-        // Decoded as they stream in: no second copy of 100,000 rows in memory.
-        let mut rows = conn.fetch(
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(cursor)
-                .bind(head),
-        );
-        let mut releases = Vec::new();
-        while let Some(row) = rows.try_next().await? {
-            releases.push(decode_release(&row)?);
-        }
+        let releases = self
+            .releases_between(&mut conn, cursor, head, RELEASE_PAGE)
+            .await?;
         Ok((releases, head))
     }
 

@@ -1,0 +1,92 @@
+//! Reading releases by change sequence a page at a time, each page encoded by the database as one JSON array.
+
+use sqlx::{Executor, Row};
+
+use super::{RegistryError, ReleaseRecord, SqlRegistry};
+use crate::knowledge::{Backend, Conn, StoreError};
+
+impl SqlRegistry {
+    /// The releases with `cursor < change_seq <= head`, ordered by package and version, read
+    /// `page` at a time (so a full scan holds one page of JSON, not the whole table).
+    pub async fn releases_between(
+        &self,
+        conn: &mut Conn,
+        cursor: i64,
+        head: i64,
+        page: i64,
+    ) -> Result<Vec<ReleaseRecord>, RegistryError> {
+        // A page of releases comes back as one JSON array, which costs about a third of
+        // decoding its rows one by one through sqlx (a full scan reads every release).
+        let sql = match self.store.backend {
+            Backend::Sqlite => {
+                "SELECT json_group_array(json_array(package, version, published_at, checksum, \
+                 artifact, signature, signer, yanked, quarantined) ORDER BY package, version) \
+                 FROM (SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
+                 AND (package > $3 OR (package = $3 AND version > $4)) \
+                 ORDER BY package, version LIMIT $5)"
+            }
+            Backend::Postgres => {
+                "SELECT COALESCE(json_agg(json_build_array(package, version, published_at, \
+                 checksum, artifact, signature, signer, yanked, quarantined) \
+                 ORDER BY package, version), '[]'::json)::text \
+                 FROM (SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
+                 AND (package > $3 OR (package = $3 AND version > $4)) \
+                 ORDER BY package, version LIMIT $5) AS page"
+            }
+        };
+        type Columns = (
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+        );
+        let mut releases = Vec::new();
+        let mut after = (String::new(), String::new());
+        loop {
+            let text: String = conn
+                .fetch_one(
+                    sqlx::query(sql)
+                        .bind(cursor)
+                        .bind(head)
+                        .bind(after.0.clone())
+                        .bind(after.1.clone())
+                        .bind(page),
+                )
+                .await?
+                .try_get(0)?;
+            let rows: Vec<Columns> = serde_json::from_str(&text).map_err(|e| {
+                RegistryError::Store(StoreError::Corrupt(format!(
+                    "releases after {}@{}: a page of releases: {e}",
+                    after.0, after.1
+                )))
+            })?;
+            let full = rows.len() as i64 == page;
+            for (package, version, published_at, checksum, artifact, signature, signer, y, q) in
+                rows
+            {
+                releases.push(ReleaseRecord {
+                    package,
+                    version,
+                    published_at,
+                    checksum,
+                    artifact,
+                    signature,
+                    signer,
+                    yanked: y != 0,
+                    quarantined: q != 0,
+                    dependencies: Vec::new(),
+                });
+            }
+            match releases.last() {
+                Some(last) if full => after = (last.package.clone(), last.version.clone()),
+                _ => break,
+            }
+        }
+        Ok(releases)
+    }
+}
