@@ -40,36 +40,58 @@ fn package_subject(name: &str) -> Subject {
 
 /// No release for longer than the setting while others depend on it. Deprecated and quarantined
 /// packages are already flagged and are left alone.
-pub fn unmaintained(facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
-    let mut out = Vec::new();
-    for (i, p) in facts.packages.iter().enumerate() {
-        let dependents = facts.dependents[i];
-        if dependents == 0 || p.record.status != "active" {
-            continue;
+///
+/// The packages that can be unmaintained (active, depended on, released at least once) sorted
+/// by their last release, kept while the facts stay the same: a cycle then looks only at the
+/// ones whose last release is old enough instead of at every package.
+#[derive(Debug, Default)]
+pub struct Unmaintained {
+    seq: Option<i64>,
+    /// (last release, facts index), oldest first.
+    by_last: Vec<(i64, usize)>,
+}
+
+impl Unmaintained {
+    pub fn conditions(&mut self, facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
+        if self.seq != Some(facts.change_seq) {
+            self.seq = Some(facts.change_seq);
+            self.by_last = facts
+                .packages
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| facts.dependents[*i] > 0 && p.record.status == "active")
+                .filter_map(|(i, p)| Some((p.last_release_at()?, i)))
+                .collect();
+            self.by_last.sort_unstable();
         }
-        let Some(last) = p.last_release_at() else {
-            continue;
-        };
-        if now - last <= s.unmaintained_after_ms {
-            continue;
+        let old = self
+            .by_last
+            .partition_point(|(last, _)| now - last > s.unmaintained_after_ms);
+        // In the facts' order, as a pass over every package lists them.
+        let mut due: Vec<(usize, i64)> = self.by_last[..old].iter().map(|&(l, i)| (i, l)).collect();
+        due.sort_unstable();
+        let mut out = Vec::new();
+        for (i, last) in due {
+            let p = &facts.packages[i];
+            let dependents = facts.dependents[i];
+            let days = ((now - last) as f64 / DAY_MS).floor();
+            let mut labels = Labels::new();
+            labels.insert("dependents".into(), dependents.into());
+            labels.insert("last_release".into(), crate::clock::rfc3339(last).into());
+            out.push(condition(
+                FindingKind::Unmaintained,
+                Severity::Warning,
+                package_subject(&p.record.name),
+                days,
+                format!(
+                    "{}: no release for {days} days, and {dependents} packages depend on it",
+                    p.record.name
+                ),
+                labels,
+            ));
         }
-        let days = ((now - last) as f64 / DAY_MS).floor();
-        let mut labels = Labels::new();
-        labels.insert("dependents".into(), dependents.into());
-        labels.insert("last_release".into(), crate::clock::rfc3339(last).into());
-        out.push(condition(
-            FindingKind::Unmaintained,
-            Severity::Warning,
-            package_subject(&p.record.name),
-            days,
-            format!(
-                "{}: no release for {days} days, and {dependents} packages depend on it",
-                p.record.name
-            ),
-            labels,
-        ));
+        out
     }
-    out
 }
 
 /// Why a dependency of a release cannot be installed, if it cannot.
@@ -312,6 +334,62 @@ pub fn typosquats(facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::monitor::facts::testing::{facts, package};
+
+    /// Which packages a pass over every package finds unmaintained, with their day counts.
+    fn every_package(f: &Facts, s: &Settings, now: i64) -> Vec<(String, f64)> {
+        f.packages
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| f.dependents[*i] > 0 && p.record.status == "active")
+            .filter_map(|(_, p)| Some((p, p.last_release_at()?)))
+            .filter(|(_, last)| now - last > s.unmaintained_after_ms)
+            .map(|(p, last)| {
+                (
+                    p.record.name.clone(),
+                    ((now - last) as f64 / DAY_MS).floor(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_sorted_index_finds_what_a_pass_over_every_package_finds() {
+        const HOUR: i64 = 3_600_000;
+        let s = Settings::default();
+        let released = 1_800_000_000_000;
+        // Released 10 hours before to 23 hours after `released`, out of name order.
+        let mut packages: Vec<PackageFacts> = (0..12)
+            .map(|i| {
+                package(
+                    &format!("p{i:02}"),
+                    released - 10 * HOUR + (i * 7 % 12) * 3 * HOUR,
+                )
+            })
+            .collect();
+        packages[3].record.status = "deprecated".into();
+        let dependents = (0..12).map(|i| u32::from(i % 4 != 1)).collect();
+        let mut f = facts(packages, dependents, 1);
+        let mut index = Unmaintained::default();
+        let mut grew = 0;
+        for hour in 0..80 {
+            let now = released + s.unmaintained_after_ms + hour * HOUR;
+            if hour == 40 {
+                // A new release of the oldest: the facts change and the index is rebuilt.
+                f.packages[0].releases[0].published_at = now;
+                f.change_seq = 2;
+            }
+            let got: Vec<(String, f64)> = index
+                .conditions(&f, &s, now)
+                .into_iter()
+                .map(|c| (c.subject.package, c.value))
+                .collect();
+            let want = every_package(&f, &s, now);
+            assert_eq!(got, want, "hour {hour}");
+            grew = grew.max(got.len());
+        }
+        assert!(grew >= 6, "packages crossed the threshold: {grew}");
+    }
 
     #[test]
     fn confusables_fold_to_the_same_name() {

@@ -205,6 +205,7 @@ pub struct Analyzer {
     /// Packages whose install success the last quality pass judged (a failure in 3 days).
     judged_installs: Vec<String>,
     cached: FactConditions,
+    unmaintained: checks::Unmaintained,
     loaded: bool,
 }
 
@@ -287,7 +288,7 @@ impl Analyzer {
             complete.extend(self.cached.conditions.iter().cloned());
             complete.push((
                 FindingKind::Unmaintained,
-                checks::unmaintained(facts, s, now),
+                self.unmaintained.conditions(facts, s, now),
             ));
             let (regressions, changed) = self.quality_pass(facts, now);
             scores = changed;

@@ -218,45 +218,12 @@ impl Quality {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::facts::{PackageFacts, ReleaseFacts};
-    use crate::registry::PackageRecord;
+    use crate::monitor::facts::testing::{facts as facts_of, package};
     use std::path::Path;
 
     const HOUR: i64 = 3_600_000;
     const DAY: i64 = 24 * HOUR;
     const T0: i64 = 1_800_000_000_000;
-
-    fn package(name: &str, released: i64) -> PackageFacts {
-        PackageFacts {
-            record: PackageRecord {
-                name: name.into(),
-                description: "d".into(),
-                category: None,
-                author: None,
-                license: Some("MIT".into()),
-                repository: None,
-                tags: vec![],
-                keywords: vec![],
-                downloads: 0,
-                stars: 0,
-                status: "active".into(),
-                latest: Some("1.0.0".into()),
-                quality: None,
-                quality_detail: None,
-                production_ready: false,
-                created_at: released,
-                updated_at: released,
-            },
-            receipt: HashMap::new(),
-            releases: vec![ReleaseFacts {
-                version: "1.0.0".into(),
-                published_at: released,
-                yanked: false,
-                quarantined: false,
-                dependencies: vec![],
-            }],
-        }
-    }
 
     /// Scoring only what was touched and what fell due gives, cycle after cycle, what scoring
     /// every package gives: across a `maintained` edge, a drop, and the end of its window.
@@ -277,17 +244,7 @@ mod tests {
             package("steady", T0 - DAY),
         ];
         let n = packages.len();
-        let facts = Facts {
-            index: packages
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.record.name.clone(), i))
-                .collect(),
-            dependents: vec![0; n],
-            packages,
-            edges: vec![],
-            change_seq: 7,
-        };
+        let facts = facts_of(packages, vec![0; n], 7);
         let (mut incremental, mut everything) = (Quality::default(), Quality::default());
         let mut saw_regression = false;
         for hour in 0..(10 * 24) {

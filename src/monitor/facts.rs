@@ -171,3 +171,57 @@ impl FactsCache {
         Ok(facts)
     }
 }
+
+/// Hand-made facts for unit tests.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// An active package with a licence and one release, 1.0.0, published at `released`.
+    pub fn package(name: &str, released: i64) -> PackageFacts {
+        PackageFacts {
+            record: PackageRecord {
+                name: name.into(),
+                description: "d".into(),
+                category: None,
+                author: None,
+                license: Some("MIT".into()),
+                repository: None,
+                tags: vec![],
+                keywords: vec![],
+                downloads: 0,
+                stars: 0,
+                status: "active".into(),
+                latest: Some("1.0.0".into()),
+                quality: None,
+                quality_detail: None,
+                production_ready: false,
+                created_at: released,
+                updated_at: released,
+            },
+            receipt: HashMap::new(),
+            releases: vec![ReleaseFacts {
+                version: "1.0.0".into(),
+                published_at: released,
+                yanked: false,
+                quarantined: false,
+                dependencies: vec![],
+            }],
+        }
+    }
+
+    /// Facts of these packages, with these numbers of dependents, at change sequence `seq`.
+    pub fn facts(packages: Vec<PackageFacts>, dependents: Vec<u32>, seq: i64) -> Facts {
+        Facts {
+            index: packages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.record.name.clone(), i))
+                .collect(),
+            dependents,
+            packages,
+            edges: vec![],
+            change_seq: seq,
+        }
+    }
+}
