@@ -501,3 +501,72 @@ async fn a_full_scan_writes_only_the_observations_that_changed() {
         assert!(before.contains(o), "{o:?} is as it was");
     }
 }
+
+#[tokio::test]
+async fn full_scans_hash_every_known_release_and_reread_every_record_once_a_day() {
+    let w = world(10).await;
+    let mut state = MonitorState::new();
+    const HOUR: i64 = 3_600_000;
+    let signature_of = |m: &monitor::MonitorOutput, package: &str| {
+        m.observations
+            .iter()
+            .find(|o| o.package == package && o.version == "1.0.0")
+            .map(|o| o.signature)
+    };
+    let m = monitor::cycle(&mut state, &w.registry, &w.t.store, &w.trust, NOW, HOUR)
+        .await
+        .unwrap();
+    let releases = m.observations.len();
+    assert!(releases >= 10, "{releases}");
+    // Bytes changed behind the registry's back: the next full scan hashes them again, though
+    // the change sequence did not move.
+    w.plant_problems().await;
+    // And a row rewritten without moving the change sequence (by hand, say).
+    sqlx::query(
+        "UPDATE releases SET signature = '00' WHERE package = 'pkg-00007' AND version = '1.0.0'",
+    )
+    .execute(&w.t.store.pool)
+    .await
+    .unwrap();
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        NOW + HOUR,
+        HOUR,
+    )
+    .await
+    .unwrap();
+    assert!(m.full_scan);
+    assert_eq!(m.observations.len(), releases, "every known release");
+    let tampered = m
+        .observations
+        .iter()
+        .find(|o| o.package == "pkg-00002" && o.version == "1.0.0")
+        .unwrap();
+    assert!(
+        matches!(tampered.integrity, mapek::model::Integrity::Mismatch { .. }),
+        "{tampered:?}"
+    );
+    assert_eq!(
+        signature_of(&m, "pkg-00007"),
+        Some(mapek::model::SignatureState::Valid),
+        "the hand-made change is not seen before the day's full read"
+    );
+    let m = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        NOW + 24 * HOUR,
+        HOUR,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        signature_of(&m, "pkg-00007"),
+        Some(mapek::model::SignatureState::Invalid),
+        "the day's full read sees it"
+    );
+}

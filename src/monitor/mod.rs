@@ -7,7 +7,7 @@ mod integrity;
 
 pub use integrity::observe_release;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::keys::TrustStore;
@@ -15,7 +15,7 @@ use crate::knowledge::state::VerificationKey;
 use crate::knowledge::telemetry::TelemetryDelta;
 use crate::knowledge::{Store, StoreError};
 use crate::model::ReleaseObservation;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, ReleaseRecord};
 use facts::{Facts, FactsCache};
 
 const CURSOR: &str = "monitor.releases";
@@ -65,6 +65,10 @@ impl Default for Retention {
     }
 }
 
+/// Every release record is read from the registry again at least this often; in between, a full
+/// scan hashes the releases the change sequence has told the monitor about.
+const FULL_READ_EVERY_MS: i64 = 24 * events::HOUR;
+
 /// Retention is applied at most this often.
 const PRUNE_EVERY_MS: i64 = 10 * events::MINUTE;
 
@@ -84,6 +88,11 @@ pub struct MonitorState {
     /// What the store holds of each release's observation (integrity, signature, signer), so
     /// that a full scan writes only the releases whose observation changed.
     recorded: HashMap<String, HashMap<String, Seen>>,
+    /// Every release the monitor knows, as the change sequence left it, in the registry's
+    /// order: what a full scan hashes again.
+    known: Arc<BTreeMap<(String, String), ReleaseRecord>>,
+    /// When every release record was last read from the registry, not only the changed ones.
+    last_full_read: Option<i64>,
 }
 
 /// An observation without its time: what decides whether it is written again.
@@ -132,9 +141,10 @@ pub async fn cycle<R: Registry>(
     Ok(out)
 }
 
-/// The registry part of a pass. A full scan (every release) happens on the first pass, when the
-/// trust store changed, and every `full_scan_every_ms`; otherwise only releases changed since the
-/// cursor.
+/// The registry part of a pass. A full scan (every release known, hashed again) happens on the
+/// first pass, when the trust store changed, and every `full_scan_every_ms`; otherwise only
+/// releases changed since the cursor. Records are read in full on the first full scan and once
+/// a day; in between only the changed ones.
 async fn registry_pass<R: Registry>(
     state: &mut MonitorState,
     registry: &Arc<R>,
@@ -157,7 +167,13 @@ async fn registry_pass<R: Registry>(
         .last_full_scan
         .is_none_or(|t| now - t >= full_scan_every_ms)
         || state.trust_digest != trust.digest;
-    let since = if full_scan {
+    // Release records follow the change sequence; they are all read again on the first pass
+    // and once a day, in case something changed a row without moving the sequence.
+    let full_read = full_scan
+        && state
+            .last_full_read
+            .is_none_or(|t| now - t >= FULL_READ_EVERY_MS);
+    let since = if full_read {
         0
     } else {
         state.cursor.unwrap_or(0)
@@ -167,20 +183,33 @@ async fn registry_pass<R: Registry>(
     let (releases, head) = registry.releases_since(since).await?;
     state.facts.note_releases(&releases);
     let facts = state.facts.facts(registry.as_ref(), seq).await?;
+    let known = Arc::make_mut(&mut state.known);
+    if full_read {
+        known.clear();
+    }
+    for r in &releases {
+        known.insert((r.package.clone(), r.version.clone()), r.clone());
+    }
     let read_s = t_read.elapsed().as_secs_f64();
     let t_check = std::time::Instant::now();
 
     let registry2 = Arc::clone(registry);
     let trust2 = Arc::clone(trust);
     let cache = Arc::clone(&state.cache);
+    // A full scan hashes every known release again; another pass only the changed ones.
+    let everything = full_scan.then(|| Arc::clone(&state.known));
     let results = tokio::task::spawn_blocking(move || {
+        let scanned: Vec<&ReleaseRecord> = match &everything {
+            Some(known) => known.values().collect(),
+            None => releases.iter().collect(),
+        };
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(8);
-        let chunk = releases.len().div_ceil(workers).max(1);
+        let chunk = scanned.len().div_ceil(workers).max(1);
         std::thread::scope(|scope| {
-            let handles: Vec<_> = releases
+            let handles: Vec<_> = scanned
                 .chunks(chunk)
                 .map(|part| {
                     let (registry, trust, cache) = (&registry2, &trust2, &cache);
@@ -261,6 +290,9 @@ async fn registry_pass<R: Registry>(
     if full_scan {
         state.last_full_scan = Some(now);
         state.trust_digest = trust.digest.clone();
+    }
+    if full_read {
+        state.last_full_read = Some(now);
     }
     Ok(output)
 }
