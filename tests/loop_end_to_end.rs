@@ -570,3 +570,51 @@ async fn full_scans_hash_every_known_release_and_reread_every_record_once_a_day(
         "the day's full read sees it"
     );
 }
+
+#[tokio::test]
+async fn bytes_tampered_behind_the_registry_lower_the_quality_score_at_the_next_full_scan() {
+    let w = world(10).await;
+    let mut state = MonitorState::new();
+    let mut analyzer = analyze::Analyzer::new(Rules::default());
+    const HOUR: i64 = 3_600_000;
+    let mut pass = async |now: i64| {
+        let m = monitor::cycle(&mut state, &w.registry, &w.t.store, &w.trust, now, HOUR)
+            .await
+            .unwrap();
+        analyzer
+            .cycle(&w.t.store, analyze::AnalyzeInput::from_monitor(&m), now)
+            .await
+            .unwrap();
+    };
+    pass(NOW).await;
+    let before = w.t.store.quality_states().await.unwrap()["pkg-00005"].clone();
+    assert!(
+        !before.failed.contains(&"checksum".to_string()),
+        "{before:?}"
+    );
+    // The latest release's bytes change; the registry's change sequence does not move, so the
+    // facts are the same and only the observation tells the quality pass.
+    let latest = w
+        .registry
+        .package("pkg-00005")
+        .await
+        .unwrap()
+        .and_then(|p| p.latest)
+        .unwrap();
+    let r = w
+        .registry
+        .release("pkg-00005", &latest)
+        .await
+        .unwrap()
+        .unwrap();
+    mapek::registry::generate::tamper_artifact(
+        &w.registry.artifact_root,
+        r.artifact.as_deref().unwrap(),
+    )
+    .unwrap();
+    pass(NOW + 60_000).await;
+    pass(NOW + HOUR).await;
+    let after = w.t.store.quality_states().await.unwrap()["pkg-00005"].clone();
+    assert!(after.failed.contains(&"checksum".to_string()), "{after:?}");
+    assert!(after.score < before.score, "{before:?} -> {after:?}");
+}
