@@ -148,13 +148,126 @@ async fn concurrent_requests_are_committed_together_and_none_is_lost() {
     task.await.unwrap();
     let d = t.store.telemetry_since(0).await.unwrap();
     assert_eq!(stored_events(&d), 1000);
-    let hours: i64 = d
+    let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_batches")
+        .fetch_one(&t.store.pool)
+        .await
+        .unwrap();
+    assert!(
+        (1..=20).contains(&batches),
+        "at most one row a request: {batches}"
+    );
+}
+
+fn downloads_of(d: &mapek::knowledge::telemetry::TelemetryDelta, width: i64) -> i64 {
+    d.buckets
+        .iter()
+        .filter(|b| b.width == width)
+        .map(|b| b.counts.downloads)
+        .sum()
+}
+
+#[tokio::test]
+async fn old_minutes_are_folded_into_an_hour_batch_that_only_a_restart_reads() {
+    let t = store().await;
+    let mut b = Batch::default();
+    for i in 0..120 {
+        b.add(Event::Download {
+            package: "p".into(),
+            version: "1.0.0".into(),
+            at: T0 + i * MINUTE,
+        });
+    }
+    let first = t.store.write_telemetry(&b).await.unwrap();
+    let mut late = Batch::default();
+    late.add(Event::Download {
+        package: "p".into(),
+        version: "1.0.0".into(),
+        at: T0 + 10 * HOUR,
+    });
+    let second = t.store.write_telemetry(&late).await.unwrap();
+    assert!(second > first);
+    // The first batch lies wholly before the cut, the second does not.
+    let removed = t
+        .store
+        .prune_telemetry(T0 + 3 * HOUR, T0 - 100 * HOUR, 0)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the folded minute batch");
+    let all = t.store.telemetry_since(0).await.unwrap();
+    assert_eq!(downloads_of(&all, HOUR), 120, "two hours, folded");
+    assert_eq!(downloads_of(&all, MINUTE), 1);
+    let hours: std::collections::BTreeSet<i64> = all
         .buckets
         .iter()
-        .filter(|b| b.width == HOUR)
-        .map(|b| b.counts.downloads)
-        .sum();
-    assert_eq!(hours, 1000, "hour buckets count the same events");
+        .filter(|r| r.width == HOUR)
+        .map(|r| r.bucket)
+        .collect();
+    assert_eq!(hours, [T0, T0 + HOUR].into_iter().collect());
+    // A reader that had read both batches sees nothing new in the fold.
+    let after = t.store.telemetry_since(second).await.unwrap();
+    assert!(after.buckets.is_empty(), "{:?}", after.buckets);
+    // A new batch after the fold still gets a higher number than anything read.
+    let third = t.store.write_telemetry(&late).await.unwrap();
+    assert!(third > all.head, "{third} after {}", all.head);
+    // Hour batches past their retention go, except the newest row, which holds the sequence.
+    t.store
+        .prune_telemetry(T0 + 3 * HOUR, T0 + 100 * HOUR, 0)
+        .await
+        .unwrap();
+    let all = t.store.telemetry_since(0).await.unwrap();
+    assert_eq!(downloads_of(&all, HOUR), 0);
+    assert_eq!(downloads_of(&all, MINUTE), 2);
+}
+
+#[tokio::test]
+async fn buckets_of_an_earlier_version_become_batches_without_counting_an_hour_twice() {
+    let t = store().await;
+    let old = "CREATE TABLE telemetry_buckets (package TEXT NOT NULL, version TEXT NOT NULL, \
+               width BIGINT NOT NULL, bucket BIGINT NOT NULL, installs_ok BIGINT NOT NULL, \
+               installs_failed BIGINT NOT NULL, downloads BIGINT NOT NULL, seq BIGINT NOT NULL, \
+               PRIMARY KEY (package, version, width, bucket)); \
+               CREATE TABLE lookup_buckets (width BIGINT NOT NULL, bucket BIGINT NOT NULL, \
+               bound BIGINT NOT NULL, lookups BIGINT NOT NULL, seq BIGINT NOT NULL, \
+               PRIMARY KEY (width, bucket, bound)); \
+               CREATE TABLE intake_seq (id BIGINT PRIMARY KEY, value BIGINT NOT NULL);";
+    sqlx::raw_sql(old).execute(&t.store.pool).await.unwrap();
+    // Hours T0 and T0+1h as hour buckets; minutes from T0+1h30 on (the partial hour T0+1h is
+    // taken from its hour bucket, the minutes from T0+2h from the minutes).
+    let rows = [
+        ("p", HOUR, T0, 60),
+        ("p", HOUR, T0 + HOUR, 60),
+        ("p", HOUR, T0 + 2 * HOUR, 2),
+        ("p", MINUTE, T0 + HOUR + 30 * MINUTE, 1),
+        ("p", MINUTE, T0 + 2 * HOUR, 1),
+        ("p", MINUTE, T0 + 2 * HOUR + MINUTE, 1),
+    ];
+    for (p, width, bucket, n) in rows {
+        sqlx::query("INSERT INTO telemetry_buckets VALUES ($1, '1.0.0', $2, $3, 0, 0, $4, 7)")
+            .bind(p)
+            .bind(width)
+            .bind(bucket)
+            .bind(n)
+            .execute(&t.store.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO lookup_buckets VALUES ($1, $2, 100, 5, 7)")
+        .bind(MINUTE)
+        .bind(T0 + 2 * HOUR)
+        .execute(&t.store.pool)
+        .await
+        .unwrap();
+    assert!(t.store.adopt_bucket_tables().await.unwrap());
+    assert!(!t.store.adopt_bucket_tables().await.unwrap(), "only once");
+    let all = t.store.telemetry_since(0).await.unwrap();
+    assert_eq!(downloads_of(&all, HOUR), 120);
+    assert_eq!(downloads_of(&all, MINUTE), 2);
+    assert_eq!(all.lookups.iter().map(|l| l.lookups).sum::<i64>(), 5);
+    // The old tables are gone: a second store open does not convert again.
+    assert!(sqlx::query("SELECT 1 FROM telemetry_buckets")
+        .fetch_optional(&t.store.pool)
+        .await
+        .is_err());
 }
 
 /// Writes `ok` and `failed` installs of `package@1.0.0` in every minute of [from, to).

@@ -37,11 +37,14 @@ accepted=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^mapek_intake_events
 refused=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^mapek_intake_events_total\{result="refused"\}/ {print $2}')
 kill -TERM $daemon; wait $daemon || true
 stored=$(python3 - "$dir/mapek.db" <<'PY'
-import sqlite3, sys
+import json, sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
-a = db.execute("SELECT COALESCE(SUM(installs_ok + installs_failed + downloads), 0) FROM telemetry_buckets WHERE width = 60000").fetchone()[0]
-b = db.execute("SELECT COALESCE(SUM(lookups), 0) FROM lookup_buckets WHERE width = 60000").fetchone()[0]
-print(a + b)
+n = 0
+for (body,) in db.execute("SELECT body FROM telemetry_batches"):
+    b = json.loads(body)
+    n += sum(ok + failed + downloads for (_, _, _, ok, failed, downloads) in b.get("r", []))
+    n += sum(k for (_, _, k) in b.get("l", []))
+print(n)
 PY
 )
 echo "accepted (committed, by the daemon's count): $accepted, refused: $refused, stored: $stored"

@@ -10,7 +10,7 @@ pub const MINUTES_KEPT: i64 = 6 * HOUR + MINUTE;
 /// Hour buckets are kept this long: the longest window is 3 days.
 pub const HOURS_KEPT: i64 = 72 * HOUR + HOUR;
 
-/// Buckets of one width, oldest first, absolute values as stored.
+/// Buckets of one width, oldest first, each the sum of what the batches added to it.
 #[derive(Debug, Clone)]
 struct Buckets<T> {
     width: i64,
@@ -25,11 +25,24 @@ impl<T: Copy + Default> Buckets<T> {
         }
     }
 
-    fn set(&mut self, bucket: i64, value: T) {
-        match self.slots.binary_search_by_key(&bucket, |s| s.0) {
-            Ok(i) => self.slots[i].1 = value,
-            Err(i) => self.slots.insert(i, (bucket, value)),
-        }
+    /// The bucket starting at `bucket`, created empty where missing (batches mostly add to
+    /// the newest bucket, so the search starts from the back).
+    fn at(&mut self, bucket: i64) -> &mut T {
+        let i = match self.slots.back() {
+            Some((b, _)) if *b == bucket => self.slots.len() - 1,
+            Some((b, _)) if *b < bucket => {
+                self.slots.push_back((bucket, T::default()));
+                self.slots.len() - 1
+            }
+            _ => match self.slots.binary_search_by_key(&bucket, |s| s.0) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.slots.insert(i, (bucket, T::default()));
+                    i
+                }
+            },
+        };
+        &mut self.slots[i].1
     }
 
     fn prune(&mut self, before: i64) {
@@ -175,34 +188,31 @@ pub struct Windows {
 }
 
 impl Windows {
+    /// Adds what batches wrote: a minute row counts in its minute and in its hour; an hour row
+    /// (minutes folded by retention, read only after a restart) in its hour.
     pub fn apply(&mut self, buckets: &[BucketRow], lookups: &[LookupRow]) {
         for r in buckets {
-            let s = self
-                .releases
-                .entry((r.package.clone(), r.version.clone()))
-                .or_default();
-            match r.width {
-                MINUTE => s.minutes.set(r.bucket, r.counts),
-                HOUR => s.hours.set(r.bucket, r.counts),
-                _ => continue,
+            if r.width != MINUTE && r.width != HOUR {
+                continue;
             }
+            let key = (r.package.clone(), r.version.clone());
+            let s = self.releases.entry(key).or_default();
+            if r.width == MINUTE {
+                s.minutes.at(r.bucket).add(&r.counts);
+            }
+            s.hours.at(r.bucket.div_euclid(HOUR) * HOUR).add(&r.counts);
             if r.counts.installs_failed > 0 {
                 s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
             }
         }
         for l in lookups {
-            let b = match l.width {
-                MINUTE => &mut self.latency.minutes,
-                HOUR => &mut self.latency.hours,
-                _ => continue,
-            };
-            let i = b.slots.binary_search_by_key(&l.bucket, |s| s.0);
-            let mut hist = match i {
-                Ok(i) => b.slots[i].1,
-                Err(_) => [0; LATENCY_BOUNDS.len()],
-            };
-            hist[l.bound] = l.lookups;
-            b.set(l.bucket, hist);
+            if l.width != MINUTE && l.width != HOUR {
+                continue;
+            }
+            if l.width == MINUTE {
+                self.latency.minutes.at(l.bucket)[l.bound] += l.lookups;
+            }
+            self.latency.hours.at(l.bucket.div_euclid(HOUR) * HOUR)[l.bound] += l.lookups;
         }
     }
 
@@ -326,10 +336,25 @@ mod tests {
         assert_eq!(five.total(), 50.0);
         let half = s.installs(now, 5 * MINUTE + 30_000);
         assert!((half.total() - 55.0).abs() < 1e-9, "{half:?}");
-        // A stored value replaces the old one (values are absolute, not deltas).
+        // A later batch adds to the bucket (rows are deltas), and to its hour.
         w.apply(&[row(t0 + 9 * MINUTE, MINUTE, 0, 10)], &[]);
         let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
-        assert_eq!(s.installs(now, MINUTE).bad, 10.0);
+        assert_eq!(s.installs(now, MINUTE).bad, 11.0);
+        assert_eq!(s.installs(now, 72 * HOUR).total(), 110.0);
+    }
+
+    #[test]
+    fn an_hour_row_counts_in_its_hour_only_and_a_minute_row_in_both() {
+        let mut w = Windows::default();
+        let t0 = 100 * HOUR;
+        w.apply(
+            &[row(t0, HOUR, 60, 0), row(t0 + HOUR + MINUTE, MINUTE, 5, 0)],
+            &[],
+        );
+        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let now = t0 + 2 * HOUR;
+        assert_eq!(s.installs(now, 6 * HOUR).total(), 5.0, "minutes only");
+        assert_eq!(s.installs(now, 72 * HOUR).total(), 65.0, "both hours");
     }
 
     #[test]

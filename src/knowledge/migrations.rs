@@ -285,6 +285,22 @@ CREATE TABLE lease (
 );
 "#;
 
+/// Version 9: telemetry as one row per intake commit (its counts as JSON), instead of one row
+/// per release and bucket. The buckets of version 5 are converted when the store opens
+/// (`Store::adopt_bucket_tables`), which then drops their tables.
+const V9: &str = r#"
+CREATE TABLE telemetry_batches (
+    seq BIGINT PRIMARY KEY,
+    width BIGINT NOT NULL,
+    first_bucket BIGINT NOT NULL,
+    last_bucket BIGINT NOT NULL,
+    events BIGINT NOT NULL,
+    reports BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX telemetry_batches_age ON telemetry_batches (width, last_bucket);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -305,6 +321,7 @@ pub fn migrator() -> Migrator {
             step(6, "verification and learning", V6),
             step(7, "search index and notice outbox", V7),
             step(8, "leader lease", V8),
+            step(9, "telemetry batches", V9),
         ]),
         ..Migrator::DEFAULT
     }

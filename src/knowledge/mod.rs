@@ -15,6 +15,7 @@ pub mod retention;
 pub mod standing;
 pub mod state;
 pub mod telemetry;
+mod telemetry_upgrade;
 
 pub use batch::{insert_rows, Param};
 
@@ -110,11 +111,15 @@ impl Store {
                 source,
             })?;
         migrations::migrator().run(&pool).await?;
-        Ok(Self {
+        let store = Self {
             pool,
             backend,
             fence: None,
-        })
+        };
+        if store.adopt_bucket_tables().await? {
+            tracing::info!("telemetry buckets of an earlier version converted into batches");
+        }
+        Ok(store)
     }
 
     /// A handle on the same pool whose transactions are fenced by the leader's lease: refused

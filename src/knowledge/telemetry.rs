@@ -1,22 +1,26 @@
-//! Telemetry in the knowledge store: buckets written by the intake in one transaction per batch, read back by sequence.
+//! Telemetry in the knowledge store: each intake commit is one row holding its counts (a batch), read back by sequence; old minute batches are folded into hour batches.
 
+use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Row};
 use std::collections::HashMap;
 
 use super::{insert_rows, Backend, Param, Store, StoreError};
 use crate::monitor::events::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
 
-/// One release's counts in one bucket, as stored (absolute, not a delta).
+/// One release's counts in one bucket, as one batch added them (a delta: several batches may
+/// add to the same bucket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketRow {
     pub package: String,
     pub version: String,
+    /// `MINUTE` for what the intake wrote; `HOUR` for minutes folded by retention, which a
+    /// reader that already read the minutes must not count again.
     pub width: i64,
     pub bucket: i64,
     pub counts: Counts,
 }
 
-/// The lookups of one latency bound in one bucket, as stored.
+/// Lookups of one latency bound in one bucket, as one batch added them (a delta).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LookupRow {
     pub width: i64,
@@ -34,79 +38,124 @@ pub struct TelemetryDelta {
     pub head: i64,
 }
 
-const BUCKET_COLUMNS: [&str; 8] = [
-    "package",
-    "version",
-    "width",
-    "bucket",
-    "installs_ok",
-    "installs_failed",
-    "downloads",
-    "seq",
-];
+/// A batch's counts as stored in `telemetry_batches.body` (JSON): per release
+/// `[package, version, bucket, installs_ok, installs_failed, downloads]` and per latency bound
+/// `[bucket, bound_ms, lookups]`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Body {
+    #[serde(rename = "r", default)]
+    pub releases: Vec<(String, String, i64, i64, i64, i64)>,
+    #[serde(rename = "l", default)]
+    pub lookups: Vec<(i64, i64, i64)>,
+}
 
-impl Store {
-    /// Writes a batch of accepted events in one transaction; returns its intake sequence number.
-    /// Once this returns, every event of the batch is durable.
-    pub async fn write_telemetry(&self, batch: &Batch) -> Result<i64, StoreError> {
-        let mut tx = self.begin().await?;
-        let seq: i64 =
-            sqlx::query("UPDATE intake_seq SET value = value + 1 WHERE id = 1 RETURNING value")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-        let mut hours: HashMap<(&str, &str, i64), Counts> = HashMap::new();
-        let mut rows = Vec::with_capacity(batch.releases.len() * 2);
-        for ((p, v, minute), c) in &batch.releases {
-            hours
-                .entry((p.as_str(), v.as_str(), minute.div_euclid(HOUR) * HOUR))
-                .or_default()
-                .add(c);
-            rows.push(bucket_params(p, v, MINUTE, *minute, c, seq));
-        }
-        for ((p, v, hour), c) in &hours {
-            rows.push(bucket_params(p, v, HOUR, *hour, c, seq));
-        }
-        insert_rows(
-            &mut tx,
-            "telemetry_buckets",
-            &BUCKET_COLUMNS,
-            &rows,
-            "ON CONFLICT (package, version, width, bucket) DO UPDATE SET \
-             installs_ok = telemetry_buckets.installs_ok + excluded.installs_ok, \
-             installs_failed = telemetry_buckets.installs_failed + excluded.installs_failed, \
-             downloads = telemetry_buckets.downloads + excluded.downloads, \
-             seq = excluded.seq",
-        )
-        .await?;
-        let mut lookups: HashMap<(i64, i64, usize), i64> = HashMap::new();
-        for ((minute, bound), n) in &batch.lookups {
-            *lookups.entry((MINUTE, *minute, *bound)).or_default() += n;
-            *lookups
-                .entry((HOUR, minute.div_euclid(HOUR) * HOUR, *bound))
-                .or_default() += n;
-        }
-        let rows: Vec<Vec<Param>> = lookups
-            .into_iter()
-            .map(|((w, b, bound), n)| {
-                vec![
-                    Param::Int(w),
-                    Param::Int(b),
-                    Param::Int(LATENCY_BOUNDS[bound]),
-                    Param::Int(n),
-                    Param::Int(seq),
-                ]
+impl Body {
+    fn of(batch: &Batch) -> Self {
+        let mut releases: Vec<_> = batch
+            .releases
+            .iter()
+            .map(|((p, v, m), c)| {
+                (
+                    p.clone(),
+                    v.clone(),
+                    *m,
+                    c.installs_ok,
+                    c.installs_failed,
+                    c.downloads,
+                )
             })
             .collect();
-        insert_rows(
-            &mut tx,
-            "lookup_buckets",
-            &["width", "bucket", "bound", "lookups", "seq"],
-            &rows,
-            "ON CONFLICT (width, bucket, bound) DO UPDATE SET \
-             lookups = lookup_buckets.lookups + excluded.lookups, seq = excluded.seq",
-        )
-        .await?;
+        releases.sort_unstable();
+        let mut lookups: Vec<_> = batch
+            .lookups
+            .iter()
+            .map(|((m, b), n)| (*m, LATENCY_BOUNDS[*b], *n))
+            .collect();
+        lookups.sort_unstable();
+        Self { releases, lookups }
+    }
+
+    pub fn span(&self) -> Option<(i64, i64)> {
+        let times = self
+            .releases
+            .iter()
+            .map(|r| r.2)
+            .chain(self.lookups.iter().map(|l| l.0));
+        times.fold(None, |acc, t| match acc {
+            None => Some((t, t)),
+            Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
+        })
+    }
+
+    fn decode(seq: i64, text: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(text)
+            .map_err(|e| StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}")))
+    }
+}
+
+/// Adds `body` to `delta` as rows of `width`.
+fn unpack(body: Body, width: i64, delta: &mut TelemetryDelta) {
+    for (package, version, bucket, installs_ok, installs_failed, downloads) in body.releases {
+        delta.buckets.push(BucketRow {
+            package,
+            version,
+            width,
+            bucket,
+            counts: Counts {
+                installs_ok,
+                installs_failed,
+                downloads,
+            },
+        });
+    }
+    for (bucket, bound_ms, lookups) in body.lookups {
+        // A bound this build does not know cannot be judged against the SLO: skipped.
+        let Some(bound) = LATENCY_BOUNDS.iter().position(|b| *b == bound_ms) else {
+            continue;
+        };
+        delta.lookups.push(LookupRow {
+            width,
+            bucket,
+            bound,
+            lookups,
+        });
+    }
+}
+
+/// The next batch sequence: one more than the highest stored. Retention never removes the
+/// highest row, so the sequence never goes back.
+pub(super) const NEXT_SEQ: &str = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM telemetry_batches)";
+
+impl Store {
+    /// Writes a batch of accepted events as one row (its reports in the same transaction);
+    /// returns its sequence number. Once this returns, every event of the batch is durable.
+    pub async fn write_telemetry(&self, batch: &Batch) -> Result<i64, StoreError> {
+        let body = Body::of(batch);
+        let (first, last) = body.span().unwrap_or((0, 0));
+        let text = serde_json::to_string(&body)
+            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
+        let insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
+             SELECT {NEXT_SEQ}, $1, $2, $3, $4, $5, $6 RETURNING seq"
+        )))
+        .bind(MINUTE)
+        .bind(first)
+        .bind(last)
+        .bind(batch.events as i64)
+        .bind(batch.reports.len() as i64)
+        .bind(text);
+        // SQLite runs one writer at a time, so a lone statement takes the next number safely,
+        // and costs one round trip. PostgreSQL: the table lock makes concurrent writers take
+        // their numbers in commit order, so a reader never skips a batch committed late.
+        if self.backend == Backend::Sqlite && batch.reports.is_empty() {
+            return Ok(insert.fetch_one(&self.pool).await?.try_get(0)?);
+        }
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("LOCK TABLE telemetry_batches IN EXCLUSIVE MODE")
+                .await?;
+        }
+        let seq: i64 = tx.fetch_one(insert).await?.try_get(0)?;
         // One row per (release, reporter, category): a repeated report refreshes its time.
         let mut reports: HashMap<(&str, &str, &str, &str), i64> = HashMap::new();
         for r in &batch.reports {
@@ -141,99 +190,57 @@ impl Store {
         Ok(seq)
     }
 
-    /// Everything written after `since` (0: everything kept).
+    /// Everything written after `since`. With `since` 0, everything kept: the minute batches,
+    /// the hour batches folded from older ones, and every report. Otherwise the minute batches
+    /// written since (an hour batch only holds minutes already read) and their reports.
     pub async fn telemetry_since(&self, since: i64) -> Result<TelemetryDelta, StoreError> {
-        let head: i64 = sqlx::query("SELECT value FROM intake_seq WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        let rows = sqlx::query(
+            "SELECT seq, width, reports, body FROM telemetry_batches \
+             WHERE seq > $1 AND (width = $2 OR $1 = 0) ORDER BY seq",
+        )
+        .bind(since)
+        .bind(MINUTE)
+        .fetch_all(&self.pool)
+        .await?;
         let mut delta = TelemetryDelta {
-            head,
+            head: since,
             ..Default::default()
         };
-        if head <= since {
-            return Ok(delta);
+        let mut with_reports = since == 0;
+        for r in rows {
+            let seq: i64 = r.try_get(0)?;
+            let width: i64 = r.try_get(1)?;
+            with_reports |= r.try_get::<i64, _>(2)? > 0;
+            let body = Body::decode(seq, &r.try_get::<String, _>(3)?)?;
+            unpack(body, width, &mut delta);
+            delta.head = delta.head.max(seq);
         }
-        // The buckets come back as one JSON array: a third of the cost of decoding each row
-        // through sqlx, and every cycle reads a minute's worth of them.
-        let sql = match self.backend {
-            Backend::Sqlite => {
-                "SELECT json_group_array(json_array(package, version, width, bucket, installs_ok, \
-                 installs_failed, downloads)) FROM telemetry_buckets WHERE seq > $1 AND seq <= $2"
-            }
-            Backend::Postgres => {
-                "SELECT COALESCE(json_agg(json_build_array(package, version, width, bucket, \
-                 installs_ok, installs_failed, downloads)), '[]'::json)::text \
-                 FROM telemetry_buckets WHERE seq > $1 AND seq <= $2"
-            }
-        };
-        let text: String = sqlx::query(sql)
+        if with_reports {
+            let rows = sqlx::query(
+                "SELECT package, version, reporter, category, at FROM reports \
+                 WHERE (seq > $1 OR $1 = 0) AND seq <= $2 \
+                 ORDER BY seq, package, version, reporter, category",
+            )
             .bind(since)
-            .bind(head)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = serde_json::from_str(&text)
-            .map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "telemetry_buckets after intake seq {since}: the buckets: {e}"
-                ))
-            })?;
-        for (package, version, width, bucket, installs_ok, installs_failed, downloads) in rows {
-            delta.buckets.push(BucketRow {
-                package,
-                version,
-                width,
-                bucket,
-                counts: Counts {
-                    installs_ok,
-                    installs_failed,
-                    downloads,
-                },
-            });
-        }
-        let rows = sqlx::query(
-            "SELECT width, bucket, bound, lookups FROM lookup_buckets WHERE seq > $1 AND seq <= $2",
-        )
-        .bind(since)
-        .bind(head)
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            let bound: i64 = r.try_get(2)?;
-            // A bound this build does not know cannot be judged against the SLO: skipped.
-            let Some(i) = LATENCY_BOUNDS.iter().position(|b| *b == bound) else {
-                continue;
-            };
-            delta.lookups.push(LookupRow {
-                width: r.try_get(0)?,
-                bucket: r.try_get(1)?,
-                bound: i,
-                lookups: r.try_get(3)?,
-            });
-        }
-        let rows = sqlx::query(
-            "SELECT package, version, reporter, category, at FROM reports \
-             WHERE seq > $1 AND seq <= $2",
-        )
-        .bind(since)
-        .bind(head)
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            delta.reports.push(Report {
-                package: r.try_get(0)?,
-                version: r.try_get(1)?,
-                reporter: r.try_get(2)?,
-                category: r.try_get(3)?,
-                at: r.try_get(4)?,
-            });
+            .bind(delta.head)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in rows {
+                delta.reports.push(Report {
+                    package: r.try_get(0)?,
+                    version: r.try_get(1)?,
+                    reporter: r.try_get(2)?,
+                    category: r.try_get(3)?,
+                    at: r.try_get(4)?,
+                });
+            }
         }
         Ok(delta)
     }
 
-    /// Drops minute buckets before `minutes_from`, hour buckets before `hours_from` and reports
-    /// before `reports_from`. Returns the rows removed.
+    /// Folds minute batches wholly before `minutes_from` into one hour batch, drops hour
+    /// batches wholly before `hours_from` and reports before `reports_from`. Returns the rows
+    /// removed.
     pub async fn prune_telemetry(
         &self,
         minutes_from: i64,
@@ -241,34 +248,98 @@ impl Store {
         reports_from: i64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            tx.execute("LOCK TABLE telemetry_batches IN EXCLUSIVE MODE")
+                .await?;
+        }
+        let old = tx
+            .fetch_all(
+                sqlx::query(
+                    "SELECT seq, body FROM telemetry_batches WHERE width = $1 AND last_bucket < $2 \
+                     ORDER BY seq",
+                )
+                .bind(MINUTE)
+                .bind(minutes_from),
+            )
+            .await?;
         let mut n = 0;
-        for (sql, width, from) in [
-            (
-                "DELETE FROM telemetry_buckets WHERE width = $1 AND bucket < $2",
-                MINUTE,
-                minutes_from,
-            ),
-            (
-                "DELETE FROM telemetry_buckets WHERE width = $1 AND bucket < $2",
-                HOUR,
-                hours_from,
-            ),
-            (
-                "DELETE FROM lookup_buckets WHERE width = $1 AND bucket < $2",
-                MINUTE,
-                minutes_from,
-            ),
-            (
-                "DELETE FROM lookup_buckets WHERE width = $1 AND bucket < $2",
-                HOUR,
-                hours_from,
-            ),
-        ] {
+        if let Some(last) = old.last() {
+            let last: i64 = last.try_get(0)?;
+            let mut releases: HashMap<(String, String, i64), Counts> = HashMap::new();
+            let mut lookups: HashMap<(i64, i64), i64> = HashMap::new();
+            for r in &old {
+                let body = Body::decode(r.try_get(0)?, &r.try_get::<String, _>(1)?)?;
+                for (p, v, b, ok, failed, downloads) in body.releases {
+                    releases
+                        .entry((p, v, b.div_euclid(HOUR) * HOUR))
+                        .or_default()
+                        .add(&Counts {
+                            installs_ok: ok,
+                            installs_failed: failed,
+                            downloads,
+                        });
+                }
+                for (b, bound, k) in body.lookups {
+                    *lookups
+                        .entry((b.div_euclid(HOUR) * HOUR, bound))
+                        .or_default() += k;
+                }
+            }
+            let mut folded = Body {
+                releases: releases
+                    .into_iter()
+                    .map(|((p, v, h), c)| (p, v, h, c.installs_ok, c.installs_failed, c.downloads))
+                    .collect(),
+                lookups: lookups.into_iter().map(|((h, b), k)| (h, b, k)).collect(),
+            };
+            folded.releases.sort_unstable();
+            folded.lookups.sort_unstable();
+            if let Some((first, last_bucket)) = folded.span() {
+                let text = serde_json::to_string(&folded)
+                    .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
+                let events = folded
+                    .releases
+                    .iter()
+                    .map(|r| r.3 + r.4 + r.5)
+                    .chain(folded.lookups.iter().map(|l| l.2))
+                    .sum::<i64>();
+                tx.execute(
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
+                         SELECT {NEXT_SEQ}, $1, $2, $3, $4, 0, $5"
+                    )))
+                    .bind(HOUR)
+                    .bind(first)
+                    .bind(last_bucket)
+                    .bind(events)
+                    .bind(text),
+                )
+                .await?;
+            }
             n += tx
-                .execute(sqlx::query(sql).bind(width).bind(from))
+                .execute(
+                    sqlx::query(
+                        "DELETE FROM telemetry_batches WHERE width = $1 AND last_bucket < $2 AND seq <= $3 \
+                         AND seq < (SELECT MAX(seq) FROM telemetry_batches)",
+                    )
+                    .bind(MINUTE)
+                    .bind(minutes_from)
+                    .bind(last),
+                )
                 .await?
                 .rows_affected();
         }
+        n += tx
+            .execute(
+                sqlx::query(
+                    "DELETE FROM telemetry_batches WHERE width = $1 AND last_bucket < $2 \
+                     AND seq < (SELECT MAX(seq) FROM telemetry_batches)",
+                )
+                .bind(HOUR)
+                .bind(hours_from),
+            )
+            .await?
+            .rows_affected();
         n += tx
             .execute(sqlx::query("DELETE FROM reports WHERE at < $1").bind(reports_from))
             .await?
@@ -276,17 +347,4 @@ impl Store {
         tx.commit().await?;
         Ok(n)
     }
-}
-
-fn bucket_params(p: &str, v: &str, width: i64, bucket: i64, c: &Counts, seq: i64) -> Vec<Param> {
-    vec![
-        Param::Text(p.to_string()),
-        Param::Text(v.to_string()),
-        Param::Int(width),
-        Param::Int(bucket),
-        Param::Int(c.installs_ok),
-        Param::Int(c.installs_failed),
-        Param::Int(c.downloads),
-        Param::Int(seq),
-    ]
 }

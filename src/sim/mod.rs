@@ -554,18 +554,7 @@ async fn sample(w: &World, now: i64, t: i64) -> Sample {
         .ok()
         .and_then(|r| r.try_get::<Option<f64>, _>(0).ok().flatten())
         .map(round);
-    let install_failure_ratio = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(installs_failed), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(installs_ok), 0) AS BIGINT) FROM telemetry_buckets \
-         WHERE width = $1 AND bucket >= $2",
-    )
-    .bind(crate::monitor::events::MINUTE)
-    .bind(now - crate::monitor::events::HOUR)
-    .fetch_one(pool)
-    .await
-    .ok()
-    .and_then(|r| Some((r.try_get::<i64, _>(0).ok()?, r.try_get::<i64, _>(1).ok()?)))
-    .map(|(failed, ok)| round(failed as f64 / (failed + ok).max(1) as f64));
+    let install_failure_ratio = Some(round(w.telemetry.install_failure_ratio(now)));
     Sample {
         t_s: t / 1000,
         quarantined: counts.map(|c| c.quarantined),

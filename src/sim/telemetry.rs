@@ -1,6 +1,6 @@
 //! Simulated telemetry: a scenario's install, download and lookup streams, its reports and the registry's background traffic, folded into the intake's minute buckets.
 
-use crate::monitor::events::{Batch, Counts, Report, LATENCY_BOUNDS, MINUTE};
+use crate::monitor::events::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
 
 /// Lookups a `lookup_latency` event produces each minute (registry-wide).
 pub const LOOKUPS_PER_MINUTE: usize = 1_000;
@@ -82,7 +82,9 @@ impl Background {
         }
     }
 
-    fn minute(&mut self, m: i64, batch: &mut Batch) {
+    /// Adds minute `m` of the traffic to `batch`; returns the installs it made.
+    fn minute(&mut self, m: i64, batch: &mut Batch) -> i64 {
+        let mut made = 0;
         for (i, (package, version)) in self.packages.iter().enumerate() {
             let Some(version) = version else { continue };
             let carry = &mut self.carry[i];
@@ -100,8 +102,10 @@ impl Background {
                 .or_default();
             c.downloads += downloads as i64;
             c.installs_ok += installs as i64;
+            made += installs as i64;
             batch.events += (downloads + installs) as u64;
         }
+        made
     }
 }
 
@@ -131,6 +135,8 @@ pub struct Telemetry {
     streams: Vec<Stream>,
     pub background: Option<Background>,
     pending: Batch,
+    /// Installs produced in each of the last 60 minutes: (minute, ok, failed).
+    installs: std::collections::VecDeque<(i64, i64, i64)>,
 }
 
 impl Telemetry {
@@ -202,10 +208,31 @@ impl Telemetry {
         self.streams.retain(|s| s.until > to);
     }
 
+    /// The share of the installs produced in the hour before `now` that failed (0 without
+    /// installs).
+    pub fn install_failure_ratio(&self, now: i64) -> f64 {
+        let (ok, failed) = self
+            .installs
+            .iter()
+            .filter(|(m, _, _)| *m >= now - HOUR && *m < now)
+            .fold((0, 0), |(o, f), (_, ok, failed)| (o + ok, f + failed));
+        failed as f64 / (ok + failed).max(1) as f64
+    }
+
     fn minute(&mut self, m: i64) {
+        let (ok, failed) = self.produce(m);
+        self.installs.push_back((m, ok, failed));
+        while self.installs.front().is_some_and(|(t, _, _)| *t < m - HOUR) {
+            self.installs.pop_front();
+        }
+    }
+
+    /// Produces minute `m` of every source; returns the installs produced (ok, failed).
+    fn produce(&mut self, m: i64) -> (i64, i64) {
         let batch = &mut self.pending;
+        let mut installs = (0, 0);
         if let Some(b) = &mut self.background {
-            b.minute(m, batch);
+            installs.0 += b.minute(m, batch);
         }
         for s in self
             .streams
@@ -234,6 +261,8 @@ impl Telemetry {
                         installs_failed: failed as i64,
                         downloads: 0,
                     });
+                    installs.0 += (n - failed) as i64;
+                    installs.1 += failed as i64;
                     batch.events += n as u64;
                 }
                 Flow::Downloads {
@@ -259,6 +288,7 @@ impl Telemetry {
                 }
             }
         }
+        installs
     }
 
     /// What is ready to be written, without what has grown older than the intake's horizon
