@@ -478,18 +478,30 @@ async fn a_full_scan_writes_only_the_observations_that_changed() {
             .await
             .unwrap();
         assert!(m.full_scan);
-        m.observations.len()
+        let handed: Vec<String> = m.observations.iter().map(|o| o.package.clone()).collect();
+        (m.scanned, handed)
     };
-    let seen = scan(NOW).await;
+    let (seen, handed) = scan(NOW).await;
+    assert_eq!(
+        handed.len(),
+        seen,
+        "the first pass hands analysis everything"
+    );
     let before = stored_observations(&w).await;
     assert_eq!(before.len(), 30);
     assert!(before.iter().all(|o| o.1 == NOW), "{before:?}");
-    // Nothing changed: a full scan sees every release again and writes none of them.
-    assert_eq!(scan(NOW + 60_000).await, seen);
+    // Nothing changed: a full scan sees every release again, writes none of them, and hands
+    // analysis none of them (they are healthy and unchanged).
+    assert_eq!(scan(NOW + 60_000).await, (seen, vec![]));
     assert_eq!(stored_observations(&w).await, before);
-    // Three releases go bad: their observations alone are written, at the time they were seen.
+    // Three releases go bad: their observations alone are written, at the time they were seen,
+    // and handed to analysis; the next full scan hands them again (they are not healthy).
     w.plant_problems().await;
-    assert_eq!(scan(NOW + 120_000).await, seen);
+    let bad = ["pkg-00002", "pkg-00003", "pkg-00004"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(scan(NOW + 120_000).await, (seen, bad.clone()));
+    assert_eq!(scan(NOW + 180_000).await, (seen, bad));
     let after = stored_observations(&w).await;
     let moved: Vec<&str> = after
         .iter()
@@ -516,7 +528,7 @@ async fn full_scans_hash_every_known_release_and_reread_every_record_once_a_day(
     let m = monitor::cycle(&mut state, &w.registry, &w.t.store, &w.trust, NOW, HOUR)
         .await
         .unwrap();
-    let releases = m.observations.len();
+    let releases = m.scanned;
     assert!(releases >= 10, "{releases}");
     // Bytes changed behind the registry's back: the next full scan hashes them again, though
     // the change sequence did not move.
@@ -539,7 +551,7 @@ async fn full_scans_hash_every_known_release_and_reread_every_record_once_a_day(
     .await
     .unwrap();
     assert!(m.full_scan);
-    assert_eq!(m.observations.len(), releases, "every known release");
+    assert_eq!(m.scanned, releases, "every known release");
     let tampered = m
         .observations
         .iter()
@@ -551,8 +563,8 @@ async fn full_scans_hash_every_known_release_and_reread_every_record_once_a_day(
     );
     assert_eq!(
         signature_of(&m, "pkg-00007"),
-        Some(mapek::model::SignatureState::Valid),
-        "the hand-made change is not seen before the day's full read"
+        None,
+        "the hand-made change is not seen before the day's full read: unchanged, not handed on"
     );
     let m = monitor::cycle(
         &mut state,
@@ -607,11 +619,9 @@ async fn bytes_tampered_behind_the_registry_lower_the_quality_score_at_the_next_
         .await
         .unwrap()
         .unwrap();
-    mapek::registry::generate::tamper_artifact(
-        &w.registry.artifact_root,
-        r.artifact.as_deref().unwrap(),
-    )
-    .unwrap();
+    w.registry
+        .tamper_artifact(r.artifact.as_deref().unwrap())
+        .unwrap();
     pass(NOW + 60_000).await;
     pass(NOW + HOUR).await;
     let after = w.t.store.quality_states().await.unwrap()["pkg-00005"].clone();

@@ -14,7 +14,7 @@ use mapek::knowledge::remediations::Status;
 use mapek::monitor::{self, MonitorState};
 use mapek::plan::policy::PolicySet;
 use mapek::registry::changes::search;
-use mapek::registry::{generate, Change, Registry};
+use mapek::registry::{Change, Registry};
 
 fn notify_policy(webhook: &str) -> PolicySet {
     let src = format!(
@@ -32,7 +32,9 @@ async fn tamper_and_cycle(w: &World, set: &PolicySet) {
         .await
         .unwrap()
         .unwrap();
-    generate::tamper_artifact(&w.registry.artifact_root, r.artifact.as_deref().unwrap()).unwrap();
+    w.registry
+        .tamper_artifact(r.artifact.as_deref().unwrap())
+        .unwrap();
     let mut state = MonitorState::new();
     let m = monitor::cycle(
         &mut state,

@@ -14,7 +14,6 @@ use mapek::knowledge::remediations::{Remediation, Status};
 use mapek::model::FindingKind;
 use mapek::monitor::{self, MonitorState};
 use mapek::plan::policy::PolicySet;
-use mapek::registry::generate;
 use mapek::registry::Registry;
 
 const MINUTE: i64 = 60_000;
@@ -46,7 +45,9 @@ fn policies(src: &str) -> PolicySet {
 
 async fn tamper(w: &World, package: &str) {
     let r = w.registry.release(package, "1.0.0").await.unwrap().unwrap();
-    generate::tamper_artifact(&w.registry.artifact_root, r.artifact.as_deref().unwrap()).unwrap();
+    w.registry
+        .tamper_artifact(r.artifact.as_deref().unwrap())
+        .unwrap();
 }
 
 /// Every stage once, as the simulator runs them, followed by verification.

@@ -94,7 +94,7 @@ async fn one_cycle(
         "  stages: monitor {monitor_s:.3} s, analyze {analyze_s:.3} s, plan {plan_s:.3} s, execute {:.3} s",
         t.elapsed().as_secs_f64()
     );
-    Ok((observed.observations.len(), observed.verified))
+    Ok((observed.scanned, observed.verified))
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {

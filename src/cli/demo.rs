@@ -68,7 +68,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<()> {
         .await?
         .context("demo release pkg-00042@1.0.0")?;
     if let Some(file) = &tampered.artifact {
-        generate::tamper_artifact(&config.artifact_root, file)?;
+        registry.tamper_artifact(file)?;
     }
     // One bad signature: a signature over other bytes by the right key.
     let publisher = &generated.publishers[77 % generated.publishers.len()];

@@ -90,11 +90,11 @@ pub(super) async fn monitor_task(
                 rt.metrics
                     .releases_scanned
                     .with_label_values(&[scan])
-                    .inc_by(out.observations.len() as u64);
+                    .inc_by(out.scanned as u64);
                 rt.metrics
                     .observations
                     .with_label_values(&["registry"])
-                    .inc_by(out.observations.len() as u64);
+                    .inc_by(out.scanned as u64);
                 rt.metrics
                     .signature_checks
                     .with_label_values(&["verified"])
@@ -109,7 +109,7 @@ pub(super) async fn monitor_task(
                 tracing::debug!(
                     cycle = cycle.n,
                     scan,
-                    releases = out.observations.len(),
+                    releases = out.scanned,
                     verified = out.verified,
                     "monitor pass"
                 );

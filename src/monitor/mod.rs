@@ -6,6 +6,7 @@ pub mod intake;
 mod integrity;
 
 pub use integrity::observe_release;
+use integrity::Observed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,7 +36,12 @@ pub enum MonitorError {
 /// What one monitor pass saw.
 #[derive(Debug, Default, Clone)]
 pub struct MonitorOutput {
+    /// What analysis is to judge: every release looked at in an incremental pass; in a full
+    /// scan, those whose observation changed and those that are not healthy (an unchanged,
+    /// healthy release tells analysis nothing).
     pub observations: Vec<ReleaseObservation>,
+    /// Releases looked at (every known one in a full scan).
+    pub scanned: usize,
     pub full_scan: bool,
     pub verified: usize,
     pub cache_hits: usize,
@@ -81,6 +87,8 @@ pub struct MonitorState {
     cache_loaded: bool,
     last_full_scan: Option<i64>,
     trust_digest: String,
+    /// Moves on with every change of trust store, so a judgement made under another is not reused.
+    trust_generation: u64,
     facts: FactsCache,
     telemetry_cursor: i64,
     pub retention: Retention,
@@ -90,9 +98,27 @@ pub struct MonitorState {
     recorded: HashMap<String, HashMap<String, Seen>>,
     /// Every release the monitor knows, as the change sequence left it, in the registry's
     /// order: what a full scan hashes again.
-    known: Arc<BTreeMap<(String, String), ReleaseRecord>>,
+    known: Arc<BTreeMap<(String, String), Known>>,
     /// When every release record was last read from the registry, not only the changed ones.
     last_full_read: Option<i64>,
+}
+
+/// A release as the monitor knows it, and what its last observation was judged from.
+#[derive(Debug, Clone)]
+struct Known {
+    record: ReleaseRecord,
+    judged: Option<Judged>,
+}
+
+/// The inputs of a release's last observation, and its result: while the registry vouches that
+/// the artifact's bytes hash the same and the trust store is the same, the observation is the
+/// same, and a full scan need not make it again.
+#[derive(Debug, Clone)]
+struct Judged {
+    digest: [u8; 32],
+    trust_generation: u64,
+    /// The observation, kept only when it is not healthy (it is then handed to analysis again).
+    unhealthy: Option<ReleaseObservation>,
 }
 
 /// An observation without its time: what decides whether it is written again.
@@ -101,6 +127,10 @@ type Seen = (
     crate::model::SignatureState,
     Option<String>,
 );
+
+fn healthy(o: &ReleaseObservation) -> bool {
+    o.integrity == crate::model::Integrity::Ok && o.signature == crate::model::SignatureState::Valid
+}
 
 impl MonitorState {
     pub fn new() -> Self {
@@ -143,8 +173,9 @@ pub async fn cycle<R: Registry>(
 
 /// The registry part of a pass. A full scan (every release known, hashed again) happens on the
 /// first pass, when the trust store changed, and every `full_scan_every_ms`; otherwise only
-/// releases changed since the cursor. Records are read in full on the first full scan and once
-/// a day; in between only the changed ones.
+/// releases changed since the cursor. Records are read in full on the first full scan and, unless
+/// the registry's records always follow its change sequence, once a day; in between only the
+/// changed ones.
 async fn registry_pass<R: Registry>(
     state: &mut MonitorState,
     registry: &Arc<R>,
@@ -163,6 +194,9 @@ async fn registry_pass<R: Registry>(
         state.cache = Arc::new(store.verification_cache().await?);
         state.cache_loaded = true;
     }
+    if state.trust_digest != trust.digest {
+        state.trust_generation += 1;
+    }
     let full_scan = state
         .last_full_scan
         .is_none_or(|t| now - t >= full_scan_every_ms)
@@ -170,83 +204,127 @@ async fn registry_pass<R: Registry>(
     // Release records follow the change sequence; they are all read again on the first pass
     // and once a day, in case something changed a row without moving the sequence.
     let full_read = full_scan
-        && state
-            .last_full_read
-            .is_none_or(|t| now - t >= FULL_READ_EVERY_MS);
-    let since = if full_read {
-        0
-    } else {
-        state.cursor.unwrap_or(0)
-    };
+        && match state.last_full_read {
+            None => true,
+            Some(t) => !registry.records_follow_sequence() && now - t >= FULL_READ_EVERY_MS,
+        };
+    let cursor = state.cursor.unwrap_or(0);
+    let since = if full_read { 0 } else { cursor };
     let t_read = std::time::Instant::now();
     let seq = registry.change_seq().await?;
-    let (releases, head) = registry.releases_since(since).await?;
+    let (releases, head) = if since < seq {
+        registry.releases_since(since).await?
+    } else {
+        (Vec::new(), seq)
+    };
     state.facts.note_releases(&releases);
     let facts = state.facts.facts(registry.as_ref(), seq).await?;
     let known = Arc::make_mut(&mut state.known);
     if full_read {
-        known.clear();
+        let read: std::collections::HashSet<(&str, &str)> = releases
+            .iter()
+            .map(|r| (r.package.as_str(), r.version.as_str()))
+            .collect();
+        known.retain(|(p, v), _| read.contains(&(p.as_str(), v.as_str())));
     }
     for r in &releases {
-        known.insert((r.package.clone(), r.version.clone()), r.clone());
+        let key = (r.package.clone(), r.version.clone());
+        match known.get_mut(&key) {
+            // An unchanged record keeps what its observation was judged from.
+            Some(k) if k.record == *r => {}
+            Some(k) => {
+                k.record = r.clone();
+                k.judged = None;
+            }
+            None => {
+                known.insert(
+                    key,
+                    Known {
+                        record: r.clone(),
+                        judged: None,
+                    },
+                );
+            }
+        }
     }
     let read_s = t_read.elapsed().as_secs_f64();
     let t_check = std::time::Instant::now();
 
-    let registry2 = Arc::clone(registry);
-    let trust2 = Arc::clone(trust);
-    let cache = Arc::clone(&state.cache);
-    // A full scan hashes every known release again; another pass only the changed ones.
-    let everything = full_scan.then(|| Arc::clone(&state.known));
-    let results = tokio::task::spawn_blocking(move || {
-        let scanned: Vec<&ReleaseRecord> = match &everything {
-            Some(known) => known.values().collect(),
-            None => releases.iter().collect(),
-        };
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(8);
-        let chunk = scanned.len().div_ceil(workers).max(1);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = scanned
-                .chunks(chunk)
-                .map(|part| {
-                    let (registry, trust, cache) = (&registry2, &trust2, &cache);
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|r| observe_release(registry.as_ref(), trust, cache, r, now))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect::<Vec<_>>()
-        })
-    })
-    .await
-    .map_err(|e| MonitorError::Worker(e.to_string()))?;
-
-    let check_s = t_check.elapsed().as_secs_f64();
-    let t_write = std::time::Instant::now();
     let mut output = MonitorOutput {
         full_scan,
         facts: Some(facts),
         ..Default::default()
     };
+    // A full scan looks at every known release again; another pass only the changed ones.
+    let looked: Vec<Looked> = if full_scan {
+        output.scanned = state.known.len();
+        scan(
+            registry,
+            trust,
+            &state.cache,
+            &state.known,
+            state.trust_generation,
+            now,
+        )
+        .await?
+    } else if releases.is_empty() {
+        Vec::new()
+    } else {
+        output.scanned = releases.len();
+        let changed: BTreeMap<(String, String), Known> = releases
+            .into_iter()
+            .map(|r| {
+                let key = (r.package.clone(), r.version.clone());
+                (
+                    key,
+                    Known {
+                        record: r,
+                        judged: None,
+                    },
+                )
+            })
+            .collect();
+        scan(
+            registry,
+            trust,
+            &state.cache,
+            &Arc::new(changed),
+            state.trust_generation,
+            now,
+        )
+        .await?
+    };
+    let check_s = t_check.elapsed().as_secs_f64();
+    let t_write = std::time::Instant::now();
     let mut fresh = Vec::new();
-    for r in results {
-        match r.verification {
-            Some((_, _, true)) => output.cache_hits += 1,
-            Some((key, valid, false)) => {
-                output.verified += 1;
-                fresh.push((key, valid));
+    let mut observed = Vec::new();
+    let known = Arc::make_mut(&mut state.known);
+    for l in looked {
+        match l {
+            Looked::Again(o) => observed.push(o),
+            Looked::Observed(r, digest) => {
+                match r.verification {
+                    Some((_, _, true)) => output.cache_hits += 1,
+                    Some((key, valid, false)) => {
+                        output.verified += 1;
+                        fresh.push((key, valid));
+                    }
+                    None => {}
+                }
+                let o = r.observation;
+                if let (Some(digest), Some(k)) = (
+                    digest,
+                    known.get_mut(&(o.package.clone(), o.version.clone())),
+                ) {
+                    k.judged = Some(Judged {
+                        digest,
+                        trust_generation: state.trust_generation,
+                        unhealthy: (!healthy(&o)).then(|| o.clone()),
+                    });
+                }
+                observed.push(o);
             }
-            None => {}
         }
-        output.observations.push(r.observation);
     }
     store.cache_verifications(&fresh, now).await?;
     if !fresh.is_empty() {
@@ -257,19 +335,22 @@ async fn registry_pass<R: Registry>(
     let t_obs = std::time::Instant::now();
     // Only what changed is written: on an unchanged registry a full scan writes nothing, and
     // `observed_at` is when the release was first seen as it is now.
-    let news: Vec<ReleaseObservation> = output
-        .observations
-        .iter()
-        .filter(|o| {
-            let seen = state
-                .recorded
-                .get(o.package.as_str())
-                .and_then(|v| v.get(o.version.as_str()));
-            !matches!(seen, Some((i, s, g)) if *i == o.integrity && *s == o.signature && *g == o.signer)
-        })
-        .cloned()
-        .collect();
+    let is_new = |o: &ReleaseObservation| {
+        let seen = state
+            .recorded
+            .get(o.package.as_str())
+            .and_then(|v| v.get(o.version.as_str()));
+        !matches!(seen, Some((i, s, g)) if *i == o.integrity && *s == o.signature && *g == o.signer)
+    };
+    let news: Vec<ReleaseObservation> = observed.iter().filter(|o| is_new(o)).cloned().collect();
     store.record_observations(&news).await?;
+    // A full scan hands analysis what changed and what is not healthy; an incremental pass,
+    // everything it looked at (their records changed).
+    output.observations.extend(
+        observed
+            .into_iter()
+            .filter(|o| !full_scan || !healthy(o) || is_new(o)),
+    );
     for o in news {
         state
             .recorded
@@ -277,9 +358,11 @@ async fn registry_pass<R: Registry>(
             .or_default()
             .insert(o.version, (o.integrity, o.signature, o.signer));
     }
-    store.set_cursor(CURSOR, &head.to_string()).await?;
+    if head != cursor {
+        store.set_cursor(CURSOR, &head.to_string()).await?;
+    }
     tracing::debug!(
-        releases = output.observations.len(),
+        releases = output.scanned,
         read_s,
         check_s,
         cache_s,
@@ -295,4 +378,72 @@ async fn registry_pass<R: Registry>(
         state.last_full_read = Some(now);
     }
     Ok(output)
+}
+
+/// What a scan made of one release.
+enum Looked {
+    /// Judged before from the same bytes and trust, and not healthy: the same observation again.
+    Again(ReleaseObservation),
+    /// Observed now, with the digest the registry vouched for (to judge by next time).
+    Observed(Observed, Option<[u8; 32]>),
+}
+
+/// Observes `releases` on worker threads (all cores); a release judged before from bytes the
+/// registry vouches are the same, under the same trust store, is not observed again.
+async fn scan<R: Registry>(
+    registry: &Arc<R>,
+    trust: &Arc<TrustStore>,
+    cache: &Arc<HashMap<VerificationKey, bool>>,
+    releases: &Arc<BTreeMap<(String, String), Known>>,
+    trust_generation: u64,
+    now: i64,
+) -> Result<Vec<Looked>, MonitorError> {
+    let (registry, trust, cache, releases) = (
+        Arc::clone(registry),
+        Arc::clone(trust),
+        Arc::clone(cache),
+        Arc::clone(releases),
+    );
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&Known> = releases.values().collect();
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        let chunk = all.len().div_ceil(workers).max(1);
+        let look = |k: &Known| -> Option<Looked> {
+            let digest = k
+                .record
+                .artifact
+                .as_deref()
+                .and_then(|a| registry.artifact_digest(a));
+            if let (Some(d), Some(j)) = (digest, &k.judged) {
+                if j.digest == d && j.trust_generation == trust_generation {
+                    return j.unhealthy.as_ref().map(|o| {
+                        Looked::Again(ReleaseObservation {
+                            observed_at: now,
+                            ..o.clone()
+                        })
+                    });
+                }
+            }
+            let observed = observe_release(registry.as_ref(), &trust, &cache, &k.record, now);
+            Some(Looked::Observed(observed, digest))
+        };
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = all
+                .chunks(chunk)
+                .map(|part| {
+                    let look = &look;
+                    scope.spawn(move || part.iter().filter_map(|k| look(k)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .map_err(|e| MonitorError::Worker(e.to_string()))
 }

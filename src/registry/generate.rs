@@ -3,7 +3,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{Dependency, PackageRecord, RegistryError, ReleaseRecord, SqlRegistry};
 use crate::keys::{KeyPair, Role, TrustStore};
@@ -80,10 +80,6 @@ pub async fn generate(
     now: i64,
 ) -> Result<Generated, RegistryError> {
     let dir = registry.artifact_root.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| RegistryError::Artifact {
-        location: dir.display().to_string(),
-        reason: e.to_string(),
-    })?;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let publishers: Vec<KeyPair> = (0..spec.publishers.max(1))
         .map(|k| derived_key(spec.seed, &format!("pub-{k}")))
@@ -126,21 +122,17 @@ pub async fn generate(
         let mut latest = None;
         for r in 0..n_releases {
             let version = format!("1.{r}.0");
-            let bytes = artifact_bytes(&name, &version);
-            let file = format!("{name}-{version}.pack");
-            std::fs::write(dir.join(&file), &bytes).map_err(|e| RegistryError::Artifact {
-                location: file.clone(),
-                reason: e.to_string(),
-            })?;
             let signed = rng.random::<f64>() < spec.signed_fraction;
             let published_at = now - newest_age - ((n_releases - 1 - r) as i64) * 7 * DAY_MS;
+            // The artifact, its checksum and signature are made after the draws (below), on
+            // every core: Ed25519 signatures are deterministic, so the order does not matter.
             releases.push(ReleaseRecord {
                 package: name.clone(),
                 version: version.clone(),
                 published_at,
-                checksum: Some(hex::encode(Sha256::digest(&bytes))),
-                artifact: Some(file),
-                signature: signed.then(|| key.sign(&bytes)),
+                checksum: None,
+                artifact: Some(format!("{name}-{version}.pack")),
+                signature: None,
                 signer: signed.then(|| key.key_id.clone()),
                 yanked: false,
                 quarantined: false,
@@ -171,6 +163,7 @@ pub async fn generate(
         });
     }
     add_cycles(&mut rng, spec, &mut releases);
+    make_artifacts(registry, &publishers, &mut releases)?;
     let count = releases.len();
     registry.insert_all(&packages, &releases).await?;
     Ok(Generated {
@@ -179,6 +172,51 @@ pub async fn generate(
         artifact_dir: dir,
         releases: count,
     })
+}
+
+/// Writes each release's artifact and fills in its checksum and, where it has a signer, its
+/// signature, on every core.
+fn make_artifacts(
+    registry: &SqlRegistry,
+    publishers: &[KeyPair],
+    releases: &mut [ReleaseRecord],
+) -> Result<(), RegistryError> {
+    let keys: std::collections::HashMap<&str, &KeyPair> =
+        publishers.iter().map(|k| (k.key_id.as_str(), k)).collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let chunk = releases.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = releases
+            .chunks_mut(chunk)
+            .map(|part| {
+                let keys = &keys;
+                scope.spawn(move || -> Result<(), RegistryError> {
+                    for r in part {
+                        let bytes = artifact_bytes(&r.package, &r.version);
+                        r.checksum = Some(hex::encode(Sha256::digest(&bytes)));
+                        if let Some(key) = r.signer.as_deref().and_then(|s| keys.get(s)) {
+                            r.signature = Some(key.sign(&bytes));
+                        }
+                        let file = r.artifact.as_deref().unwrap_or_default();
+                        registry.write_artifact(file, bytes)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .try_for_each(|j| j.join().unwrap_or_else(|_| Err(worker_died())))
+    })
+}
+
+fn worker_died() -> RegistryError {
+    RegistryError::Artifact {
+        location: "(generated)".into(),
+        reason: "a worker writing artifacts stopped".into(),
+    }
 }
 
 /// What a package's files hold, as a ggen receipt records it: the `readme` and `tests` guards,
@@ -264,14 +302,6 @@ impl Default for Contents {
     }
 }
 
-/// Changes an artifact's bytes after publication (its recorded checksum no longer matches).
-pub fn tamper_artifact(artifact_root: &Path, file: &str) -> std::io::Result<()> {
-    let path = artifact_root.join(file);
-    let mut bytes = std::fs::read(&path)?;
-    bytes.extend_from_slice(b"\n# injected by an attacker\n");
-    std::fs::write(path, bytes)
-}
-
 /// Publishes one release (a new package if the name is new) with a real artifact file, signed by
 /// `signer` when given: what a `publish` event of a scenario does.
 pub async fn publish(
@@ -286,16 +316,7 @@ pub async fn publish(
     use super::Registry;
     let bytes = artifact_bytes(name, version);
     let file = format!("{name}-{version}.pack");
-    std::fs::create_dir_all(&registry.artifact_root).map_err(|e| RegistryError::Artifact {
-        location: registry.artifact_root.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    std::fs::write(registry.artifact_root.join(&file), &bytes).map_err(|e| {
-        RegistryError::Artifact {
-            location: file.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    registry.write_artifact(&file, bytes.clone())?;
     let package = match registry.package(name).await? {
         Some(mut p) => {
             p.latest = Some(version.to_string());

@@ -1,5 +1,6 @@
 //! The managed registry: the one narrow interface through which sensors read it and effectors change it.
 
+pub mod artifacts;
 pub mod changes;
 pub mod generate;
 pub mod import;
@@ -163,6 +164,20 @@ pub trait Registry: Send + Sync + 'static {
     /// bytes (a simulated registry's imported releases, which have none); None: read and hash.
     fn vouched_digest(&self, _release: &ReleaseRecord) -> Option<String> {
         None
+    }
+
+    /// The SHA-256 of the artifact's current bytes when the registry took it as they were
+    /// written (artifacts kept in memory), so that a scan need not read them to know they are
+    /// unchanged; None: read and hash. The bytes are still read to verify a signature.
+    fn artifact_digest(&self, _location: &str) -> Option<[u8; 32]> {
+        None
+    }
+
+    /// True when nothing can change a release record without moving the change sequence (the
+    /// registry's store is private to the process): the monitor then never needs to read every
+    /// record again to catch a change made by hand.
+    fn records_follow_sequence(&self) -> bool {
+        false
     }
 
     fn package(

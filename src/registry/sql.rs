@@ -3,7 +3,9 @@
 use sqlx::any::AnyRow;
 use sqlx::{Executor, Row};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::artifacts::MemoryArtifacts;
 use super::{
     Applied, Change, Dependency, PackageRecord, Registry, RegistryCounts, RegistryError,
     ReleaseRecord,
@@ -14,11 +16,13 @@ use crate::knowledge::{insert_rows, Conn, Param, Store};
 const RELEASE_PAGE: i64 = 20_000;
 
 /// The registry held in the store's `packages`, `releases` and `dependencies` tables. Artifacts
-/// are `file://` URLs or paths; relative paths resolve against `artifact_root`.
+/// are `file://` URLs or paths; relative paths resolve against `artifact_root`; or, for a
+/// registry that lives only in the process, they are kept in memory.
 #[derive(Debug, Clone)]
 pub struct SqlRegistry {
     pub store: Store,
     pub artifact_root: PathBuf,
+    pub memory: Option<Arc<MemoryArtifacts>>,
 }
 
 const RELEASE_COLUMNS: &str =
@@ -155,7 +159,42 @@ impl SqlRegistry {
         Self {
             store,
             artifact_root: artifact_root.into(),
+            memory: None,
         }
+    }
+
+    /// A registry whose artifacts are kept in `memory` rather than in files.
+    pub fn in_memory(store: Store, memory: Arc<MemoryArtifacts>) -> Self {
+        Self {
+            store,
+            artifact_root: PathBuf::new(),
+            memory: Some(memory),
+        }
+    }
+
+    /// Stores an artifact's bytes at `location` (a file under `artifact_root`, or in memory).
+    pub fn write_artifact(&self, location: &str, bytes: Vec<u8>) -> Result<(), RegistryError> {
+        if let Some(m) = &self.memory {
+            m.write(location, bytes);
+            return Ok(());
+        }
+        let path = self.artifact_path(location)?;
+        let failed = |e: std::io::Error| RegistryError::Artifact {
+            location: location.into(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(failed)?;
+        }
+        std::fs::write(&path, bytes).map_err(failed)
+    }
+
+    /// Changes an artifact's bytes behind the registry's back, as an attacker would: the
+    /// recorded checksum no longer matches (a scenario's `tamper_artifact`, the demo, tests).
+    pub fn tamper_artifact(&self, location: &str) -> Result<(), RegistryError> {
+        let mut bytes = self.read_artifact(location)?;
+        bytes.extend_from_slice(b"\n# injected by an attacker\n");
+        self.write_artifact(location, bytes)
     }
 
     fn artifact_path(&self, location: &str) -> Result<PathBuf, RegistryError> {
@@ -382,11 +421,24 @@ impl Registry for SqlRegistry {
     }
 
     fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError> {
+        if let Some(m) = &self.memory {
+            return m
+                .read(location)
+                .map(|b| b.to_vec())
+                .ok_or_else(|| RegistryError::Artifact {
+                    location: location.into(),
+                    reason: "no such artifact".into(),
+                });
+        }
         let path = self.artifact_path(location)?;
         std::fs::read(&path).map_err(|e| RegistryError::Artifact {
             location: location.into(),
             reason: e.to_string(),
         })
+    }
+
+    fn artifact_digest(&self, location: &str) -> Option<[u8; 32]> {
+        self.memory.as_ref()?.digest(location)
     }
 
     async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {

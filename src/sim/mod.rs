@@ -23,6 +23,7 @@ use crate::monitor::{self, MonitorState};
 use crate::plan::facts::Uses;
 use crate::plan::policy::{policy_files, read_bounded, PolicySet};
 use crate::plan::{approve, PlanContext, Planner};
+use crate::registry::artifacts::MemoryArtifacts;
 use crate::registry::generate::{self, derived_key, GenerateSpec};
 use crate::registry::{Registry, SqlRegistry};
 use registry::SimRegistry;
@@ -35,7 +36,8 @@ pub const START_MS: i64 = 1_767_571_200_000;
 
 /// The loop's world during a run.
 struct World {
-    dir: tempfile::TempDir,
+    /// Holds the store's directory: removed when the run ends.
+    _dir: tempfile::TempDir,
     url: String,
     store: Store,
     registry: Arc<SimRegistry>,
@@ -94,10 +96,11 @@ pub fn policies_of(s: &Scenario) -> anyhow::Result<PolicySet> {
 
 async fn setup(s: &Scenario) -> anyhow::Result<World> {
     let policies = policies_of(s)?;
-    let dir = tempfile::Builder::new().prefix("mapek-sim").tempdir()?;
+    let dir = private_dir()?;
     let url = dir.path().join("sim.db").display().to_string();
     let store = Store::open(&url).await?;
-    let inner = SqlRegistry::new(store.clone(), dir.path().join("artifacts"));
+    let artifacts = Arc::new(MemoryArtifacts::default());
+    let inner = SqlRegistry::in_memory(store.clone(), artifacts.clone());
     let mut trust = match &s.source {
         Source::Generate(g) => {
             let spec = GenerateSpec {
@@ -162,7 +165,7 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
             down: Arc::new(AtomicBool::new(false)),
             virtual_artifacts,
         }),
-        dir,
+        _dir: dir,
         url,
         store,
         trust: Arc::new(trust),
@@ -173,6 +176,23 @@ async fn setup(s: &Scenario) -> anyhow::Result<World> {
         telemetry,
         background_seq,
     })
+}
+
+/// A private directory for the run's store: in memory (`/dev/shm`) where there is one, since
+/// nothing of it outlives the run; otherwise the system's temporary directory.
+fn private_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    let builder = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix("mapek-sim");
+        b
+    };
+    if shm.is_dir() {
+        if let Ok(dir) = builder().tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    builder().tempdir()
 }
 
 /// Packages with their latest release, most downloaded first (by name on a tie).
@@ -295,7 +315,7 @@ async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> 
                 }
                 None => {
                     let file = r.artifact.context("the release has no artifact")?;
-                    generate::tamper_artifact(&reg.artifact_root, &file)?;
+                    reg.tamper_artifact(&file)?;
                 }
             }
         }
@@ -439,7 +459,10 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
         }
         if store_down && t >= store_back {
             w.store = Store::open(&w.url).await?;
-            let inner = SqlRegistry::new(w.store.clone(), w.dir.path().join("artifacts"));
+            let inner = SqlRegistry {
+                store: w.store.clone(),
+                ..w.registry.inner.clone()
+            };
             w.registry = Arc::new(SimRegistry {
                 inner,
                 down: w.registry.down.clone(),

@@ -62,6 +62,18 @@ impl Registry for SimRegistry {
         })
     }
 
+    fn artifact_digest(&self, location: &str) -> Option<[u8; 32]> {
+        // A registry that is down vouches for nothing: the scan reads, and fails, as it would.
+        self.check().ok()?;
+        self.inner.artifact_digest(location)
+    }
+
+    /// The simulation's store is its own: every change to a record goes through the registry
+    /// and moves its change sequence.
+    fn records_follow_sequence(&self) -> bool {
+        true
+    }
+
     async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
         self.check()?;
         self.inner.package(name).await

@@ -104,7 +104,8 @@ impl World {
             .await
             .unwrap()
             .unwrap();
-        generate::tamper_artifact(&self.registry.artifact_root, r.artifact.as_deref().unwrap())
+        self.registry
+            .tamper_artifact(r.artifact.as_deref().unwrap())
             .unwrap();
         let p = &self.publishers[3 % self.publishers.len()];
         self.registry
@@ -230,9 +231,7 @@ pub async fn tamper(registry: &SqlRegistry, package: &str) {
         .await
         .expect("release")
         .expect("the registry has it");
-    generate::tamper_artifact(
-        &registry.artifact_root,
-        release.artifact.as_deref().expect("an artifact file"),
-    )
-    .expect("tamper");
+    registry
+        .tamper_artifact(release.artifact.as_deref().expect("an artifact file"))
+        .expect("tamper");
 }
