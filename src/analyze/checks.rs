@@ -262,6 +262,22 @@ fn author_of(p: &PackageFacts) -> Option<&str> {
 
 /// New packages whose names are confusable with, or a small edit away from, a popular package
 /// by another author.
+/// Until when [`typosquats`] of these facts and settings stays as it is at `now`: the moment
+/// the first package that is new now stops being new (`i64::MAX` when none is new).
+pub fn typosquats_hold_until(facts: &Facts, s: &Settings, now: i64) -> i64 {
+    facts
+        .packages
+        .iter()
+        .map(|p| {
+            p.record
+                .created_at
+                .saturating_add(s.typosquat_new_within_ms)
+        })
+        .filter(|end| *end >= now)
+        .min()
+        .unwrap_or(i64::MAX)
+}
+
 pub fn typosquats(facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
     let mut popular: HashMap<usize, Vec<(String, &PackageFacts)>> = HashMap::new();
     for p in &facts.packages {
@@ -389,6 +405,44 @@ mod tests {
             grew = grew.max(got.len());
         }
         assert!(grew >= 6, "packages crossed the threshold: {grew}");
+    }
+
+    #[test]
+    fn typosquat_conditions_hold_until_the_first_new_package_is_new_no_more() {
+        const DAY: i64 = 86_400_000;
+        let s = Settings::default();
+        let t0 = 1_800_000_000_000;
+        let mut popular = package("rest-api-template", t0 - 400 * DAY);
+        popular.record.downloads = 50_000;
+        popular.record.author = Some("alice".into());
+        let mut squat = package("rest-api-templat", t0 - 400 * DAY);
+        squat.record.created_at = t0 - 10 * DAY;
+        squat.record.author = Some("mallory".into());
+        let mut later = package("rest-api-tempIate", t0);
+        later.record.created_at = t0 - 5 * DAY;
+        later.record.author = Some("eve".into());
+        let f = facts(vec![popular, squat, later], vec![0, 0, 0], 1);
+        let until = typosquats_hold_until(&f, &s, t0);
+        assert_eq!(until, t0 - 10 * DAY + s.typosquat_new_within_ms);
+        let names = |now| -> Vec<String> {
+            typosquats(&f, &s, now)
+                .into_iter()
+                .map(|c| c.subject.package)
+                .collect()
+        };
+        // The same conditions at every time up to `until`, different just after it.
+        for now in [t0, t0 + DAY, until - 1, until] {
+            assert_eq!(
+                names(now),
+                ["rest-api-templat", "rest-api-tempIate"],
+                "{now}"
+            );
+        }
+        assert_eq!(names(until + 1), ["rest-api-tempIate"]);
+        assert_eq!(
+            typosquats_hold_until(&f, &s, until + 1),
+            t0 - 5 * DAY + s.typosquat_new_within_ms
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Detectors that learn: download baselines (EWMA of hourly downloads) and corroborated reports.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::checks::condition;
 use super::lifecycle::Condition;
 use super::settings::Settings;
-use super::windows::Windows;
+use super::windows::{Windows, HOURS_KEPT};
 use crate::knowledge::learned::Baseline;
 use crate::model::{FindingKind, Severity, Subject};
 use crate::monitor::events::{Report, HOUR};
@@ -48,13 +48,22 @@ pub struct Downloads {
     /// The last complete hour already folded, under which settings, and the anomalies it gave:
     /// until the next hour completes (or the settings change) there is nothing new to fold.
     folded: Option<(i64, [f64; 4], Vec<Condition>)>,
+    /// Baselines changed since they were last handed out to be saved, and when that was.
+    unsaved: BTreeSet<String>,
+    saved_at: Option<i64>,
 }
+
+/// Baselines are saved this often, not at every hour's fold: after a restart, the hours since
+/// the last save are folded again from the telemetry the store keeps (at least 73 hours).
+pub const SAVE_BASELINES_EVERY: i64 = 6 * HOUR;
 
 impl Downloads {
     /// Folds every complete hour not yet folded, judging each against the baseline before it;
-    /// returns the anomalies of the last complete hour and the baselines that changed.
-    /// Within an hour the work is done once, at its first cycle: a package first seen with
-    /// downloads later in that hour gets its baseline at the next hour's fold.
+    /// returns the anomalies of the last complete hour and the baselines to save (every
+    /// `SAVE_BASELINES_EVERY`). Within an hour the work is done once, at its first cycle: a
+    /// package first seen with downloads later in that hour gets its baseline at the next
+    /// hour's fold. Hours missed (a restart, a gap) are folded from the windows where they hold
+    /// them, as zeros before that.
     pub fn cycle(&mut self, w: &Windows, s: &Settings, now: i64) -> (Vec<Condition>, Vec<String>) {
         let last_complete = now.div_euclid(HOUR) * HOUR - HOUR;
         let settings = [
@@ -65,63 +74,77 @@ impl Downloads {
         ];
         if let Some((hour, under, out)) = &self.folded {
             if *hour == last_complete && *under == settings {
-                return (out.clone(), Vec::new());
+                return (out.clone(), self.due_for_saving(now));
             }
         }
-        let mut hourly: HashMap<&str, HashMap<i64, i64>> = HashMap::new();
+        // The hours to fold: from the oldest baseline's next hour (at most what the windows
+        // hold) to the last complete one.
+        let first = self
+            .baselines
+            .values()
+            .map(|b| b.last_hour + HOUR)
+            .min()
+            .unwrap_or(last_complete)
+            .clamp(
+                last_complete - (HOURS_KEPT / HOUR - 1) * HOUR,
+                last_complete,
+            );
+        let mut hourly: HashMap<(&str, i64), i64> = HashMap::new();
         for ((p, _), series) in &w.releases {
-            let per = hourly.entry(p.as_str()).or_default();
-            for h in [last_complete - HOUR, last_complete] {
-                *per.entry(h).or_default() += series.downloads_in_hour(h);
+            for (h, downloads) in series.downloads_between(first, last_complete) {
+                *hourly.entry((p.as_str(), h)).or_default() += downloads;
             }
         }
-        let mut changed = Vec::new();
-        for (p, per) in &hourly {
-            if !self.baselines.contains_key(*p) {
-                if let Some(x) = per.get(&last_complete).copied().filter(|x| *x > 0) {
-                    self.baselines.insert(
-                        p.to_string(),
-                        Baseline {
-                            mean: x as f64,
-                            var: 0.0,
-                            samples: 1,
-                            last_hour: last_complete,
-                        },
-                    );
-                    changed.push(p.to_string());
-                }
+        let x_of = |p: &str, h: i64| hourly.get(&(p, h)).copied().unwrap_or(0) as f64;
+        // A package without a baseline gets one from its first hour with downloads.
+        let mut new: BTreeMap<&str, i64> = BTreeMap::new();
+        for ((p, h), x) in &hourly {
+            if *x > 0 && !self.baselines.contains_key(*p) {
+                let at = new.entry(p).or_insert(*h);
+                *at = (*at).min(*h);
             }
+        }
+        for (p, h) in new {
+            self.baselines.insert(
+                p.to_string(),
+                Baseline {
+                    mean: x_of(p, h),
+                    var: 0.0,
+                    samples: 1,
+                    last_hour: h,
+                },
+            );
+            self.unsaved.insert(p.to_string());
         }
         for (p, b) in self.baselines.iter_mut() {
             if b.last_hour >= last_complete {
                 continue;
             }
-            let per = hourly.get(p.as_str());
-            let x_of = |h: i64| per.and_then(|m| m.get(&h)).copied().unwrap_or(0) as f64;
             let gap = (last_complete - b.last_hour) / HOUR;
             let start = last_complete - (gap.min(MAX_CATCH_UP_HOURS) - 1) * HOUR;
             let mut h = start;
             while h <= last_complete {
+                let x = x_of(p, h);
                 if h == last_complete {
                     self.verdicts.insert(
                         p.clone(),
                         HourVerdict {
                             hour: h,
-                            downloads: x_of(h),
+                            downloads: x,
                             mean: b.mean,
                             z: if b.samples >= s.download_warmup_hours {
-                                z_score(b, x_of(h))
+                                z_score(b, x)
                             } else {
                                 0.0
                             },
                         },
                     );
                 }
-                fold(b, x_of(h), s.download_alpha);
+                fold(b, x, s.download_alpha);
                 h += HOUR;
             }
             b.last_hour = last_complete;
-            changed.push(p.clone());
+            self.unsaved.insert(p.clone());
         }
         let mut out = Vec::new();
         for (p, v) in &self.verdicts {
@@ -156,7 +179,20 @@ impl Downloads {
             ));
         }
         self.folded = Some((last_complete, settings, out.clone()));
-        (out, changed)
+        (out, self.due_for_saving(now))
+    }
+
+    /// The baselines changed since the last save, when a save is due.
+    fn due_for_saving(&mut self, now: i64) -> Vec<String> {
+        if self
+            .saved_at
+            .is_some_and(|t| now - t < SAVE_BASELINES_EVERY && now >= t)
+            || self.unsaved.is_empty()
+        {
+            return Vec::new();
+        }
+        self.saved_at = Some(now);
+        std::mem::take(&mut self.unsaved).into_iter().collect()
     }
 }
 

@@ -60,6 +60,8 @@ pub struct AnalyzeOutput {
     pub open_by_kind: BTreeMap<FindingKind, i64>,
     /// The registry could not be read: facts are stale and nothing may be planned on them.
     pub stale: bool,
+    /// Whether any finding was written (opened, updated, fired or resolved).
+    pub changed: bool,
 }
 
 /// What one pass judges. Anything absent is not judged: its open findings stay as they are.
@@ -183,11 +185,16 @@ pub async fn cycle(
     Analyzer::new(rules.clone()).cycle(store, input, now).await
 }
 
-/// Conditions derived from the facts alone, kept while the facts (and the hour) stay the same.
+/// Conditions derived from the facts alone, kept while the facts stay the same: dependency
+/// conditions for as long as that; typosquats also while no package stops being new and the
+/// settings that judge them are the same.
 #[derive(Debug, Default)]
 struct FactConditions {
-    key: Option<(i64, i64)>,
-    conditions: Vec<(FindingKind, Vec<Condition>)>,
+    seq: Option<i64>,
+    dependencies: Vec<(FindingKind, Vec<Condition>)>,
+    typosquats_key: Option<(i64, i64, i64, usize)>,
+    typosquats_until: i64,
+    typosquats: Vec<Condition>,
 }
 
 /// The analyze stage's memory: telemetry windows, what it learned, what it last observed.
@@ -265,27 +272,33 @@ impl Analyzer {
             complete.push((FindingKind::DownloadAnomaly, anomalies));
         }
         if let (Some(facts), None) = (input.facts, input.unreachable) {
-            let key = (facts.change_seq, now.div_euclid(3_600_000));
-            if self.cached.key != Some(key) {
-                self.cached = FactConditions {
-                    key: Some(key),
-                    conditions: vec![
-                        (
-                            FindingKind::DependencyUnavailable,
-                            checks::dependency_unavailable(facts),
-                        ),
-                        (
-                            FindingKind::DependencyCycle,
-                            checks::dependency_cycles(facts),
-                        ),
-                        (
-                            FindingKind::TyposquatSuspect,
-                            checks::typosquats(facts, s, now),
-                        ),
-                    ],
-                };
+            let c = &mut self.cached;
+            if c.seq != Some(facts.change_seq) {
+                c.seq = Some(facts.change_seq);
+                c.dependencies = vec![
+                    (
+                        FindingKind::DependencyUnavailable,
+                        checks::dependency_unavailable(facts),
+                    ),
+                    (
+                        FindingKind::DependencyCycle,
+                        checks::dependency_cycles(facts),
+                    ),
+                ];
             }
-            complete.extend(self.cached.conditions.iter().cloned());
+            let key = (
+                facts.change_seq,
+                s.typosquat_new_within_ms,
+                s.typosquat_popular_downloads,
+                s.typosquat_max_distance,
+            );
+            if c.typosquats_key != Some(key) || now > c.typosquats_until {
+                c.typosquats_key = Some(key);
+                c.typosquats = checks::typosquats(facts, s, now);
+                c.typosquats_until = checks::typosquats_hold_until(facts, s, now);
+            }
+            complete.extend(c.dependencies.iter().cloned());
+            complete.push((FindingKind::TyposquatSuspect, c.typosquats.clone()));
             complete.push((
                 FindingKind::Unmaintained,
                 self.unmaintained.conditions(facts, s, now),
@@ -302,10 +315,7 @@ impl Analyzer {
         let mut out = Vec::new();
         // The longest window is 3 days: a series without a failure in it cannot burn.
         let longest = windows::PAIRS.iter().map(|p| p.long_ms).max().unwrap_or(0);
-        for ((p, v), series) in &self.windows.releases {
-            if !series.failed_within(now, longest) {
-                continue;
-            }
+        for ((p, v), series) in self.windows.failing_within(now, longest) {
             let burning = windows::burning(
                 |w| series.installs(now, w),
                 s.install_slo,
@@ -352,10 +362,7 @@ impl Analyzer {
         // Only packages with a failed install in the 3 days can fail the install guard; the
         // others pass it whether or not they had installs, and are not summed.
         let mut installs: HashMap<&str, Tally> = HashMap::new();
-        for ((p, _), series) in &self.windows.releases {
-            if !series.failed_within(now, 72 * 3_600_000) {
-                continue;
-            }
+        for ((p, _), series) in self.windows.failing_within(now, 72 * 3_600_000) {
             let t = series.installs(now, 72 * 3_600_000);
             let e = installs.entry(p.as_str()).or_default();
             e.good += t.good;
@@ -428,6 +435,10 @@ impl Analyzer {
         }
         let (complete, baselines, scores) = self.complete_judgements(&input, now);
         let open = store.open_findings().await?;
+        let mut open_by_kind: BTreeMap<FindingKind, i64> = BTreeMap::new();
+        for f in &open {
+            *open_by_kind.entry(f.kind).or_default() += 1;
+        }
         let mut by_fingerprint: HashMap<String, Finding> = open
             .into_iter()
             .map(|f| (f.fingerprint.clone(), f))
@@ -470,11 +481,17 @@ impl Analyzer {
         }
         let mut out = AnalyzeOutput {
             stale,
+            changed: !transitions.is_empty(),
             ..Default::default()
         };
         if !transitions.is_empty() {
             let mut tx = store.begin().await?;
             for t in transitions {
+                match &t {
+                    Transition::Opened(f) => *open_by_kind.entry(f.kind).or_default() += 1,
+                    Transition::Resolved(f) => *open_by_kind.entry(f.kind).or_default() -= 1,
+                    Transition::Fired(_) | Transition::Updated(_) => {}
+                }
                 match t {
                     Transition::Opened(f) => {
                         findings::insert(&mut tx, &f).await?;
@@ -505,9 +522,8 @@ impl Analyzer {
             .filter_map(|p| Some((p.as_str(), self.quality.states.get(p)?)))
             .collect();
         store.save_quality_states(&saved).await?;
-        for f in store.open_findings().await? {
-            *out.open_by_kind.entry(f.kind).or_default() += 1;
-        }
+        open_by_kind.retain(|_, n| *n > 0);
+        out.open_by_kind = open_by_kind;
         Ok(out)
     }
 }

@@ -1,6 +1,6 @@
 //! Rolling telemetry windows in memory (minute buckets for 6 h, hour buckets for 3 days) and the SRE workbook's multiwindow burn rates over them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::knowledge::telemetry::{BucketRow, LookupRow};
 use crate::monitor::events::{Counts, HOUR, LATENCY_BOUNDS, MINUTE};
@@ -132,13 +132,20 @@ impl Series {
         t
     }
 
-    /// Downloads in the hour bucket starting at `hour`.
-    pub fn downloads_in_hour(&self, hour: i64) -> i64 {
+    /// Downloads per hour bucket, of the hours from `first` to `last` that have any.
+    pub fn downloads_between(
+        &self,
+        first: i64,
+        last: i64,
+    ) -> impl Iterator<Item = (i64, i64)> + '_ {
         self.hours
             .slots
-            .binary_search_by_key(&hour, |s| s.0)
-            .map(|i| self.hours.slots[i].1.downloads)
-            .unwrap_or(0)
+            .iter()
+            .rev()
+            .skip_while(move |(h, _)| *h > last)
+            .take_while(move |(h, _)| *h >= first)
+            .filter(|(_, c)| c.downloads > 0)
+            .map(|(h, c)| (*h, c.downloads))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -185,7 +192,14 @@ impl Latency {
 pub struct Windows {
     pub releases: HashMap<(String, String), Series>,
     pub latency: Latency,
+    /// The series with a failed install in the windows, in order: the only ones that can burn
+    /// (most series have none, and are not looked at).
+    failing: BTreeSet<(String, String)>,
+    last_prune: Option<i64>,
 }
+
+/// Buckets that no window reaches any more are forgotten this often (sums never read them).
+const PRUNE_EVERY: i64 = 10 * MINUTE;
 
 impl Windows {
     /// Adds what batches wrote: a minute row counts in its minute and in its hour; an hour row
@@ -203,6 +217,12 @@ impl Windows {
             s.hours.at(r.bucket.div_euclid(HOUR) * HOUR).add(&r.counts);
             if r.counts.installs_failed > 0 {
                 s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
+                if !self
+                    .failing
+                    .contains(&(r.package.clone(), r.version.clone()))
+                {
+                    self.failing.insert((r.package.clone(), r.version.clone()));
+                }
             }
         }
         for l in lookups {
@@ -216,12 +236,39 @@ impl Windows {
         }
     }
 
-    /// Forgets buckets no window reaches any more.
+    /// Series with a failed install that may fall in a window of length `w` ending at `now`,
+    /// in order of package and version.
+    pub fn failing_within(
+        &self,
+        now: i64,
+        w: i64,
+    ) -> impl Iterator<Item = (&(String, String), &Series)> {
+        self.failing.iter().filter_map(move |k| {
+            let s = self.releases.get(k)?;
+            s.failed_within(now, w).then_some((k, s))
+        })
+    }
+
+    /// Forgets buckets no window reaches any more (at most every ten minutes: a sum stops at
+    /// the window's edge, so what is kept beyond it changes no result).
     pub fn prune(&mut self, now: i64) {
+        if self
+            .last_prune
+            .is_some_and(|t| now - t < PRUNE_EVERY && now >= t)
+        {
+            return;
+        }
+        self.last_prune = Some(now);
         self.releases.retain(|_, s| {
             s.minutes.prune(now - MINUTES_KEPT);
             s.hours.prune(now - HOURS_KEPT);
             !s.is_empty()
+        });
+        let releases = &self.releases;
+        self.failing.retain(|k| {
+            releases
+                .get(k)
+                .is_some_and(|s| s.failed_within(now, HOURS_KEPT))
         });
         self.latency.minutes.prune(now - MINUTES_KEPT);
         self.latency.hours.prune(now - HOURS_KEPT);
