@@ -27,11 +27,11 @@ async fn a_full_scan_reads_only_the_bytes_the_registry_cannot_vouch_for() {
     };
     let g = generate::generate(&inner, &spec, NOW).await.unwrap();
     let trust = Arc::new(g.trust);
-    let registry = Arc::new(SimRegistry {
-        inner: inner.clone(),
-        down: Arc::new(AtomicBool::new(false)),
-        virtual_artifacts: None,
-    });
+    let registry = Arc::new(SimRegistry::new(
+        inner.clone(),
+        Arc::new(AtomicBool::new(false)),
+        None,
+    ));
     let mut state = MonitorState::new();
     let mut pass = async |now: i64| {
         monitor::cycle(&mut state, &registry, &t.store, &trust, now, HOUR)

@@ -29,6 +29,34 @@ async fn the_same_files_and_seed_give_a_byte_identical_report() {
     );
 }
 
+/// Calling the planner, the executor and verification only when something they read changed
+/// gives the report that calling them in every cycle gives, for every scenario of the library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calling_later_stages_only_on_change_gives_the_every_cycle_report_for_the_whole_library()
+{
+    let mut files: Vec<PathBuf> = std::fs::read_dir(library(""))
+        .expect("the library")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 12, "{files:?}");
+    let mut saved = 0;
+    for f in files {
+        let s = Scenario::load(&f).expect("loads");
+        let (lazy, t1) = sim::run_with(&s, sim::Schedule::OnChange, |_| {})
+            .await
+            .expect("runs");
+        let (every, t2) = sim::run_with(&s, sim::Schedule::EveryCycle, |_| {})
+            .await
+            .expect("runs");
+        assert_eq!(lazy.to_json(), every.to_json(), "{}", f.display());
+        assert!(t1.plans <= t2.plans, "{}", f.display());
+        saved += t2.plans - t1.plans;
+    }
+    assert!(saved > 1000, "the lazy schedule skipped only {saved} planner calls");
+}
+
 #[tokio::test]
 async fn telemetry_runs_are_byte_identical_too() {
     // Background traffic, an install-failure stream, a yank and a restore_latest.

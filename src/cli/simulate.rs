@@ -18,6 +18,13 @@ pub struct SimulateArgs {
     /// Print each report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Call the planner, the executor and verification in every cycle, as the daemon does,
+    /// rather than only when something they read changed: slower, and the same report.
+    #[arg(long)]
+    pub every_cycle: bool,
+    /// Print where each run's wall time went (setup, each stage, the report) on stderr.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// Exit 0 when every expectation holds, 1 when one fails, 2 when a file is invalid.
@@ -43,7 +50,12 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     for s in &scenarios {
         let terminal = std::io::stderr().is_terminal();
         let mut shown = -1i64;
-        let report = sim::run(s, |done| {
+        let schedule = if args.every_cycle {
+            sim::Schedule::EveryCycle
+        } else {
+            sim::Schedule::OnChange
+        };
+        let report = sim::run_with(s, schedule, |done| {
             let pct = (done * 100.0) as i64;
             if terminal && pct != shown {
                 shown = pct;
@@ -60,7 +72,12 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             eprintln!();
         }
         let report = match report {
-            Ok(r) => r,
+            Ok((r, timings)) => {
+                if args.timings {
+                    eprintln!("{}: where the time went\n{}", s.name, timings.render());
+                }
+                r
+            }
             Err(e) => {
                 eprintln!("{}: {e:#}", s.file.display());
                 return Ok(ExitCode::from(2));

@@ -38,6 +38,9 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct ExecuteOutput {
     pub results: Vec<(Remediation, Outcome)>,
+    /// Nothing was ready or left executing: until the planner readies something, another
+    /// pass would do nothing.
+    pub idle: bool,
 }
 
 /// The registry change a remediation makes: its action on its subject with its params, or, for
@@ -116,6 +119,10 @@ pub async fn cycle<R: Registry>(
     let mut out = ExecuteOutput::default();
     let work = store.remediations_with_status(Status::Executing).await?;
     let mut ready = store.remediations_with_status(Status::Ready).await?;
+    if work.is_empty() && ready.is_empty() {
+        out.idle = true;
+        return Ok(out);
+    }
     // A `restore_latest` planned with the yank of the bad release must see that yank.
     ready.sort_by_key(|r| r.action.execution_order());
     // Intents first, all of them in one transaction, before any effect: each is then applied

@@ -50,6 +50,8 @@ pub struct VerifyOutput {
     pub verdicts: Vec<(Remediation, Verdict)>,
     /// Packages whose hold ended because the finding it was about resolved.
     pub released: Vec<String>,
+    /// When the next executed remediation is due for verification, if any is waiting.
+    pub next_due: Option<i64>,
 }
 
 /// The verdict on `r`, given its finding as it is now and the policies in force.
@@ -142,6 +144,7 @@ pub async fn cycle(
         out.verdicts.push((r, verdict));
     }
     out.released = release_holds(store, key, now).await?;
+    out.next_due = store.next_verification().await?;
     Ok(out)
 }
 

@@ -301,6 +301,13 @@ CREATE TABLE telemetry_batches (
 CREATE INDEX telemetry_batches_age ON telemetry_batches (width, last_bucket);
 "#;
 
+/// Version 10: counting quarantined and deprecated packages and quarantined releases (the
+/// planner's guards, the simulator's timeline) reads an index instead of every row.
+const V10: &str = r#"
+CREATE INDEX packages_status ON packages (status);
+CREATE INDEX releases_quarantined ON releases (quarantined) WHERE quarantined = 1;
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -322,6 +329,7 @@ pub fn migrator() -> Migrator {
             step(7, "search index and notice outbox", V7),
             step(8, "leader lease", V8),
             step(9, "telemetry batches", V9),
+            step(10, "status indexes", V10),
         ]),
         ..Migrator::DEFAULT
     }

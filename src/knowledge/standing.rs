@@ -76,6 +76,17 @@ impl Store {
         rows.iter().map(decode_row).collect()
     }
 
+    /// When the next executed remediation is due for verification, if any is waiting.
+    pub async fn next_verification(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(verify_at) FROM remediations WHERE status = 'executed' \
+             AND verdict IS NULL AND verify_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Policies demoted to dry run.
     pub async fn demoted_policies(&self) -> Result<HashSet<String>, StoreError> {
         let rows = sqlx::query("SELECT policy FROM policy_standing WHERE demoted_at IS NOT NULL")

@@ -74,6 +74,9 @@ pub struct PlanOutput {
     pub circuit: Option<CircuitChange>,
     /// Whether the circuit is open at the end of the cycle.
     pub circuit_open: bool,
+    /// Nothing was waiting: no unplanned finding, no pending remediation, the circuit closed.
+    /// Until findings, remediations or the circuit change, another pass would do nothing.
+    pub idle: bool,
 }
 
 /// What the planner needs besides the stores.
@@ -135,6 +138,7 @@ impl Planner {
             ..PlanOutput::default()
         };
         if candidates.is_empty() && pending.is_empty() && !stored_circuit.quiet_enough(now) {
+            out.idle = !stored_circuit.open;
             return Ok(out);
         }
         let counts = registry.counts().await?;

@@ -1,414 +1,147 @@
 //! The simulator: the daemon's own stages against a simulated registry on a virtual clock, checked against a scenario's expectations.
 
+mod events;
 pub mod expect;
 pub mod registry;
 pub mod report;
 pub mod scenario;
 pub mod telemetry;
+mod timeline;
+mod world;
+
+pub use world::policies_of;
 
 use anyhow::Context as _;
-use sha2::{Digest, Sha256};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::analyze::{self, Rules};
 use crate::execute;
 use crate::execute::learn::LearningSettings;
-use crate::keys::{KeyPair, Role, TrustStore};
-use crate::knowledge::approvals::Decision;
-use crate::knowledge::remediations::Status;
 use crate::knowledge::Store;
 use crate::monitor::{self, MonitorState};
-use crate::plan::facts::Uses;
-use crate::plan::policy::{policy_files, read_bounded, PolicySet};
-use crate::plan::{approve, PlanContext, Planner};
-use crate::registry::artifacts::MemoryArtifacts;
-use crate::registry::generate::{self, derived_key, GenerateSpec};
-use crate::registry::{Registry, SqlRegistry};
+use crate::plan::{PlanContext, Planner};
+use crate::registry::SqlRegistry;
 use registry::SimRegistry;
-use report::{Report, Sample};
-use scenario::{EventKind, Scenario, Source};
-use telemetry::{Background, Telemetry};
+use report::Report;
+use scenario::{EventKind, Scenario};
 
 /// Virtual time zero: 2026-01-05T00:00:00Z, a Monday.
 pub const START_MS: i64 = 1_767_571_200_000;
 
-/// The loop's world during a run.
-struct World {
-    /// Holds the store's directory: removed when the run ends.
-    _dir: tempfile::TempDir,
-    url: String,
-    store: Store,
-    registry: Arc<SimRegistry>,
-    trust: Arc<TrustStore>,
-    key: KeyPair,
-    policies: PolicySet,
-    seed: u64,
-    notes: Vec<String>,
-    telemetry: Telemetry,
-    /// The registry's change sequence when the background traffic last learnt each latest.
-    background_seq: i64,
+/// When the driver calls the stages after analysis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// The planner, the executor and verification are called when what they read may have
+    /// changed (a finding, a remediation, an event) or a time they wait for has come, and until
+    /// they say they have nothing left: a quiet cycle costs the monitor and analysis alone.
+    #[default]
+    OnChange,
+    /// Every stage in every cycle, as the daemon runs them: the same report, more slowly.
+    EveryCycle,
 }
 
-fn digest(trust: &mut TrustStore) {
-    trust.digest = hex::encode(Sha256::digest(trust.to_toml().as_bytes()));
+/// What the stages after analysis wait for.
+#[derive(Debug, Clone, Copy)]
+struct Wakes {
+    plan: bool,
+    execute: bool,
+    verify: bool,
+    /// When the next executed remediation is due for verification.
+    verify_at: Option<i64>,
 }
 
-/// The policy set of a scenario: its directory, `[guards]` instead of guards.toml when given,
-/// and its own `[[policy]]` tables, which replace loaded policies of the same id.
-pub fn policies_of(s: &Scenario) -> anyhow::Result<PolicySet> {
-    let files = policy_files(&s.policies_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut sources = Vec::new();
-    for f in files {
-        let is_guards = f.file_name().is_some_and(|n| n == "guards.toml");
-        if is_guards && s.guards.is_some() {
-            continue;
+impl Wakes {
+    fn all() -> Self {
+        Self {
+            plan: true,
+            execute: true,
+            verify: true,
+            verify_at: None,
         }
-        sources.push((
-            f.clone(),
-            read_bounded(&f).map_err(|e| anyhow::anyhow!("{e}"))?,
-        ));
     }
-    if let Some(g) = &s.guards {
-        sources.push((PathBuf::from("guards.toml"), g.clone()));
-    }
-    let refused = |e: Vec<crate::plan::policy::PolicyError>| {
-        anyhow::anyhow!(
-            "the policy set is refused:\n  {}",
-            e.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        )
-    };
-    let mut set = PolicySet::from_sources(&sources).map_err(refused)?;
-    if let Some(extra) = &s.policies {
-        let own = PolicySet::from_sources(&[(s.file.clone(), extra.clone())]).map_err(refused)?;
-        set.policies
-            .retain(|p| !own.policies.iter().any(|o| o.id == p.id));
-        set.policies.extend(own.policies);
-        set.uses = Uses::of(set.policies.iter().filter_map(|p| p.program.as_ref()));
-        set.digest = format!("{}+{}", set.digest, own.digest);
-    }
-    Ok(set)
 }
 
-async fn setup(s: &Scenario) -> anyhow::Result<World> {
-    let policies = policies_of(s)?;
-    let dir = private_dir()?;
-    let url = dir.path().join("sim.db").display().to_string();
-    let store = Store::open(&url).await?;
-    let artifacts = Arc::new(MemoryArtifacts::default());
-    let inner = SqlRegistry::in_memory(store.clone(), artifacts.clone());
-    let mut trust = match &s.source {
-        Source::Generate(g) => {
-            let spec = GenerateSpec {
-                packages: g.packages,
-                mean_dependencies: g.mean_dependencies,
-                publishers: g.publishers,
-                max_releases: g.max_releases,
-                signed_fraction: g.signed_fraction,
-                unmaintained_fraction: g.unmaintained_fraction,
-                cycles: g.cycles,
-                seed: s.seed,
-            };
-            generate::generate(&inner, &spec, START_MS).await?.trust
-        }
-        Source::Import(path) => {
-            let report = crate::registry::import::import(&store, path, START_MS)
-                .await
-                .with_context(|| format!("importing {}", path.display()))?;
-            anyhow::ensure!(
-                report.packages_seen > 0,
-                "{}: importing {} found no package",
-                s.file.display(),
-                path.display()
-            );
-            TrustStore::default()
-        }
-    };
-    let virtual_artifacts = matches!(s.source, Source::Import(_))
-        .then(|| Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new())));
-    // Every approver named by a policy or an approve event is a trusted maintainer.
-    let mut approvers: Vec<String> = policies
-        .policies
-        .iter()
-        .flat_map(|p| p.approvers.clone())
-        .collect();
-    approvers.extend(s.events.iter().filter_map(|e| match &e.kind {
-        EventKind::Approve { key, .. } => Some(key.clone()),
-        _ => None,
-    }));
-    approvers.sort();
-    approvers.dedup();
-    for a in approvers {
-        trust.add(
-            &derived_key(s.seed, &a),
-            "simulated maintainer",
-            vec![Role::Maintainer],
+/// Where a run's wall time went.
+#[derive(Debug, Default, Clone)]
+pub struct Timings {
+    pub setup: Duration,
+    /// The first cycle: every artifact hashed, every signature verified, every package scored.
+    pub first_cycle: Duration,
+    pub events: Duration,
+    /// Producing the telemetry and writing it as the intake does.
+    pub telemetry: Duration,
+    pub monitor: Duration,
+    /// Of which the hourly full scans (every release looked at again).
+    pub full_scans: Duration,
+    pub analyze: Duration,
+    pub plan: Duration,
+    pub execute: Duration,
+    /// Verification and learning.
+    pub verify: Duration,
+    /// The timeline's samples, following `latest`, and judging the expectations at the end.
+    pub report: Duration,
+    pub cycles: u64,
+    /// Calls of the planner, the executor and verification.
+    pub plans: u64,
+    pub executions: u64,
+    pub verifications: u64,
+}
+
+impl Timings {
+    /// One line a part, for stderr.
+    pub fn render(&self) -> String {
+        let parts = [
+            ("setup (generate or import)", self.setup),
+            ("first cycle (all verified)", self.first_cycle),
+            ("events", self.events),
+            ("telemetry written", self.telemetry),
+            ("monitor", self.monitor),
+            ("  of which full scans", self.full_scans),
+            ("analyze", self.analyze),
+            ("plan", self.plan),
+            ("execute", self.execute),
+            ("verify and learn", self.verify),
+            ("timeline and report", self.report),
+        ];
+        let total: Duration = parts
+            .iter()
+            .filter(|p| !p.0.starts_with(' '))
+            .map(|p| p.1)
+            .sum();
+        let mut out = format!(
+            "{} cycles; plan called {} times, execute {}, verify {}\n",
+            self.cycles, self.plans, self.executions, self.verifications
         );
+        for (name, d) in parts {
+            out.push_str(&format!("  {name:<32} {:>9.3} s\n", d.as_secs_f64()));
+        }
+        out.push_str(&format!("  {:<32} {:>9.3} s", "total", total.as_secs_f64()));
+        out
     }
-    digest(&mut trust);
-    let mut telemetry = Telemetry::default();
-    if let Some(b) = s.background {
-        telemetry.background = Some(Background::new(
-            by_popularity(inner.packages().await?),
-            b.downloads_per_hour,
-            b.installs_per_hour,
-        ));
-    }
-    let background_seq = inner.change_seq().await?;
-    Ok(World {
-        registry: Arc::new(SimRegistry {
-            inner,
-            down: Arc::new(AtomicBool::new(false)),
-            virtual_artifacts,
-        }),
-        _dir: dir,
-        url,
-        store,
-        trust: Arc::new(trust),
-        key: derived_key(s.seed, "daemon"),
-        policies,
-        seed: s.seed,
-        notes: Vec::new(),
-        telemetry,
-        background_seq,
-    })
 }
 
-/// A private directory for the run's store: in memory (`/dev/shm`) where there is one, since
-/// nothing of it outlives the run; otherwise the system's temporary directory.
-fn private_dir() -> std::io::Result<tempfile::TempDir> {
-    let shm = std::path::Path::new("/dev/shm");
-    let builder = || {
-        let mut b = tempfile::Builder::new();
-        b.prefix("mapek-sim");
-        b
-    };
-    if shm.is_dir() {
-        if let Ok(dir) = builder().tempdir_in(shm) {
-            return Ok(dir);
-        }
-    }
-    builder().tempdir()
-}
-
-/// Packages with their latest release, most downloaded first (by name on a tie).
-fn by_popularity(
-    mut packages: Vec<crate::registry::PackageRecord>,
-) -> Vec<(String, Option<String>)> {
-    packages.sort_by(|a, b| b.downloads.cmp(&a.downloads).then(a.name.cmp(&b.name)));
-    packages.into_iter().map(|p| (p.name, p.latest)).collect()
-}
-
-/// Background traffic follows `latest` as the daemon's actions and publications move it.
-async fn follow_latest(w: &mut World) -> anyhow::Result<()> {
-    let Some(b) = &mut w.telemetry.background else {
-        return Ok(());
-    };
-    let seq = w.registry.inner.change_seq().await?;
-    if seq != w.background_seq {
-        let changed = sqlx::query("SELECT name, latest FROM packages WHERE change_seq > $1")
-            .bind(w.background_seq)
-            .fetch_all(&w.store.pool)
-            .await?;
-        for row in changed {
-            use sqlx::Row as _;
-            b.set_latest(row.try_get(0)?, row.try_get(1)?);
-        }
-        w.background_seq = seq;
-    }
-    Ok(())
-}
-
-async fn latest(w: &World, package: &str, version: &str) -> anyhow::Result<String> {
-    if version != "latest" {
-        return Ok(version.to_string());
-    }
-    w.registry
-        .inner
-        .package(package)
-        .await?
-        .and_then(|p| p.latest)
-        .with_context(|| format!("package `{package}` has no latest release"))
-}
-
-async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> {
-    let reg = &w.registry.inner;
-    match kind {
-        EventKind::Publish {
-            package,
-            version,
-            signed,
-            signer,
-            dependencies,
-            license,
-            readme,
-            tests,
-        } => {
-            let key = signer.clone().unwrap_or_else(|| "pub-0".to_string());
-            let key = derived_key(w.seed, &key);
-            let contents = generate::Contents {
-                license: *license,
-                readme: *readme,
-                tests: *tests,
-            };
-            generate::publish(
-                reg,
-                package,
-                version,
-                signed.then_some(&key),
-                dependencies,
-                contents,
-                now,
-            )
-            .await?;
-        }
-        EventKind::InstallOutcomes {
-            package,
-            version,
-            per_hour,
-            failure_ratio,
-            for_ms,
-        } => {
-            let v = latest(w, package, version).await?;
-            w.telemetry
-                .installs(package, &v, *per_hour, *failure_ratio, now, *for_ms);
-        }
-        EventKind::Downloads {
-            package,
-            per_hour,
-            for_ms,
-        } => {
-            let v = latest(w, package, "latest").await?;
-            w.telemetry.downloads(package, &v, *per_hour, now, *for_ms);
-        }
-        EventKind::LookupLatency { p99_ms, for_ms } => w.telemetry.lookups(*p99_ms, now, *for_ms),
-        EventKind::Report {
-            package,
-            version,
-            reporter,
-            category,
-        } => {
-            let v = latest(w, package, version).await?;
-            w.telemetry.report(crate::monitor::events::Report {
-                package: package.clone(),
-                version: v,
-                reporter: reporter.clone(),
-                category: category.clone(),
-                at: now,
-            });
-        }
-        EventKind::TamperArtifact { package, version } => {
-            let v = latest(w, package, version).await?;
-            let r = reg
-                .release(package, &v)
-                .await?
-                .with_context(|| format!("no release {package}@{v}"))?;
-            match &w.registry.virtual_artifacts {
-                Some(tampered) => {
-                    if let Ok(mut t) = tampered.lock() {
-                        t.insert((package.clone(), v.clone()));
-                    }
-                }
-                None => {
-                    let file = r.artifact.context("the release has no artifact")?;
-                    reg.tamper_artifact(&file)?;
-                }
-            }
-        }
-        EventKind::CorruptSignature { package, version } => {
-            let v = latest(w, package, version).await?;
-            let r = reg
-                .release(package, &v)
-                .await?
-                .with_context(|| format!("no release {package}@{v}"))?;
-            let signer = r.signer.unwrap_or_else(|| "pub-0".into());
-            let key = derived_key(w.seed, &signer);
-            reg.set_signature(package, &v, &key.sign(b"not these bytes"), &signer)
-                .await?;
-        }
-        EventKind::RevokeKey { key } => {
-            let mut t = (*w.trust).clone();
-            if !t.revoked.contains(key) {
-                t.revoked.push(key.clone());
-            }
-            digest(&mut t);
-            w.trust = Arc::new(t);
-        }
-        EventKind::TrustKey { key } => {
-            let mut t = (*w.trust).clone();
-            t.add(
-                &derived_key(w.seed, key),
-                "trusted by event",
-                vec![Role::Publisher],
-            );
-            t.revoked.retain(|k| k != key);
-            digest(&mut t);
-            w.trust = Arc::new(t);
-        }
-        EventKind::RotateKey { key, new_key } => {
-            let new = derived_key(w.seed, new_key);
-            let (all, _) = reg.releases_since(0).await?;
-            for r in all
-                .iter()
-                .filter(|r| r.signer.as_deref() == Some(key.as_str()))
-            {
-                if let Some(file) = &r.artifact {
-                    let bytes = reg.read_artifact(file)?;
-                    reg.set_signature(&r.package, &r.version, &new.sign(&bytes), new_key)
-                        .await?;
-                }
-            }
-        }
-        EventKind::Approve {
-            policy,
-            package,
-            key,
-        } => {
-            let pending = w.store.remediations_with_status(Status::Pending).await?;
-            let target = pending.iter().find(|r| {
-                r.policy == *policy
-                    && r.subject.package == *package
-                    && r.gate.as_deref() == Some("approval")
-            });
-            match target {
-                Some(r) => {
-                    let maintainer = derived_key(w.seed, key);
-                    if let Err(e) = approve::decide(
-                        &w.store,
-                        &w.policies,
-                        &w.trust,
-                        &w.key,
-                        &maintainer,
-                        &r.id,
-                        Decision::Approve,
-                        now,
-                    )
-                    .await
-                    {
-                        w.notes.push(format!(
-                            "{}: approval by `{key}` refused: {e}",
-                            crate::clock::rfc3339(now)
-                        ));
-                    }
-                }
-                None => w.notes.push(format!(
-                    "{}: approve: no remediation of `{policy}` on `{package}` waits for approval",
-                    crate::clock::rfc3339(now)
-                )),
-            }
-        }
-        EventKind::RegistryOutage { .. } | EventKind::StoreOutage { .. } => {}
-    }
-    Ok(())
+fn timed<T>(into: &mut Duration, started: Instant, value: T) -> T {
+    *into += started.elapsed();
+    value
 }
 
 /// Runs one scenario to its end and judges it. `progress` is called with the share done.
-pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<Report> {
-    let mut w = setup(s).await?;
+pub async fn run(s: &Scenario, progress: impl FnMut(f64)) -> anyhow::Result<Report> {
+    Ok(run_with(s, Schedule::default(), progress).await?.0)
+}
+
+/// Runs one scenario with the given schedule; the report, and where the time went.
+pub async fn run_with(
+    s: &Scenario,
+    schedule: Schedule,
+    mut progress: impl FnMut(f64),
+) -> anyhow::Result<(Report, Timings)> {
+    let mut timings = Timings::default();
+    let started = Instant::now();
+    let mut w = world::setup(s).await?;
+    timings.setup = started.elapsed();
     let mut monitor_state = MonitorState::new();
     let mut planner = Planner::default();
     let rules = Rules {
@@ -423,9 +156,12 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
     let mut store_down = false;
     let mut stage_errors = 0u64;
     let mut samples = Vec::new();
+    let every = schedule == Schedule::EveryCycle;
+    let mut wakes = Wakes::all();
     for tick in 0..=ticks {
         let t = tick * s.tick_ms;
         let now = START_MS + t;
+        let started = Instant::now();
         while next_event < s.events.len() && s.events[next_event].at_ms <= t {
             let e = s.events[next_event].clone();
             next_event += 1;
@@ -441,9 +177,15 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
                         store_down = true;
                     }
                 }
-                kind if !store_down => apply(&mut w, kind, now)
-                    .await
-                    .with_context(|| format!("{}:{}: event", s.file.display(), e.line))?,
+                kind if !store_down => {
+                    events::apply(&mut w, kind, now)
+                        .await
+                        .with_context(|| format!("{}:{}: event", s.file.display(), e.line))?;
+                    // The event wrote to the registry or the store behind the stages' backs.
+                    w.registry.changed();
+                    wakes.plan = true;
+                    wakes.verify = true;
+                }
                 _ => w.notes.push(format!(
                     "{}: event of line {} not applied: the store is down",
                     crate::clock::rfc3339(now),
@@ -454,6 +196,7 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
         if w.registry.down.load(Ordering::SeqCst) && t >= registry_back {
             w.registry.down.store(false, Ordering::SeqCst);
         }
+        let started = timed(&mut timings.events, started, Instant::now());
         if t > 0 {
             w.telemetry.advance(now - s.tick_ms, now);
         }
@@ -463,12 +206,13 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
                 store: w.store.clone(),
                 ..w.registry.inner.clone()
             };
-            w.registry = Arc::new(SimRegistry {
+            w.registry = Arc::new(SimRegistry::new(
                 inner,
-                down: w.registry.down.clone(),
-                virtual_artifacts: w.registry.virtual_artifacts.clone(),
-            });
+                w.registry.down.clone(),
+                w.registry.virtual_artifacts.clone(),
+            ));
             store_down = false;
+            wakes = Wakes::all();
         }
         if !store_down {
             // What the intake would have committed during the tick, written as it writes it.
@@ -489,8 +233,10 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
                 }
             }
         }
-        // The daemon's four stages, in its order; a failed stage ends the cycle, as in the daemon.
+        timed(&mut timings.telemetry, started, ());
+        // The daemon's stages, in its order; a failed stage ends the cycle, as in the daemon.
         let cycle = async {
+            let started = Instant::now();
             let m = monitor::cycle(
                 &mut monitor_state,
                 &w.registry,
@@ -499,40 +245,98 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
                 now,
                 3_600_000,
             )
-            .await?;
+            .await;
+            if tick > 0 && m.as_ref().is_ok_and(|m| m.full_scan) {
+                timings.full_scans += started.elapsed();
+            }
+            let into = if tick == 0 {
+                &mut timings.first_cycle
+            } else {
+                &mut timings.monitor
+            };
+            let m = timed(into, started, m)?;
+            let started = Instant::now();
             let judged = analyzer
                 .cycle(&w.store, analyze::AnalyzeInput::from_monitor(&m), now)
-                .await?;
+                .await;
+            let into = if tick == 0 {
+                &mut timings.first_cycle
+            } else {
+                &mut timings.analyze
+            };
+            let judged = timed(into, started, judged)?;
+            if judged.changed {
+                wakes.plan = true;
+                wakes.verify = true;
+            }
             if judged.stale {
                 // As in the daemon: nothing is planned or executed on stale facts.
                 return anyhow::Ok(());
             }
-            let ctx = PlanContext {
-                policies: &w.policies,
-                trust: &w.trust,
-                key: &w.key,
-                daemon_dry_run: false,
-                now,
-            };
-            planner.cycle(&w.store, &w.registry, ctx).await?;
-            execute::cycle(&w.store, &w.registry, &w.key, now).await?;
-            let verified = execute::verify::cycle(&w.store, &w.policies, &w.key, now).await?;
-            if !verified.verdicts.is_empty() {
-                execute::learn::cycle(&w.store, &w.key, &LearningSettings::default(), now).await?;
+            if every || wakes.plan {
+                let started = Instant::now();
+                let ctx = PlanContext {
+                    policies: &w.policies,
+                    trust: &w.trust,
+                    key: &w.key,
+                    daemon_dry_run: false,
+                    now,
+                };
+                let planned = planner.cycle(&w.store, &w.registry, ctx).await;
+                let planned = timed(&mut timings.plan, started, planned)?;
+                timings.plans += 1;
+                wakes.plan = !planned.idle;
+                if !planned.remediations.is_empty() || planned.circuit.is_some() {
+                    wakes.execute = true;
+                    wakes.verify = true;
+                }
+            }
+            if every || wakes.execute {
+                let started = Instant::now();
+                let done = execute::cycle(&w.store, &w.registry, &w.key, now).await;
+                let done = timed(&mut timings.execute, started, done)?;
+                timings.executions += 1;
+                wakes.execute = !done.idle;
+                if !done.results.is_empty() {
+                    wakes.plan = true;
+                    wakes.verify = true;
+                }
+            }
+            if every || wakes.verify || wakes.verify_at.is_some_and(|at| at <= now) {
+                let started = Instant::now();
+                let verified = execute::verify::cycle(&w.store, &w.policies, &w.key, now).await;
+                let verified = timed(&mut timings.verify, started, verified)?;
+                timings.verifications += 1;
+                wakes.verify_at = verified.next_due;
+                wakes.verify = !(verified.verdicts.is_empty() && verified.released.is_empty());
+                if wakes.verify {
+                    wakes.plan = true;
+                }
+                if !verified.verdicts.is_empty() {
+                    let started = Instant::now();
+                    let learned =
+                        execute::learn::cycle(&w.store, &w.key, &LearningSettings::default(), now)
+                            .await;
+                    timed(&mut timings.verify, started, learned)?;
+                }
             }
             anyhow::Ok(())
         };
         if cycle.await.is_err() {
             stage_errors += 1;
         }
+        timings.cycles += 1;
+        let started = Instant::now();
         if !store_down {
-            follow_latest(&mut w).await?;
+            world::follow_latest(&mut w).await?;
         }
         if (tick % sample_every == 0 || tick == ticks) && !store_down {
-            samples.push(sample(&w, now, t).await);
+            samples.push(timeline::sample(&w, now, t).await);
         }
+        timed(&mut timings.report, started, ());
         progress(tick as f64 / ticks as f64);
     }
+    let started = Instant::now();
     let judged = expect::judge(s, &w.store, &w.registry.inner, START_MS).await?;
     let report = Report::new(
         s,
@@ -543,48 +347,6 @@ pub async fn run(s: &Scenario, mut progress: impl FnMut(f64)) -> anyhow::Result<
         w.notes.clone(),
     );
     w.store.close().await;
-    Ok(report)
-}
-
-async fn sample(w: &World, now: i64, t: i64) -> Sample {
-    use sqlx::Row as _;
-    let pool = &w.store.pool;
-    let counts = w.registry.inner.counts().await.ok();
-    let open = w.store.open_findings().await.map(|f| f.len() as i64).ok();
-    let deprecated = sqlx::query("SELECT COUNT(*) FROM packages WHERE status = 'deprecated'")
-        .fetch_one(pool)
-        .await
-        .and_then(|r| r.try_get::<i64, _>(0))
-        .ok();
-    let mut actions = std::collections::BTreeMap::new();
-    if let Ok(rows) = sqlx::query(
-        "SELECT action, COUNT(*) FROM remediations WHERE status = 'executed' GROUP BY action",
-    )
-    .fetch_all(pool)
-    .await
-    {
-        for r in rows {
-            if let (Ok(a), Ok(n)) = (r.try_get::<String, _>(0), r.try_get::<i64, _>(1)) {
-                actions.insert(a, n);
-            }
-        }
-    }
-    // Two decimals, so the report stays byte-identical across platforms' float printing.
-    let round = |x: f64| (x * 100.0).round() / 100.0;
-    let mean_quality = sqlx::query("SELECT AVG(score) FROM quality_scores")
-        .fetch_one(pool)
-        .await
-        .ok()
-        .and_then(|r| r.try_get::<Option<f64>, _>(0).ok().flatten())
-        .map(round);
-    let install_failure_ratio = Some(round(w.telemetry.install_failure_ratio(now)));
-    Sample {
-        t_s: t / 1000,
-        quarantined: counts.map(|c| c.quarantined),
-        deprecated,
-        mean_quality,
-        install_failure_ratio,
-        open_findings: open,
-        actions: (!actions.is_empty() || counts.is_some()).then_some(actions),
-    }
+    timed(&mut timings.report, started, ());
+    Ok((report, timings))
 }

@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::knowledge::Conn;
@@ -19,12 +19,36 @@ pub struct SimRegistry {
     /// An imported registry has no artifact bytes: each release hashes to its recorded
     /// checksum until a `tamper_artifact` event (listed here) changes that.
     pub virtual_artifacts: Option<Tampered>,
+    /// The change sequence as last read (`UNKNOWN`: read it): nothing but this registry and the
+    /// simulator's events write the store, so it holds until `apply` or [`SimRegistry::changed`].
+    seq: Arc<AtomicI64>,
 }
+
+const UNKNOWN: i64 = i64::MIN;
 
 /// The (package, version) of imported releases whose artifact a scenario tampered with.
 pub type Tampered = Arc<Mutex<BTreeSet<(String, String)>>>;
 
 impl SimRegistry {
+    pub fn new(
+        inner: SqlRegistry,
+        down: Arc<AtomicBool>,
+        virtual_artifacts: Option<Tampered>,
+    ) -> Self {
+        Self {
+            inner,
+            down,
+            virtual_artifacts,
+            seq: Arc::new(AtomicI64::new(UNKNOWN)),
+        }
+    }
+
+    /// Something wrote to `inner` directly (a scenario's event): the change sequence is read
+    /// again.
+    pub fn changed(&self) {
+        self.seq.store(UNKNOWN, Ordering::SeqCst);
+    }
+
     fn check(&self) -> Result<(), RegistryError> {
         if self.down.load(Ordering::SeqCst) {
             Err(RegistryError::Unavailable(
@@ -100,7 +124,13 @@ impl Registry for SimRegistry {
 
     async fn change_seq(&self) -> Result<i64, RegistryError> {
         self.check()?;
-        self.inner.change_seq().await
+        let known = self.seq.load(Ordering::SeqCst);
+        if known != UNKNOWN {
+            return Ok(known);
+        }
+        let seq = self.inner.change_seq().await?;
+        self.seq.store(seq, Ordering::SeqCst);
+        Ok(seq)
     }
 
     async fn release_dependencies(
@@ -122,6 +152,10 @@ impl Registry for SimRegistry {
         now: i64,
     ) -> Result<Applied, RegistryError> {
         self.check()?;
-        self.inner.apply(conn, change, now).await
+        // Forgotten before and after: the change commits with the caller's transaction.
+        self.changed();
+        let applied = self.inner.apply(conn, change, now).await;
+        self.changed();
+        applied
     }
 }

@@ -1,0 +1,197 @@
+//! A scenario's events applied to its world: publications, tampering, keys, telemetry streams, reports, approvals.
+
+use anyhow::Context as _;
+use std::sync::Arc;
+
+use super::world::{digest, World};
+use super::scenario::EventKind;
+use crate::keys::Role;
+use crate::knowledge::approvals::Decision;
+use crate::knowledge::remediations::Status;
+use crate::plan::approve;
+use crate::registry::generate::{self, derived_key};
+use crate::registry::Registry;
+
+async fn latest(w: &World, package: &str, version: &str) -> anyhow::Result<String> {
+    if version != "latest" {
+        return Ok(version.to_string());
+    }
+    w.registry
+        .inner
+        .package(package)
+        .await?
+        .and_then(|p| p.latest)
+        .with_context(|| format!("package `{package}` has no latest release"))
+}
+
+pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> {
+    let reg = &w.registry.inner;
+    match kind {
+        EventKind::Publish {
+            package,
+            version,
+            signed,
+            signer,
+            dependencies,
+            license,
+            readme,
+            tests,
+        } => {
+            let key = signer.clone().unwrap_or_else(|| "pub-0".to_string());
+            let key = derived_key(w.seed, &key);
+            let contents = generate::Contents {
+                license: *license,
+                readme: *readme,
+                tests: *tests,
+            };
+            generate::publish(
+                reg,
+                package,
+                version,
+                signed.then_some(&key),
+                dependencies,
+                contents,
+                now,
+            )
+            .await?;
+        }
+        EventKind::InstallOutcomes {
+            package,
+            version,
+            per_hour,
+            failure_ratio,
+            for_ms,
+        } => {
+            let v = latest(w, package, version).await?;
+            w.telemetry
+                .installs(package, &v, *per_hour, *failure_ratio, now, *for_ms);
+        }
+        EventKind::Downloads {
+            package,
+            per_hour,
+            for_ms,
+        } => {
+            let v = latest(w, package, "latest").await?;
+            w.telemetry.downloads(package, &v, *per_hour, now, *for_ms);
+        }
+        EventKind::LookupLatency { p99_ms, for_ms } => w.telemetry.lookups(*p99_ms, now, *for_ms),
+        EventKind::Report {
+            package,
+            version,
+            reporter,
+            category,
+        } => {
+            let v = latest(w, package, version).await?;
+            w.telemetry.report(crate::monitor::events::Report {
+                package: package.clone(),
+                version: v,
+                reporter: reporter.clone(),
+                category: category.clone(),
+                at: now,
+            });
+        }
+        EventKind::TamperArtifact { package, version } => {
+            let v = latest(w, package, version).await?;
+            let r = reg
+                .release(package, &v)
+                .await?
+                .with_context(|| format!("no release {package}@{v}"))?;
+            match &w.registry.virtual_artifacts {
+                Some(tampered) => {
+                    if let Ok(mut t) = tampered.lock() {
+                        t.insert((package.clone(), v.clone()));
+                    }
+                }
+                None => {
+                    let file = r.artifact.context("the release has no artifact")?;
+                    reg.tamper_artifact(&file)?;
+                }
+            }
+        }
+        EventKind::CorruptSignature { package, version } => {
+            let v = latest(w, package, version).await?;
+            let r = reg
+                .release(package, &v)
+                .await?
+                .with_context(|| format!("no release {package}@{v}"))?;
+            let signer = r.signer.unwrap_or_else(|| "pub-0".into());
+            let key = derived_key(w.seed, &signer);
+            reg.set_signature(package, &v, &key.sign(b"not these bytes"), &signer)
+                .await?;
+        }
+        EventKind::RevokeKey { key } => {
+            let mut t = (*w.trust).clone();
+            if !t.revoked.contains(key) {
+                t.revoked.push(key.clone());
+            }
+            digest(&mut t);
+            w.trust = Arc::new(t);
+        }
+        EventKind::TrustKey { key } => {
+            let mut t = (*w.trust).clone();
+            t.add(
+                &derived_key(w.seed, key),
+                "trusted by event",
+                vec![Role::Publisher],
+            );
+            t.revoked.retain(|k| k != key);
+            digest(&mut t);
+            w.trust = Arc::new(t);
+        }
+        EventKind::RotateKey { key, new_key } => {
+            let new = derived_key(w.seed, new_key);
+            let (all, _) = reg.releases_since(0).await?;
+            for r in all
+                .iter()
+                .filter(|r| r.signer.as_deref() == Some(key.as_str()))
+            {
+                if let Some(file) = &r.artifact {
+                    let bytes = reg.read_artifact(file)?;
+                    reg.set_signature(&r.package, &r.version, &new.sign(&bytes), new_key)
+                        .await?;
+                }
+            }
+        }
+        EventKind::Approve {
+            policy,
+            package,
+            key,
+        } => {
+            let pending = w.store.remediations_with_status(Status::Pending).await?;
+            let target = pending.iter().find(|r| {
+                r.policy == *policy
+                    && r.subject.package == *package
+                    && r.gate.as_deref() == Some("approval")
+            });
+            match target {
+                Some(r) => {
+                    let maintainer = derived_key(w.seed, key);
+                    if let Err(e) = approve::decide(
+                        &w.store,
+                        &w.policies,
+                        &w.trust,
+                        &w.key,
+                        &maintainer,
+                        &r.id,
+                        Decision::Approve,
+                        now,
+                    )
+                    .await
+                    {
+                        w.notes.push(format!(
+                            "{}: approval by `{key}` refused: {e}",
+                            crate::clock::rfc3339(now)
+                        ));
+                    }
+                }
+                None => w.notes.push(format!(
+                    "{}: approve: no remediation of `{policy}` on `{package}` waits for approval",
+                    crate::clock::rfc3339(now)
+                )),
+            }
+        }
+        EventKind::RegistryOutage { .. } | EventKind::StoreOutage { .. } => {}
+    }
+    Ok(())
+}
+
