@@ -95,11 +95,7 @@ async fn hand(packages: Vec<PackageRecord>, releases: Vec<ReleaseRecord>) -> Han
     let inner = SqlRegistry::new(t.store.clone(), t.dir.path().join("artifacts"));
     inner.insert_all(&packages, &releases).await.unwrap();
     Hand {
-        registry: Arc::new(SimRegistry {
-            inner,
-            down: Default::default(),
-            virtual_artifacts: None,
-        }),
+        registry: Arc::new(SimRegistry::new(inner, Default::default(), None)),
         t,
         monitor: MonitorState::new(),
         analyzer: Analyzer::new(Rules::default()),
@@ -292,6 +288,8 @@ async fn a_quality_drop_is_a_regression_and_survives_a_restart() {
         .execute(&h.t.store.pool)
         .await
         .unwrap();
+    // Written behind the simulated registry's back: it reads its change sequence again.
+    h.registry.changed();
     let (out, open) = h.cycle(NOW + 60_000).await;
     let f = open
         .iter()

@@ -32,8 +32,7 @@ async fn the_same_files_and_seed_give_a_byte_identical_report() {
 /// Calling the planner, the executor and verification only when something they read changed
 /// gives the report that calling them in every cycle gives, for every scenario of the library.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calling_later_stages_only_on_change_gives_the_every_cycle_report_for_the_whole_library()
-{
+async fn calling_later_stages_only_on_change_gives_the_every_cycle_report_for_the_whole_library() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(library(""))
         .expect("the library")
         .map(|e| e.expect("entry").path())
@@ -54,7 +53,10 @@ async fn calling_later_stages_only_on_change_gives_the_every_cycle_report_for_th
         assert!(t1.plans <= t2.plans, "{}", f.display());
         saved += t2.plans - t1.plans;
     }
-    assert!(saved > 1000, "the lazy schedule skipped only {saved} planner calls");
+    assert!(
+        saved > 1000,
+        "the lazy schedule skipped only {saved} planner calls"
+    );
 }
 
 #[tokio::test]

@@ -3,8 +3,8 @@
 use anyhow::Context as _;
 use std::sync::Arc;
 
-use super::world::{digest, World};
 use super::scenario::EventKind;
+use super::world::{digest, World};
 use crate::keys::Role;
 use crate::knowledge::approvals::Decision;
 use crate::knowledge::remediations::Status;
@@ -194,4 +194,3 @@ pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::
     }
     Ok(())
 }
-

@@ -206,4 +206,3 @@ pub(super) async fn follow_latest(w: &mut World) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
