@@ -95,6 +95,10 @@ impl Store {
         })?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            // A SQLite connection is a file handle that does not go stale; pinging it before
+            // every use doubled the round trips of each query. A PostgreSQL server may drop a
+            // connection (a restart, a proxy), so those are checked.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
