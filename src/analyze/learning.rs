@@ -1,6 +1,6 @@
 //! Detectors that learn: download baselines (EWMA of hourly downloads) and corroborated reports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use super::checks::condition;
 use super::lifecycle::Condition;
@@ -32,39 +32,29 @@ pub fn z_score(b: &Baseline, x: f64) -> f64 {
     (x - b.mean) / sd
 }
 
-/// The verdict of the last complete hour of one package.
-#[derive(Debug, Clone, Copy)]
-struct HourVerdict {
-    hour: i64,
-    downloads: f64,
-    mean: f64,
-    z: f64,
-}
-
 #[derive(Debug, Default)]
 pub struct Downloads {
     pub baselines: HashMap<String, Baseline>,
-    verdicts: HashMap<String, HourVerdict>,
     /// The last complete hour already folded, under which settings, and the anomalies it gave:
     /// until the next hour completes (or the settings change) there is nothing new to fold.
     folded: Option<(i64, [f64; 4], Vec<Condition>)>,
-    /// Baselines changed since they were last handed out to be saved, and when that was.
-    unsaved: BTreeSet<String>,
+    /// Whether a baseline changed since the last save, and when that was.
+    unsaved: bool,
     saved_at: Option<i64>,
 }
 
 /// Baselines are saved this often, not at every hour's fold: after a restart, the hours since
 /// the last save are folded again from the telemetry the store keeps (at least 73 hours).
-pub const SAVE_BASELINES_EVERY: i64 = 6 * HOUR;
+pub const SAVE_BASELINES_EVERY: i64 = 24 * HOUR;
 
 impl Downloads {
-    /// Folds every complete hour not yet folded, judging each against the baseline before it;
-    /// returns the anomalies of the last complete hour and the baselines to save (every
-    /// `SAVE_BASELINES_EVERY`). Within an hour the work is done once, at its first cycle: a
-    /// package first seen with downloads later in that hour gets its baseline at the next
-    /// hour's fold. Hours missed (a restart, a gap) are folded from the windows where they hold
-    /// them, as zeros before that.
-    pub fn cycle(&mut self, w: &Windows, s: &Settings, now: i64) -> (Vec<Condition>, Vec<String>) {
+    /// Folds every complete hour not yet folded, judging the last against the baseline before
+    /// it; returns the anomalies of the last complete hour and whether the baselines are due to
+    /// be saved (every `SAVE_BASELINES_EVERY`). Within an hour the work is done once, at its
+    /// first cycle: a package first seen with downloads later in that hour gets its baseline at
+    /// the next hour's fold. Hours missed (a restart, a gap) are folded from the windows where
+    /// they hold them, as zeros before that.
+    pub fn cycle(&mut self, w: &Windows, s: &Settings, now: i64) -> (Vec<Condition>, bool) {
         let last_complete = now.div_euclid(HOUR) * HOUR - HOUR;
         let settings = [
             s.download_alpha,
@@ -89,7 +79,7 @@ impl Downloads {
                 last_complete - (HOURS_KEPT / HOUR - 1) * HOUR,
                 last_complete,
             );
-        let mut hourly: HashMap<(&str, i64), i64> = HashMap::new();
+        let mut hourly: foldhash::HashMap<(&str, i64), i64> = Default::default();
         for ((p, _), series) in &w.releases {
             for (h, downloads) in series.downloads_between(first, last_complete) {
                 *hourly.entry((p.as_str(), h)).or_default() += downloads;
@@ -104,6 +94,7 @@ impl Downloads {
                 *at = (*at).min(*h);
             }
         }
+        self.unsaved |= !new.is_empty();
         for (p, h) in new {
             self.baselines.insert(
                 p.to_string(),
@@ -114,86 +105,74 @@ impl Downloads {
                     last_hour: h,
                 },
             );
-            self.unsaved.insert(p.to_string());
         }
+        let mut out = Vec::new();
         for (p, b) in self.baselines.iter_mut() {
             if b.last_hour >= last_complete {
                 continue;
             }
+            self.unsaved = true;
             let gap = (last_complete - b.last_hour) / HOUR;
             let start = last_complete - (gap.min(MAX_CATCH_UP_HOURS) - 1) * HOUR;
             let mut h = start;
             while h <= last_complete {
                 let x = x_of(p, h);
                 if h == last_complete {
-                    self.verdicts.insert(
-                        p.clone(),
-                        HourVerdict {
-                            hour: h,
-                            downloads: x,
-                            mean: b.mean,
-                            z: if b.samples >= s.download_warmup_hours {
-                                z_score(b, x)
-                            } else {
-                                0.0
-                            },
-                        },
-                    );
+                    let z = if b.samples >= s.download_warmup_hours {
+                        z_score(b, x)
+                    } else {
+                        0.0
+                    };
+                    if z.abs() >= s.download_z && x.max(b.mean) >= s.download_min_per_hour {
+                        out.push(anomaly(p, h, x, b.mean, z));
+                    }
                 }
                 fold(b, x, s.download_alpha);
                 h += HOUR;
             }
             b.last_hour = last_complete;
-            self.unsaved.insert(p.clone());
-        }
-        let mut out = Vec::new();
-        for (p, v) in &self.verdicts {
-            if v.hour != last_complete
-                || v.z.abs() < s.download_z
-                || v.downloads.max(v.mean) < s.download_min_per_hour
-            {
-                continue;
-            }
-            let dir = if v.z > 0.0 { "spike" } else { "drop" };
-            let mut labels = Labels::new();
-            labels.insert("downloads".into(), v.downloads.into());
-            labels.insert("baseline".into(), v.mean.into());
-            labels.insert("z".into(), v.z.into());
-            labels.insert("direction".into(), dir.into());
-            out.push(condition(
-                FindingKind::DownloadAnomaly,
-                Severity::Warning,
-                Subject {
-                    package: p.clone(),
-                    version: None,
-                },
-                v.z,
-                format!(
-                    "{p}: {} downloads in the hour from {}, against a baseline of {:.1} ({dir}, z = {:.1})",
-                    v.downloads,
-                    crate::clock::rfc3339(v.hour),
-                    v.mean,
-                    v.z
-                ),
-                labels,
-            ));
         }
         self.folded = Some((last_complete, settings, out.clone()));
         (out, self.due_for_saving(now))
     }
 
-    /// The baselines changed since the last save, when a save is due.
-    fn due_for_saving(&mut self, now: i64) -> Vec<String> {
-        if self
-            .saved_at
-            .is_some_and(|t| now - t < SAVE_BASELINES_EVERY && now >= t)
-            || self.unsaved.is_empty()
+    /// Whether the baselines changed and a save is due (then it counts as done).
+    fn due_for_saving(&mut self, now: i64) -> bool {
+        if !self.unsaved
+            || self
+                .saved_at
+                .is_some_and(|t| now - t < SAVE_BASELINES_EVERY && now >= t)
         {
-            return Vec::new();
+            return false;
         }
         self.saved_at = Some(now);
-        std::mem::take(&mut self.unsaved).into_iter().collect()
+        self.unsaved = false;
+        true
     }
+}
+
+/// The anomaly of `p`'s downloads in `hour`: `x` against a baseline of `mean`, `z` apart.
+fn anomaly(p: &str, hour: i64, x: f64, mean: f64, z: f64) -> Condition {
+    let dir = if z > 0.0 { "spike" } else { "drop" };
+    let mut labels = Labels::new();
+    labels.insert("downloads".into(), x.into());
+    labels.insert("baseline".into(), mean.into());
+    labels.insert("z".into(), z.into());
+    labels.insert("direction".into(), dir.into());
+    condition(
+        FindingKind::DownloadAnomaly,
+        Severity::Warning,
+        Subject {
+            package: p.to_string(),
+            version: None,
+        },
+        z,
+        format!(
+            "{p}: {x} downloads in the hour from {}, against a baseline of {mean:.1} ({dir}, z = {z:.1})",
+            crate::clock::rfc3339(hour),
+        ),
+        labels,
+    )
 }
 
 /// Reports of the window, per release: (reporter, category) -> when.

@@ -216,9 +216,9 @@ pub struct Analyzer {
     loaded: bool,
 }
 
-/// Per kind judged completely, what holds; then the packages whose baseline and whose quality
-/// state changed (to be saved).
-type Judgements = (Vec<(FindingKind, Vec<Condition>)>, Vec<String>, Vec<String>);
+/// Per kind judged completely, what holds; then whether the baselines are due to be saved, and
+/// the packages whose quality state changed (to be saved).
+type Judgements = (Vec<(FindingKind, Vec<Condition>)>, bool, Vec<String>);
 
 /// A finding whose only change is `last_seen` is written at most this often.
 const LAST_SEEN_REFRESH_MS: i64 = 10 * 60_000;
@@ -235,7 +235,7 @@ impl Analyzer {
     fn complete_judgements(&mut self, input: &AnalyzeInput<'_>, now: i64) -> Judgements {
         let s = &self.rules.settings;
         let mut complete = Vec::new();
-        let (mut baselines, mut scores) = (Vec::new(), Vec::new());
+        let (mut save_baselines, mut scores) = (false, Vec::new());
         let registry = Subject {
             package: "*".into(),
             version: None,
@@ -267,8 +267,8 @@ impl Analyzer {
                 self.latency_burn(now, &registry),
             ));
             complete.push((FindingKind::Reported, self.reports.cycle(s, now)));
-            let (anomalies, changed) = self.downloads.cycle(&self.windows, s, now);
-            baselines = changed;
+            let (anomalies, save) = self.downloads.cycle(&self.windows, s, now);
+            save_baselines = save;
             complete.push((FindingKind::DownloadAnomaly, anomalies));
         }
         if let (Some(facts), None) = (input.facts, input.unreachable) {
@@ -307,7 +307,7 @@ impl Analyzer {
             scores = changed;
             complete.push((FindingKind::QualityRegression, regressions));
         }
-        (complete, baselines, scores)
+        (complete, save_baselines, scores)
     }
 
     fn install_burn(&self, now: i64) -> Vec<Condition> {
@@ -433,7 +433,7 @@ impl Analyzer {
                 self.integrity_changed.insert(o.package.clone());
             }
         }
-        let (complete, baselines, scores) = self.complete_judgements(&input, now);
+        let (complete, save_baselines, scores) = self.complete_judgements(&input, now);
         let open = store.open_findings().await?;
         let mut open_by_kind: BTreeMap<FindingKind, i64> = BTreeMap::new();
         for f in &open {
@@ -512,11 +512,9 @@ impl Analyzer {
             }
             tx.commit().await?;
         }
-        let saved: Vec<_> = baselines
-            .iter()
-            .filter_map(|p| Some((p.as_str(), *self.downloads.baselines.get(p)?)))
-            .collect();
-        store.save_baselines(&saved).await?;
+        if save_baselines {
+            store.save_baselines(&self.downloads.baselines, now).await?;
+        }
         let saved: Vec<_> = scores
             .iter()
             .filter_map(|p| Some((p.as_str(), self.quality.states.get(p)?)))

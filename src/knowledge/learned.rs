@@ -1,6 +1,6 @@
 //! What analysis learns and must keep across restarts: download baselines and each package's quality score with its recent peak.
 
-use sqlx::Row;
+use sqlx::{Executor, Row};
 use std::collections::HashMap;
 
 use super::{insert_rows, Param, Store, StoreError};
@@ -27,8 +27,38 @@ pub struct QualityState {
     pub computed_at: i64,
 }
 
+/// The name of the baselines' snapshot in `learned_snapshots`.
+const BASELINES: &str = "download_baselines";
+
 impl Store {
+    /// The download baselines: the latest snapshot, or, in a store of an earlier version that
+    /// has none yet, the rows it kept one per package.
     pub async fn baselines(&self) -> Result<HashMap<String, Baseline>, StoreError> {
+        let snapshot = sqlx::query("SELECT body FROM learned_snapshots WHERE name = $1")
+            .bind(BASELINES)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = snapshot {
+            let body: String = row.try_get(0)?;
+            let entries: HashMap<String, (f64, f64, i64, i64)> = serde_json::from_str(&body)
+                .map_err(|e| {
+                    StoreError::Corrupt(format!("learned_snapshots `{BASELINES}`: {e}"))
+                })?;
+            return Ok(entries
+                .into_iter()
+                .map(|(p, (mean, var, samples, last_hour))| {
+                    (
+                        p,
+                        Baseline {
+                            mean,
+                            var,
+                            samples,
+                            last_hour,
+                        },
+                    )
+                })
+                .collect());
+        }
         let rows =
             sqlx::query("SELECT package, mean, var, samples, last_hour FROM download_baselines")
                 .fetch_all(&self.pool)
@@ -48,32 +78,33 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn save_baselines(&self, rows: &[(&str, Baseline)]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let params: Vec<Vec<Param>> = rows
+    /// Saves every baseline as one snapshot (each package's `[mean, var, samples, last_hour]`):
+    /// one row written, however many packages, instead of one row each.
+    pub async fn save_baselines(
+        &self,
+        baselines: &HashMap<String, Baseline>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let entries: std::collections::BTreeMap<&str, (f64, f64, i64, i64)> = baselines
             .iter()
-            .map(|(p, b)| {
-                vec![
-                    Param::Text(p.to_string()),
-                    Param::Float(b.mean),
-                    Param::Float(b.var),
-                    Param::Int(b.samples),
-                    Param::Int(b.last_hour),
-                ]
-            })
+            .map(|(p, b)| (p.as_str(), (b.mean, b.var, b.samples, b.last_hour)))
             .collect();
+        let body = serde_json::to_string(&entries)
+            .map_err(|e| StoreError::Corrupt(format!("encoding the baselines: {e}")))?;
         let mut tx = self.begin().await?;
-        insert_rows(
-            &mut tx,
-            "download_baselines",
-            &["package", "mean", "var", "samples", "last_hour"],
-            &params,
-            "ON CONFLICT (package) DO UPDATE SET mean = excluded.mean, var = excluded.var, \
-             samples = excluded.samples, last_hour = excluded.last_hour",
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO learned_snapshots (name, taken_at, body) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET taken_at = excluded.taken_at, body = excluded.body",
+            )
+            .bind(BASELINES)
+            .bind(now)
+            .bind(body),
         )
         .await?;
+        // The rows of an earlier version, superseded by the snapshot.
+        tx.execute(sqlx::query("DELETE FROM download_baselines"))
+            .await?;
         tx.commit().await?;
         Ok(())
     }

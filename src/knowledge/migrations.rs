@@ -308,6 +308,16 @@ CREATE INDEX packages_status ON packages (status);
 CREATE INDEX releases_quarantined ON releases (quarantined) WHERE quarantined = 1;
 "#;
 
+/// Version 11: what analysis learns of the whole registry, saved as one snapshot a kind (the
+/// download baselines: one row, not one per package).
+const V11: &str = r#"
+CREATE TABLE learned_snapshots (
+    name TEXT PRIMARY KEY,
+    taken_at BIGINT NOT NULL,
+    body TEXT NOT NULL
+);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -330,6 +340,7 @@ pub fn migrator() -> Migrator {
             step(8, "leader lease", V8),
             step(9, "telemetry batches", V9),
             step(10, "status indexes", V10),
+            step(11, "learned snapshots", V11),
         ]),
         ..Migrator::DEFAULT
     }
