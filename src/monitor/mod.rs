@@ -101,6 +101,12 @@ pub struct MonitorState {
     known: Arc<BTreeMap<(String, String), Known>>,
     /// When every release record was last read from the registry, not only the changed ones.
     last_full_read: Option<i64>,
+    /// The last observation of each release that is not healthy (handed to analysis again at
+    /// every full scan).
+    unhealthy: BTreeMap<(String, String), ReleaseObservation>,
+    /// The registry's artifact generation and the trust generation under which every known
+    /// release was last judged: while both stay, a full scan would judge each the same again.
+    all_judged: Option<(u64, u64)>,
 }
 
 /// A release as the monitor knows it, and what its last observation was judged from.
@@ -110,15 +116,13 @@ struct Known {
     judged: Option<Judged>,
 }
 
-/// The inputs of a release's last observation, and its result: while the registry vouches that
-/// the artifact's bytes hash the same and the trust store is the same, the observation is the
-/// same, and a full scan need not make it again.
-#[derive(Debug, Clone)]
+/// The inputs of a release's last observation: while the registry vouches that the artifact's
+/// bytes hash the same and the trust store is the same, the observation is the same, and a full
+/// scan need not make it again.
+#[derive(Debug, Clone, Copy)]
 struct Judged {
     digest: [u8; 32],
     trust_generation: u64,
-    /// The observation, kept only when it is not healthy (it is then handed to analysis again).
-    unhealthy: Option<ReleaseObservation>,
 }
 
 /// An observation without its time: what decides whether it is written again.
@@ -226,6 +230,9 @@ async fn registry_pass<R: Registry>(
             .map(|r| (r.package.as_str(), r.version.as_str()))
             .collect();
         known.retain(|(p, v), _| read.contains(&(p.as_str(), v.as_str())));
+        state
+            .unhealthy
+            .retain(|(p, v), _| read.contains(&(p.as_str(), v.as_str())));
     }
     for r in &releases {
         let key = (r.package.clone(), r.version.clone());
@@ -256,13 +263,23 @@ async fn registry_pass<R: Registry>(
         ..Default::default()
     };
     // A full scan looks at every known release again; another pass only the changed ones.
-    let looked: Vec<Looked> = if full_scan {
+    // When no record changed, the registry vouches that no artifact's bytes changed, and the
+    // trust store is the same, every release would be judged as it was: only the unhealthy
+    // ones are handed on again, without looking at each.
+    let generation = registry.artifacts_generation();
+    let unchanged = releases.is_empty()
+        && generation.is_some_and(|g| state.all_judged == Some((g, state.trust_generation)));
+    let looked: Vec<Looked> = if full_scan && unchanged {
+        output.scanned = state.known.len();
+        state.unhealthy.keys().cloned().map(Looked::Again).collect()
+    } else if full_scan {
         output.scanned = state.known.len();
         scan(
             registry,
             trust,
             &state.cache,
             &state.known,
+            &state.unhealthy,
             state.trust_generation,
             now,
         )
@@ -289,6 +306,7 @@ async fn registry_pass<R: Registry>(
             trust,
             &state.cache,
             &Arc::new(changed),
+            &state.unhealthy,
             state.trust_generation,
             now,
         )
@@ -301,7 +319,14 @@ async fn registry_pass<R: Registry>(
     let known = Arc::make_mut(&mut state.known);
     for l in looked {
         match l {
-            Looked::Again(o) => observed.push(o),
+            Looked::Again(key) => {
+                if let Some(o) = state.unhealthy.get(&key) {
+                    observed.push(ReleaseObservation {
+                        observed_at: now,
+                        ..o.clone()
+                    });
+                }
+            }
             Looked::Observed(r, digest) => {
                 match r.verification {
                     Some((_, _, true)) => output.cache_hits += 1,
@@ -312,19 +337,29 @@ async fn registry_pass<R: Registry>(
                     None => {}
                 }
                 let o = r.observation;
-                if let (Some(digest), Some(k)) = (
-                    digest,
-                    known.get_mut(&(o.package.clone(), o.version.clone())),
-                ) {
+                let key = (o.package.clone(), o.version.clone());
+                if healthy(&o) {
+                    state.unhealthy.remove(&key);
+                } else {
+                    state.unhealthy.insert(key.clone(), o.clone());
+                }
+                if let (Some(digest), Some(k)) = (digest, known.get_mut(&key)) {
                     k.judged = Some(Judged {
                         digest,
                         trust_generation: state.trust_generation,
-                        unhealthy: (!healthy(&o)).then(|| o.clone()),
                     });
                 }
                 observed.push(o);
             }
         }
+    }
+    if full_scan && !unchanged {
+        let trust_generation = state.trust_generation;
+        let every = known.values().all(|k| {
+            k.judged
+                .is_some_and(|j| j.trust_generation == trust_generation)
+        });
+        state.all_judged = generation.filter(|_| every).map(|g| (g, trust_generation));
     }
     store.cache_verifications(&fresh, now).await?;
     if !fresh.is_empty() {
@@ -382,8 +417,8 @@ async fn registry_pass<R: Registry>(
 
 /// What a scan made of one release.
 enum Looked {
-    /// Judged before from the same bytes and trust, and not healthy: the same observation again.
-    Again(ReleaseObservation),
+    /// Judged before from the same bytes and trust, and not healthy: its last observation again.
+    Again((String, String)),
     /// Observed now, with the digest the registry vouched for (to judge by next time).
     Observed(Observed, Option<[u8; 32]>),
 }
@@ -395,6 +430,7 @@ async fn scan<R: Registry>(
     trust: &Arc<TrustStore>,
     cache: &Arc<HashMap<VerificationKey, bool>>,
     releases: &Arc<BTreeMap<(String, String), Known>>,
+    unhealthy: &BTreeMap<(String, String), ReleaseObservation>,
     trust_generation: u64,
     now: i64,
 ) -> Result<Vec<Looked>, MonitorError> {
@@ -404,6 +440,8 @@ async fn scan<R: Registry>(
         Arc::clone(cache),
         Arc::clone(releases),
     );
+    let unhealthy: std::collections::HashSet<(String, String)> =
+        unhealthy.keys().cloned().collect();
     tokio::task::spawn_blocking(move || {
         let all: Vec<&Known> = releases.values().collect();
         let workers = std::thread::available_parallelism()
@@ -419,12 +457,8 @@ async fn scan<R: Registry>(
                 .and_then(|a| registry.artifact_digest(a));
             if let (Some(d), Some(j)) = (digest, &k.judged) {
                 if j.digest == d && j.trust_generation == trust_generation {
-                    return j.unhealthy.as_ref().map(|o| {
-                        Looked::Again(ReleaseObservation {
-                            observed_at: now,
-                            ..o.clone()
-                        })
-                    });
+                    let key = (k.record.package.clone(), k.record.version.clone());
+                    return unhealthy.contains(&key).then_some(Looked::Again(key));
                 }
             }
             let observed = observe_release(registry.as_ref(), &trust, &cache, &k.record, now);

@@ -2,6 +2,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// An artifact's bytes and the SHA-256 taken when they were written.
@@ -11,6 +12,8 @@ type Blob = (Arc<[u8]>, [u8; 32]);
 #[derive(Debug, Default)]
 pub struct MemoryArtifacts {
     blobs: RwLock<HashMap<String, Blob>>,
+    /// Moves on with every write.
+    writes: AtomicU64,
 }
 
 impl MemoryArtifacts {
@@ -19,6 +22,12 @@ impl MemoryArtifacts {
         if let Ok(mut blobs) = self.blobs.write() {
             blobs.insert(location.to_string(), (bytes.into(), digest));
         }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many writes there have been: while it stays the same, no artifact changed.
+    pub fn generation(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
     }
 
     pub fn read(&self, location: &str) -> Option<Arc<[u8]>> {
@@ -42,10 +51,11 @@ mod tests {
         let a = MemoryArtifacts::default();
         assert_eq!(a.digest("x"), None);
         a.write("x", b"one".to_vec());
-        let first = a.digest("x");
+        let (first, generation) = (a.digest("x"), a.generation());
         assert_eq!(first, Some(Sha256::digest(b"one").into()));
         a.write("x", b"two".to_vec());
         assert_ne!(a.digest("x"), first);
+        assert!(a.generation() > generation);
         assert_eq!(a.read("x").as_deref(), Some(&b"two"[..]));
     }
 }

@@ -173,6 +173,13 @@ pub trait Registry: Send + Sync + 'static {
         None
     }
 
+    /// A number that moves whenever the bytes of any artifact change, for a registry that sees
+    /// every write to them (artifacts in memory); None: it cannot tell, and a full scan reads
+    /// every artifact.
+    fn artifacts_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// True when nothing can change a release record without moving the change sequence (the
     /// registry's store is private to the process): the monitor then never needs to read every
     /// record again to catch a change made by hand.

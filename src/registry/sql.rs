@@ -441,6 +441,10 @@ impl Registry for SqlRegistry {
         self.memory.as_ref()?.digest(location)
     }
 
+    fn artifacts_generation(&self) -> Option<u64> {
+        Some(self.memory.as_ref()?.generation())
+    }
+
     async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
         let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE name = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))

@@ -92,6 +92,11 @@ impl Registry for SimRegistry {
         self.inner.artifact_digest(location)
     }
 
+    fn artifacts_generation(&self) -> Option<u64> {
+        self.check().ok()?;
+        self.inner.artifacts_generation()
+    }
+
     /// The simulation's store is its own: every change to a record goes through the registry
     /// and moves its change sequence.
     fn records_follow_sequence(&self) -> bool {
