@@ -177,6 +177,12 @@ async fn old_minutes_are_folded_into_an_hour_batch_that_only_a_restart_reads() {
             at: T0 + i * MINUTE,
         });
     }
+    // A name that must be escaped in the stored JSON is folded like the others.
+    b.add(Event::Download {
+        package: "p".into(),
+        version: "1.0.0-\"q\"".into(),
+        at: T0,
+    });
     let first = t.store.write_telemetry(&b).await.unwrap();
     let mut late = Batch::default();
     late.add(Event::Download {
@@ -194,7 +200,11 @@ async fn old_minutes_are_folded_into_an_hour_batch_that_only_a_restart_reads() {
         .unwrap();
     assert_eq!(removed, 1, "the folded minute batch");
     let all = t.store.telemetry_since(0).await.unwrap();
-    assert_eq!(downloads_of(&all, HOUR), 120, "two hours, folded");
+    assert_eq!(downloads_of(&all, HOUR), 121, "two hours, folded");
+    assert!(all
+        .buckets
+        .iter()
+        .any(|r| r.width == HOUR && r.version == "1.0.0-\"q\"" && r.counts.downloads == 1));
     assert_eq!(downloads_of(&all, MINUTE), 1);
     let hours: std::collections::BTreeSet<i64> = all
         .buckets

@@ -80,9 +80,9 @@ impl Downloads {
                 last_complete,
             );
         let mut hourly: foldhash::HashMap<(&str, i64), i64> = Default::default();
-        for ((p, _), series) in &w.releases {
+        for (p, series) in w.all() {
             for (h, downloads) in series.downloads_between(first, last_complete) {
-                *hourly.entry((p.as_str(), h)).or_default() += downloads;
+                *hourly.entry((p, h)).or_default() += downloads;
             }
         }
         let x_of = |p: &str, h: i64| hourly.get(&(p, h)).copied().unwrap_or(0) as f64;

@@ -71,6 +71,10 @@ pub struct AnalyzeInput<'a> {
     pub facts: Option<&'a Facts>,
     pub telemetry: Option<&'a TelemetryDelta>,
     pub unreachable: Option<&'a str>,
+    /// Nothing but this analyzer wrote findings since its last pass (the simulator knows; the
+    /// daemon does not): the open findings that pass left are still what the store holds, and
+    /// are not read again.
+    pub findings_untouched: bool,
 }
 
 impl<'a> AnalyzeInput<'a> {
@@ -80,6 +84,7 @@ impl<'a> AnalyzeInput<'a> {
             facts: m.facts.as_deref(),
             telemetry: Some(&m.telemetry),
             unreachable: m.unreachable.as_deref(),
+            findings_untouched: false,
         }
     }
 }
@@ -214,6 +219,8 @@ pub struct Analyzer {
     cached: FactConditions,
     unmaintained: checks::Unmaintained,
     loaded: bool,
+    /// The open findings as the last pass left them (by id), for a pass that may reuse them.
+    open: Option<Vec<Finding>>,
 }
 
 /// Per kind judged completely, what holds; then whether the baselines are due to be saved, and
@@ -434,7 +441,13 @@ impl Analyzer {
             }
         }
         let (complete, save_baselines, scores) = self.complete_judgements(&input, now);
-        let open = store.open_findings().await?;
+        let open = match (input.findings_untouched, self.open.take()) {
+            (true, Some(open)) => open,
+            _ => store.open_findings().await?,
+        };
+        // What is open after this pass: what was, with this pass's transitions.
+        let mut after: BTreeMap<String, Finding> =
+            open.iter().map(|f| (f.id.clone(), f.clone())).collect();
         let mut open_by_kind: BTreeMap<FindingKind, i64> = BTreeMap::new();
         for f in &open {
             *open_by_kind.entry(f.kind).or_default() += 1;
@@ -492,6 +505,14 @@ impl Analyzer {
                     Transition::Resolved(f) => *open_by_kind.entry(f.kind).or_default() -= 1,
                     Transition::Fired(_) | Transition::Updated(_) => {}
                 }
+                match &t {
+                    Transition::Resolved(f) => {
+                        after.remove(&f.id);
+                    }
+                    Transition::Opened(f) | Transition::Fired(f) | Transition::Updated(f) => {
+                        after.insert(f.id.clone(), f.clone());
+                    }
+                }
                 match t {
                     Transition::Opened(f) => {
                         findings::insert(&mut tx, &f).await?;
@@ -522,6 +543,7 @@ impl Analyzer {
         store.save_quality_states(&saved).await?;
         open_by_kind.retain(|_, n| *n > 0);
         out.open_by_kind = open_by_kind;
+        self.open = Some(after.into_values().collect());
         Ok(out)
     }
 }

@@ -1,6 +1,6 @@
 //! Rolling telemetry windows in memory (minute buckets for 6 h, hour buckets for 3 days) and the SRE workbook's multiwindow burn rates over them.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::knowledge::telemetry::{BucketRow, LookupRow};
 use crate::monitor::events::{Counts, HOUR, LATENCY_BOUNDS, MINUTE};
@@ -190,7 +190,9 @@ impl Latency {
 /// All telemetry windows.
 #[derive(Debug, Default)]
 pub struct Windows {
-    pub releases: HashMap<(String, String), Series>,
+    /// package -> version -> its series (by name, so that a row finds its series without
+    /// copying its names).
+    releases: foldhash::HashMap<String, foldhash::HashMap<String, Series>>,
     pub latency: Latency,
     /// The series with a failed install in the windows, in order: the only ones that can burn
     /// (most series have none, and are not looked at).
@@ -199,7 +201,7 @@ pub struct Windows {
 }
 
 /// Buckets that no window reaches any more are forgotten this often (sums never read them).
-const PRUNE_EVERY: i64 = 10 * MINUTE;
+const PRUNE_EVERY: i64 = HOUR;
 
 impl Windows {
     /// Adds what batches wrote: a minute row counts in its minute and in its hour; an hour row
@@ -209,8 +211,14 @@ impl Windows {
             if r.width != MINUTE && r.width != HOUR {
                 continue;
             }
-            let key = (r.package.clone(), r.version.clone());
-            let s = self.releases.entry(key).or_default();
+            let versions = match self.releases.get_mut(r.package.as_str()) {
+                Some(v) => v,
+                None => self.releases.entry(r.package.clone()).or_default(),
+            };
+            let s = match versions.get_mut(r.version.as_str()) {
+                Some(s) => s,
+                None => versions.entry(r.version.clone()).or_default(),
+            };
             if r.width == MINUTE {
                 s.minutes.at(r.bucket).add(&r.counts);
             }
@@ -244,13 +252,25 @@ impl Windows {
         w: i64,
     ) -> impl Iterator<Item = (&(String, String), &Series)> {
         self.failing.iter().filter_map(move |k| {
-            let s = self.releases.get(k)?;
+            let s = self.series(&k.0, &k.1)?;
             s.failed_within(now, w).then_some((k, s))
         })
     }
 
-    /// Forgets buckets no window reaches any more (at most every ten minutes: a sum stops at
-    /// the window's edge, so what is kept beyond it changes no result).
+    /// The series of a release, if it has one.
+    pub fn series(&self, package: &str, version: &str) -> Option<&Series> {
+        self.releases.get(package)?.get(version)
+    }
+
+    /// Every series, with its package's name.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &Series)> {
+        self.releases
+            .iter()
+            .flat_map(|(p, versions)| versions.values().map(move |s| (p.as_str(), s)))
+    }
+
+    /// Forgets buckets no window reaches any more (at most every hour: a sum stops at the
+    /// window's edge, so what is kept beyond it changes no result).
     pub fn prune(&mut self, now: i64) {
         if self
             .last_prune
@@ -259,15 +279,19 @@ impl Windows {
             return;
         }
         self.last_prune = Some(now);
-        self.releases.retain(|_, s| {
-            s.minutes.prune(now - MINUTES_KEPT);
-            s.hours.prune(now - HOURS_KEPT);
-            !s.is_empty()
+        self.releases.retain(|_, versions| {
+            versions.retain(|_, s| {
+                s.minutes.prune(now - MINUTES_KEPT);
+                s.hours.prune(now - HOURS_KEPT);
+                !s.is_empty()
+            });
+            !versions.is_empty()
         });
         let releases = &self.releases;
-        self.failing.retain(|k| {
+        self.failing.retain(|(p, v)| {
             releases
-                .get(k)
+                .get(p)
+                .and_then(|versions| versions.get(v))
                 .is_some_and(|s| s.failed_within(now, HOURS_KEPT))
         });
         self.latency.minutes.prune(now - MINUTES_KEPT);
@@ -351,13 +375,13 @@ mod tests {
             &[row(t0, HOUR, 50, 0), row(t0 + 5 * HOUR, HOUR, 50, 0)],
             &[],
         );
-        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let s = &w.series("p", "1.0.0").unwrap();
         assert!(
             !s.failed_within(t0 + 6 * HOUR, 72 * HOUR),
             "no failure at all"
         );
         w.apply(&[row(t0, HOUR, 40, 10)], &[]);
-        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let s = &w.series("p", "1.0.0").unwrap();
         let w3d = 72 * HOUR;
         // The hour bucket at t0 reaches into a window that starts before t0 + 1h.
         assert!(s.failed_within(t0 + w3d, w3d));
@@ -377,7 +401,7 @@ mod tests {
             .map(|i| row(t0 + i * MINUTE, MINUTE, 9, 1))
             .collect();
         w.apply(&rows, &[]);
-        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let s = &w.series("p", "1.0.0").unwrap();
         let now = t0 + 10 * MINUTE;
         let five = s.installs(now, 5 * MINUTE);
         assert_eq!(five.total(), 50.0);
@@ -385,7 +409,7 @@ mod tests {
         assert!((half.total() - 55.0).abs() < 1e-9, "{half:?}");
         // A later batch adds to the bucket (rows are deltas), and to its hour.
         w.apply(&[row(t0 + 9 * MINUTE, MINUTE, 0, 10)], &[]);
-        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let s = &w.series("p", "1.0.0").unwrap();
         assert_eq!(s.installs(now, MINUTE).bad, 11.0);
         assert_eq!(s.installs(now, 72 * HOUR).total(), 110.0);
     }
@@ -398,7 +422,7 @@ mod tests {
             &[row(t0, HOUR, 60, 0), row(t0 + HOUR + MINUTE, MINUTE, 5, 0)],
             &[],
         );
-        let s = &w.releases[&("p".to_string(), "1.0.0".to_string())];
+        let s = &w.series("p", "1.0.0").unwrap();
         let now = t0 + 2 * HOUR;
         assert_eq!(s.installs(now, 6 * HOUR).total(), 5.0, "minutes only");
         assert_eq!(s.installs(now, 72 * HOUR).total(), 65.0, "both hours");

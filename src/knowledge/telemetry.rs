@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Row};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::{insert_rows, Backend, Param, Store, StoreError};
@@ -49,32 +50,67 @@ pub(super) struct Body {
     pub lookups: Vec<(i64, i64, i64)>,
 }
 
-impl Body {
-    fn of(batch: &Batch) -> Self {
-        let mut releases: Vec<_> = batch
-            .releases
-            .iter()
-            .map(|((p, v, m), c)| {
-                (
-                    p.clone(),
-                    v.clone(),
-                    *m,
-                    c.installs_ok,
-                    c.installs_failed,
-                    c.downloads,
-                )
-            })
-            .collect();
-        releases.sort_unstable();
-        let mut lookups: Vec<_> = batch
-            .lookups
-            .iter()
-            .map(|((m, b), n)| (*m, LATENCY_BOUNDS[*b], *n))
-            .collect();
-        lookups.sort_unstable();
-        Self { releases, lookups }
+/// A name in a stored body, borrowed from its text unless it had to be escaped.
+#[derive(Deserialize, PartialEq, Eq, Hash)]
+struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A stored body read without copying the names it holds.
+#[derive(Deserialize)]
+struct BodyRef<'a> {
+    #[serde(rename = "r", default, borrow)]
+    releases: Vec<(Name<'a>, Name<'a>, i64, i64, i64, i64)>,
+    #[serde(rename = "l", default)]
+    lookups: Vec<(i64, i64, i64)>,
+}
+
+/// A batch's counts borrowed for encoding: the same JSON as [`Body`], without copying names.
+#[derive(Serialize)]
+struct BodyOf<'a> {
+    #[serde(rename = "r")]
+    releases: Vec<(&'a str, &'a str, i64, i64, i64, i64)>,
+    #[serde(rename = "l")]
+    lookups: Vec<(i64, i64, i64)>,
+}
+
+impl<'a> BodyOf<'a> {
+    fn of(batch: &'a Batch) -> Self {
+        Self {
+            releases: batch
+                .releases
+                .iter()
+                .map(|((p, v, m), c)| {
+                    (
+                        p.as_str(),
+                        v.as_str(),
+                        *m,
+                        c.installs_ok,
+                        c.installs_failed,
+                        c.downloads,
+                    )
+                })
+                .collect(),
+            lookups: batch
+                .lookups
+                .iter()
+                .map(|((m, b), n)| (*m, LATENCY_BOUNDS[*b], *n))
+                .collect(),
+        }
     }
 
+    fn span(&self) -> Option<(i64, i64)> {
+        let times = self
+            .releases
+            .iter()
+            .map(|r| r.2)
+            .chain(self.lookups.iter().map(|l| l.0));
+        times.fold(None, |acc, t| match acc {
+            None => Some((t, t)),
+            Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
+        })
+    }
+}
+
+impl Body {
     pub fn span(&self) -> Option<(i64, i64)> {
         let times = self
             .releases
@@ -130,7 +166,7 @@ impl Store {
     /// Writes a batch of accepted events as one row (its reports in the same transaction);
     /// returns its sequence number. Once this returns, every event of the batch is durable.
     pub async fn write_telemetry(&self, batch: &Batch) -> Result<i64, StoreError> {
-        let body = Body::of(batch);
+        let body = BodyOf::of(batch);
         let (first, last) = body.span().unwrap_or((0, 0));
         let text = serde_json::to_string(&body)
             .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
@@ -265,10 +301,16 @@ impl Store {
         let mut n = 0;
         if let Some(last) = old.last() {
             let last: i64 = last.try_get(0)?;
-            let mut releases: HashMap<(String, String, i64), Counts> = HashMap::new();
-            let mut lookups: HashMap<(i64, i64), i64> = HashMap::new();
-            for r in &old {
-                let body = Body::decode(r.try_get(0)?, &r.try_get::<String, _>(1)?)?;
+            let texts: Vec<(i64, String)> = old
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            let mut releases: foldhash::HashMap<(Name, Name, i64), Counts> = Default::default();
+            let mut lookups: foldhash::HashMap<(i64, i64), i64> = Default::default();
+            for (seq, text) in &texts {
+                let body: BodyRef = serde_json::from_str(text).map_err(|e| {
+                    StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}"))
+                })?;
                 for (p, v, b, ok, failed, downloads) in body.releases {
                     releases
                         .entry((p, v, b.div_euclid(HOUR) * HOUR))
@@ -285,15 +327,22 @@ impl Store {
                         .or_default() += k;
                 }
             }
-            let mut folded = Body {
+            let folded = Body {
                 releases: releases
                     .into_iter()
-                    .map(|((p, v, h), c)| (p, v, h, c.installs_ok, c.installs_failed, c.downloads))
+                    .map(|((p, v, h), c)| {
+                        (
+                            p.0.into_owned(),
+                            v.0.into_owned(),
+                            h,
+                            c.installs_ok,
+                            c.installs_failed,
+                            c.downloads,
+                        )
+                    })
                     .collect(),
                 lookups: lookups.into_iter().map(|((h, b), k)| (h, b, k)).collect(),
             };
-            folded.releases.sort_unstable();
-            folded.lookups.sort_unstable();
             if let Some((first, last_bucket)) = folded.span() {
                 let text = serde_json::to_string(&folded)
                     .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;

@@ -1,7 +1,6 @@
 //! Telemetry events as clients send them (`POST /v1/events`, newline-delimited JSON): parsing, validation, aggregation into buckets.
 
 use serde::Deserialize;
-use std::collections::HashMap;
 
 use crate::registry::valid_package_name;
 
@@ -240,9 +239,9 @@ impl Counts {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// (package, version, minute) -> counts
-    pub releases: HashMap<(String, String, i64), Counts>,
+    pub releases: foldhash::HashMap<(String, String, i64), Counts>,
     /// (minute, index into LATENCY_BOUNDS) -> lookups
-    pub lookups: HashMap<(i64, usize), i64>,
+    pub lookups: foldhash::HashMap<(i64, usize), i64>,
     pub reports: Vec<Report>,
     pub events: u64,
     /// Events by type (install, download, lookup, report), for the metrics.

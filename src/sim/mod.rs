@@ -158,6 +158,9 @@ pub async fn run_with(
     let mut samples = Vec::new();
     let every = schedule == Schedule::EveryCycle;
     let mut wakes = Wakes::all();
+    // Whether anything but the analyzer may have written findings since its last pass (then it
+    // reads the open ones again; the daemon always does).
+    let mut findings_touched = true;
     for tick in 0..=ticks {
         let t = tick * s.tick_ms;
         let now = START_MS + t;
@@ -183,6 +186,7 @@ pub async fn run_with(
                         .with_context(|| format!("{}:{}: event", s.file.display(), e.line))?;
                     // The event wrote to the registry or the store behind the stages' backs.
                     w.registry.changed();
+                    findings_touched = true;
                     wakes.plan = true;
                     wakes.verify = true;
                 }
@@ -213,6 +217,7 @@ pub async fn run_with(
             ));
             store_down = false;
             wakes = Wakes::all();
+            findings_touched = true;
         }
         if !store_down {
             // What the intake would have committed during the tick, written as it writes it.
@@ -256,9 +261,12 @@ pub async fn run_with(
             };
             let m = timed(into, started, m)?;
             let started = Instant::now();
-            let judged = analyzer
-                .cycle(&w.store, analyze::AnalyzeInput::from_monitor(&m), now)
-                .await;
+            let input = analyze::AnalyzeInput {
+                findings_untouched: !every && !findings_touched,
+                ..analyze::AnalyzeInput::from_monitor(&m)
+            };
+            let judged = analyzer.cycle(&w.store, input, now).await;
+            findings_touched = false;
             let into = if tick == 0 {
                 &mut timings.first_cycle
             } else {
@@ -283,6 +291,7 @@ pub async fn run_with(
                     now,
                 };
                 let planned = planner.cycle(&w.store, &w.registry, ctx).await;
+                findings_touched = true;
                 let planned = timed(&mut timings.plan, started, planned)?;
                 timings.plans += 1;
                 wakes.plan = !planned.idle;
@@ -294,6 +303,7 @@ pub async fn run_with(
             if every || wakes.execute {
                 let started = Instant::now();
                 let done = execute::cycle(&w.store, &w.registry, &w.key, now).await;
+                findings_touched = true;
                 let done = timed(&mut timings.execute, started, done)?;
                 timings.executions += 1;
                 wakes.execute = !done.idle;
@@ -305,6 +315,7 @@ pub async fn run_with(
             if every || wakes.verify || wakes.verify_at.is_some_and(|at| at <= now) {
                 let started = Instant::now();
                 let verified = execute::verify::cycle(&w.store, &w.policies, &w.key, now).await;
+                findings_touched = true;
                 let verified = timed(&mut timings.verify, started, verified)?;
                 timings.verifications += 1;
                 wakes.verify_at = verified.next_due;

@@ -49,6 +49,18 @@ impl SimRegistry {
         self.seq.store(UNKNOWN, Ordering::SeqCst);
     }
 
+    /// The change sequence, read only when something wrote since it was last read; outages
+    /// aside (the simulator looking at its own world, not the daemon at the registry).
+    pub async fn current_seq(&self) -> Result<i64, RegistryError> {
+        let known = self.seq.load(Ordering::SeqCst);
+        if known != UNKNOWN {
+            return Ok(known);
+        }
+        let seq = self.inner.change_seq().await?;
+        self.seq.store(seq, Ordering::SeqCst);
+        Ok(seq)
+    }
+
     fn check(&self) -> Result<(), RegistryError> {
         if self.down.load(Ordering::SeqCst) {
             Err(RegistryError::Unavailable(
@@ -129,13 +141,7 @@ impl Registry for SimRegistry {
 
     async fn change_seq(&self) -> Result<i64, RegistryError> {
         self.check()?;
-        let known = self.seq.load(Ordering::SeqCst);
-        if known != UNKNOWN {
-            return Ok(known);
-        }
-        let seq = self.inner.change_seq().await?;
-        self.seq.store(seq, Ordering::SeqCst);
-        Ok(seq)
+        self.current_seq().await
     }
 
     async fn release_dependencies(

@@ -42,6 +42,10 @@ pub struct Background {
     /// Package name and its latest release, most popular first.
     pub packages: Vec<(String, Option<String>)>,
     weights: Vec<f64>,
+    /// Each package's downloads and installs a minute, and whether it has a latest release
+    /// (without one, nothing accumulates): kept apart from the names, for the minute's pass.
+    rates: Vec<(f64, f64)>,
+    live: Vec<bool>,
     carry: Vec<(f64, f64)>,
     downloads_per_minute: f64,
     installs_per_minute: f64,
@@ -54,29 +58,42 @@ impl Background {
         installs_per_hour: f64,
     ) -> Self {
         let harmonic: f64 = (0..packages.len()).map(|i| 1.0 / (i as f64 + 1.0)).sum();
-        let weights = (0..packages.len())
+        let weights: Vec<f64> = (0..packages.len())
             .map(|i| 1.0 / (i as f64 + 1.0) / harmonic.max(f64::MIN_POSITIVE))
             .collect();
+        let (downloads_per_minute, installs_per_minute) =
+            (downloads_per_hour / 60.0, installs_per_hour / 60.0);
         Self {
             carry: vec![(0.0, 0.0); packages.len()],
+            rates: weights
+                .iter()
+                .map(|w| (downloads_per_minute * w, installs_per_minute * w))
+                .collect(),
+            live: packages.iter().map(|(_, v)| v.is_some()).collect(),
             packages,
             weights,
-            downloads_per_minute: downloads_per_hour / 60.0,
-            installs_per_minute: installs_per_hour / 60.0,
+            downloads_per_minute,
+            installs_per_minute,
         }
     }
 
     /// Points a package's traffic at its current latest release (after a publish or a
     /// `restore_latest`).
     pub fn set_latest(&mut self, package: String, latest: Option<String>) {
-        match self.packages.iter_mut().find(|(p, _)| *p == package) {
-            Some(entry) => entry.1 = latest,
+        match self.packages.iter().position(|(p, _)| *p == package) {
+            Some(i) => {
+                self.live[i] = latest.is_some();
+                self.packages[i].1 = latest;
+            }
             None => {
                 // A new package: the least popular.
+                self.live.push(latest.is_some());
                 self.packages.push((package, latest));
                 let n = self.packages.len() as f64;
-                self.weights
-                    .push(self.weights.last().copied().unwrap_or(1.0) * (n - 1.0) / n);
+                let w = self.weights.last().copied().unwrap_or(1.0) * (n - 1.0) / n;
+                self.weights.push(w);
+                self.rates
+                    .push((self.downloads_per_minute * w, self.installs_per_minute * w));
                 self.carry.push((0.0, 0.0));
             }
         }
@@ -85,17 +102,23 @@ impl Background {
     /// Adds minute `m` of the traffic to `batch`; returns the installs it made.
     fn minute(&mut self, m: i64, batch: &mut Batch) -> i64 {
         let mut made = 0;
-        for (i, (package, version)) in self.packages.iter().enumerate() {
-            let Some(version) = version else { continue };
-            let carry = &mut self.carry[i];
-            carry.0 += self.downloads_per_minute * self.weights[i];
-            carry.1 += self.installs_per_minute * self.weights[i];
-            let (downloads, installs) = (carry.0.floor(), carry.1.floor());
-            if downloads < 1.0 && installs < 1.0 {
+        for (i, carry) in self.carry.iter_mut().enumerate() {
+            if !self.live[i] {
                 continue;
             }
+            let (d, n) = self.rates[i];
+            carry.0 += d;
+            carry.1 += n;
+            // Most packages get less than one event a minute: nothing yet.
+            if carry.0 < 1.0 && carry.1 < 1.0 {
+                continue;
+            }
+            let (downloads, installs) = (carry.0.floor(), carry.1.floor());
             carry.0 -= downloads;
             carry.1 -= installs;
+            let (package, Some(version)) = &self.packages[i] else {
+                continue;
+            };
             let c = batch
                 .releases
                 .entry((package.clone(), version.clone(), m))

@@ -192,7 +192,7 @@ pub(super) async fn follow_latest(w: &mut World) -> anyhow::Result<()> {
     let Some(b) = &mut w.telemetry.background else {
         return Ok(());
     };
-    let seq = w.registry.inner.change_seq().await?;
+    let seq = w.registry.current_seq().await?;
     if seq != w.background_seq {
         let changed = sqlx::query("SELECT name, latest FROM packages WHERE change_seq > $1")
             .bind(w.background_seq)
