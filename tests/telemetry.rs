@@ -204,7 +204,7 @@ async fn old_minutes_are_folded_into_an_hour_batch_that_only_a_restart_reads() {
     assert!(all
         .buckets
         .iter()
-        .any(|r| r.width == HOUR && r.version == "1.0.0-\"q\"" && r.counts.downloads == 1));
+        .any(|r| r.width == HOUR && r.name.version == "1.0.0-\"q\"" && r.counts.downloads == 1));
     assert_eq!(downloads_of(&all, MINUTE), 1);
     let hours: std::collections::BTreeSet<i64> = all
         .buckets
@@ -584,4 +584,41 @@ async fn baselines_are_one_snapshot_and_an_earlier_versions_rows_are_read_until_
         b,
         "exact, floats included"
     );
+}
+
+#[tokio::test]
+async fn writers_with_their_own_view_of_the_series_agree_on_their_numbers() {
+    let t = store().await;
+    let other = Store::open(&t.url).await.unwrap();
+    let download = |p: &str, v: &str, at: i64| {
+        let mut b = Batch::default();
+        b.add(Event::Download {
+            package: p.into(),
+            version: v.into(),
+            at,
+        });
+        b
+    };
+    // Each writer numbers series the other has not seen yet, then one the other numbered.
+    t.store.write_telemetry(&download("a", "1", T0)).await.unwrap();
+    other.write_telemetry(&download("b", "1", T0)).await.unwrap();
+    other.write_telemetry(&download("a", "1", T0)).await.unwrap();
+    t.store.write_telemetry(&download("b", "1", T0)).await.unwrap();
+    // A third reader, with no view at all, names every row as it was written.
+    let reader = Store::open(&t.url).await.unwrap();
+    let all = reader.telemetry_since(0).await.unwrap();
+    let mut by_name: Vec<(String, String, i64)> = all
+        .buckets
+        .iter()
+        .map(|r| (r.name.package.clone(), r.name.version.clone(), r.series))
+        .collect();
+    by_name.sort();
+    by_name.dedup();
+    assert_eq!(by_name.len(), 2, "two series, each with one number: {by_name:?}");
+    assert_eq!(downloads_of(&all, MINUTE), 4);
+    let numbers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_series")
+        .fetch_one(&reader.pool)
+        .await
+        .unwrap();
+    assert_eq!(numbers, 2);
 }

@@ -322,7 +322,8 @@ impl Analyzer {
         let mut out = Vec::new();
         // The longest window is 3 days: a series without a failure in it cannot burn.
         let longest = windows::PAIRS.iter().map(|p| p.long_ms).max().unwrap_or(0);
-        for ((p, v), series) in self.windows.failing_within(now, longest) {
+        for series in self.windows.failing_within(now, longest) {
+            let (p, v) = (&series.name.package, &series.name.version);
             let burning = windows::burning(
                 |w| series.installs(now, w),
                 s.install_slo,
@@ -369,7 +370,8 @@ impl Analyzer {
         // Only packages with a failed install in the 3 days can fail the install guard; the
         // others pass it whether or not they had installs, and are not summed.
         let mut installs: HashMap<&str, Tally> = HashMap::new();
-        for ((p, _), series) in self.windows.failing_within(now, 72 * 3_600_000) {
+        for series in self.windows.failing_within(now, 72 * 3_600_000) {
+            let p = &series.name.package;
             let t = series.installs(now, 72 * 3_600_000);
             let e = installs.entry(p.as_str()).or_default();
             e.good += t.good;

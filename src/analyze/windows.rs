@@ -2,6 +2,9 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use std::sync::Arc;
+
+use crate::knowledge::series::SeriesName;
 use crate::knowledge::telemetry::{BucketRow, LookupRow};
 use crate::monitor::events::{Counts, HOUR, LATENCY_BOUNDS, MINUTE};
 
@@ -93,6 +96,8 @@ impl Tally {
 /// One release's install and download counts.
 #[derive(Debug, Clone)]
 pub struct Series {
+    /// The release's names.
+    pub name: Arc<SeriesName>,
     minutes: Buckets<Counts>,
     hours: Buckets<Counts>,
     /// The latest bucket start with a failed install: a series without one in a window has
@@ -100,9 +105,10 @@ pub struct Series {
     last_failure: Option<i64>,
 }
 
-impl Default for Series {
-    fn default() -> Self {
+impl Series {
+    fn new(name: Arc<SeriesName>) -> Self {
         Self {
+            name,
             minutes: Buckets::new(MINUTE),
             hours: Buckets::new(HOUR),
             last_failure: None,
@@ -190,13 +196,12 @@ impl Latency {
 /// All telemetry windows.
 #[derive(Debug, Default)]
 pub struct Windows {
-    /// package -> version -> its series (by name, so that a row finds its series without
-    /// copying its names).
-    releases: foldhash::HashMap<String, foldhash::HashMap<String, Series>>,
+    /// Each release's series, by its number in the store.
+    releases: foldhash::HashMap<i64, Series>,
     pub latency: Latency,
     /// The series with a failed install in the windows, in order: the only ones that can burn
     /// (most series have none, and are not looked at).
-    failing: BTreeSet<(String, String)>,
+    failing: BTreeSet<i64>,
     last_prune: Option<i64>,
 }
 
@@ -211,26 +216,17 @@ impl Windows {
             if r.width != MINUTE && r.width != HOUR {
                 continue;
             }
-            let versions = match self.releases.get_mut(r.package.as_str()) {
-                Some(v) => v,
-                None => self.releases.entry(r.package.clone()).or_default(),
-            };
-            let s = match versions.get_mut(r.version.as_str()) {
-                Some(s) => s,
-                None => versions.entry(r.version.clone()).or_default(),
-            };
+            let s = self
+                .releases
+                .entry(r.series)
+                .or_insert_with(|| Series::new(Arc::clone(&r.name)));
             if r.width == MINUTE {
                 s.minutes.at(r.bucket).add(&r.counts);
             }
             s.hours.at(r.bucket.div_euclid(HOUR) * HOUR).add(&r.counts);
             if r.counts.installs_failed > 0 {
                 s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
-                if !self
-                    .failing
-                    .contains(&(r.package.clone(), r.version.clone()))
-                {
-                    self.failing.insert((r.package.clone(), r.version.clone()));
-                }
+                self.failing.insert(r.series);
             }
         }
         for l in lookups {
@@ -244,29 +240,26 @@ impl Windows {
         }
     }
 
-    /// Series with a failed install that may fall in a window of length `w` ending at `now`,
-    /// in order of package and version.
-    pub fn failing_within(
-        &self,
-        now: i64,
-        w: i64,
-    ) -> impl Iterator<Item = (&(String, String), &Series)> {
+    /// Series with a failed install that may fall in a window of length `w` ending at `now`.
+    pub fn failing_within(&self, now: i64, w: i64) -> impl Iterator<Item = &Series> {
         self.failing.iter().filter_map(move |k| {
-            let s = self.series(&k.0, &k.1)?;
-            s.failed_within(now, w).then_some((k, s))
+            let s = self.releases.get(k)?;
+            s.failed_within(now, w).then_some(s)
         })
     }
 
     /// The series of a release, if it has one.
     pub fn series(&self, package: &str, version: &str) -> Option<&Series> {
-        self.releases.get(package)?.get(version)
+        self.releases
+            .values()
+            .find(|s| s.name.package == package && s.name.version == version)
     }
 
     /// Every series, with its package's name.
     pub fn all(&self) -> impl Iterator<Item = (&str, &Series)> {
         self.releases
-            .iter()
-            .flat_map(|(p, versions)| versions.values().map(move |s| (p.as_str(), s)))
+            .values()
+            .map(|s| (s.name.package.as_str(), s))
     }
 
     /// Forgets buckets no window reaches any more (at most every hour: a sum stops at the
@@ -279,19 +272,15 @@ impl Windows {
             return;
         }
         self.last_prune = Some(now);
-        self.releases.retain(|_, versions| {
-            versions.retain(|_, s| {
-                s.minutes.prune(now - MINUTES_KEPT);
-                s.hours.prune(now - HOURS_KEPT);
-                !s.is_empty()
-            });
-            !versions.is_empty()
+        self.releases.retain(|_, s| {
+            s.minutes.prune(now - MINUTES_KEPT);
+            s.hours.prune(now - HOURS_KEPT);
+            !s.is_empty()
         });
         let releases = &self.releases;
-        self.failing.retain(|(p, v)| {
+        self.failing.retain(|id| {
             releases
-                .get(p)
-                .and_then(|versions| versions.get(v))
+                .get(id)
                 .is_some_and(|s| s.failed_within(now, HOURS_KEPT))
         });
         self.latency.minutes.prune(now - MINUTES_KEPT);
@@ -355,8 +344,11 @@ mod tests {
 
     fn row(bucket: i64, width: i64, ok: i64, failed: i64) -> BucketRow {
         BucketRow {
-            package: "p".into(),
-            version: "1.0.0".into(),
+            series: 1,
+            name: Arc::new(SeriesName {
+                package: "p".into(),
+                version: "1.0.0".into(),
+            }),
             width,
             bucket,
             counts: Counts {

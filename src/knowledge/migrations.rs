@@ -286,9 +286,17 @@ CREATE TABLE lease (
 "#;
 
 /// Version 9: telemetry as one row per intake commit (its counts as JSON), instead of one row
-/// per release and bucket. The buckets of version 5 are converted when the store opens
+/// per release and bucket; each release counted is a numbered series, named by its number in
+/// the batches. The buckets of version 5 are converted when the store opens
 /// (`Store::adopt_bucket_tables`), which then drops their tables.
 const V9: &str = r#"
+CREATE TABLE telemetry_series (
+    id BIGINT PRIMARY KEY,
+    package TEXT NOT NULL,
+    version TEXT NOT NULL,
+    UNIQUE (package, version)
+);
+
 CREATE TABLE telemetry_batches (
     seq BIGINT PRIMARY KEY,
     width BIGINT NOT NULL,

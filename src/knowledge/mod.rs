@@ -14,6 +14,7 @@ pub mod remediations;
 pub mod retention;
 pub mod standing;
 pub mod state;
+pub mod series;
 pub mod telemetry;
 mod telemetry_upgrade;
 
@@ -54,6 +55,8 @@ pub struct Store {
     /// The fencing token every transaction must still hold (see [`lease`]); None: unfenced
     /// (the command line, the intake, a single SQLite replica).
     fence: Option<Arc<AtomicI64>>,
+    /// The telemetry series this process has read or numbered.
+    series: series::SharedSeries,
 }
 
 static DRIVERS: Once = Once::new();
@@ -119,6 +122,7 @@ impl Store {
             pool,
             backend,
             fence: None,
+            series: Default::default(),
         };
         if store.adopt_bucket_tables().await? {
             tracing::info!("telemetry buckets of an earlier version converted into batches");

@@ -2,18 +2,20 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Row};
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::{insert_rows, Backend, Param, Store, StoreError};
+use super::series::{self, SeriesName, SeriesNames};
+use super::{insert_rows, Backend, Conn, Param, Store, StoreError};
 use crate::monitor::events::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
 
 /// One release's counts in one bucket, as one batch added them (a delta: several batches may
 /// add to the same bucket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketRow {
-    pub package: String,
-    pub version: String,
+    /// The release's series number, and its names.
+    pub series: i64,
+    pub name: Arc<SeriesName>,
     /// `MINUTE` for what the intake wrote; `HOUR` for minutes folded by retention, which a
     /// reader that already read the minutes must not count again.
     pub width: i64,
@@ -39,75 +41,15 @@ pub struct TelemetryDelta {
     pub head: i64,
 }
 
-/// A batch's counts as stored in `telemetry_batches.body` (JSON): per release
-/// `[package, version, bucket, installs_ok, installs_failed, downloads]` and per latency bound
-/// `[bucket, bound_ms, lookups]`.
+/// A batch's counts as stored in `telemetry_batches.body` (JSON): per release and bucket
+/// `[series, bucket, installs_ok, installs_failed, downloads]` (the series by its number in
+/// `telemetry_series`) and per latency bound `[bucket, bound_ms, lookups]`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Body {
     #[serde(rename = "r", default)]
-    pub releases: Vec<(String, String, i64, i64, i64, i64)>,
+    pub releases: Vec<(i64, i64, i64, i64, i64)>,
     #[serde(rename = "l", default)]
     pub lookups: Vec<(i64, i64, i64)>,
-}
-
-/// A name in a stored body, borrowed from its text unless it had to be escaped.
-#[derive(Deserialize, PartialEq, Eq, Hash)]
-struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
-
-/// A stored body read without copying the names it holds.
-#[derive(Deserialize)]
-struct BodyRef<'a> {
-    #[serde(rename = "r", default, borrow)]
-    releases: Vec<(Name<'a>, Name<'a>, i64, i64, i64, i64)>,
-    #[serde(rename = "l", default)]
-    lookups: Vec<(i64, i64, i64)>,
-}
-
-/// A batch's counts borrowed for encoding: the same JSON as [`Body`], without copying names.
-#[derive(Serialize)]
-struct BodyOf<'a> {
-    #[serde(rename = "r")]
-    releases: Vec<(&'a str, &'a str, i64, i64, i64, i64)>,
-    #[serde(rename = "l")]
-    lookups: Vec<(i64, i64, i64)>,
-}
-
-impl<'a> BodyOf<'a> {
-    fn of(batch: &'a Batch) -> Self {
-        Self {
-            releases: batch
-                .releases
-                .iter()
-                .map(|((p, v, m), c)| {
-                    (
-                        p.as_str(),
-                        v.as_str(),
-                        *m,
-                        c.installs_ok,
-                        c.installs_failed,
-                        c.downloads,
-                    )
-                })
-                .collect(),
-            lookups: batch
-                .lookups
-                .iter()
-                .map(|((m, b), n)| (*m, LATENCY_BOUNDS[*b], *n))
-                .collect(),
-        }
-    }
-
-    fn span(&self) -> Option<(i64, i64)> {
-        let times = self
-            .releases
-            .iter()
-            .map(|r| r.2)
-            .chain(self.lookups.iter().map(|l| l.0));
-        times.fold(None, |acc, t| match acc {
-            None => Some((t, t)),
-            Some((lo, hi)) => Some((lo.min(t), hi.max(t))),
-        })
-    }
 }
 
 impl Body {
@@ -115,7 +57,7 @@ impl Body {
         let times = self
             .releases
             .iter()
-            .map(|r| r.2)
+            .map(|r| r.1)
             .chain(self.lookups.iter().map(|l| l.0));
         times.fold(None, |acc, t| match acc {
             None => Some((t, t)),
@@ -123,18 +65,70 @@ impl Body {
         })
     }
 
+    pub fn events(&self) -> i64 {
+        self.releases
+            .iter()
+            .map(|r| r.2 + r.3 + r.4)
+            .chain(self.lookups.iter().map(|l| l.2))
+            .sum()
+    }
+
     fn decode(seq: i64, text: &str) -> Result<Self, StoreError> {
-        serde_json::from_str(text)
-            .map_err(|e| StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}")))
+        serde_json::from_str(text).map_err(|e| {
+            StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}"))
+        })
+    }
+
+    /// Inserts this body as a batch of `width` in the caller's transaction.
+    pub async fn insert(&self, conn: &mut Conn, width: i64, reports: i64) -> Result<i64, StoreError> {
+        let (first, last) = self.span().unwrap_or((0, 0));
+        let text = serde_json::to_string(self)
+            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
+        Ok(conn
+            .fetch_one(insert_batch(width, first, last, self.events(), reports, text))
+            .await?
+            .try_get(0)?)
     }
 }
 
-/// Adds `body` to `delta` as rows of `width`.
-fn unpack(body: Body, width: i64, delta: &mut TelemetryDelta) {
-    for (package, version, bucket, installs_ok, installs_failed, downloads) in body.releases {
+fn insert_batch<'q>(
+    width: i64,
+    first: i64,
+    last: i64,
+    events: i64,
+    reports: i64,
+    body: String,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
+         SELECT {NEXT_SEQ}, $1, $2, $3, $4, $5, $6 RETURNING seq"
+    )))
+    .bind(width)
+    .bind(first)
+    .bind(last)
+    .bind(events)
+    .bind(reports)
+    .bind(body)
+}
+
+/// Adds `body` to `delta` as rows of `width`; a series the store does not know makes the batch
+/// corrupt.
+fn unpack(
+    seq: i64,
+    body: Body,
+    width: i64,
+    names: &SeriesNames,
+    delta: &mut TelemetryDelta,
+) -> Result<(), StoreError> {
+    for (series, bucket, installs_ok, installs_failed, downloads) in body.releases {
+        let name = names.name(series).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "telemetry_batches seq {seq}: series {series} is not in telemetry_series"
+            ))
+        })?;
         delta.buckets.push(BucketRow {
-            package,
-            version,
+            series,
+            name: Arc::clone(name),
             width,
             bucket,
             counts: Counts {
@@ -156,6 +150,7 @@ fn unpack(body: Body, width: i64, delta: &mut TelemetryDelta) {
             lookups,
         });
     }
+    Ok(())
 }
 
 /// The next batch sequence: one more than the highest stored. Retention never removes the
@@ -163,27 +158,55 @@ fn unpack(body: Body, width: i64, delta: &mut TelemetryDelta) {
 pub(super) const NEXT_SEQ: &str = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM telemetry_batches)";
 
 impl Store {
-    /// Writes a batch of accepted events as one row (its reports in the same transaction);
-    /// returns its sequence number. Once this returns, every event of the batch is durable.
+    /// Writes a batch of accepted events as one row (its reports, and the numbers of series
+    /// seen for the first time, in the same transaction); returns its sequence number. Once
+    /// this returns, every event of the batch is durable.
     pub async fn write_telemetry(&self, batch: &Batch) -> Result<i64, StoreError> {
-        let body = BodyOf::of(batch);
-        let (first, last) = body.span().unwrap_or((0, 0));
-        let text = serde_json::to_string(&body)
-            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
-        let insert = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
-             SELECT {NEXT_SEQ}, $1, $2, $3, $4, $5, $6 RETURNING seq"
-        )))
-        .bind(MINUTE)
-        .bind(first)
-        .bind(last)
-        .bind(batch.events as i64)
-        .bind(batch.reports.len() as i64)
-        .bind(text);
+        if self.series_names(|s| s.max()) == 0 {
+            self.refresh_series().await?;
+        }
+        let mut body = Body::default();
+        let mut unnumbered: Vec<(&str, &str)> = Vec::new();
+        self.series_names(|names| {
+            for ((p, v, _), _) in &batch.releases {
+                if names.id(p, v).is_none() {
+                    unnumbered.push((p, v));
+                }
+            }
+        });
+        unnumbered.sort_unstable();
+        unnumbered.dedup();
+        let number = |body: &mut Body, names: &dyn Fn(&str, &str) -> Option<i64>| {
+            body.releases = batch
+                .releases
+                .iter()
+                .filter_map(|((p, v, m), c)| {
+                    Some((
+                        names(p, v)?,
+                        *m,
+                        c.installs_ok,
+                        c.installs_failed,
+                        c.downloads,
+                    ))
+                })
+                .collect();
+            body.lookups = batch
+                .lookups
+                .iter()
+                .map(|((m, b), n)| (*m, LATENCY_BOUNDS[*b], *n))
+                .collect();
+        };
         // SQLite runs one writer at a time, so a lone statement takes the next number safely,
-        // and costs one round trip. PostgreSQL: the table lock makes concurrent writers take
-        // their numbers in commit order, so a reader never skips a batch committed late.
-        if self.backend == Backend::Sqlite && batch.reports.is_empty() {
+        // and costs one round trip: the common case, every series already numbered and no
+        // report. Otherwise a transaction; on PostgreSQL the table lock makes concurrent
+        // writers take their numbers in commit order, so a reader never skips a batch
+        // committed late.
+        if self.backend == Backend::Sqlite && batch.reports.is_empty() && unnumbered.is_empty() {
+            self.series_names(|names| number(&mut body, &|p, v| names.id(p, v)));
+            let (first, last) = body.span().unwrap_or((0, 0));
+            let text = serde_json::to_string(&body)
+                .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
+            let insert = insert_batch(MINUTE, first, last, batch.events as i64, 0, text);
             return Ok(insert.fetch_one(&self.pool).await?.try_get(0)?);
         }
         let mut tx = self.begin().await?;
@@ -191,7 +214,35 @@ impl Store {
             tx.execute("LOCK TABLE telemetry_batches IN EXCLUSIVE MODE")
                 .await?;
         }
-        let seq: i64 = tx.fetch_one(insert).await?.try_get(0)?;
+        let known = self.series_names(|s| s.max());
+        let learnt = if unnumbered.is_empty() {
+            Vec::new()
+        } else {
+            series::register(&mut tx, self.backend, known, &unnumbered).await?
+        };
+        let fresh: foldhash::HashMap<(&str, &str), i64> = learnt
+            .iter()
+            .map(|(id, p, v)| ((p.as_str(), v.as_str()), *id))
+            .collect();
+        self.series_names(|names| {
+            number(&mut body, &|p, v| {
+                names.id(p, v).or_else(|| fresh.get(&(p, v)).copied())
+            })
+        });
+        let (first, last) = body.span().unwrap_or((0, 0));
+        let text = serde_json::to_string(&body)
+            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
+        let seq: i64 = tx
+            .fetch_one(insert_batch(
+                MINUTE,
+                first,
+                last,
+                batch.events as i64,
+                batch.reports.len() as i64,
+                text,
+            ))
+            .await?
+            .try_get(0)?;
         // One row per (release, reporter, category): a repeated report refreshes its time.
         let mut reports: HashMap<(&str, &str, &str, &str), i64> = HashMap::new();
         for r in &batch.reports {
@@ -223,6 +274,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.learn_series(learnt);
         Ok(seq)
     }
 
@@ -243,14 +295,29 @@ impl Store {
             ..Default::default()
         };
         let mut with_reports = since == 0;
+        let mut bodies = Vec::with_capacity(rows.len());
         for r in rows {
             let seq: i64 = r.try_get(0)?;
             let width: i64 = r.try_get(1)?;
             with_reports |= r.try_get::<i64, _>(2)? > 0;
-            let body = Body::decode(seq, &r.try_get::<String, _>(3)?)?;
-            unpack(body, width, &mut delta);
+            bodies.push((seq, width, Body::decode(seq, &r.try_get::<String, _>(3)?)?));
             delta.head = delta.head.max(seq);
         }
+        // Series numbered since this process last looked (by another writer, or all of them
+        // on the first read) are learnt first.
+        let known = self.series_names(|s| s.max());
+        if bodies
+            .iter()
+            .any(|(_, _, b)| b.releases.iter().any(|r| r.0 > known))
+        {
+            self.refresh_series().await?;
+        }
+        self.series_names(|names| -> Result<(), StoreError> {
+            for (seq, width, body) in bodies {
+                unpack(seq, body, width, names, &mut delta)?;
+            }
+            Ok(())
+        })?;
         if with_reports {
             let rows = sqlx::query(
                 "SELECT package, version, reporter, category, at FROM reports \
@@ -301,19 +368,13 @@ impl Store {
         let mut n = 0;
         if let Some(last) = old.last() {
             let last: i64 = last.try_get(0)?;
-            let texts: Vec<(i64, String)> = old
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-            let mut releases: foldhash::HashMap<(Name, Name, i64), Counts> = Default::default();
+            let mut releases: foldhash::HashMap<(i64, i64), Counts> = Default::default();
             let mut lookups: foldhash::HashMap<(i64, i64), i64> = Default::default();
-            for (seq, text) in &texts {
-                let body: BodyRef = serde_json::from_str(text).map_err(|e| {
-                    StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}"))
-                })?;
-                for (p, v, b, ok, failed, downloads) in body.releases {
+            for r in &old {
+                let body = Body::decode(r.try_get(0)?, &r.try_get::<String, _>(1)?)?;
+                for (series, b, ok, failed, downloads) in body.releases {
                     releases
-                        .entry((p, v, b.div_euclid(HOUR) * HOUR))
+                        .entry((series, b.div_euclid(HOUR) * HOUR))
                         .or_default()
                         .add(&Counts {
                             installs_ok: ok,
@@ -330,40 +391,14 @@ impl Store {
             let folded = Body {
                 releases: releases
                     .into_iter()
-                    .map(|((p, v, h), c)| {
-                        (
-                            p.0.into_owned(),
-                            v.0.into_owned(),
-                            h,
-                            c.installs_ok,
-                            c.installs_failed,
-                            c.downloads,
-                        )
+                    .map(|((series, h), c)| {
+                        (series, h, c.installs_ok, c.installs_failed, c.downloads)
                     })
                     .collect(),
                 lookups: lookups.into_iter().map(|((h, b), k)| (h, b, k)).collect(),
             };
-            if let Some((first, last_bucket)) = folded.span() {
-                let text = serde_json::to_string(&folded)
-                    .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
-                let events = folded
-                    .releases
-                    .iter()
-                    .map(|r| r.3 + r.4 + r.5)
-                    .chain(folded.lookups.iter().map(|l| l.2))
-                    .sum::<i64>();
-                tx.execute(
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
-                         SELECT {NEXT_SEQ}, $1, $2, $3, $4, 0, $5"
-                    )))
-                    .bind(HOUR)
-                    .bind(first)
-                    .bind(last_bucket)
-                    .bind(events)
-                    .bind(text),
-                )
-                .await?;
+            if !folded.releases.is_empty() || !folded.lookups.is_empty() {
+                folded.insert(&mut tx, HOUR, 0).await?;
             }
             n += tx
                 .execute(

@@ -2,6 +2,7 @@
 
 use sqlx::{Executor, Row};
 
+use super::series;
 use super::telemetry::{Body, NEXT_SEQ};
 use super::{Backend, Store, StoreError};
 use crate::monitor::events::{HOUR, MINUTE};
@@ -60,20 +61,42 @@ impl Store {
                  FROM telemetry_buckets ORDER BY package, version, width, bucket",
             ))
             .await?;
+        let mut kept = Vec::new();
         for r in rows {
             let (width, bucket): (i64, i64) = (r.try_get(2)?, r.try_get(3)?);
-            let entry = (
-                r.try_get(0)?,
-                r.try_get(1)?,
-                bucket,
-                r.try_get(4)?,
-                r.try_get(5)?,
-                r.try_get(6)?,
-            );
-            match width {
-                HOUR if bucket < split => hours.releases.push(entry),
-                MINUTE if bucket >= split => minutes.releases.push(entry),
-                _ => {}
+            let keep = match width {
+                HOUR => bucket < split,
+                MINUTE => bucket >= split,
+                _ => false,
+            };
+            if keep {
+                let name: (String, String) = (r.try_get(0)?, r.try_get(1)?);
+                let counts: (i64, i64, i64) = (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?);
+                kept.push((name, width, bucket, counts));
+            }
+        }
+        let mut names: Vec<(&str, &str)> = kept
+            .iter()
+            .map(|(n, ..)| (n.0.as_str(), n.1.as_str()))
+            .collect();
+        names.dedup();
+        let known = self.series_names(|s| s.max());
+        let learnt = series::register(&mut tx, self.backend, known, &names).await?;
+        let ids: std::collections::HashMap<(&str, &str), i64> = learnt
+            .iter()
+            .map(|(id, p, v)| ((p.as_str(), v.as_str()), *id))
+            .collect();
+        for ((p, v), width, bucket, (ok, failed, downloads)) in &kept {
+            let id = ids
+                .get(&(p.as_str(), v.as_str()))
+                .copied()
+                .or_else(|| self.series_names(|s| s.id(p, v)))
+                .ok_or_else(|| StoreError::Corrupt(format!("no series number for {p}@{v}")))?;
+            let entry = (id, *bucket, *ok, *failed, *downloads);
+            if *width == HOUR {
+                hours.releases.push(entry);
+            } else {
+                minutes.releases.push(entry);
             }
         }
         let rows = tx
@@ -91,29 +114,9 @@ impl Store {
             }
         }
         for (width, body) in [(HOUR, hours), (MINUTE, minutes)] {
-            let Some((first, last)) = body.span() else {
-                continue;
-            };
-            let events: i64 = body
-                .releases
-                .iter()
-                .map(|r| r.3 + r.4 + r.5)
-                .chain(body.lookups.iter().map(|l| l.2))
-                .sum();
-            let text = serde_json::to_string(&body)
-                .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
-            tx.execute(
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
-                     SELECT {NEXT_SEQ}, $1, $2, $3, $4, 0, $5"
-                )))
-                .bind(width)
-                .bind(first)
-                .bind(last)
-                .bind(events)
-                .bind(text),
-            )
-            .await?;
+            if body.span().is_some() {
+                body.insert(&mut tx, width, 0).await?;
+            }
         }
         // Reports keep their table; their batch sequence starts again from the new batches.
         tx.execute(sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -127,6 +130,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.learn_series(learnt);
         Ok(true)
     }
 }
