@@ -204,7 +204,9 @@ async fn old_minutes_are_folded_into_an_hour_batch_that_only_a_restart_reads() {
     assert!(all
         .buckets
         .iter()
-        .any(|r| r.width == HOUR && r.name.version == "1.0.0-\"q\"" && r.counts.downloads == 1));
+        .any(|r| r.width == HOUR
+            && all.name(r.series).unwrap().version == "1.0.0-\"q\""
+            && r.counts.downloads == 1));
     assert_eq!(downloads_of(&all, MINUTE), 1);
     let hours: std::collections::BTreeSet<i64> = all
         .buckets
@@ -610,7 +612,10 @@ async fn writers_with_their_own_view_of_the_series_agree_on_their_numbers() {
     let mut by_name: Vec<(String, String, i64)> = all
         .buckets
         .iter()
-        .map(|r| (r.name.package.clone(), r.name.version.clone(), r.series))
+        .map(|r| {
+            let name = all.name(r.series).expect("named");
+            (name.package.clone(), name.version.clone(), r.series)
+        })
         .collect();
     by_name.sort();
     by_name.dedup();

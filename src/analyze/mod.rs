@@ -265,7 +265,7 @@ impl Analyzer {
                 .collect(),
         ));
         if let Some(t) = input.telemetry {
-            self.windows.apply(&t.buckets, &t.lookups);
+            self.windows.apply(t);
             self.windows.prune(now);
             self.reports.apply(&t.reports);
             complete.push((FindingKind::InstallFailureBurn, self.install_burn(now)));

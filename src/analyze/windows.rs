@@ -1,11 +1,12 @@
 //! Rolling telemetry windows in memory (minute buckets for 6 h, hour buckets for 3 days) and the SRE workbook's multiwindow burn rates over them.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use std::sync::Arc;
 
 use crate::knowledge::series::SeriesName;
-use crate::knowledge::telemetry::{BucketRow, LookupRow};
+use crate::knowledge::telemetry::TelemetryDelta;
 use crate::monitor::events::{Counts, HOUR, LATENCY_BOUNDS, MINUTE};
 
 /// Minute buckets are kept this long: the longest window read from them is 6 h.
@@ -138,22 +139,6 @@ impl Series {
         t
     }
 
-    /// Downloads per hour bucket, of the hours from `first` to `last` that have any.
-    pub fn downloads_between(
-        &self,
-        first: i64,
-        last: i64,
-    ) -> impl Iterator<Item = (i64, i64)> + '_ {
-        self.hours
-            .slots
-            .iter()
-            .rev()
-            .skip_while(move |(h, _)| *h > last)
-            .take_while(move |(h, _)| *h >= first)
-            .filter(|(_, c)| c.downloads > 0)
-            .map(|(h, c)| (*h, c.downloads))
-    }
-
     pub fn is_empty(&self) -> bool {
         self.minutes.slots.is_empty() && self.hours.slots.is_empty()
     }
@@ -202,6 +187,8 @@ pub struct Windows {
     /// The series with a failed install in the windows, in order: the only ones that can burn
     /// (most series have none, and are not looked at).
     failing: BTreeSet<i64>,
+    /// Downloads per hour and package (all its releases), for the download baselines.
+    downloads: BTreeMap<i64, foldhash::HashMap<String, i64>>,
     last_prune: Option<i64>,
 }
 
@@ -211,24 +198,39 @@ const PRUNE_EVERY: i64 = HOUR;
 impl Windows {
     /// Adds what batches wrote: a minute row counts in its minute and in its hour; an hour row
     /// (minutes folded by retention, read only after a restart) in its hour.
-    pub fn apply(&mut self, buckets: &[BucketRow], lookups: &[LookupRow]) {
-        for r in buckets {
+    pub fn apply(&mut self, delta: &TelemetryDelta) {
+        for r in &delta.buckets {
             if r.width != MINUTE && r.width != HOUR {
                 continue;
             }
-            let s = self
-                .releases
-                .entry(r.series)
-                .or_insert_with(|| Series::new(Arc::clone(&r.name)));
+            let s = match self.releases.entry(r.series) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => match delta.name(r.series) {
+                    Some(name) => e.insert(Series::new(name)),
+                    // Not named by the store: nothing to judge it as.
+                    None => continue,
+                },
+            };
+            let hour = r.bucket.div_euclid(HOUR) * HOUR;
             if r.width == MINUTE {
                 s.minutes.at(r.bucket).add(&r.counts);
             }
-            s.hours.at(r.bucket.div_euclid(HOUR) * HOUR).add(&r.counts);
+            s.hours.at(hour).add(&r.counts);
             if r.counts.installs_failed > 0 {
                 s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
                 self.failing.insert(r.series);
             }
+            if r.counts.downloads > 0 {
+                let per = self.downloads.entry(hour).or_default();
+                match per.get_mut(s.name.package.as_str()) {
+                    Some(n) => *n += r.counts.downloads,
+                    None => {
+                        per.insert(s.name.package.clone(), r.counts.downloads);
+                    }
+                }
+            }
         }
+        let lookups = &delta.lookups;
         for l in lookups {
             if l.width != MINUTE && l.width != HOUR {
                 continue;
@@ -255,11 +257,20 @@ impl Windows {
             .find(|s| s.name.package == package && s.name.version == version)
     }
 
-    /// Every series, with its package's name.
-    pub fn all(&self) -> impl Iterator<Item = (&str, &Series)> {
-        self.releases
-            .values()
-            .map(|s| (s.name.package.as_str(), s))
+    /// A package's downloads in the hour starting at `hour`.
+    pub fn downloads_in(&self, package: &str, hour: i64) -> i64 {
+        self.downloads
+            .get(&hour)
+            .and_then(|per| per.get(package))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every package with downloads in an hour from `first` to `last`, with the hour.
+    pub fn downloaded_between(&self, first: i64, last: i64) -> impl Iterator<Item = (&str, i64)> {
+        self.downloads
+            .range(first..=last)
+            .flat_map(|(h, per)| per.keys().map(move |p| (p.as_str(), *h)))
     }
 
     /// Forgets buckets no window reaches any more (at most every hour: a sum stops at the
@@ -283,6 +294,7 @@ impl Windows {
                 .get(id)
                 .is_some_and(|s| s.failed_within(now, HOURS_KEPT))
         });
+        self.downloads = self.downloads.split_off(&(now - HOURS_KEPT));
         self.latency.minutes.prune(now - MINUTES_KEPT);
         self.latency.hours.prune(now - HOURS_KEPT);
     }
@@ -341,14 +353,15 @@ pub fn burning(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knowledge::telemetry::BucketRow;
+
+    fn apply(w: &mut Windows, rows: &[BucketRow]) {
+        w.apply(&TelemetryDelta::of(rows.to_vec(), vec![], &[(1, "p", "1.0.0")]));
+    }
 
     fn row(bucket: i64, width: i64, ok: i64, failed: i64) -> BucketRow {
         BucketRow {
             series: 1,
-            name: Arc::new(SeriesName {
-                package: "p".into(),
-                version: "1.0.0".into(),
-            }),
             width,
             bucket,
             counts: Counts {
@@ -363,16 +376,13 @@ mod tests {
     fn a_series_is_skipped_only_when_no_failure_can_fall_in_the_window() {
         let mut w = Windows::default();
         let t0 = 100 * HOUR;
-        w.apply(
-            &[row(t0, HOUR, 50, 0), row(t0 + 5 * HOUR, HOUR, 50, 0)],
-            &[],
-        );
+        apply(&mut w, &[row(t0, HOUR, 50, 0), row(t0 + 5 * HOUR, HOUR, 50, 0)]);
         let s = &w.series("p", "1.0.0").unwrap();
         assert!(
             !s.failed_within(t0 + 6 * HOUR, 72 * HOUR),
             "no failure at all"
         );
-        w.apply(&[row(t0, HOUR, 40, 10)], &[]);
+        apply(&mut w, &[row(t0, HOUR, 40, 10)]);
         let s = &w.series("p", "1.0.0").unwrap();
         let w3d = 72 * HOUR;
         // The hour bucket at t0 reaches into a window that starts before t0 + 1h.
@@ -392,7 +402,7 @@ mod tests {
         let rows: Vec<_> = (0..10)
             .map(|i| row(t0 + i * MINUTE, MINUTE, 9, 1))
             .collect();
-        w.apply(&rows, &[]);
+        apply(&mut w, &rows);
         let s = &w.series("p", "1.0.0").unwrap();
         let now = t0 + 10 * MINUTE;
         let five = s.installs(now, 5 * MINUTE);
@@ -400,7 +410,7 @@ mod tests {
         let half = s.installs(now, 5 * MINUTE + 30_000);
         assert!((half.total() - 55.0).abs() < 1e-9, "{half:?}");
         // A later batch adds to the bucket (rows are deltas), and to its hour.
-        w.apply(&[row(t0 + 9 * MINUTE, MINUTE, 0, 10)], &[]);
+        apply(&mut w, &[row(t0 + 9 * MINUTE, MINUTE, 0, 10)]);
         let s = &w.series("p", "1.0.0").unwrap();
         assert_eq!(s.installs(now, MINUTE).bad, 11.0);
         assert_eq!(s.installs(now, 72 * HOUR).total(), 110.0);
@@ -410,10 +420,7 @@ mod tests {
     fn an_hour_row_counts_in_its_hour_only_and_a_minute_row_in_both() {
         let mut w = Windows::default();
         let t0 = 100 * HOUR;
-        w.apply(
-            &[row(t0, HOUR, 60, 0), row(t0 + HOUR + MINUTE, MINUTE, 5, 0)],
-            &[],
-        );
+        apply(&mut w, &[row(t0, HOUR, 60, 0), row(t0 + HOUR + MINUTE, MINUTE, 5, 0)]);
         let s = &w.series("p", "1.0.0").unwrap();
         let now = t0 + 2 * HOUR;
         assert_eq!(s.installs(now, 6 * HOUR).total(), 5.0, "minutes only");

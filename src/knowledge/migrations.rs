@@ -304,7 +304,7 @@ CREATE TABLE telemetry_batches (
     last_bucket BIGINT NOT NULL,
     events BIGINT NOT NULL,
     reports BIGINT NOT NULL,
-    body TEXT NOT NULL
+    body BYTEA NOT NULL
 );
 CREATE INDEX telemetry_batches_age ON telemetry_batches (width, last_bucket);
 "#;

@@ -37,7 +37,7 @@ impl SeriesNames {
         self.max
     }
 
-    fn learn(&mut self, rows: Vec<(i64, String, String)>) {
+    pub(super) fn learn(&mut self, rows: Vec<(i64, String, String)>) {
         for (id, package, version) in rows {
             self.max = self.max.max(id);
             self.ids

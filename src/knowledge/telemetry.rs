@@ -5,17 +5,16 @@ use sqlx::{Executor, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::series::{self, SeriesName, SeriesNames};
+use super::series::{self, SeriesName, SeriesNames, SharedSeries};
 use super::{insert_rows, Backend, Conn, Param, Store, StoreError};
 use crate::monitor::events::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
 
 /// One release's counts in one bucket, as one batch added them (a delta: several batches may
 /// add to the same bucket).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketRow {
-    /// The release's series number, and its names.
+    /// The release's series number (its names: [`TelemetryDelta::name`]).
     pub series: i64,
-    pub name: Arc<SeriesName>,
     /// `MINUTE` for what the intake wrote; `HOUR` for minutes folded by retention, which a
     /// reader that already read the minutes must not count again.
     pub width: i64,
@@ -39,11 +38,39 @@ pub struct TelemetryDelta {
     pub lookups: Vec<LookupRow>,
     pub reports: Vec<Report>,
     pub head: i64,
+    /// The names of every series the rows name.
+    names: SharedSeries,
 }
 
-/// A batch's counts as stored in `telemetry_batches.body` (JSON): per release and bucket
-/// `[series, bucket, installs_ok, installs_failed, downloads]` (the series by its number in
-/// `telemetry_series`) and per latency bound `[bucket, bound_ms, lookups]`.
+impl TelemetryDelta {
+    /// Rows of series named here, as a store would read them (for tests of what reads them).
+    pub fn of(buckets: Vec<BucketRow>, lookups: Vec<LookupRow>, names: &[(i64, &str, &str)]) -> Self {
+        let mut known = SeriesNames::default();
+        known.learn(
+            names
+                .iter()
+                .map(|(id, p, v)| (*id, p.to_string(), v.to_string()))
+                .collect(),
+        );
+        Self {
+            buckets,
+            lookups,
+            names: Arc::new(std::sync::Mutex::new(known)),
+            ..Default::default()
+        }
+    }
+
+    /// The names of a series of these rows.
+    pub fn name(&self, series: i64) -> Option<Arc<SeriesName>> {
+        let names = self.names.lock().ok()?;
+        names.name(series).cloned()
+    }
+}
+
+/// A batch's counts as stored in `telemetry_batches.body` (postcard, a compact binary form with
+/// varint integers): per release and bucket `(series, bucket, installs_ok, installs_failed,
+/// downloads)` (the series by its number in `telemetry_series`) and per latency bound
+/// `(bucket, bound_ms, lookups)`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Body {
     #[serde(rename = "r", default)]
@@ -73,19 +100,22 @@ impl Body {
             .sum()
     }
 
-    fn decode(seq: i64, text: &str) -> Result<Self, StoreError> {
-        serde_json::from_str(text).map_err(|e| {
+    fn decode(seq: i64, bytes: &[u8]) -> Result<Self, StoreError> {
+        postcard::from_bytes(bytes).map_err(|e| {
             StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}"))
         })
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        postcard::to_allocvec(self)
+            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))
     }
 
     /// Inserts this body as a batch of `width` in the caller's transaction.
     pub async fn insert(&self, conn: &mut Conn, width: i64, reports: i64) -> Result<i64, StoreError> {
         let (first, last) = self.span().unwrap_or((0, 0));
-        let text = serde_json::to_string(self)
-            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
         Ok(conn
-            .fetch_one(insert_batch(width, first, last, self.events(), reports, text))
+            .fetch_one(insert_batch(width, first, last, self.events(), reports, self.encode()?))
             .await?
             .try_get(0)?)
     }
@@ -97,7 +127,7 @@ fn insert_batch<'q>(
     last: i64,
     events: i64,
     reports: i64,
-    body: String,
+    body: Vec<u8>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO telemetry_batches (seq, width, first_bucket, last_bucket, events, reports, body) \
@@ -121,14 +151,13 @@ fn unpack(
     delta: &mut TelemetryDelta,
 ) -> Result<(), StoreError> {
     for (series, bucket, installs_ok, installs_failed, downloads) in body.releases {
-        let name = names.name(series).ok_or_else(|| {
-            StoreError::Corrupt(format!(
+        if series > names.max() {
+            return Err(StoreError::Corrupt(format!(
                 "telemetry_batches seq {seq}: series {series} is not in telemetry_series"
-            ))
-        })?;
+            )));
+        }
         delta.buckets.push(BucketRow {
             series,
-            name: Arc::clone(name),
             width,
             bucket,
             counts: Counts {
@@ -204,9 +233,7 @@ impl Store {
         if self.backend == Backend::Sqlite && batch.reports.is_empty() && unnumbered.is_empty() {
             self.series_names(|names| number(&mut body, &|p, v| names.id(p, v)));
             let (first, last) = body.span().unwrap_or((0, 0));
-            let text = serde_json::to_string(&body)
-                .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
-            let insert = insert_batch(MINUTE, first, last, batch.events as i64, 0, text);
+            let insert = insert_batch(MINUTE, first, last, batch.events as i64, 0, body.encode()?);
             return Ok(insert.fetch_one(&self.pool).await?.try_get(0)?);
         }
         let mut tx = self.begin().await?;
@@ -230,8 +257,6 @@ impl Store {
             })
         });
         let (first, last) = body.span().unwrap_or((0, 0));
-        let text = serde_json::to_string(&body)
-            .map_err(|e| StoreError::Corrupt(format!("encoding a telemetry batch: {e}")))?;
         let seq: i64 = tx
             .fetch_one(insert_batch(
                 MINUTE,
@@ -239,7 +264,7 @@ impl Store {
                 last,
                 batch.events as i64,
                 batch.reports.len() as i64,
-                text,
+                body.encode()?,
             ))
             .await?
             .try_get(0)?;
@@ -300,7 +325,7 @@ impl Store {
             let seq: i64 = r.try_get(0)?;
             let width: i64 = r.try_get(1)?;
             with_reports |= r.try_get::<i64, _>(2)? > 0;
-            bodies.push((seq, width, Body::decode(seq, &r.try_get::<String, _>(3)?)?));
+            bodies.push((seq, width, Body::decode(seq, &r.try_get::<Vec<u8>, _>(3)?)?));
             delta.head = delta.head.max(seq);
         }
         // Series numbered since this process last looked (by another writer, or all of them
@@ -318,6 +343,7 @@ impl Store {
             }
             Ok(())
         })?;
+        delta.names = Arc::clone(&self.series);
         if with_reports {
             let rows = sqlx::query(
                 "SELECT package, version, reporter, category, at FROM reports \
@@ -371,7 +397,7 @@ impl Store {
             let mut releases: foldhash::HashMap<(i64, i64), Counts> = Default::default();
             let mut lookups: foldhash::HashMap<(i64, i64), i64> = Default::default();
             for r in &old {
-                let body = Body::decode(r.try_get(0)?, &r.try_get::<String, _>(1)?)?;
+                let body = Body::decode(r.try_get(0)?, &r.try_get::<Vec<u8>, _>(1)?)?;
                 for (series, b, ok, failed, downloads) in body.releases {
                     releases
                         .entry((series, b.div_euclid(HOUR) * HOUR))

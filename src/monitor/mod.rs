@@ -75,8 +75,8 @@ impl Default for Retention {
 /// scan hashes the releases the change sequence has told the monitor about.
 const FULL_READ_EVERY_MS: i64 = 24 * events::HOUR;
 
-/// Retention is applied at most this often.
-const PRUNE_EVERY_MS: i64 = 10 * events::MINUTE;
+/// Retention (folding old minute batches into an hour batch) is applied at most this often.
+const PRUNE_EVERY_MS: i64 = events::HOUR;
 
 /// The monitor's memory between cycles: its cursor, the verification cache, when it last looked at
 /// everything, and which trust store it judged with.

@@ -42,11 +42,13 @@ pub struct Background {
     /// Package name and its latest release, most popular first.
     pub packages: Vec<(String, Option<String>)>,
     weights: Vec<f64>,
-    /// Each package's downloads and installs a minute, and whether it has a latest release
-    /// (without one, nothing accumulates): kept apart from the names, for the minute's pass.
-    rates: Vec<(f64, f64)>,
-    live: Vec<bool>,
-    carry: Vec<(f64, f64)>,
+    /// Each package's downloads and installs a minute (none while it has no latest release, so
+    /// that nothing accumulates), and what has accumulated short of a whole event: arrays of
+    /// their own, for the minute's pass over every package.
+    download_rate: Vec<f64>,
+    install_rate: Vec<f64>,
+    download_carry: Vec<f64>,
+    install_carry: Vec<f64>,
     downloads_per_minute: f64,
     installs_per_minute: f64,
 }
@@ -61,61 +63,72 @@ impl Background {
         let weights: Vec<f64> = (0..packages.len())
             .map(|i| 1.0 / (i as f64 + 1.0) / harmonic.max(f64::MIN_POSITIVE))
             .collect();
-        let (downloads_per_minute, installs_per_minute) =
-            (downloads_per_hour / 60.0, installs_per_hour / 60.0);
-        Self {
-            carry: vec![(0.0, 0.0); packages.len()],
-            rates: weights
-                .iter()
-                .map(|w| (downloads_per_minute * w, installs_per_minute * w))
-                .collect(),
-            live: packages.iter().map(|(_, v)| v.is_some()).collect(),
+        let mut b = Self {
+            download_rate: vec![0.0; packages.len()],
+            install_rate: vec![0.0; packages.len()],
+            download_carry: vec![0.0; packages.len()],
+            install_carry: vec![0.0; packages.len()],
             packages,
             weights,
-            downloads_per_minute,
-            installs_per_minute,
+            downloads_per_minute: downloads_per_hour / 60.0,
+            installs_per_minute: installs_per_hour / 60.0,
+        };
+        for i in 0..b.packages.len() {
+            b.set_rates(i);
         }
+        b
+    }
+
+    fn set_rates(&mut self, i: usize) {
+        let live = self.packages[i].1.is_some();
+        let w = self.weights[i];
+        self.download_rate[i] = if live { self.downloads_per_minute * w } else { 0.0 };
+        self.install_rate[i] = if live { self.installs_per_minute * w } else { 0.0 };
     }
 
     /// Points a package's traffic at its current latest release (after a publish or a
     /// `restore_latest`).
     pub fn set_latest(&mut self, package: String, latest: Option<String>) {
-        match self.packages.iter().position(|(p, _)| *p == package) {
+        let i = match self.packages.iter().position(|(p, _)| *p == package) {
             Some(i) => {
-                self.live[i] = latest.is_some();
                 self.packages[i].1 = latest;
+                i
             }
             None => {
                 // A new package: the least popular.
-                self.live.push(latest.is_some());
                 self.packages.push((package, latest));
                 let n = self.packages.len() as f64;
                 let w = self.weights.last().copied().unwrap_or(1.0) * (n - 1.0) / n;
                 self.weights.push(w);
-                self.rates
-                    .push((self.downloads_per_minute * w, self.installs_per_minute * w));
-                self.carry.push((0.0, 0.0));
+                self.download_rate.push(0.0);
+                self.install_rate.push(0.0);
+                self.download_carry.push(0.0);
+                self.install_carry.push(0.0);
+                self.packages.len() - 1
             }
-        }
+        };
+        self.set_rates(i);
     }
 
     /// Adds minute `m` of the traffic to `batch`; returns the installs it made.
     fn minute(&mut self, m: i64, batch: &mut Batch) -> i64 {
+        // First every package's accumulation (a pass the compiler can vectorize)...
+        for (c, r) in self.download_carry.iter_mut().zip(&self.download_rate) {
+            *c += r;
+        }
+        for (c, r) in self.install_carry.iter_mut().zip(&self.install_rate) {
+            *c += r;
+        }
+        // ...then the few that reached a whole event.
         let mut made = 0;
-        for (i, carry) in self.carry.iter_mut().enumerate() {
-            if !self.live[i] {
+        for i in 0..self.packages.len() {
+            let (d, n) = (self.download_carry[i], self.install_carry[i]);
+            if d < 1.0 && n < 1.0 {
                 continue;
             }
-            let (d, n) = self.rates[i];
-            carry.0 += d;
-            carry.1 += n;
-            // Most packages get less than one event a minute: nothing yet.
-            if carry.0 < 1.0 && carry.1 < 1.0 {
-                continue;
-            }
-            let (downloads, installs) = (carry.0.floor(), carry.1.floor());
-            carry.0 -= downloads;
-            carry.1 -= installs;
+            let (downloads, installs) = (d.floor(), n.floor());
+            self.download_carry[i] = d - downloads;
+            self.install_carry[i] = n - installs;
             let (package, Some(version)) = &self.packages[i] else {
                 continue;
             };
