@@ -201,12 +201,9 @@ async fn old_minutes_are_folded_into_an_hour_batch_that_only_a_restart_reads() {
     assert_eq!(removed, 1, "the folded minute batch");
     let all = t.store.telemetry_since(0).await.unwrap();
     assert_eq!(downloads_of(&all, HOUR), 121, "two hours, folded");
-    assert!(all
-        .buckets
-        .iter()
-        .any(|r| r.width == HOUR
-            && all.name(r.series).unwrap().version == "1.0.0-\"q\""
-            && r.counts.downloads == 1));
+    assert!(all.buckets.iter().any(|r| r.width == HOUR
+        && all.name(r.series).unwrap().version == "1.0.0-\"q\""
+        && r.counts.downloads == 1));
     assert_eq!(downloads_of(&all, MINUTE), 1);
     let hours: std::collections::BTreeSet<i64> = all
         .buckets
@@ -602,10 +599,22 @@ async fn writers_with_their_own_view_of_the_series_agree_on_their_numbers() {
         b
     };
     // Each writer numbers series the other has not seen yet, then one the other numbered.
-    t.store.write_telemetry(&download("a", "1", T0)).await.unwrap();
-    other.write_telemetry(&download("b", "1", T0)).await.unwrap();
-    other.write_telemetry(&download("a", "1", T0)).await.unwrap();
-    t.store.write_telemetry(&download("b", "1", T0)).await.unwrap();
+    t.store
+        .write_telemetry(&download("a", "1", T0))
+        .await
+        .unwrap();
+    other
+        .write_telemetry(&download("b", "1", T0))
+        .await
+        .unwrap();
+    other
+        .write_telemetry(&download("a", "1", T0))
+        .await
+        .unwrap();
+    t.store
+        .write_telemetry(&download("b", "1", T0))
+        .await
+        .unwrap();
     // A third reader, with no view at all, names every row as it was written.
     let reader = Store::open(&t.url).await.unwrap();
     let all = reader.telemetry_since(0).await.unwrap();
@@ -619,7 +628,11 @@ async fn writers_with_their_own_view_of_the_series_agree_on_their_numbers() {
         .collect();
     by_name.sort();
     by_name.dedup();
-    assert_eq!(by_name.len(), 2, "two series, each with one number: {by_name:?}");
+    assert_eq!(
+        by_name.len(),
+        2,
+        "two series, each with one number: {by_name:?}"
+    );
     assert_eq!(downloads_of(&all, MINUTE), 4);
     let numbers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_series")
         .fetch_one(&reader.pool)

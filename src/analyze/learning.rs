@@ -79,13 +79,14 @@ impl Downloads {
                 last_complete - (HOURS_KEPT / HOUR - 1) * HOUR,
                 last_complete,
             );
-        let x_of = |p: &str, h: i64| w.downloads_in(p, h) as f64;
+        let hourly = w.downloads_between(first, last_complete);
+        let x_of = |p: &str, h: i64| hourly.get(&(p, h)).copied().unwrap_or(0) as f64;
         // A package without a baseline gets one from its first hour with downloads.
         let mut new: BTreeMap<&str, i64> = BTreeMap::new();
-        for (p, h) in w.downloaded_between(first, last_complete) {
-            if !self.baselines.contains_key(p) {
-                let at = new.entry(p).or_insert(h);
-                *at = (*at).min(h);
+        for ((p, h), x) in &hourly {
+            if *x > 0 && !self.baselines.contains_key(*p) {
+                let at = new.entry(p).or_insert(*h);
+                *at = (*at).min(*h);
             }
         }
         self.unsaved |= !new.is_empty();

@@ -49,6 +49,11 @@ impl<T: Copy + Default> Buckets<T> {
         &mut self.slots[i].1
     }
 
+    fn get(&self, bucket: i64) -> Option<&T> {
+        let i = self.slots.binary_search_by_key(&bucket, |s| s.0).ok()?;
+        Some(&self.slots[i].1)
+    }
+
     fn prune(&mut self, before: i64) {
         while self.slots.front().is_some_and(|s| s.0 < before) {
             self.slots.pop_front();
@@ -187,8 +192,8 @@ pub struct Windows {
     /// The series with a failed install in the windows, in order: the only ones that can burn
     /// (most series have none, and are not looked at).
     failing: BTreeSet<i64>,
-    /// Downloads per hour and package (all its releases), for the download baselines.
-    downloads: BTreeMap<i64, foldhash::HashMap<String, i64>>,
+    /// Per hour, the series with downloads in it, for the download baselines.
+    downloaded: BTreeMap<i64, Vec<i64>>,
     last_prune: Option<i64>,
 }
 
@@ -215,19 +220,14 @@ impl Windows {
             if r.width == MINUTE {
                 s.minutes.at(r.bucket).add(&r.counts);
             }
-            s.hours.at(hour).add(&r.counts);
+            let in_hour = s.hours.at(hour);
+            if in_hour.downloads == 0 && r.counts.downloads > 0 {
+                self.downloaded.entry(hour).or_default().push(r.series);
+            }
+            in_hour.add(&r.counts);
             if r.counts.installs_failed > 0 {
                 s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
                 self.failing.insert(r.series);
-            }
-            if r.counts.downloads > 0 {
-                let per = self.downloads.entry(hour).or_default();
-                match per.get_mut(s.name.package.as_str()) {
-                    Some(n) => *n += r.counts.downloads,
-                    None => {
-                        per.insert(s.name.package.clone(), r.counts.downloads);
-                    }
-                }
             }
         }
         let lookups = &delta.lookups;
@@ -257,20 +257,17 @@ impl Windows {
             .find(|s| s.name.package == package && s.name.version == version)
     }
 
-    /// A package's downloads in the hour starting at `hour`.
-    pub fn downloads_in(&self, package: &str, hour: i64) -> i64 {
-        self.downloads
-            .get(&hour)
-            .and_then(|per| per.get(package))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Every package with downloads in an hour from `first` to `last`, with the hour.
-    pub fn downloaded_between(&self, first: i64, last: i64) -> impl Iterator<Item = (&str, i64)> {
-        self.downloads
-            .range(first..=last)
-            .flat_map(|(h, per)| per.keys().map(move |p| (p.as_str(), *h)))
+    /// Downloads per (package, hour) of the hours from `first` to `last`, every release of a
+    /// package together; packages without downloads in an hour are absent.
+    pub fn downloads_between(&self, first: i64, last: i64) -> foldhash::HashMap<(&str, i64), i64> {
+        let mut out: foldhash::HashMap<(&str, i64), i64> = Default::default();
+        for (h, ids) in self.downloaded.range(first..=last) {
+            for s in ids.iter().filter_map(|id| self.releases.get(id)) {
+                let n = s.hours.get(*h).map_or(0, |c| c.downloads);
+                *out.entry((s.name.package.as_str(), *h)).or_default() += n;
+            }
+        }
+        out
     }
 
     /// Forgets buckets no window reaches any more (at most every hour: a sum stops at the
@@ -294,7 +291,7 @@ impl Windows {
                 .get(id)
                 .is_some_and(|s| s.failed_within(now, HOURS_KEPT))
         });
-        self.downloads = self.downloads.split_off(&(now - HOURS_KEPT));
+        self.downloaded = self.downloaded.split_off(&(now - HOURS_KEPT));
         self.latency.minutes.prune(now - MINUTES_KEPT);
         self.latency.hours.prune(now - HOURS_KEPT);
     }
@@ -356,7 +353,11 @@ mod tests {
     use crate::knowledge::telemetry::BucketRow;
 
     fn apply(w: &mut Windows, rows: &[BucketRow]) {
-        w.apply(&TelemetryDelta::of(rows.to_vec(), vec![], &[(1, "p", "1.0.0")]));
+        w.apply(&TelemetryDelta::of(
+            rows.to_vec(),
+            vec![],
+            &[(1, "p", "1.0.0")],
+        ));
     }
 
     fn row(bucket: i64, width: i64, ok: i64, failed: i64) -> BucketRow {
@@ -376,7 +377,10 @@ mod tests {
     fn a_series_is_skipped_only_when_no_failure_can_fall_in_the_window() {
         let mut w = Windows::default();
         let t0 = 100 * HOUR;
-        apply(&mut w, &[row(t0, HOUR, 50, 0), row(t0 + 5 * HOUR, HOUR, 50, 0)]);
+        apply(
+            &mut w,
+            &[row(t0, HOUR, 50, 0), row(t0 + 5 * HOUR, HOUR, 50, 0)],
+        );
         let s = &w.series("p", "1.0.0").unwrap();
         assert!(
             !s.failed_within(t0 + 6 * HOUR, 72 * HOUR),
@@ -420,7 +424,10 @@ mod tests {
     fn an_hour_row_counts_in_its_hour_only_and_a_minute_row_in_both() {
         let mut w = Windows::default();
         let t0 = 100 * HOUR;
-        apply(&mut w, &[row(t0, HOUR, 60, 0), row(t0 + HOUR + MINUTE, MINUTE, 5, 0)]);
+        apply(
+            &mut w,
+            &[row(t0, HOUR, 60, 0), row(t0 + HOUR + MINUTE, MINUTE, 5, 0)],
+        );
         let s = &w.series("p", "1.0.0").unwrap();
         let now = t0 + 2 * HOUR;
         assert_eq!(s.installs(now, 6 * HOUR).total(), 5.0, "minutes only");

@@ -34,7 +34,7 @@ async fn a_day_of_telemetry(
                         continue;
                     }
                     b.releases.insert(
-                        (p.clone(), v.clone(), at),
+                        (p.as_str().into(), v.as_str().into(), at),
                         Counts {
                             installs_ok: 20,
                             installs_failed: 1,

@@ -12,9 +12,9 @@ mod migrations;
 pub mod outbox;
 pub mod remediations;
 pub mod retention;
+pub mod series;
 pub mod standing;
 pub mod state;
-pub mod series;
 pub mod telemetry;
 mod telemetry_upgrade;
 

@@ -1,5 +1,6 @@
 //! Telemetry series by number: each release whose installs or downloads are counted gets a number once, batches name it by that number, and every reader keeps the names it has seen.
 
+use compact_str::CompactString;
 use sqlx::{Executor, Row};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +17,8 @@ pub struct SeriesName {
 /// `max`, so that anything above it is new.
 #[derive(Debug, Default)]
 pub struct SeriesNames {
-    ids: foldhash::HashMap<String, foldhash::HashMap<String, i64>>,
+    /// By (package, version), kept inline where short: a lookup reads one slot.
+    ids: foldhash::HashMap<(CompactString, CompactString), i64>,
     names: foldhash::HashMap<i64, Arc<SeriesName>>,
     max: i64,
 }
@@ -26,7 +28,9 @@ pub type SharedSeries = Arc<Mutex<SeriesNames>>;
 
 impl SeriesNames {
     pub fn id(&self, package: &str, version: &str) -> Option<i64> {
-        self.ids.get(package)?.get(version).copied()
+        self.ids
+            .get(&(CompactString::new(package), CompactString::new(version)))
+            .copied()
     }
 
     pub fn name(&self, id: i64) -> Option<&Arc<SeriesName>> {
@@ -41,9 +45,7 @@ impl SeriesNames {
         for (id, package, version) in rows {
             self.max = self.max.max(id);
             self.ids
-                .entry(package.clone())
-                .or_default()
-                .insert(version.clone(), id);
+                .insert((package.as_str().into(), version.as_str().into()), id);
             self.names
                 .insert(id, Arc::new(SeriesName { package, version }));
         }

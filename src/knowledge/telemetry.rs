@@ -44,7 +44,11 @@ pub struct TelemetryDelta {
 
 impl TelemetryDelta {
     /// Rows of series named here, as a store would read them (for tests of what reads them).
-    pub fn of(buckets: Vec<BucketRow>, lookups: Vec<LookupRow>, names: &[(i64, &str, &str)]) -> Self {
+    pub fn of(
+        buckets: Vec<BucketRow>,
+        lookups: Vec<LookupRow>,
+        names: &[(i64, &str, &str)],
+    ) -> Self {
         let mut known = SeriesNames::default();
         known.learn(
             names
@@ -101,9 +105,8 @@ impl Body {
     }
 
     fn decode(seq: i64, bytes: &[u8]) -> Result<Self, StoreError> {
-        postcard::from_bytes(bytes).map_err(|e| {
-            StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}"))
-        })
+        postcard::from_bytes(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("telemetry_batches seq {seq}: the body: {e}")))
     }
 
     fn encode(&self) -> Result<Vec<u8>, StoreError> {
@@ -112,10 +115,22 @@ impl Body {
     }
 
     /// Inserts this body as a batch of `width` in the caller's transaction.
-    pub async fn insert(&self, conn: &mut Conn, width: i64, reports: i64) -> Result<i64, StoreError> {
+    pub async fn insert(
+        &self,
+        conn: &mut Conn,
+        width: i64,
+        reports: i64,
+    ) -> Result<i64, StoreError> {
         let (first, last) = self.span().unwrap_or((0, 0));
         Ok(conn
-            .fetch_one(insert_batch(width, first, last, self.events(), reports, self.encode()?))
+            .fetch_one(insert_batch(
+                width,
+                first,
+                last,
+                self.events(),
+                reports,
+                self.encode()?,
+            ))
             .await?
             .try_get(0)?)
     }
@@ -182,6 +197,16 @@ fn unpack(
     Ok(())
 }
 
+fn row(series: i64, bucket: i64, c: &Counts) -> (i64, i64, i64, i64, i64) {
+    (
+        series,
+        bucket,
+        c.installs_ok,
+        c.installs_failed,
+        c.downloads,
+    )
+}
+
 /// The next batch sequence: one more than the highest stored. Retention never removes the
 /// highest row, so the sequence never goes back.
 pub(super) const NEXT_SEQ: &str = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM telemetry_batches)";
@@ -194,44 +219,31 @@ impl Store {
         if self.series_names(|s| s.max()) == 0 {
             self.refresh_series().await?;
         }
-        let mut body = Body::default();
-        let mut unnumbered: Vec<(&str, &str)> = Vec::new();
-        self.series_names(|names| {
-            for ((p, v, _), _) in &batch.releases {
-                if names.id(p, v).is_none() {
-                    unnumbered.push((p, v));
-                }
-            }
-        });
-        unnumbered.sort_unstable();
-        unnumbered.dedup();
-        let number = |body: &mut Body, names: &dyn Fn(&str, &str) -> Option<i64>| {
-            body.releases = batch
-                .releases
-                .iter()
-                .filter_map(|((p, v, m), c)| {
-                    Some((
-                        names(p, v)?,
-                        *m,
-                        c.installs_ok,
-                        c.installs_failed,
-                        c.downloads,
-                    ))
-                })
-                .collect();
-            body.lookups = batch
+        // Every row with its series number where this process knows it; the others are
+        // numbered in the transaction below.
+        let mut body = Body {
+            releases: Vec::with_capacity(batch.releases.len()),
+            lookups: batch
                 .lookups
                 .iter()
                 .map(|((m, b), n)| (*m, LATENCY_BOUNDS[*b], *n))
-                .collect();
+                .collect(),
         };
+        let mut unnumbered: Vec<(&str, &str, i64, &Counts)> = Vec::new();
+        self.series_names(|names| {
+            for ((p, v, m), c) in &batch.releases {
+                match names.id(p, v) {
+                    Some(id) => body.releases.push(row(id, *m, c)),
+                    None => unnumbered.push((p, v, *m, c)),
+                }
+            }
+        });
         // SQLite runs one writer at a time, so a lone statement takes the next number safely,
         // and costs one round trip: the common case, every series already numbered and no
         // report. Otherwise a transaction; on PostgreSQL the table lock makes concurrent
         // writers take their numbers in commit order, so a reader never skips a batch
         // committed late.
         if self.backend == Backend::Sqlite && batch.reports.is_empty() && unnumbered.is_empty() {
-            self.series_names(|names| number(&mut body, &|p, v| names.id(p, v)));
             let (first, last) = body.span().unwrap_or((0, 0));
             let insert = insert_batch(MINUTE, first, last, batch.events as i64, 0, body.encode()?);
             return Ok(insert.fetch_one(&self.pool).await?.try_get(0)?);
@@ -241,21 +253,27 @@ impl Store {
             tx.execute("LOCK TABLE telemetry_batches IN EXCLUSIVE MODE")
                 .await?;
         }
-        let known = self.series_names(|s| s.max());
         let learnt = if unnumbered.is_empty() {
             Vec::new()
         } else {
-            series::register(&mut tx, self.backend, known, &unnumbered).await?
+            let mut names: Vec<(&str, &str)> = unnumbered.iter().map(|u| (u.0, u.1)).collect();
+            names.sort_unstable();
+            names.dedup();
+            let known = self.series_names(|s| s.max());
+            series::register(&mut tx, self.backend, known, &names).await?
         };
         let fresh: foldhash::HashMap<(&str, &str), i64> = learnt
             .iter()
             .map(|(id, p, v)| ((p.as_str(), v.as_str()), *id))
             .collect();
-        self.series_names(|names| {
-            number(&mut body, &|p, v| {
-                names.id(p, v).or_else(|| fresh.get(&(p, v)).copied())
-            })
-        });
+        for (p, v, m, c) in unnumbered {
+            let id = fresh
+                .get(&(p, v))
+                .copied()
+                .or_else(|| self.series_names(|s| s.id(p, v)))
+                .ok_or_else(|| StoreError::Corrupt(format!("no series number for {p}@{v}")))?;
+            body.releases.push(row(id, m, c));
+        }
         let (first, last) = body.span().unwrap_or((0, 0));
         let seq: i64 = tx
             .fetch_one(insert_batch(

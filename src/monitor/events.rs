@@ -1,5 +1,6 @@
 //! Telemetry events as clients send them (`POST /v1/events`, newline-delimited JSON): parsing, validation, aggregation into buckets.
 
+use compact_str::CompactString;
 use serde::Deserialize;
 
 use crate::registry::valid_package_name;
@@ -239,7 +240,7 @@ impl Counts {
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// (package, version, minute) -> counts
-    pub releases: foldhash::HashMap<(String, String, i64), Counts>,
+    pub releases: foldhash::HashMap<(CompactString, CompactString, i64), Counts>,
     /// (minute, index into LATENCY_BOUNDS) -> lookups
     pub lookups: foldhash::HashMap<(i64, usize), i64>,
     pub reports: Vec<Report>,
@@ -273,7 +274,7 @@ impl Batch {
             } => {
                 let c = self
                     .releases
-                    .entry((package, version, minute_of(at)))
+                    .entry((package.into(), version.into(), minute_of(at)))
                     .or_default();
                 if ok {
                     c.installs_ok += 1;
@@ -287,7 +288,7 @@ impl Batch {
                 at,
             } => {
                 self.releases
-                    .entry((package, version, minute_of(at)))
+                    .entry((package.into(), version.into(), minute_of(at)))
                     .or_default()
                     .downloads += 1;
             }

@@ -1,5 +1,7 @@
 //! Simulated telemetry: a scenario's install, download and lookup streams, its reports and the registry's background traffic, folded into the intake's minute buckets.
 
+use compact_str::CompactString;
+
 use crate::monitor::events::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
 
 /// Lookups a `lookup_latency` event produces each minute (registry-wide).
@@ -40,7 +42,7 @@ struct Stream {
 #[derive(Debug, Clone, Default)]
 pub struct Background {
     /// Package name and its latest release, most popular first.
-    pub packages: Vec<(String, Option<String>)>,
+    packages: Vec<(CompactString, Option<CompactString>)>,
     weights: Vec<f64>,
     /// Each package's downloads and installs a minute (none while it has no latest release, so
     /// that nothing accumulates), and what has accumulated short of a whole event: arrays of
@@ -63,6 +65,10 @@ impl Background {
         let weights: Vec<f64> = (0..packages.len())
             .map(|i| 1.0 / (i as f64 + 1.0) / harmonic.max(f64::MIN_POSITIVE))
             .collect();
+        let packages: Vec<(CompactString, Option<CompactString>)> = packages
+            .into_iter()
+            .map(|(p, v)| (p.into(), v.map(Into::into)))
+            .collect();
         let mut b = Self {
             download_rate: vec![0.0; packages.len()],
             install_rate: vec![0.0; packages.len()],
@@ -82,13 +88,22 @@ impl Background {
     fn set_rates(&mut self, i: usize) {
         let live = self.packages[i].1.is_some();
         let w = self.weights[i];
-        self.download_rate[i] = if live { self.downloads_per_minute * w } else { 0.0 };
-        self.install_rate[i] = if live { self.installs_per_minute * w } else { 0.0 };
+        self.download_rate[i] = if live {
+            self.downloads_per_minute * w
+        } else {
+            0.0
+        };
+        self.install_rate[i] = if live {
+            self.installs_per_minute * w
+        } else {
+            0.0
+        };
     }
 
     /// Points a package's traffic at its current latest release (after a publish or a
     /// `restore_latest`).
     pub fn set_latest(&mut self, package: String, latest: Option<String>) {
+        let latest = latest.map(CompactString::from);
         let i = match self.packages.iter().position(|(p, _)| *p == package) {
             Some(i) => {
                 self.packages[i].1 = latest;
@@ -96,7 +111,7 @@ impl Background {
             }
             None => {
                 // A new package: the least popular.
-                self.packages.push((package, latest));
+                self.packages.push((package.into(), latest));
                 let n = self.packages.len() as f64;
                 let w = self.weights.last().copied().unwrap_or(1.0) * (n - 1.0) / n;
                 self.weights.push(w);
@@ -134,7 +149,7 @@ impl Background {
             };
             let c = batch
                 .releases
-                .entry((package.clone(), version.clone(), m))
+                .entry((package.as_str().into(), version.as_str().into(), m))
                 .or_default();
             c.downloads += downloads as i64;
             c.installs_ok += installs as i64;
@@ -290,7 +305,7 @@ impl Telemetry {
                     s.carry.1 -= failed;
                     let c = batch
                         .releases
-                        .entry((package.clone(), version.clone(), m))
+                        .entry((package.as_str().into(), version.as_str().into(), m))
                         .or_default();
                     c.add(&Counts {
                         installs_ok: (n - failed) as i64,
@@ -311,7 +326,7 @@ impl Telemetry {
                     s.carry.0 -= n;
                     batch
                         .releases
-                        .entry((package.clone(), version.clone(), m))
+                        .entry((package.as_str().into(), version.as_str().into(), m))
                         .or_default()
                         .downloads += n as i64;
                     batch.events += n as u64;
