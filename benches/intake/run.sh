@@ -37,13 +37,37 @@ accepted=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^mapek_intake_events
 refused=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^mapek_intake_events_total\{result="refused"\}/ {print $2}')
 kill -TERM $daemon; wait $daemon || true
 stored=$(python3 - "$dir/mapek.db" <<'PY'
-import json, sqlite3, sys
+# Sums the counts in every batch body, decoded here independently of the daemon: a body is
+# postcard (docs/registry.md), a list of (series, bucket, ok, failed, downloads) then a list of
+# (bucket, bound_ms, lookups), every integer a zigzag LEB128 varint, every length a varint.
+import sqlite3, sys
+def varint(b, i):
+    n = shift = 0
+    while True:
+        byte = b[i]; i += 1
+        n |= (byte & 0x7F) << shift; shift += 7
+        if byte < 0x80:
+            return n, i
+def signed(b, i):
+    n, i = varint(b, i)
+    return (n >> 1) ^ -(n & 1), i
+def tuples(b, i, width):
+    count, i = varint(b, i)
+    out = []
+    for _ in range(count):
+        row = []
+        for _ in range(width):
+            v, i = signed(b, i); row.append(v)
+        out.append(row)
+    return out, i
 db = sqlite3.connect(sys.argv[1])
 n = 0
 for (body,) in db.execute("SELECT body FROM telemetry_batches"):
-    b = json.loads(body)
-    n += sum(ok + failed + downloads for (_, _, _, ok, failed, downloads) in b.get("r", []))
-    n += sum(k for (_, _, k) in b.get("l", []))
+    releases, i = tuples(body, 0, 5)
+    lookups, i = tuples(body, i, 3)
+    assert i == len(body), "trailing bytes in a body"
+    n += sum(ok + failed + downloads for (_, _, ok, failed, downloads) in releases)
+    n += sum(k for (_, _, k) in lookups)
 print(n)
 PY
 )
