@@ -628,3 +628,62 @@ async fn bytes_tampered_behind_the_registry_lower_the_quality_score_at_the_next_
     assert!(after.failed.contains(&"checksum".to_string()), "{after:?}");
     assert!(after.score < before.score, "{before:?} -> {after:?}");
 }
+
+/// A monitor pass (a full scan every minute) and the analyzer's pass on it.
+async fn judged(
+    w: &World,
+    state: &mut MonitorState,
+    analyzer: &mut analyze::Analyzer,
+    now: i64,
+) -> analyze::AnalyzeOutput {
+    let m = monitor::cycle(state, &w.registry, &w.t.store, &w.trust, now, 60_000)
+        .await
+        .unwrap();
+    analyzer
+        .cycle(&w.t.store, analyze::AnalyzeInput::from_monitor(&m), now)
+        .await
+        .unwrap()
+}
+
+async fn mismatch_last_seen(w: &World) -> Option<i64> {
+    let open = w.t.store.open_findings().await.unwrap();
+    open.into_iter()
+        .find(|f| f.kind.as_str() == "checksum_mismatch")
+        .map(|f| f.last_seen)
+}
+
+#[tokio::test]
+async fn a_finding_that_only_stays_is_refreshed_in_the_store_without_counting_as_a_change() {
+    let w = world(10).await;
+    let r = w
+        .registry
+        .release("pkg-00002", "1.0.0")
+        .await
+        .unwrap()
+        .unwrap();
+    let path = w
+        .registry
+        .artifact_root
+        .join(r.artifact.as_deref().unwrap());
+    let original = std::fs::read(&path).unwrap();
+    std::fs::write(&path, b"tampered").unwrap();
+    let mut state = MonitorState::new();
+    let mut analyzer = analyze::Analyzer::new(Rules::default());
+    let first = judged(&w, &mut state, &mut analyzer, NOW).await;
+    assert!(first.changed, "the mismatch is a new finding");
+    assert_eq!(mismatch_last_seen(&w).await, Some(NOW));
+    // A minute later it still holds: nothing is written.
+    let again = judged(&w, &mut state, &mut analyzer, NOW + 60_000).await;
+    assert!(!again.changed);
+    assert_eq!(mismatch_last_seen(&w).await, Some(NOW));
+    // Past the refresh interval its last_seen is written, and that is not a change a later
+    // stage would act on.
+    let later = NOW + 11 * 60_000;
+    let refreshed = judged(&w, &mut state, &mut analyzer, later).await;
+    assert!(!refreshed.changed);
+    assert_eq!(mismatch_last_seen(&w).await, Some(later));
+    // Restored, the finding starts to clear: that is a change.
+    std::fs::write(&path, original).unwrap();
+    let cleared = judged(&w, &mut state, &mut analyzer, later + 60_000).await;
+    assert!(cleared.changed);
+}

@@ -60,7 +60,9 @@ pub struct AnalyzeOutput {
     pub open_by_kind: BTreeMap<FindingKind, i64>,
     /// The registry could not be read: facts are stale and nothing may be planned on them.
     pub stale: bool,
-    /// Whether any finding was written (opened, updated, fired or resolved).
+    /// Whether any finding changed (opened, updated, fired or resolved) beyond the periodic
+    /// refresh of a held finding's `last_seen`, which is written but changes nothing a later
+    /// stage reads.
     pub changed: bool,
 }
 
@@ -491,17 +493,17 @@ impl Analyzer {
             if judged.contains(&f.kind) {
                 transitions.extend(judge(Some(f.clone()), Some(None), timing, now));
             } else {
-                transitions.extend(lifecycle::tick(f, timing, now));
+                transitions.extend(lifecycle::tick(f, timing, now).map(|t| (t, false)));
             }
         }
         let mut out = AnalyzeOutput {
             stale,
-            changed: !transitions.is_empty(),
+            changed: transitions.iter().any(|(_, refresh)| !refresh),
             ..Default::default()
         };
         if !transitions.is_empty() {
             let mut tx = store.begin().await?;
-            for t in transitions {
+            for (t, _) in transitions {
                 match &t {
                     Transition::Opened(f) => *open_by_kind.entry(f.kind).or_default() += 1,
                     Transition::Resolved(f) => *open_by_kind.entry(f.kind).or_default() -= 1,
@@ -587,35 +589,36 @@ fn burn_condition(
 }
 
 /// One finding's step: `Some(Some(c))` holds, `Some(None)` is clear, `None` cannot tell. An
-/// update that changes nothing but `last_seen` is written only every few minutes.
+/// update that changes nothing but `last_seen` is written only every few minutes, and marked as
+/// such a refresh (`true`).
 fn judge(
     existing: Option<Finding>,
     judgement: Judgement,
     timing: Timing,
     now: i64,
-) -> Option<Transition> {
+) -> Option<(Transition, bool)> {
     match (existing, judgement) {
         (Some(f), Some(Some(c))) => {
             let before = f.clone();
             match lifecycle::holds(f, c, timing, now) {
                 Transition::Updated(after)
-                    if now - before.last_seen < LAST_SEEN_REFRESH_MS
-                        && Finding {
-                            last_seen: before.last_seen,
-                            ..after.clone()
-                        } == before =>
+                    if Finding {
+                        last_seen: before.last_seen,
+                        ..after.clone()
+                    } == before =>
                 {
-                    None
+                    (now - before.last_seen >= LAST_SEEN_REFRESH_MS)
+                        .then_some((Transition::Updated(after), true))
                 }
-                t => Some(t),
+                t => Some((t, false)),
             }
         }
-        (None, Some(Some(c))) => Some(lifecycle::open(c, timing, now)),
+        (None, Some(Some(c))) => Some((lifecycle::open(c, timing, now), false)),
         (Some(f), Some(None)) => {
             let before = f.clone();
             match lifecycle::clears(f, timing, now) {
                 Transition::Updated(after) if after == before => None,
-                t => Some(t),
+                t => Some((t, false)),
             }
         }
         // Cannot tell: the finding stays as it is.
