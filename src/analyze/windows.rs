@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use crate::knowledge::series::SeriesName;
 use crate::knowledge::telemetry::TelemetryDelta;
 use crate::monitor::events::{Counts, HOUR, LATENCY_BOUNDS, MINUTE};
@@ -47,11 +49,6 @@ impl<T: Copy + Default> Buckets<T> {
             },
         };
         &mut self.slots[i].1
-    }
-
-    fn get(&self, bucket: i64) -> Option<&T> {
-        let i = self.slots.binary_search_by_key(&bucket, |s| s.0).ok()?;
-        Some(&self.slots[i].1)
     }
 
     fn prune(&mut self, before: i64) {
@@ -104,6 +101,9 @@ impl Tally {
 pub struct Series {
     /// The release's names.
     pub name: Arc<SeriesName>,
+    /// Its package's name, kept inline (short names need no allocation) for the per-row
+    /// download sums.
+    package: CompactString,
     minutes: Buckets<Counts>,
     hours: Buckets<Counts>,
     /// The latest bucket start with a failed install: a series without one in a window has
@@ -114,6 +114,7 @@ pub struct Series {
 impl Series {
     fn new(name: Arc<SeriesName>) -> Self {
         Self {
+            package: CompactString::new(&name.package),
             name,
             minutes: Buckets::new(MINUTE),
             hours: Buckets::new(HOUR),
@@ -192,8 +193,9 @@ pub struct Windows {
     /// The series with a failed install in the windows, in order: the only ones that can burn
     /// (most series have none, and are not looked at).
     failing: BTreeSet<i64>,
-    /// Per hour, the series with downloads in it, for the download baselines.
-    downloaded: BTreeMap<i64, Vec<i64>>,
+    /// Per hour, each package's downloads in it (every release together), for the download
+    /// baselines; packages without downloads in an hour are absent.
+    downloaded: BTreeMap<i64, foldhash::HashMap<CompactString, i64>>,
     last_prune: Option<i64>,
 }
 
@@ -220,11 +222,16 @@ impl Windows {
             if r.width == MINUTE {
                 s.minutes.at(r.bucket).add(&r.counts);
             }
-            let in_hour = s.hours.at(hour);
-            if in_hour.downloads == 0 && r.counts.downloads > 0 {
-                self.downloaded.entry(hour).or_default().push(r.series);
+            s.hours.at(hour).add(&r.counts);
+            if r.counts.downloads > 0 {
+                let packages = self.downloaded.entry(hour).or_default();
+                match packages.get_mut(s.package.as_str()) {
+                    Some(n) => *n += r.counts.downloads,
+                    None => {
+                        packages.insert(s.package.clone(), r.counts.downloads);
+                    }
+                }
             }
-            in_hour.add(&r.counts);
             if r.counts.installs_failed > 0 {
                 s.last_failure = Some(s.last_failure.map_or(r.bucket, |t| t.max(r.bucket)));
                 self.failing.insert(r.series);
@@ -261,11 +268,8 @@ impl Windows {
     /// package together; packages without downloads in an hour are absent.
     pub fn downloads_between(&self, first: i64, last: i64) -> foldhash::HashMap<(&str, i64), i64> {
         let mut out: foldhash::HashMap<(&str, i64), i64> = Default::default();
-        for (h, ids) in self.downloaded.range(first..=last) {
-            for s in ids.iter().filter_map(|id| self.releases.get(id)) {
-                let n = s.hours.get(*h).map_or(0, |c| c.downloads);
-                *out.entry((s.name.package.as_str(), *h)).or_default() += n;
-            }
+        for (h, packages) in self.downloaded.range(first..=last) {
+            out.extend(packages.iter().map(|(p, n)| ((p.as_str(), *h), *n)));
         }
         out
     }
