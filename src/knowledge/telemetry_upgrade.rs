@@ -13,6 +13,8 @@ impl Store {
     /// (minute buckets are kept 7 hours, longer than any window reads minutes, so the partial
     /// hour at their edge is taken from its hour bucket), and a minute batch of the rest. Then
     /// drops the old tables. Nothing is counted twice: an hour is taken from one width only.
+    /// Returns whether anything was converted: a new store's tables (created empty by the
+    /// earlier migrations) are only dropped.
     pub async fn adopt_bucket_tables(&self) -> Result<bool, StoreError> {
         let exists_sql = match self.backend {
             Backend::Sqlite => {
@@ -113,9 +115,11 @@ impl Store {
                 _ => {}
             }
         }
+        let mut converted = false;
         for (width, body) in [(HOUR, hours), (MINUTE, minutes)] {
             if body.span().is_some() {
                 body.insert(&mut tx, width, 0).await?;
+                converted = true;
             }
         }
         // Reports keep their table; their batch sequence starts again from the new batches.
@@ -131,6 +135,6 @@ impl Store {
         }
         tx.commit().await?;
         self.learn_series(learnt);
-        Ok(true)
+        Ok(converted)
     }
 }
