@@ -234,16 +234,7 @@ async fn a_dry_run_daemon_records_what_it_would_do_and_changes_nothing() {
 #[tokio::test]
 async fn a_restored_artifact_resolves_its_finding_on_the_next_full_scan() {
     let w = world(10).await;
-    let r = w
-        .registry
-        .release("pkg-00002", "1.0.0")
-        .await
-        .unwrap()
-        .unwrap();
-    let path = w
-        .registry
-        .artifact_root
-        .join(r.artifact.as_deref().unwrap());
+    let path = w.artifact_path("pkg-00002", "1.0.0").await;
     let original = std::fs::read(&path).unwrap();
     std::fs::write(&path, b"tampered").unwrap();
     let mut state = MonitorState::new();

@@ -209,16 +209,7 @@ async fn mismatch_last_seen(w: &World) -> Option<i64> {
 #[tokio::test]
 async fn a_finding_that_only_stays_is_refreshed_in_the_store_without_counting_as_a_change() {
     let w = world(10).await;
-    let r = w
-        .registry
-        .release("pkg-00002", "1.0.0")
-        .await
-        .unwrap()
-        .unwrap();
-    let path = w
-        .registry
-        .artifact_root
-        .join(r.artifact.as_deref().unwrap());
+    let path = w.artifact_path("pkg-00002", "1.0.0").await;
     let original = std::fs::read(&path).unwrap();
     std::fs::write(&path, b"tampered").unwrap();
     let mut state = MonitorState::new();

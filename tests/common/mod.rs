@@ -84,6 +84,19 @@ pub async fn world(packages: usize) -> World {
 }
 
 impl World {
+    /// The file of a release's artifact (to tamper with it behind the registry's back).
+    pub async fn artifact_path(&self, package: &str, version: &str) -> std::path::PathBuf {
+        let r = self
+            .registry
+            .release(package, version)
+            .await
+            .unwrap()
+            .unwrap();
+        self.registry
+            .artifact_root
+            .join(r.artifact.as_deref().unwrap())
+    }
+
     /// The kinds of the audit log's entries, in order.
     pub async fn audit_kinds(&self) -> Vec<String> {
         self.t
