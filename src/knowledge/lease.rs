@@ -35,7 +35,7 @@ impl Store {
         now: i64,
         ttl_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_unfenced().await?;
         sqlx::query(
             "INSERT INTO lease (name, holder, token, expires_at, acquired_at) VALUES ($1, '', 0, 0, 0) \
              ON CONFLICT (name) DO NOTHING",

@@ -178,10 +178,24 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Begins a transaction, fenced or not. On SQLite it takes the write lock when it begins
+    /// (BEGIN IMMEDIATE), where the busy timeout waits for another writer. A deferred one that
+    /// read first could not wait when it came to write: with another connection writing
+    /// meanwhile (the intake, a transaction just dropped and still rolling back) SQLite
+    /// refuses the upgrade at once with "database is locked".
+    pub(crate) async fn begin_unfenced(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Begins a transaction; on a fenced handle, only while the lease's token is still ours
     /// (checked under a share lock that the next holder's acquisition must wait for).
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_unfenced().await?;
         let Some(fence) = &self.fence else {
             return Ok(tx);
         };

@@ -33,7 +33,7 @@ impl Store {
         if !exists(n) {
             return Ok(false);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_unfenced().await?;
         if self.backend == Backend::Postgres {
             tx.execute("LOCK TABLE telemetry_batches IN EXCLUSIVE MODE")
                 .await?;
