@@ -1,5 +1,6 @@
 //! The finding lifecycle: pending until the condition held for `for`, firing, resolved after `keep_firing_for` clear.
 
+use super::Judgement;
 use crate::knowledge::findings::{Finding, FindingState, PlanState};
 use crate::model::{FindingKind, Severity, Subject};
 
@@ -114,6 +115,47 @@ pub fn tick(f: &Finding, timing: Timing, now: i64) -> Option<Transition> {
             Some(Transition::Fired(f))
         }
         _ => None,
+    }
+}
+
+/// A finding whose only change is `last_seen` is written at most this often.
+const LAST_SEEN_REFRESH_MS: i64 = 10 * 60_000;
+
+/// One finding's step: `Some(Some(c))` holds, `Some(None)` is clear, `None` cannot tell. An
+/// update that changes nothing but `last_seen` is written only every few minutes, and marked as
+/// such a refresh (`true`).
+pub fn judge(
+    existing: Option<Finding>,
+    judgement: Judgement,
+    timing: Timing,
+    now: i64,
+) -> Option<(Transition, bool)> {
+    match (existing, judgement) {
+        (Some(f), Some(Some(c))) => {
+            let before = f.clone();
+            match holds(f, c, timing, now) {
+                Transition::Updated(after)
+                    if Finding {
+                        last_seen: before.last_seen,
+                        ..after.clone()
+                    } == before =>
+                {
+                    (now - before.last_seen >= LAST_SEEN_REFRESH_MS)
+                        .then_some((Transition::Updated(after), true))
+                }
+                t => Some((t, false)),
+            }
+        }
+        (None, Some(Some(c))) => Some((open(c, timing, now), false)),
+        (Some(f), Some(None)) => {
+            let before = f.clone();
+            match clears(f, timing, now) {
+                Transition::Updated(after) if after == before => None,
+                t => Some((t, false)),
+            }
+        }
+        // Cannot tell: the finding stays as it is.
+        (Some(_), None) | (None, _) => None,
     }
 }
 

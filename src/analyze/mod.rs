@@ -10,7 +10,7 @@ pub mod windows;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use lifecycle::{Condition, Timing, Transition};
+use lifecycle::{judge, Condition, Timing, Transition};
 use quality::{Evidence, QualityModel};
 use settings::Settings;
 use windows::{Tally, Windows};
@@ -228,9 +228,6 @@ pub struct Analyzer {
 /// Per kind judged completely, what holds; then whether the baselines are due to be saved, and
 /// the packages whose quality state changed (to be saved).
 type Judgements = (Vec<(FindingKind, Vec<Condition>)>, bool, Vec<String>);
-
-/// A finding whose only change is `last_seen` is written at most this often.
-const LAST_SEEN_REFRESH_MS: i64 = 10 * 60_000;
 
 impl Analyzer {
     pub fn new(rules: Rules) -> Self {
@@ -586,42 +583,4 @@ fn burn_condition(
         ),
         labels,
     )
-}
-
-/// One finding's step: `Some(Some(c))` holds, `Some(None)` is clear, `None` cannot tell. An
-/// update that changes nothing but `last_seen` is written only every few minutes, and marked as
-/// such a refresh (`true`).
-fn judge(
-    existing: Option<Finding>,
-    judgement: Judgement,
-    timing: Timing,
-    now: i64,
-) -> Option<(Transition, bool)> {
-    match (existing, judgement) {
-        (Some(f), Some(Some(c))) => {
-            let before = f.clone();
-            match lifecycle::holds(f, c, timing, now) {
-                Transition::Updated(after)
-                    if Finding {
-                        last_seen: before.last_seen,
-                        ..after.clone()
-                    } == before =>
-                {
-                    (now - before.last_seen >= LAST_SEEN_REFRESH_MS)
-                        .then_some((Transition::Updated(after), true))
-                }
-                t => Some((t, false)),
-            }
-        }
-        (None, Some(Some(c))) => Some((lifecycle::open(c, timing, now), false)),
-        (Some(f), Some(None)) => {
-            let before = f.clone();
-            match lifecycle::clears(f, timing, now) {
-                Transition::Updated(after) if after == before => None,
-                t => Some((t, false)),
-            }
-        }
-        // Cannot tell: the finding stays as it is.
-        (Some(_), None) | (None, _) => None,
-    }
 }
