@@ -378,6 +378,46 @@ mod tests {
     }
 
     #[test]
+    fn downloads_are_summed_per_package_and_hour_over_its_releases_and_both_widths() {
+        let mut w = Windows::default();
+        let t0 = 100 * HOUR;
+        let dl = |series: i64, width: i64, bucket: i64, downloads: i64| BucketRow {
+            series,
+            width,
+            bucket,
+            counts: Counts {
+                downloads,
+                ..Counts::default()
+            },
+        };
+        w.apply(&TelemetryDelta::of(
+            vec![
+                dl(1, MINUTE, t0 + MINUTE, 3),
+                dl(1, MINUTE, t0 + 2 * MINUTE, 4),
+                dl(2, MINUTE, t0 + 59 * MINUTE, 5),
+                dl(3, MINUTE, t0, 7),
+                dl(1, HOUR, t0 + HOUR, 11),
+                dl(1, MINUTE, t0 + 2 * HOUR, 13),
+                dl(3, MINUTE, t0 + MINUTE, 0),
+            ],
+            vec![],
+            &[(1, "p", "1.0.0"), (2, "p", "2.0.0"), (3, "q", "1.0.0")],
+        ));
+        let between = w.downloads_between(t0, t0 + HOUR);
+        let mut got: Vec<_> = between.iter().map(|((p, h), n)| (*p, *h, *n)).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [("p", t0, 12), ("p", t0 + HOUR, 11), ("q", t0, 7)],
+            "both releases of p in its hour, an hour row in its hour, the third hour left out"
+        );
+        // Pruning forgets the hours no window reaches.
+        w.prune(t0 + 2 * HOUR + HOURS_KEPT);
+        assert!(w.downloads_between(t0, t0 + HOUR).is_empty());
+        assert_eq!(w.downloads_between(t0 + 2 * HOUR, t0 + 2 * HOUR).len(), 1);
+    }
+
+    #[test]
     fn a_series_is_skipped_only_when_no_failure_can_fall_in_the_window() {
         let mut w = Windows::default();
         let t0 = 100 * HOUR;
