@@ -415,6 +415,11 @@ fn a_bad_reload_keeps_the_last_good_set_and_a_good_one_replaces_it() {
     assert!(!watch.due(&source));
     source.request();
     assert!(watch.due(&source));
+    // A SIGHUP that came before the plan stage started watching is not lost.
+    source.request();
+    let mut late = Watch::start(&source);
+    assert!(late.due(&source), "the earlier request still holds");
+    assert!(!late.due(&source), "and is answered once");
 }
 
 #[test]

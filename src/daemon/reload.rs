@@ -143,6 +143,15 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// A watch that takes the directory as it is now as seen (the set in force was just loaded
+    /// from it). A reload requested before it starts (a SIGHUP between READY and the plan
+    /// stage's first cycle) stays requested.
+    pub fn start(source: &PolicySource) -> Self {
+        Self {
+            seen: source.dir.as_deref().map(fingerprint),
+        }
+    }
+
     /// Whether the plan stage should try a reload before this cycle.
     pub fn due(&mut self, source: &PolicySource) -> bool {
         let Some(dir) = &source.dir else {

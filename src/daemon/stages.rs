@@ -223,8 +223,7 @@ pub(super) async fn plan_task(
 ) {
     let mut rx = rx.lock().await;
     let mut planner = Planner::default();
-    let mut watch = Watch::default();
-    watch.due(&rt.policies);
+    let mut watch = Watch::start(&rt.policies);
     let mut trust = rt.trust.clone();
     rt.metrics
         .policies_loaded
