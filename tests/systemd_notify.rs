@@ -63,12 +63,14 @@ fn sigterm_stops_the_daemon_cleanly_and_says_so() {
     socket
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mapek"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("NOTIFY_SOCKET", &path)
-        .env("MAPEK_LOG", "warn")
-        .spawn()
-        .expect("the daemon starts");
+    let mut child = common::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_mapek"))
+            .args(["--config", &config.display().to_string(), "run"])
+            .env("NOTIFY_SOCKET", &path)
+            .env("MAPEK_LOG", "warn")
+            .spawn()
+            .expect("the daemon starts"),
+    );
     let mut buf = [0u8; 4096];
     let n = socket.recv(&mut buf).expect("a notification");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("READY=1"));
@@ -98,16 +100,18 @@ fn sighup_reloads_the_policies_between_reloading_and_ready() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mapek"))
-        .args(["--demo", "run"])
-        .current_dir(dir.path())
-        .env("NOTIFY_SOCKET", &path)
-        .env("MAPEK_LOG", "warn")
-        // The environment overrides the demo's settings: a short cycle, no listener needed.
-        .env("MAPEK_INTERVAL", "200ms")
-        .env("MAPEK_LISTEN", "127.0.0.1:0")
-        .spawn()
-        .expect("the daemon starts");
+    let mut child = common::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_mapek"))
+            .args(["--demo", "run"])
+            .current_dir(dir.path())
+            .env("NOTIFY_SOCKET", &path)
+            .env("MAPEK_LOG", "warn")
+            // The environment overrides the demo's settings: a short cycle, no listener needed.
+            .env("MAPEK_INTERVAL", "200ms")
+            .env("MAPEK_LISTEN", "127.0.0.1:0")
+            .spawn()
+            .expect("the daemon starts"),
+    );
     let mut buf = [0u8; 4096];
     let mut next = || {
         let n = socket.recv(&mut buf).expect("a notification");

@@ -248,3 +248,27 @@ pub async fn tamper(registry: &SqlRegistry, package: &str) {
         .tamper_artifact(release.artifact.as_deref().expect("an artifact file"))
         .expect("tamper");
 }
+
+/// A daemon process of a test, killed when the test ends however it ends: a failed assertion
+/// must not leave a daemon running that holds the test runner's output open.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
