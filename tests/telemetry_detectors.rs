@@ -314,3 +314,39 @@ async fn baselines_are_one_snapshot_and_an_earlier_versions_rows_are_read_until_
         "exact, floats included"
     );
 }
+
+#[tokio::test]
+async fn a_baseline_save_that_fails_is_tried_again_at_the_next_cycle() {
+    let t = store().await;
+    let mut a = Analyzer::new(Rules::default());
+    // A first pass before any hour is complete: nothing learnt, nothing to save.
+    let none = t.store.telemetry_since(0).await.unwrap();
+    let input = AnalyzeInput {
+        telemetry: Some(&none),
+        ..Default::default()
+    };
+    a.cycle(&t.store, input, T0 + MINUTE).await.unwrap();
+    downloads(&t.store, "big", 0..2, |_| 200).await;
+    let delta = t.store.telemetry_since(none.head).await.unwrap();
+    // The hours complete and the first baseline is due to be saved, on a store that is gone.
+    let gone = Store::open(&t.url).await.unwrap();
+    gone.close().await;
+    let input = AnalyzeInput {
+        telemetry: Some(&delta),
+        findings_untouched: true,
+        ..Default::default()
+    };
+    assert!(a.cycle(&gone, input, T0 + 2 * HOUR + MINUTE).await.is_err());
+    assert!(t.store.baselines().await.unwrap().is_empty());
+    // The next cycle, on the store that is back, saves it; not a day later.
+    let empty = t.store.telemetry_since(delta.head).await.unwrap();
+    let input = AnalyzeInput {
+        telemetry: Some(&empty),
+        ..Default::default()
+    };
+    a.cycle(&t.store, input, T0 + 2 * HOUR + 2 * MINUTE)
+        .await
+        .unwrap();
+    let saved = t.store.baselines().await.unwrap();
+    assert!(saved.contains_key("big"), "{saved:?}");
+}

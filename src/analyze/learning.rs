@@ -131,18 +131,19 @@ impl Downloads {
         (out, self.due_for_saving(now))
     }
 
-    /// Whether the baselines changed and a save is due (then it counts as done).
-    fn due_for_saving(&mut self, now: i64) -> bool {
-        if !self.unsaved
-            || self
+    /// Whether the baselines changed and a save is due.
+    fn due_for_saving(&self, now: i64) -> bool {
+        self.unsaved
+            && !self
                 .saved_at
                 .is_some_and(|t| now - t < SAVE_BASELINES_EVERY && now >= t)
-        {
-            return false;
-        }
+    }
+
+    /// The baselines as they are were saved at `now`. Until this is called, a due save stays
+    /// due: a save that failed is tried again at the next cycle.
+    pub fn saved(&mut self, now: i64) {
         self.saved_at = Some(now);
         self.unsaved = false;
-        true
     }
 }
 

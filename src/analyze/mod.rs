@@ -536,6 +536,7 @@ impl Analyzer {
         }
         if save_baselines {
             store.save_baselines(&self.downloads.baselines, now).await?;
+            self.downloads.saved(now);
         }
         let saved: Vec<_> = scores
             .iter()
