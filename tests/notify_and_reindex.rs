@@ -26,15 +26,7 @@ fn notify_policy(webhook: &str) -> PolicySet {
 
 /// Tampers pkg-00002 and runs monitor, analyze, plan and execute once.
 async fn tamper_and_cycle(w: &World, set: &PolicySet) {
-    let r = w
-        .registry
-        .release("pkg-00002", "1.0.0")
-        .await
-        .unwrap()
-        .unwrap();
-    w.registry
-        .tamper_artifact(r.artifact.as_deref().unwrap())
-        .unwrap();
+    common::tamper(&w.registry, "pkg-00002").await;
     let mut state = MonitorState::new();
     let m = monitor::cycle(
         &mut state,

@@ -167,15 +167,7 @@ async fn bytes_tampered_behind_the_registry_lower_the_quality_score_at_the_next_
         .unwrap()
         .and_then(|p| p.latest)
         .unwrap();
-    let r = w
-        .registry
-        .release("pkg-00005", &latest)
-        .await
-        .unwrap()
-        .unwrap();
-    w.registry
-        .tamper_artifact(r.artifact.as_deref().unwrap())
-        .unwrap();
+    common::tamper_release(&w.registry, "pkg-00005", &latest).await;
     pass(NOW + 60_000).await;
     pass(NOW + HOUR).await;
     let after = w.t.store.quality_states().await.unwrap()["pkg-00005"].clone();

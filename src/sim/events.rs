@@ -24,6 +24,22 @@ async fn latest(w: &World, package: &str, version: &str) -> anyhow::Result<Strin
         .with_context(|| format!("package `{package}` has no latest release"))
 }
 
+/// The release an event names (`latest` resolved), which must exist.
+async fn release_of(
+    w: &World,
+    package: &str,
+    version: &str,
+) -> anyhow::Result<(String, crate::registry::ReleaseRecord)> {
+    let v = latest(w, package, version).await?;
+    let r = w
+        .registry
+        .inner
+        .release(package, &v)
+        .await?
+        .with_context(|| format!("no release {package}@{v}"))?;
+    Ok((v, r))
+}
+
 pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> {
     let reg = &w.registry.inner;
     match kind {
@@ -91,11 +107,7 @@ pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::
             });
         }
         EventKind::TamperArtifact { package, version } => {
-            let v = latest(w, package, version).await?;
-            let r = reg
-                .release(package, &v)
-                .await?
-                .with_context(|| format!("no release {package}@{v}"))?;
+            let (v, r) = release_of(w, package, version).await?;
             match &w.registry.virtual_artifacts {
                 Some(tampered) => {
                     if let Ok(mut t) = tampered.lock() {
@@ -109,11 +121,7 @@ pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::
             }
         }
         EventKind::CorruptSignature { package, version } => {
-            let v = latest(w, package, version).await?;
-            let r = reg
-                .release(package, &v)
-                .await?
-                .with_context(|| format!("no release {package}@{v}"))?;
+            let (v, r) = release_of(w, package, version).await?;
             let signer = r.signer.unwrap_or_else(|| "pub-0".into());
             let key = derived_key(w.seed, &signer);
             reg.set_signature(package, &v, &key.sign(b"not these bytes"), &signer)

@@ -239,8 +239,13 @@ pub fn edit_policies(demo: &std::path::Path, edits: &[(&str, &str, &str)]) {
 
 /// Changes the artifact bytes of `package`@1.0.0 behind the registry's back.
 pub async fn tamper(registry: &SqlRegistry, package: &str) {
+    tamper_release(registry, package, "1.0.0").await;
+}
+
+/// Changes the bytes of a release's artifact behind the registry's back.
+pub async fn tamper_release(registry: &SqlRegistry, package: &str, version: &str) {
     let release = registry
-        .release(package, "1.0.0")
+        .release(package, version)
         .await
         .expect("release")
         .expect("the registry has it");
