@@ -42,6 +42,9 @@ pub enum SignatureState {
     RevokedKey,
     /// The artifact could not be read, so the signature could not be checked.
     Unverifiable,
+    /// No signature, in a registry that does not require one (a ggen marketplace whose packs
+    /// are not all signed): nothing to judge.
+    Unsigned,
 }
 
 impl SignatureState {
@@ -53,6 +56,7 @@ impl SignatureState {
             Self::UnknownKey => "unknown_key",
             Self::RevokedKey => "revoked_key",
             Self::Unverifiable => "unverifiable",
+            Self::Unsigned => "unsigned",
         }
     }
 }
@@ -77,10 +81,18 @@ pub enum FindingKind {
     RegistryUnreachable,
     CircuitOpen,
     PolicyIneffective,
+    /// A published release whose content no longer matches its source (a ggen marketplace
+    /// archive that differs from the pack's files at the same version, or a catalog record whose
+    /// manifest or ontology fingerprint the tree no longer gives).
+    ContentMismatch,
+    /// A pack the marketplace's admission rules refuse.
+    PackRefused,
+    /// A pack whose `superseded_by` names no pack.
+    SuccessorMissing,
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 16] = [
+    pub const ALL: [FindingKind; 19] = [
         Self::ChecksumMismatch,
         Self::SignatureInvalid,
         Self::SignatureMissing,
@@ -97,6 +109,9 @@ impl FindingKind {
         Self::RegistryUnreachable,
         Self::CircuitOpen,
         Self::PolicyIneffective,
+        Self::ContentMismatch,
+        Self::PackRefused,
+        Self::SuccessorMissing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +132,9 @@ impl FindingKind {
             Self::RegistryUnreachable => "registry_unreachable",
             Self::CircuitOpen => "circuit_open",
             Self::PolicyIneffective => "policy_ineffective",
+            Self::ContentMismatch => "content_mismatch",
+            Self::PackRefused => "pack_refused",
+            Self::SuccessorMissing => "successor_missing",
         }
     }
 

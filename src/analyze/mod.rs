@@ -39,6 +39,14 @@ pub const FACT_KINDS: [FindingKind; 5] = [
     FindingKind::TyposquatSuspect,
 ];
 
+/// The kinds a registry backend judges by its own rules (see `Registry::refresh`): frozen, like
+/// the fact kinds, while the registry cannot be read.
+pub const REGISTRY_KINDS: [FindingKind; 3] = [
+    FindingKind::ContentMismatch,
+    FindingKind::PackRefused,
+    FindingKind::SuccessorMissing,
+];
+
 /// How analysis judges: detector settings (with each kind's lifecycle timing) and the quality model.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
@@ -73,6 +81,8 @@ pub struct AnalyzeInput<'a> {
     pub facts: Option<&'a Facts>,
     pub telemetry: Option<&'a TelemetryDelta>,
     pub unreachable: Option<&'a str>,
+    /// What the registry's backend judged by its own rules, and the releases that left it.
+    pub registry: Option<&'a crate::registry::Refreshed>,
     /// Nothing but this analyzer wrote findings since its last pass (the simulator knows; the
     /// daemon does not): the open findings that pass left are still what the store holds, and
     /// are not read again.
@@ -86,6 +96,7 @@ impl<'a> AnalyzeInput<'a> {
             facts: m.facts.as_deref(),
             telemetry: Some(&m.telemetry),
             unreachable: m.unreachable.as_deref(),
+            registry: Some(&m.registry),
             findings_untouched: false,
         }
     }
@@ -128,7 +139,7 @@ pub fn integrity_conditions(o: &ReleaseObservation) -> Vec<(FindingKind, Judgeme
     };
     let signer = o.signer.clone().unwrap_or_default();
     let (invalid, missing, untrusted): (Judgement, Judgement, Judgement) = match o.signature {
-        SignatureState::Valid => (Some(None), Some(None), Some(None)),
+        SignatureState::Valid | SignatureState::Unsigned => (Some(None), Some(None), Some(None)),
         SignatureState::Invalid => (
             Some(Some(make(
                 FindingKind::SignatureInvalid,
@@ -276,6 +287,26 @@ impl Analyzer {
             let (anomalies, save) = self.downloads.cycle(&self.windows, s, now);
             save_baselines = save;
             complete.push((FindingKind::DownloadAnomaly, anomalies));
+        }
+        if let (Some(r), None) = (input.registry, input.unreachable) {
+            for kind in &r.judged {
+                let holding = r
+                    .problems
+                    .iter()
+                    .filter(|p| p.kind == *kind)
+                    .map(|p| {
+                        checks::condition(
+                            p.kind,
+                            p.severity,
+                            p.subject.clone(),
+                            p.value,
+                            p.message.clone(),
+                            p.labels.clone(),
+                        )
+                    })
+                    .collect();
+                complete.push((*kind, holding));
+            }
         }
         if let (Some(facts), None) = (input.facts, input.unreachable) {
             let c = &mut self.cached;
@@ -469,6 +500,28 @@ impl Analyzer {
                 transitions.extend(judge(existing, judgement, self.rules.timing(kind), now));
             }
         }
+        // Releases that left the registry: nothing of their artifacts holds any more.
+        for (package, version) in input
+            .registry
+            .map(|r| r.removed.as_slice())
+            .unwrap_or_default()
+        {
+            let subject = Subject {
+                package: package.clone(),
+                version: Some(version.clone()),
+            };
+            for kind in INTEGRITY_KINDS {
+                let fingerprint = Finding::fingerprint_of(kind, &subject);
+                if let Some(existing) = by_fingerprint.remove(&fingerprint) {
+                    transitions.extend(judge(
+                        Some(existing),
+                        Some(None),
+                        self.rules.timing(kind),
+                        now,
+                    ));
+                }
+            }
+        }
         let judged: HashSet<FindingKind> = complete.iter().map(|(k, _)| *k).collect();
         for (kind, conditions) in complete {
             let timing = self.rules.timing(kind);
@@ -482,8 +535,10 @@ impl Analyzer {
         // that move with time only, and, while the registry cannot be read, frozen ones.
         for f in by_fingerprint.values() {
             let timing = self.rules.timing(f.kind);
-            let frozen =
-                stale && (INTEGRITY_KINDS.contains(&f.kind) || FACT_KINDS.contains(&f.kind));
+            let frozen = stale
+                && (INTEGRITY_KINDS.contains(&f.kind)
+                    || FACT_KINDS.contains(&f.kind)
+                    || REGISTRY_KINDS.contains(&f.kind));
             if frozen {
                 continue;
             }

@@ -329,14 +329,10 @@ pub fn print_status(s: &serde_json::Value) {
 pub async fn rollback(global: &Global, id: &str, by: &str) -> anyhow::Result<ExitCode> {
     use crate::clock::{Clock, SystemClock};
     use crate::execute::rollback::rollback;
-    use crate::registry::SqlRegistry;
     let config = global.config()?;
     let key = KeyPair::load(&config.key_file)?;
     let store = Store::open(&config.database_url).await?;
-    let registry = std::sync::Arc::new(SqlRegistry::new(
-        store.clone(),
-        config.artifact_root.clone(),
-    ));
+    let registry = super::run::managed_registry(&config, &store, &key)?;
     let result = rollback(&store, &registry, &key, id, by, SystemClock.now_ms()).await;
     store.close().await;
     match result {

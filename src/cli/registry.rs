@@ -20,12 +20,33 @@ pub enum RegistryCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the ggen-marketplace catalog that would be published: the input catalog with the
+    /// remediations in force (none without a store), exactly as it would be written.
+    Catalog(CatalogArgs),
     /// Packages the search index (rebuilt by the `reindex` action) finds by a word.
     Search {
         term: String,
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CatalogArgs {
+    /// The marketplace checkout (default: the configuration's `[registry] checkout`).
+    #[arg(long)]
+    pub checkout: Option<PathBuf>,
+    /// The input catalog (default: `<checkout>/dist/site/index.json`).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// The archives, a folder or an http(s) base URL (default: `<checkout>/dist/packs`); read
+    /// only with `--from-tree`.
+    #[arg(long)]
+    pub archives: Option<String>,
+    /// Build the catalog from the checkout's packs and archives, as the marketplace's own tool
+    /// would, instead of reading the input catalog.
+    #[arg(long)]
+    pub from_tree: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +67,7 @@ pub async fn registry(global: &Global, command: RegistryCommand) -> anyhow::Resu
     init_logging(config.log_format);
     let (path, json) = match command {
         RegistryCommand::Import { path, json } => (path, json),
+        RegistryCommand::Catalog(args) => return catalog(global, args).await,
         RegistryCommand::Search { term, limit } => {
             let store = Store::open(&config.database_url).await?;
             let found = crate::registry::changes::search(&store, &term, limit).await;
@@ -79,6 +101,47 @@ pub async fn registry(global: &Global, command: RegistryCommand) -> anyhow::Resu
             report.problems.len()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mapek registry catalog`: what would be published. A store is read (for the remediations in
+/// force) only when one is named (`--database-url`, `--config`, `MAPEK_DATABASE_URL`).
+async fn catalog(global: &Global, args: CatalogArgs) -> anyhow::Result<ExitCode> {
+    use crate::registry::marketplace::{catalog, overlay, Archives, MarketplaceConfig};
+    use std::io::Write as _;
+    let with_store = global.database_url.is_some() || global.config.is_some();
+    let config = global.config()?;
+    let mut m = match (&args.checkout, config.registry.marketplace().map_err(anyhow::Error::msg)?) {
+        (Some(dir), _) => MarketplaceConfig::at(dir),
+        (None, Some(m)) => m,
+        (None, None) => anyhow::bail!(
+            "no marketplace: give --checkout DIR, or a configuration whose [registry] kind is \"ggen-marketplace\""
+        ),
+    };
+    if let Some(c) = args.catalog {
+        m.catalog = c;
+    }
+    if let Some(a) = &args.archives {
+        m.archives = Archives::parse(a, std::path::Path::new("."));
+    }
+    let parsed = if args.from_tree {
+        crate::registry::marketplace::catalog_from_tree(&m)
+            .await
+            .map_err(anyhow::Error::msg)?
+    } else {
+        let bytes = std::fs::read(&m.catalog)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", m.catalog.display()))?;
+        catalog::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", m.catalog.display()))?
+    };
+    let overlay = if with_store {
+        let store = Store::open(&config.database_url).await?;
+        let o = overlay::read(&store).await;
+        store.close().await;
+        o?
+    } else {
+        catalog::Overlay::default()
+    };
+    std::io::stdout().write_all(&catalog::render(&parsed, &overlay))?;
     Ok(ExitCode::SUCCESS)
 }
 

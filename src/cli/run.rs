@@ -19,7 +19,8 @@ use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::{redact, Store};
 use crate::monitor::intake::Intake;
 use crate::monitor::Retention;
-use crate::registry::SqlRegistry;
+use crate::registry::marketplace::Marketplace;
+use crate::registry::{Managed, SqlRegistry};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -74,11 +75,9 @@ pub async fn runtime(
         }),
         _ => None,
     };
+    let registry = managed_registry(config, &store, &key)?;
     Ok(Runtime {
-        registry: Arc::new(SqlRegistry::new(
-            store.clone(),
-            config.artifact_root.clone(),
-        )),
+        registry,
         store,
         key,
         policies: PolicySource::watched(
@@ -114,6 +113,33 @@ pub async fn runtime(
         on_task_failure: config.on_task_failure,
         fault: None,
     })
+}
+
+/// The registry the configuration names: the SQL registry (its `http(s)://` artifacts fetched
+/// with the configured limits), or a ggen marketplace checkout mirrored in `store`, whose
+/// catalog `key` signs.
+pub fn managed_registry(
+    config: &Config,
+    store: &Store,
+    key: &KeyPair,
+) -> anyhow::Result<Arc<Managed>> {
+    let sql = SqlRegistry::new(store.clone(), config.artifact_root.clone())
+        .with_fetcher(config.registry.fetch)
+        .map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(
+        match config.registry.marketplace().map_err(anyhow::Error::msg)? {
+            None => Managed::from(sql),
+            Some(m) => {
+                if !m.checkout.join("packs").is_dir() {
+                    anyhow::bail!(
+                        "[registry] checkout {}: no packs/ folder: not a ggen-marketplace checkout",
+                        m.checkout.display()
+                    );
+                }
+                Managed::from(Marketplace::new(sql, m, Some(Arc::new(key.clone())))?)
+            }
+        },
+    ))
 }
 
 pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {

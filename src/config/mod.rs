@@ -102,6 +102,83 @@ struct ConfigFile {
     notify_timeout: Option<toml::Spanned<String>>,
     /// Tries before a notice is given up on.
     notify_max_tries: Option<toml::Spanned<i64>>,
+    /// `[registry]`: which backend is the registry of record, and where it is.
+    registry: Option<RegistryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    kind: Option<toml::Spanned<String>>,
+    checkout: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+    archives: Option<String>,
+    publish: Option<PathBuf>,
+    require_signatures: Option<bool>,
+    watch: Option<bool>,
+    fetch: Option<FetchFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchFile {
+    connect_timeout: Option<toml::Spanned<String>>,
+    timeout: Option<toml::Spanned<String>>,
+    max_bytes: Option<toml::Spanned<i64>>,
+    concurrency: Option<toml::Spanned<i64>>,
+}
+
+/// Which backend is the registry of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegistryKind {
+    /// mapek's own SQL registry, in the store.
+    #[default]
+    Sql,
+    /// A ggen marketplace checkout (`checkout`), whose catalog mapek publishes.
+    GgenMarketplace,
+}
+
+/// The `[registry]` section, validated; paths resolved against the file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RegistrySettings {
+    pub kind: RegistryKind,
+    pub checkout: Option<PathBuf>,
+    pub catalog: Option<PathBuf>,
+    pub archives: Option<crate::registry::marketplace::Archives>,
+    pub publish: Option<PathBuf>,
+    pub require_signatures: bool,
+    pub watch: Option<bool>,
+    /// HTTP(S) artifacts, for both backends.
+    pub fetch: crate::registry::fetch::FetchLimits,
+}
+
+impl RegistrySettings {
+    /// The marketplace backend's configuration; None for the SQL registry. A marketplace
+    /// without a checkout is refused.
+    pub fn marketplace(
+        &self,
+    ) -> Result<Option<crate::registry::marketplace::MarketplaceConfig>, String> {
+        if self.kind == RegistryKind::Sql {
+            return Ok(None);
+        }
+        let Some(checkout) = &self.checkout else {
+            return Err("[registry] kind = \"ggen-marketplace\" needs `checkout` (the repository's working tree)".into());
+        };
+        let mut m = crate::registry::marketplace::MarketplaceConfig::at(checkout);
+        if let Some(c) = &self.catalog {
+            m.catalog = c.clone();
+        }
+        if let Some(a) = &self.archives {
+            m.archives = a.clone();
+        }
+        m.publish = self.publish.clone();
+        m.require_signatures = self.require_signatures;
+        m.fetch = self.fetch;
+        if let Some(w) = self.watch {
+            m.watch = w;
+        }
+        Ok(Some(m))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +230,7 @@ pub struct Config {
     pub learning: LearningSettings,
     pub notify: NotifySettings,
     pub compaction: RetentionSettings,
+    pub registry: RegistrySettings,
 }
 
 impl Config {
@@ -184,6 +262,7 @@ impl Config {
             learning: LearningSettings::default(),
             notify: NotifySettings::default(),
             compaction: RetentionSettings::default(),
+            registry: RegistrySettings::default(),
         }
     }
 
@@ -490,6 +569,9 @@ impl Config {
             }
             config.otlp_endpoint = Some(url.clone());
         }
+        if let Some(r) = &file.registry {
+            apply_registry(r, &mut config.registry, &rel, &invalid)?;
+        }
         if let Some(f) = file.on_task_failure {
             config.on_task_failure = f;
         }
@@ -504,6 +586,96 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The `[registry]` section onto `settings`.
+fn apply_registry(
+    r: &RegistryFile,
+    settings: &mut RegistrySettings,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+    invalid: &dyn Fn(&str, std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if let Some(k) = &r.kind {
+        settings.kind = match k.get_ref().as_str() {
+            "sql" => RegistryKind::Sql,
+            "ggen-marketplace" => RegistryKind::GgenMarketplace,
+            other => {
+                return Err(invalid(
+                    "registry.kind",
+                    k.span(),
+                    format!("`{other}` is not a registry kind (`sql` or `ggen-marketplace`)"),
+                ))
+            }
+        };
+    }
+    if let Some(p) = &r.checkout {
+        settings.checkout = Some(rel(p.clone()));
+    }
+    if let Some(p) = &r.catalog {
+        settings.catalog = Some(rel(p.clone()));
+    }
+    if let Some(a) = &r.archives {
+        let base = rel(PathBuf::from("."));
+        settings.archives = Some(crate::registry::marketplace::Archives::parse(a, &base));
+    }
+    if let Some(p) = &r.publish {
+        settings.publish = Some(rel(p.clone()));
+    }
+    if let Some(b) = r.require_signatures {
+        settings.require_signatures = b;
+    }
+    if let Some(b) = r.watch {
+        settings.watch = Some(b);
+    }
+    let Some(f) = &r.fetch else { return Ok(()) };
+    for (field, value, slot) in [
+        (
+            "registry.fetch.connect_timeout",
+            &f.connect_timeout,
+            &mut settings.fetch.connect_timeout,
+        ),
+        (
+            "registry.fetch.timeout",
+            &f.timeout,
+            &mut settings.fetch.timeout,
+        ),
+    ] {
+        if let Some(v) = value {
+            let d = humantime::parse_duration(v.get_ref())
+                .map_err(|e| invalid(field, v.span(), format!("not a duration: {e}")))?;
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(invalid(
+                    field,
+                    v.span(),
+                    "must be between 100ms and 1h".into(),
+                ));
+            }
+            *slot = d;
+        }
+    }
+    if let Some(v) = &f.max_bytes {
+        let n = *v.get_ref();
+        if !(1024..=1 << 32).contains(&n) {
+            return Err(invalid(
+                "registry.fetch.max_bytes",
+                v.span(),
+                format!("{n} is outside 1024..=4294967296 bytes"),
+            ));
+        }
+        settings.fetch.max_bytes = n as u64;
+    }
+    if let Some(v) = &f.concurrency {
+        let n = *v.get_ref();
+        if !(1..=256).contains(&n) {
+            return Err(invalid(
+                "registry.fetch.concurrency",
+                v.span(),
+                format!("{n} is outside 1..=256"),
+            ));
+        }
+        settings.fetch.concurrency = n as usize;
+    }
+    Ok(())
 }
 
 /// Pulls the field name out of serde's messages ("unknown field `x`", "missing field `x`").

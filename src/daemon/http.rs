@@ -27,8 +27,82 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .route("/v1/events", post(events_handler))
+        .route("/catalog/index.json", get(catalog_handler))
+        .route("/catalog/index.json.sig", get(catalog_signature_handler))
         .merge(super::admin::routes())
         .with_state(rt)
+}
+
+/// The published catalog (a ggen-marketplace registry), or why there is none.
+fn published(
+    rt: &Runtime,
+) -> Result<Arc<crate::registry::marketplace::publish::Published>, Response> {
+    let Some(m) = rt.registry.marketplace() else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "no catalog: the registry is not a ggen marketplace\n",
+        )
+            .into_response());
+    };
+    m.published().ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "the catalog has not been published yet\n",
+        )
+            .into_response()
+    })
+}
+
+/// Whether the request's `If-None-Match` names `etag`.
+fn not_modified(request: &Request, etag: &str) -> bool {
+    request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
+/// `GET /catalog/index.json`: the catalog ggen clients install from, as last published, with an
+/// `ETag`; 304 to a request that already has it.
+async fn catalog_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Response {
+    let p = match published(&rt) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if not_modified(&request, &p.etag) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, p.etag.clone())]).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::ETAG, p.etag.clone()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ],
+        p.bytes.clone(),
+    )
+        .into_response()
+}
+
+/// `GET /catalog/index.json.sig`: the daemon's Ed25519 signature (hex) over those bytes; its
+/// `ETag` is the catalog's, so a client can tell the two belong together.
+async fn catalog_signature_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Response {
+    let p = match published(&rt) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if not_modified(&request, &p.etag) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, p.etag.clone())]).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain".to_string()),
+            (header::ETAG, p.etag.clone()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ],
+        format!("{}\n", p.signature),
+    )
+        .into_response()
 }
 
 /// At most this many refused lines are listed in an answer (all are counted).

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::Store;
 use crate::monitor::MonitorOutput;
-use crate::registry::SqlRegistry;
+use crate::registry::Managed;
 use metrics::Metrics;
 pub use stages::reload_policies;
 use stages::{analyze_task, execute_task, monitor_task, plan_task};
@@ -32,7 +32,7 @@ use stages::{analyze_task, execute_task, monitor_task, plan_task};
 /// Everything the stages share.
 pub struct Runtime {
     pub store: Store,
-    pub registry: Arc<SqlRegistry>,
+    pub registry: Arc<Managed>,
     pub key: KeyPair,
     pub policies: reload::PolicySource,
     pub trust: Arc<TrustStore>,

@@ -41,6 +41,9 @@ pub struct ExecuteOutput {
     /// Nothing was ready or left executing: until the planner readies something, another
     /// pass would do nothing.
     pub idle: bool,
+    /// What users read was published again after this pass changed the registry (a
+    /// marketplace's catalog), or why it could not be; None: nothing to publish.
+    pub published: Option<Result<crate::registry::PublishReport, String>>,
 }
 
 /// The registry change a remediation makes: its action on its subject with its params, or, for
@@ -155,6 +158,17 @@ pub async fn cycle<R: Registry>(
                 }
             }
         }
+    }
+    if out
+        .results
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::Executed { changed: true }))
+    {
+        out.published = registry
+            .publish()
+            .await
+            .map_err(|e| e.to_string())
+            .transpose();
     }
     Ok(out)
 }

@@ -164,5 +164,12 @@ pub async fn rollback<R: Registry>(
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     let outcome = execute_one(store, registry.as_ref(), key, &r, now).await?;
+    if matches!(outcome, Outcome::Executed { changed: true }) {
+        // What users read follows at once (a marketplace's catalog); a failure here is caught up
+        // by the daemon's next cycle, which publishes whatever differs.
+        if let Err(error) = registry.publish().await {
+            tracing::error!(%error, "rolled back, but the catalog could not be published again yet");
+        }
+    }
     Ok((r, outcome))
 }

@@ -6,13 +6,16 @@ use std::collections::HashMap;
 use crate::keys::{verify_hex, Trust, TrustStore};
 use crate::knowledge::state::{verification_key, VerificationKey};
 use crate::model::{Integrity, ReleaseObservation, SignatureState};
-use crate::registry::{Registry, ReleaseRecord};
+use crate::registry::{Registry, RegistryError, ReleaseRecord};
 
 /// An observation, and the signature check behind it: (cache key, valid, was it a cache hit).
 #[derive(Debug)]
 pub struct Observed {
     pub observation: ReleaseObservation,
     pub verification: Option<(VerificationKey, bool, bool)>,
+    /// The artifact's host could not be reached: the sensors are failing, and the observation
+    /// must not be judged.
+    pub unreachable: Option<String>,
 }
 
 /// Hashes the artifact and judges the signature. A signature is verified only on a cache miss
@@ -27,9 +30,15 @@ pub fn observe_release<R: Registry>(
     let vouched = registry.vouched_digest(release);
     // Without bytes (a vouched digest) a signature cannot be checked.
     let have_bytes = vouched.is_none();
+    let mut unreachable = None;
     let bytes = match (&vouched, &release.artifact) {
         (Some(_), _) => Ok(Vec::new()),
-        (None, Some(location)) => registry.read_artifact(location).map_err(|e| e.to_string()),
+        (None, Some(location)) => registry.read_artifact(location).map_err(|e| {
+            if let RegistryError::Unavailable(why) = &e {
+                unreachable = Some(why.clone());
+            }
+            e.to_string()
+        }),
         (None, None) => Err("the release names no artifact".to_string()),
     };
     let computed = match vouched {
@@ -52,6 +61,7 @@ pub fn observe_release<R: Registry>(
     };
     let mut verification = None;
     let signature = match (&release.signature, &release.signer) {
+        (None, _) if !registry.signatures_required() => SignatureState::Unsigned,
         (None, _) => SignatureState::Missing,
         (Some(_), None) => SignatureState::UnknownKey,
         (Some(sig), Some(signer)) => match trust.trust(signer) {
@@ -85,5 +95,6 @@ pub fn observe_release<R: Registry>(
             signer: release.signer.clone(),
         },
         verification,
+        unreachable,
     }
 }

@@ -51,6 +51,9 @@ pub struct MonitorOutput {
     pub telemetry: TelemetryDelta,
     /// Why the registry could not be read: the facts of this pass are stale.
     pub unreachable: Option<String>,
+    /// What the registry's backend judges by its own rules (a marketplace's admission and
+    /// content checks): the kinds and everything that holds of them now.
+    pub registry: crate::registry::Refreshed,
 }
 
 /// How long telemetry is kept, in ms: minute buckets, hour buckets, reports.
@@ -133,7 +136,11 @@ type Seen = (
 );
 
 fn healthy(o: &ReleaseObservation) -> bool {
-    o.integrity == crate::model::Integrity::Ok && o.signature == crate::model::SignatureState::Valid
+    o.integrity == crate::model::Integrity::Ok
+        && matches!(
+            o.signature,
+            crate::model::SignatureState::Valid | crate::model::SignatureState::Unsigned
+        )
 }
 
 impl MonitorState {
@@ -215,6 +222,10 @@ async fn registry_pass<R: Registry>(
     let cursor = state.cursor.unwrap_or(0);
     let since = if full_read { 0 } else { cursor };
     let t_read = std::time::Instant::now();
+    // A registry with a source of record of its own (a marketplace checkout) brings its records
+    // up to date first; what it judges by its own rules comes with them.
+    let refreshed = registry.refresh(full_scan, now).await?;
+    forget(state, &refreshed.removed);
     let seq = registry.change_seq().await?;
     let (releases, head) = if since < seq {
         registry.releases_since(since).await?
@@ -260,6 +271,7 @@ async fn registry_pass<R: Registry>(
     let mut output = MonitorOutput {
         full_scan,
         facts: Some(facts),
+        registry: refreshed,
         ..Default::default()
     };
     // A full scan looks at every known release again; another pass only the changed ones.
@@ -313,6 +325,14 @@ async fn registry_pass<R: Registry>(
         .await?
     };
     let check_s = t_check.elapsed().as_secs_f64();
+    // An artifact host that cannot be reached fails the whole pass: nothing is judged, and the
+    // cursor stays, so the next pass looks at the same releases again.
+    if let Some(why) = looked.iter().find_map(|l| match l {
+        Looked::Observed(o, _) => o.unreachable.clone(),
+        Looked::Again(_) => None,
+    }) {
+        return Err(MonitorError::Registry(RegistryError::Unavailable(why)));
+    }
     let t_write = std::time::Instant::now();
     let mut fresh = Vec::new();
     let mut observed = Vec::new();
@@ -413,6 +433,23 @@ async fn registry_pass<R: Registry>(
         state.last_full_read = Some(now);
     }
     Ok(output)
+}
+
+/// Forgets releases that left the registry: they are no longer scanned, and no observation of
+/// them is kept.
+fn forget(state: &mut MonitorState, removed: &[(String, String)]) {
+    if removed.is_empty() {
+        return;
+    }
+    let known = Arc::make_mut(&mut state.known);
+    for (p, v) in removed {
+        let key = (p.clone(), v.clone());
+        known.remove(&key);
+        state.unhealthy.remove(&key);
+        if let Some(versions) = state.recorded.get_mut(p) {
+            versions.remove(v);
+        }
+    }
 }
 
 /// What a scan made of one release.

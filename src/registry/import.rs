@@ -150,8 +150,13 @@ fn toml_to_json(v: toml::Value) -> Json {
     serde_json::to_value(v).unwrap_or(Json::Null)
 }
 
-/// Builds package and release records from one entry of any format (already as JSON).
+/// Builds package and release records from one entry of any format (already as JSON). A format
+/// without authors and licences (a catalog v2) does not report them missing.
 fn read_entry(m: &mut Merged, file: &Path, entry: &Json, now: i64) {
+    read_entry_of(m, file, entry, now, true)
+}
+
+fn read_entry_of(m: &mut Merged, file: &Path, entry: &Json, now: i64, has_authors: bool) {
     let name = match text(entry.get("name")) {
         Some(n) => n,
         None => {
@@ -164,7 +169,7 @@ fn read_entry(m: &mut Merged, file: &Path, entry: &Json, now: i64) {
             file,
             &name,
             "name",
-            "not a valid ggen package name (lower case [a-z0-9_-], 1-200 chars, no leading or trailing -): the entry is skipped",
+            "not a valid ggen package name (lower case [a-z0-9._-], 1-200 chars, no leading or trailing - or ., no ..): the entry is skipped",
         );
         return;
     }
@@ -184,11 +189,11 @@ fn read_entry(m: &mut Merged, file: &Path, entry: &Json, now: i64) {
         );
     }
     let author = text(entry.get("author"));
-    if author.is_none() {
+    if author.is_none() && has_authors {
         m.problem(f.file, &f.name, "author", "missing");
     }
     let license = text(entry.get("license"));
-    if license.is_none() {
+    if license.is_none() && has_authors {
         m.problem(f.file, &f.name, "license", "missing");
     }
     let int = |m: &mut Merged, key: &str| -> i64 {
@@ -346,6 +351,43 @@ fn read_index(m: &mut Merged, file: &Path, doc: &Json, now: i64) {
     }
 }
 
+/// A ggen marketplace catalog (schema catalog/v2): each record a package with one release, its
+/// archive at `download_url` with the catalog's `digest` as checksum.
+fn read_catalog(m: &mut Merged, file: &Path, doc: &Json, now: i64) {
+    m.sources.push(format!("catalog v2 {}", file.display()));
+    let Some(records) = doc.get("packs").and_then(|p| p.as_array()) else {
+        m.problem(file, "-", "packs", "not a list");
+        return;
+    };
+    for (i, r) in records.iter().enumerate() {
+        let Some(obj) = r.as_object() else {
+            m.problem(file, &format!("packs[{i}]"), "-", "not an object: skipped");
+            continue;
+        };
+        let mut entry = obj.clone();
+        match obj.get("digest").and_then(|d| d.as_str()) {
+            Some(d) => match d.strip_prefix("sha256:") {
+                Some(hex) => {
+                    entry.insert("checksum".into(), hex.into());
+                }
+                None => m.problem(
+                    file,
+                    obj.get("name").and_then(|n| n.as_str()).unwrap_or("?"),
+                    "digest",
+                    format!("`{d}` is not sha256:<hex>; no checksum"),
+                ),
+            },
+            None => m.problem(
+                file,
+                obj.get("name").and_then(|n| n.as_str()).unwrap_or("?"),
+                "digest",
+                "missing: no checksum",
+            ),
+        }
+        read_entry_of(m, file, &Json::Object(entry), now, false);
+    }
+}
+
 /// `<dir>/<name>/<manifest>` where the manifest's `[table]` holds the package fields.
 fn read_manifests(m: &mut Merged, dir: &Path, manifest: &str, table: &str, now: i64) {
     m.sources
@@ -497,13 +539,15 @@ fn read_path(m: &mut Merged, path: &Path, now: i64, depth: u8) -> Result<(), Reg
         let src = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
         let doc: Json = serde_json::from_str(&src)
             .map_err(|e| unreadable(format!("line {}: not JSON: {e}", e.line())))?;
-        if doc.get("packages").is_some() {
+        if doc.get("schema").and_then(|s| s.as_str()) == Some(super::marketplace::catalog::SCHEMA) {
+            read_catalog(m, path, &doc, now);
+        } else if doc.get("packages").is_some() {
             read_index(m, path, &doc, now);
         } else if doc.get("guard_results").is_some() {
             read_receipt(m, path, &doc);
         } else {
             return Err(unreadable(
-                "neither a registry index (`packages`) nor a validation receipt (`guard_results`)"
+                "neither a registry index (`packages`), a catalog v2 nor a validation receipt (`guard_results`)"
                     .into(),
             ));
         }

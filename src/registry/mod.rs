@@ -2,17 +2,23 @@
 
 pub mod artifacts;
 pub mod changes;
+pub mod fetch;
 pub mod generate;
 pub mod import;
+mod managed;
+pub mod marketplace;
 mod release_pages;
 mod sql;
 
+pub use managed::Managed;
+pub use marketplace::PublishReport;
 pub use sql::SqlRegistry;
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 use crate::knowledge::{Conn, StoreError};
+use crate::model::{FindingKind, Severity, Subject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -149,6 +155,29 @@ pub struct Applied {
     pub inverse: Change,
 }
 
+/// Something a backend judges by its own format's rules (a marketplace pack its admission rules
+/// refuse), handed to analysis as a finding's condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub kind: FindingKind,
+    pub severity: Severity,
+    pub subject: Subject,
+    pub value: f64,
+    pub message: String,
+    pub labels: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a backend's refresh found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Refreshed {
+    /// The kinds the backend judges: `problems` is everything that holds of them now, and an
+    /// open finding of one of them that is not there has cleared.
+    pub judged: Vec<FindingKind>,
+    pub problems: Vec<Problem>,
+    /// Releases that left the registry since the last refresh (package, version).
+    pub removed: Vec<(String, String)>,
+}
+
 /// What the loop needs of a registry. A second backend implements this and nothing else changes.
 pub trait Registry: Send + Sync + 'static {
     /// Releases changed after `cursor` (0: all of them), with the cursor to pass next time.
@@ -185,6 +214,28 @@ pub trait Registry: Send + Sync + 'static {
     /// record again to catch a change made by hand.
     fn records_follow_sequence(&self) -> bool {
         false
+    }
+
+    /// Whether a release without a signature is judged `signature_missing` (a registry whose
+    /// publishers do not all sign says no, and only the signatures there are are checked).
+    fn signatures_required(&self) -> bool {
+        true
+    }
+
+    /// Brings the registry's records up to date with its source of record, if it has one other
+    /// than the store (a marketplace checkout): everything when `full`, otherwise what changed.
+    fn refresh(
+        &self,
+        _full: bool,
+        _now: i64,
+    ) -> impl Future<Output = Result<Refreshed, RegistryError>> + Send {
+        async { Ok(Refreshed::default()) }
+    }
+
+    /// Brings what users read (a published catalog) in line with the registry's state, after
+    /// remediations or rollbacks changed it; None when there is nothing to publish.
+    fn publish(&self) -> impl Future<Output = Result<Option<PublishReport>, RegistryError>> + Send {
+        async { Ok(None) }
     }
 
     fn package(
@@ -226,15 +277,18 @@ pub trait Registry: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Applied, RegistryError>> + Send;
 }
 
-/// ggen's package-name rule: lower case `[a-z0-9_-]`, 1 to 200 chars, no leading or trailing `-`.
+/// ggen's package-name rule (spec/registry.md): lower case `[a-z0-9._-]`, 1 to 200 chars, no
+/// leading or trailing `-` or `.`, no `..`; reverse-domain names (`io.ggen.nextjs.ontology-crud`)
+/// are valid.
 pub fn valid_package_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 200
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-' || b == b'.'
+        })
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+        && !name.contains("..")
 }
 
 #[cfg(test)]
@@ -251,5 +305,10 @@ mod tests {
         assert!(!valid_package_name("Upper"));
         assert!(!valid_package_name("has space"));
         assert!(!valid_package_name(&"x".repeat(201)));
+        assert!(valid_package_name("io.ggen.nextjs.ontology-crud"));
+        assert!(!valid_package_name(".hidden"));
+        assert!(!valid_package_name("trail."));
+        assert!(!valid_package_name("a..b"));
+        assert!(!valid_package_name("../etc"));
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::artifacts::MemoryArtifacts;
+use super::fetch::{is_url, FetchLimits, Fetcher};
 use super::{
     Applied, Change, Dependency, PackageRecord, Registry, RegistryCounts, RegistryError,
     ReleaseRecord,
@@ -23,6 +24,8 @@ pub struct SqlRegistry {
     pub store: Store,
     pub artifact_root: PathBuf,
     pub memory: Option<Arc<MemoryArtifacts>>,
+    /// Fetches `http(s)://` artifacts; None: they cannot be read.
+    pub fetcher: Option<Fetcher>,
 }
 
 const RELEASE_COLUMNS: &str =
@@ -160,7 +163,14 @@ impl SqlRegistry {
             store,
             artifact_root: artifact_root.into(),
             memory: None,
+            fetcher: None,
         }
+    }
+
+    /// Reads `http(s)://` artifacts with these limits (made inside the runtime it fetches on).
+    pub fn with_fetcher(mut self, limits: FetchLimits) -> Result<Self, String> {
+        self.fetcher = Some(Fetcher::new(limits)?);
+        Ok(self)
     }
 
     /// A registry whose artifacts are kept in `memory` rather than in files.
@@ -169,6 +179,7 @@ impl SqlRegistry {
             store,
             artifact_root: PathBuf::new(),
             memory: Some(memory),
+            fetcher: None,
         }
     }
 
@@ -198,11 +209,10 @@ impl SqlRegistry {
     }
 
     fn artifact_path(&self, location: &str) -> Result<PathBuf, RegistryError> {
-        if location.starts_with("http://") || location.starts_with("https://") {
+        if is_url(location) {
             return Err(RegistryError::Artifact {
                 location: location.into(),
-                reason: "fetching artifacts over HTTP is not supported yet; mirror them to file://"
-                    .into(),
+                reason: "an http(s) artifact is fetched, not written".into(),
             });
         }
         let path = Path::new(location.strip_prefix("file://").unwrap_or(location));
@@ -328,6 +338,90 @@ impl SqlRegistry {
         Ok(())
     }
 
+    /// Inserts packages and releases the store does not hold yet (a mirror's first sync), in the
+    /// caller's transaction, at sequence `seq`.
+    pub async fn insert_new(
+        conn: &mut Conn,
+        packages: &[PackageRecord],
+        releases: &[ReleaseRecord],
+        seq: i64,
+    ) -> Result<(), RegistryError> {
+        let rows: Vec<_> = packages.iter().map(|p| package_params(p, seq)).collect();
+        insert_rows(conn, "packages", &PACKAGE_INSERT, &rows, "").await?;
+        let rows: Vec<_> = releases.iter().map(|r| release_params(r, seq)).collect();
+        insert_rows(conn, "releases", &RELEASE_INSERT, &rows, "").await?;
+        let deps: Vec<_> = releases.iter().flat_map(dependency_rows).collect();
+        insert_rows(
+            conn,
+            "dependencies",
+            &["package", "version", "dependency", "requirement"],
+            &deps,
+            "ON CONFLICT (package, version, dependency) DO NOTHING",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Updates what a registry of record says of a package (description, repository, latest),
+    /// leaving what mapek owns (status, quality) as it is.
+    pub async fn update_described(
+        conn: &mut Conn,
+        p: &PackageRecord,
+        seq: i64,
+    ) -> Result<(), RegistryError> {
+        conn.execute(
+            sqlx::query(
+                "UPDATE packages SET description = $2, repository = $3, latest = $4, \
+                 updated_at = $5, change_seq = $6 WHERE name = $1",
+            )
+            .bind(p.name.clone())
+            .bind(p.description.clone())
+            .bind(p.repository.clone())
+            .bind(p.latest.clone())
+            .bind(p.updated_at)
+            .bind(seq),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a release that left a mirrored registry of record, with its dependencies.
+    pub async fn remove_release(
+        conn: &mut Conn,
+        package: &str,
+        version: &str,
+    ) -> Result<(), RegistryError> {
+        for table in ["dependencies", "releases"] {
+            conn.execute(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE package = $1 AND version = $2"
+                )))
+                .bind(package.to_string())
+                .bind(version.to_string()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a release to sequence `seq` without changing it: its artifact's bytes changed, and
+    /// whoever follows the sequence must look at it again.
+    pub async fn touch_release(
+        conn: &mut Conn,
+        package: &str,
+        version: &str,
+        seq: i64,
+    ) -> Result<(), RegistryError> {
+        conn.execute(
+            sqlx::query("UPDATE releases SET change_seq = $3 WHERE package = $1 AND version = $2")
+                .bind(package.to_string())
+                .bind(version.to_string())
+                .bind(seq),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Overwrites a release's signature (used to plant problems in demo and test registries).
     pub async fn set_signature(
         &self,
@@ -429,6 +523,24 @@ impl Registry for SqlRegistry {
                     location: location.into(),
                     reason: "no such artifact".into(),
                 });
+        }
+        if is_url(location) {
+            let Some(f) = &self.fetcher else {
+                return Err(RegistryError::Artifact {
+                    location: location.into(),
+                    reason: "no HTTP client is configured".into(),
+                });
+            };
+            return f.get_blocking(location).map(|(b, _)| b).map_err(|e| {
+                if e.unreachable() {
+                    RegistryError::Unavailable(e.to_string())
+                } else {
+                    RegistryError::Artifact {
+                        location: location.into(),
+                        reason: e.to_string(),
+                    }
+                }
+            });
         }
         let path = self.artifact_path(location)?;
         std::fs::read(&path).map_err(|e| RegistryError::Artifact {

@@ -1,0 +1,719 @@
+//! The ggen-marketplace backend: a checkout of the marketplace's repository as the registry of record, mirrored into the store for the loop, and the catalog ggen clients install from published as a projection of it and the remediations in force.
+
+pub mod archive;
+pub mod catalog;
+pub mod generate;
+mod mirror;
+pub mod overlay;
+pub mod publish;
+pub mod sense;
+pub mod tree;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use catalog::Catalog;
+use publish::Published;
+use sense::ArchiveSeen;
+use tree::PackTree;
+
+use super::fetch::{is_url, FetchLimits, Fetcher};
+use super::{
+    Applied, Change, Dependency, PackageRecord, Problem, Refreshed, Registry, RegistryCounts,
+    RegistryError, ReleaseRecord, SqlRegistry,
+};
+use crate::keys::KeyPair;
+use crate::knowledge::Conn;
+use crate::model::FindingKind;
+
+/// The kinds this backend judges on every refresh, completely.
+pub const JUDGED: [FindingKind; 3] = [
+    FindingKind::ContentMismatch,
+    FindingKind::PackRefused,
+    FindingKind::SuccessorMissing,
+];
+
+/// Where the archives users download are: a folder, or an `http(s)://` base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Archives {
+    Dir(PathBuf),
+    Url(String),
+}
+
+impl Archives {
+    pub fn parse(s: &str, base: &Path) -> Self {
+        if is_url(s) {
+            Self::Url(s.trim_end_matches('/').to_string())
+        } else {
+            let p = PathBuf::from(s);
+            Self::Dir(if p.is_absolute() { p } else { base.join(p) })
+        }
+    }
+}
+
+/// The `[registry]` section for `kind = "ggen-marketplace"`: plain data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketplaceConfig {
+    /// The repository's working tree; mapek never writes it.
+    pub checkout: PathBuf,
+    /// The catalog the marketplace's tool built (default `<checkout>/dist/site/index.json`).
+    pub catalog: PathBuf,
+    pub archives: Archives,
+    /// The catalog users read, written by mapek; None: served over HTTP only.
+    pub publish: Option<PathBuf>,
+    /// Unsigned archives are judged `signature_missing` (false: only signed ones are checked).
+    pub require_signatures: bool,
+    pub fetch: FetchLimits,
+    /// Filesystem notifications (off: only the periodic full scan notices changes).
+    pub watch: bool,
+}
+
+impl MarketplaceConfig {
+    /// The defaults for a checkout: the catalog and archives where the marketplace's tool puts them.
+    pub fn at(checkout: impl Into<PathBuf>) -> Self {
+        let checkout = checkout.into();
+        Self {
+            catalog: checkout.join("dist/site/index.json"),
+            archives: Archives::Dir(checkout.join("dist/packs")),
+            checkout,
+            publish: None,
+            require_signatures: false,
+            fetch: FetchLimits::default(),
+            watch: true,
+        }
+    }
+
+    /// The GitHub repository download URLs name (`[source_authority] repository`).
+    pub fn repository(&self) -> String {
+        std::fs::read_to_string(self.checkout.join("marketplace.toml"))
+            .ok()
+            .and_then(|s| toml::from_str::<toml::Table>(&s).ok())
+            .and_then(|t| {
+                t.get("source_authority")?
+                    .get("repository")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "seanchatmangpt/ggen-marketplace".into())
+    }
+}
+
+/// What the sensors know of the checkout between refreshes.
+#[derive(Debug, Default)]
+struct State {
+    catalog_sha: Option<[u8; 32]>,
+    catalog: Option<Arc<Catalog>>,
+    /// By pack directory.
+    trees: BTreeMap<String, PackTree>,
+    /// By pack name, for the catalog's version.
+    archives: HashMap<String, ArchiveSeen>,
+    /// Content and admission problems, by pack.
+    problems: BTreeMap<String, Vec<Problem>>,
+    mirror: Option<mirror::Mirror>,
+    /// (registry change sequence, input catalog) the publication reflects.
+    published_for: Option<(i64, [u8; 32])>,
+    render_cache: catalog_cache::Cache,
+}
+
+mod catalog_cache {
+    //! Records already rendered, kept while their projection stays the same.
+    use std::collections::HashMap;
+
+    #[derive(Debug, Default)]
+    pub struct Cache(pub HashMap<String, (u64, String)>);
+}
+
+/// The ggen-marketplace registry.
+pub struct Marketplace {
+    /// The mirror of the catalog's packs and releases the loop reads, and where remediations land.
+    pub sql: SqlRegistry,
+    pub config: MarketplaceConfig,
+    /// The GitHub repository of the marketplace (`owner/name`).
+    repository: String,
+    fetcher: Option<Fetcher>,
+    key: Option<Arc<KeyPair>>,
+    state: tokio::sync::Mutex<State>,
+    published: RwLock<Option<Arc<Published>>>,
+    pub changes: Arc<watch::Changes>,
+    watcher: std::sync::Mutex<Option<notify::RecommendedWatcher>>,
+    /// Each archive's SHA-256 as last read, by location.
+    digests: RwLock<HashMap<String, [u8; 32]>>,
+}
+
+impl std::fmt::Debug for Marketplace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Marketplace")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Marketplace {
+    /// A marketplace registry mirrored in `sql`'s store; `key` signs the published catalog.
+    pub fn new(
+        sql: SqlRegistry,
+        config: MarketplaceConfig,
+        key: Option<Arc<KeyPair>>,
+    ) -> Result<Self, RegistryError> {
+        let fetcher = match &config.archives {
+            Archives::Url(_) => {
+                Some(Fetcher::new(config.fetch).map_err(RegistryError::Unavailable)?)
+            }
+            Archives::Dir(_) => None,
+        };
+        if let Some(p) = &config.publish {
+            publish::remove_leftovers(p);
+        }
+        let m = Self {
+            sql,
+            fetcher,
+            key,
+            state: Default::default(),
+            published: RwLock::new(None),
+            changes: Arc::default(),
+            watcher: std::sync::Mutex::new(None),
+            digests: RwLock::default(),
+            repository: config.repository(),
+            config,
+        };
+        if m.config.watch {
+            m.start_watching();
+        }
+        Ok(m)
+    }
+
+    /// Starts the filesystem watcher; without one, changes are noticed at full scans.
+    fn start_watching(&self) {
+        let watched = watch::Watched {
+            packs: self.config.checkout.join("packs"),
+            catalog: self.config.catalog.clone(),
+            archives: match &self.config.archives {
+                Archives::Dir(d) => Some(d.clone()),
+                Archives::Url(_) => None,
+            },
+        };
+        match watch::start(watched, self.changes.clone()) {
+            Ok(w) => {
+                if let Ok(mut slot) = self.watcher.lock() {
+                    *slot = Some(w);
+                }
+            }
+            Err(error) => tracing::warn!(
+                %error,
+                checkout = %self.config.checkout.display(),
+                "cannot watch the checkout; changes are noticed at the next full scan"
+            ),
+        }
+    }
+
+    /// Whether filesystem notifications are on.
+    pub fn watching(&self) -> bool {
+        self.watcher.lock().map(|w| w.is_some()).unwrap_or(false)
+    }
+
+    /// The catalog as last published, for `GET /catalog/index.json`.
+    pub fn published(&self) -> Option<Arc<Published>> {
+        self.published.read().ok().and_then(|p| p.clone())
+    }
+
+    fn location(&self, record: &catalog::Record) -> String {
+        sense::location(&self.config.archives, record)
+    }
+
+    /// Reads what changed (everything when `full`, on the first refresh, or when notifications
+    /// were lost), judges it, brings the mirror up to date and publishes if the projection moved.
+    async fn refresh_now(&self, full: bool, now: i64) -> Result<Refreshed, RegistryError> {
+        let mut st = self.state.lock().await;
+        let dirty = self.changes.take();
+        let everything = full || dirty.all || st.catalog.is_none();
+        let mut names: BTreeSet<String> = dirty.packs.clone();
+        if everything || dirty.catalog {
+            names.extend(self.read_catalog(&mut st)?);
+        }
+        let Some(catalog) = st.catalog.clone() else {
+            return Err(RegistryError::Unavailable("no catalog read yet".into()));
+        };
+        let by_archive: HashMap<String, &str> = catalog
+            .packs
+            .iter()
+            .map(|r| (format!("{}-{}", r.name, r.version), r.name.as_str()))
+            .collect();
+        names.extend(
+            dirty
+                .archives
+                .iter()
+                .filter_map(|a| by_archive.get(a).map(|n| n.to_string())),
+        );
+        if everything {
+            let dirs = tree::pack_dirs(&self.config.checkout).map_err(|e| {
+                RegistryError::Unavailable(format!(
+                    "{}: {e}",
+                    self.config.checkout.join("packs").display()
+                ))
+            })?;
+            st.trees.retain(|d, _| dirs.contains(d));
+            names.extend(dirs);
+            names.extend(catalog.packs.iter().map(|r| r.name.clone()));
+        }
+        let read = self.read_packs(&catalog, names.clone()).await?;
+        let mut touched = BTreeSet::new();
+        for (name, (tree, archive)) in read {
+            match tree {
+                Some(t) => {
+                    st.trees.insert(name.clone(), t);
+                }
+                None => {
+                    st.trees.remove(&name);
+                }
+            }
+            match archive {
+                Some((location, a)) => {
+                    let before = st.archives.get(&name).and_then(sha_of);
+                    let after = sha_of(&a);
+                    if let (Some(b), Some(x)) = (before, after) {
+                        if b != x {
+                            touched.insert(name.clone());
+                        }
+                    }
+                    if let (Ok(mut d), Some(x)) = (self.digests.write(), after) {
+                        d.insert(location, x);
+                    }
+                    st.archives.insert(name.clone(), a);
+                }
+                None => {
+                    st.archives.remove(&name);
+                }
+            }
+        }
+        tree::refuse_duplicates(&mut st.trees);
+        self.judge(&mut st, &catalog, &names);
+        let removed = self
+            .sync_mirror(&mut st, &catalog, &names, &touched, everything, now)
+            .await?;
+        let mut problems: Vec<Problem> = st.problems.values().flatten().cloned().collect();
+        problems.extend(
+            st.trees
+                .values()
+                .filter_map(|t| sense::successor_problem(t, |s| st.trees.contains_key(s))),
+        );
+        self.publish_now(&mut st).await?;
+        Ok(Refreshed {
+            judged: JUDGED.to_vec(),
+            problems,
+            removed,
+        })
+    }
+
+    /// Reads the input catalog if its bytes changed; the packs whose records changed.
+    fn read_catalog(&self, st: &mut State) -> Result<Vec<String>, RegistryError> {
+        let path = &self.config.catalog;
+        let unavailable =
+            |why: String| RegistryError::Unavailable(format!("catalog {}: {why}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| unavailable(e.to_string()))?;
+        let sha: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
+        if st.catalog_sha == Some(sha) {
+            return Ok(Vec::new());
+        }
+        let parsed = catalog::parse(&bytes).map_err(|e| unavailable(e.to_string()))?;
+        let old: HashMap<&str, &catalog::Record> = st
+            .catalog
+            .as_deref()
+            .map(|c| c.packs.iter().map(|r| (r.name.as_str(), r)).collect())
+            .unwrap_or_default();
+        let mut changed: Vec<String> = parsed
+            .packs
+            .iter()
+            .filter(|r| old.get(r.name.as_str()) != Some(r))
+            .map(|r| r.name.clone())
+            .collect();
+        let now: BTreeSet<&str> = parsed.packs.iter().map(|r| r.name.as_str()).collect();
+        changed.extend(
+            old.keys()
+                .filter(|n| !now.contains(*n))
+                .map(|n| n.to_string()),
+        );
+        st.catalog = Some(Arc::new(parsed));
+        st.catalog_sha = Some(sha);
+        Ok(changed)
+    }
+
+    /// Reads the trees and archives of `names` on worker threads. An unreachable archive host
+    /// fails the whole refresh: nothing is judged on stale facts.
+    async fn read_packs(
+        &self,
+        catalog: &Arc<Catalog>,
+        names: BTreeSet<String>,
+    ) -> Result<Vec<(String, PackRead)>, RegistryError> {
+        let jobs: Vec<(String, Option<catalog::Record>)> = names
+            .into_iter()
+            .map(|n| {
+                let r = catalog.packs.iter().find(|r| r.name == n).cloned();
+                (n, r)
+            })
+            .collect();
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let packs = self.config.checkout.join("packs");
+        let archives = self.config.archives.clone();
+        let fetcher = self.fetcher.clone();
+        let max = self.config.fetch.max_bytes;
+        tokio::task::spawn_blocking(move || {
+            read_all(&packs, &archives, fetcher.as_ref(), max, jobs)
+        })
+        .await
+        .map_err(|e| RegistryError::Unavailable(format!("reading the checkout: {e}")))?
+    }
+
+    /// Judges content and admission for the packs read.
+    fn judge(&self, st: &mut State, catalog: &Catalog, names: &BTreeSet<String>) {
+        for name in names {
+            let mut found = Vec::new();
+            let tree = st.trees.get(name);
+            if let Some(t) = tree {
+                found.extend(sense::refused_problem(t));
+            }
+            let record = catalog.packs.iter().find(|r| &r.name == name);
+            if let (Some(r), Some(t), Some(a)) = (record, tree, st.archives.get(name)) {
+                found.extend(sense::content_problem(r, t, a));
+            }
+            if found.is_empty() {
+                st.problems.remove(name);
+            } else {
+                st.problems.insert(name.clone(), found);
+            }
+        }
+    }
+
+    /// Publishes the projection when the registry or the input catalog moved since the last
+    /// publication (or the file on disk differs from it).
+    async fn publish_now(&self, st: &mut State) -> Result<Option<PublishReport>, RegistryError> {
+        let (Some(catalog), Some(sha)) = (st.catalog.clone(), st.catalog_sha) else {
+            return Ok(None);
+        };
+        let seq = self.sql.change_seq().await?;
+        if st.published_for == Some((seq, sha)) {
+            return Ok(None);
+        }
+        let overlay = overlay::read(&self.sql.store).await?;
+        let bytes = render_cached(&mut st.render_cache, &catalog, &overlay);
+        let Some(key) = &self.key else {
+            return Err(RegistryError::Unavailable(
+                "no key to sign the published catalog with".into(),
+            ));
+        };
+        let published = Published::new(bytes, key);
+        let mut written = false;
+        if let Some(path) = self.config.publish.clone() {
+            let p = published.clone();
+            written = tokio::task::spawn_blocking(move || publish::write(&path, &p))
+                .await
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?
+                .map_err(|e| {
+                    RegistryError::Unavailable(format!(
+                        "publishing {}: {e}",
+                        self.config
+                            .publish
+                            .as_deref()
+                            .unwrap_or(Path::new("-"))
+                            .display()
+                    ))
+                })?;
+        }
+        let report = PublishReport {
+            bytes: published.bytes.len(),
+            packs: catalog.packs.len() - overlay.withheld.len().min(catalog.packs.len()),
+            withheld: overlay.withheld.len(),
+            written,
+        };
+        if let Ok(mut slot) = self.published.write() {
+            *slot = Some(Arc::new(published));
+        }
+        st.published_for = Some((seq, sha));
+        if written {
+            tracing::info!(
+                file = %self.config.publish.as_deref().unwrap_or(Path::new("-")).display(),
+                packs = report.packs,
+                withheld = report.withheld,
+                bytes = report.bytes,
+                "catalog published"
+            );
+        }
+        Ok(Some(report))
+    }
+}
+
+/// What a publication did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishReport {
+    pub bytes: usize,
+    pub packs: usize,
+    pub withheld: usize,
+    /// The file on disk was written (it differed).
+    pub written: bool,
+}
+
+fn sha_of(a: &ArchiveSeen) -> Option<[u8; 32]> {
+    match a {
+        ArchiveSeen::Read { sha256, .. } => Some(*sha256),
+        ArchiveSeen::Unreadable(_) => None,
+    }
+}
+
+/// A pack as read: its tree (None: no directory) and its archive with its location (None: the
+/// catalog does not list it).
+type PackRead = (Option<PackTree>, Option<(String, ArchiveSeen)>);
+
+fn read_all(
+    packs: &Path,
+    archives: &Archives,
+    fetcher: Option<&Fetcher>,
+    max: u64,
+    jobs: Vec<(String, Option<catalog::Record>)>,
+) -> Result<Vec<(String, PackRead)>, RegistryError> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = jobs.len().div_ceil(workers).max(1);
+    let one = |(name, record): &(String, Option<catalog::Record>)| -> Result<(String, PackRead), RegistryError> {
+        let dir = packs.join(name);
+        let tree = if std::fs::symlink_metadata(&dir).is_ok() && tree::safe_dir(name) {
+            match tree::read_pack_or_link(&dir, name) {
+                Ok(t) => Some(t),
+                // Gone between listing and reading: judged at the next change.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(RegistryError::Unavailable(format!("{}: {e}", dir.display())))
+                }
+            }
+        } else {
+            None
+        };
+        let archive = match record {
+            Some(r) => {
+                let seen = sense::read_archive(archives, fetcher, r, max, Default::default())
+                    .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+                Some((sense::location(archives, r), seen))
+            }
+            None => None,
+        };
+        Ok((name.clone(), (tree, archive)))
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|part| {
+                let one = &one;
+                scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>, _>>())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(jobs.len());
+        for h in handles {
+            match h.join() {
+                Ok(r) => out.extend(r?),
+                Err(_) => {
+                    return Err(RegistryError::Unavailable(
+                        "a checkout reader panicked".into(),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// The projection rendered, each record rendered again only when it or its overlay changed.
+fn render_cached(
+    cache: &mut catalog_cache::Cache,
+    c: &Catalog,
+    overlay: &catalog::Overlay,
+) -> Vec<u8> {
+    use std::hash::{Hash, Hasher};
+    let mut records = Vec::with_capacity(c.packs.len());
+    let mut keep = std::collections::HashSet::with_capacity(c.packs.len());
+    for r in &c.packs {
+        let Some(fields) = catalog::project_record(r, overlay) else {
+            continue;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&fields)
+            .unwrap_or_default()
+            .hash(&mut h);
+        let key = h.finish();
+        keep.insert(r.name.as_str());
+        let text = match cache.0.get(&r.name) {
+            Some((k, text)) if *k == key => text.clone(),
+            _ => {
+                let text = catalog::render_value(&serde_json::Value::Object(fields), 2);
+                cache.0.insert(r.name.clone(), (key, text.clone()));
+                text
+            }
+        };
+        records.push(text);
+    }
+    cache.0.retain(|n, _| keep.contains(n.as_str()));
+    catalog::assemble(c, overlay, &records)
+}
+
+impl Registry for Marketplace {
+    async fn releases_since(
+        &self,
+        cursor: i64,
+    ) -> Result<(Vec<ReleaseRecord>, i64), RegistryError> {
+        self.sql.releases_since(cursor).await
+    }
+
+    fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError> {
+        if is_url(location) {
+            let Some(f) = &self.fetcher else {
+                return Err(RegistryError::Artifact {
+                    location: location.into(),
+                    reason: "no HTTP client is configured".into(),
+                });
+            };
+            return f.get_blocking(location).map(|(b, _)| b).map_err(|e| {
+                if e.unreachable() {
+                    RegistryError::Unavailable(e.to_string())
+                } else {
+                    RegistryError::Artifact {
+                        location: location.into(),
+                        reason: e.to_string(),
+                    }
+                }
+            });
+        }
+        std::fs::read(location).map_err(|e| RegistryError::Artifact {
+            location: location.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn artifact_digest(&self, location: &str) -> Option<[u8; 32]> {
+        self.digests.read().ok()?.get(location).copied()
+    }
+
+    fn records_follow_sequence(&self) -> bool {
+        true
+    }
+
+    fn signatures_required(&self) -> bool {
+        self.config.require_signatures
+    }
+
+    async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
+        self.sql.package(name).await
+    }
+
+    async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
+        self.sql.packages().await
+    }
+
+    async fn release(
+        &self,
+        package: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRecord>, RegistryError> {
+        self.sql.release(package, version).await
+    }
+
+    async fn counts(&self) -> Result<RegistryCounts, RegistryError> {
+        self.sql.counts().await
+    }
+
+    async fn change_seq(&self) -> Result<i64, RegistryError> {
+        self.sql.change_seq().await
+    }
+
+    async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {
+        self.sql.dependency_edges().await
+    }
+
+    async fn release_dependencies(
+        &self,
+    ) -> Result<Vec<(String, String, Dependency)>, RegistryError> {
+        self.sql.release_dependencies().await
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut Conn,
+        change: &Change,
+        now: i64,
+    ) -> Result<Applied, RegistryError> {
+        self.sql.apply(conn, change, now).await
+    }
+
+    async fn refresh(&self, full: bool, now: i64) -> Result<Refreshed, RegistryError> {
+        self.refresh_now(full, now).await
+    }
+
+    async fn publish(&self) -> Result<Option<PublishReport>, RegistryError> {
+        let mut st = self.state.lock().await;
+        self.publish_now(&mut st).await
+    }
+}
+
+/// The catalog the marketplace's own tool would build from the checkout: every admitted pack's
+/// record, its digest and size from its archive. A refused pack is left out, as the tool
+/// leaves it; a pack whose archive cannot be read is an error.
+pub async fn catalog_from_tree(config: &MarketplaceConfig) -> Result<Catalog, String> {
+    let checkout = config.checkout.clone();
+    let archives = config.archives.clone();
+    let fetcher = match &archives {
+        Archives::Url(_) => Some(Fetcher::new(config.fetch)?),
+        Archives::Dir(_) => None,
+    };
+    let repository = config.repository();
+    let max = config.fetch.max_bytes;
+    tokio::task::spawn_blocking(move || {
+        let trees =
+            tree::read_checkout(&checkout).map_err(|e| format!("{}: {e}", checkout.display()))?;
+        let mut packs = Vec::new();
+        for t in trees.values().filter(|t| t.admitted()) {
+            let (Some(name), Some(version)) = (&t.manifest.name, &t.manifest.version) else {
+                continue;
+            };
+            let file = format!("{name}-{version}.tar.gz");
+            let bytes = match &archives {
+                Archives::Dir(d) => std::fs::read(d.join(&file))
+                    .map_err(|e| format!("{}: {e}", d.join(&file).display()))?,
+                Archives::Url(base) => {
+                    let f = fetcher.as_ref().ok_or("no HTTP client")?;
+                    f.get_blocking(&format!("{base}/{file}"))
+                        .map_err(|e| e.to_string())?
+                        .0
+                }
+            };
+            if bytes.len() as u64 > max {
+                return Err(format!("{file}: larger than {max} bytes"));
+            }
+            packs.extend(catalog::record_of(t, &bytes, &repository));
+        }
+        packs.sort_by(|a, b| a.name.cmp(&b.name));
+        let version = std::fs::read_to_string(checkout.join("marketplace.toml"))
+            .ok()
+            .and_then(|s| toml::from_str::<toml::Table>(&s).ok())
+            .and_then(|t| {
+                t.get("marketplace")?
+                    .get("version")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{}: no [marketplace] version",
+                    checkout.join("marketplace.toml").display()
+                )
+            })?;
+        let mut top = serde_json::Map::new();
+        top.insert("marketplace_version".into(), version.into());
+        top.insert("schema".into(), catalog::SCHEMA.into());
+        Ok(Catalog { packs, top })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

@@ -1,0 +1,134 @@
+//! The published catalog on disk: written atomically (temporary file, fsync, rename, fsync of the folder) with its detached signature beside it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::keys::KeyPair;
+
+/// A catalog as published: its bytes, the daemon's signature over them (hex), and the entity
+/// tag HTTP clients revalidate with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Shared with every response that serves it (a clone is a reference count).
+    pub bytes: bytes::Bytes,
+    pub signature: String,
+    pub etag: String,
+}
+
+impl Published {
+    pub fn new(bytes: Vec<u8>, key: &KeyPair) -> Self {
+        let signature = key.sign(&bytes);
+        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
+        Self {
+            bytes: bytes.into(),
+            signature,
+            etag,
+        }
+    }
+}
+
+/// The signature file beside `path` (`index.json.sig`).
+pub fn signature_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
+/// Writes `bytes` to `path` so that a reader sees the old file or the new one, never a part:
+/// a temporary file in the same folder, fsynced, renamed over `path`, then the folder fsynced.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "catalog".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes temporary files an earlier process left beside `path` when it was killed mid-write.
+pub fn remove_leftovers(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefixes = [
+        format!(".{}.tmp-", name.to_string_lossy()),
+        format!(".{}.sig.tmp-", name.to_string_lossy()),
+    ];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if prefixes.iter().any(|p| n.starts_with(p.as_str())) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Brings `path` and its signature file to `published`, writing only what differs; true when
+/// something was written. The catalog goes first, its signature after: a reader that finds a
+/// signature that does not verify reads both again.
+pub fn write(path: &Path, published: &Published) -> std::io::Result<bool> {
+    let mut wrote = false;
+    let current = std::fs::read(path).ok();
+    if current.as_deref() != Some(&published.bytes[..]) {
+        write_atomically(path, &published.bytes)?;
+        wrote = true;
+    }
+    let sig_path = signature_path(path);
+    let sig = format!("{}\n", published.signature);
+    if std::fs::read(&sig_path).ok().as_deref() != Some(sig.as_bytes()) {
+        write_atomically(&sig_path, sig.as_bytes())?;
+        wrote = true;
+    }
+    Ok(wrote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_replaces_the_file_and_signs_it_and_a_second_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("site").join("index.json");
+        let key = KeyPair::from_seed("daemon", [7; 32]);
+        let p = Published::new(b"{}\n".to_vec(), &key);
+        assert!(write(&path, &p).expect("write"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"{}\n");
+        let sig = std::fs::read_to_string(signature_path(&path)).expect("sig");
+        assert!(crate::keys::verify_hex(&key.public(), b"{}\n", sig.trim()));
+        assert!(!write(&path, &p).expect("again"), "nothing differs");
+        std::fs::write(dir.path().join("site/.index.json.tmp-1"), b"half").expect("leftover");
+        remove_leftovers(&path);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("site"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+}
