@@ -80,10 +80,8 @@ async fn a_store_outage_mid_action_leaves_nothing_half_applied_and_the_loop_carr
     let cycles_down = Arc::new(AtomicU32::new(0));
     let (up, down, was_cut) = (proxy.up.clone(), cycles_down.clone(), cut.clone());
     let mut rt = w.runtime(PolicySource::fixed(default_policies()));
-    rt.registry = Arc::new(SqlRegistry::new(
-        store.clone(),
-        w.registry.artifact_root.clone(),
-    ));
+    rt.registry =
+        Arc::new(SqlRegistry::new(store.clone(), w.registry.artifact_root.clone()).into());
     rt.store = store.clone();
     rt.fault = Some(Arc::new(move |stage| {
         if stage == "monitor"

@@ -33,24 +33,33 @@ async fn the_real_ggen_registry_imports_with_its_problems_reported_and_twice_cha
     );
     assert_eq!(first.packages_changed, first.packages_seen);
     assert!(first.receipts_applied > 0);
-    // Real data is messy: the index has authors missing, a name that breaks ggen's own rule,
-    // a dependency on a package that is not there, and a receipt for the skipped package.
+    // Real data is messy: the index has authors missing, a dependency on a package that is not
+    // there, and a receipt for a package that is not in the import. ggen's reverse-domain names
+    // (spec/registry.md) are valid.
     assert!(first
         .problems
         .iter()
         .any(|p| p.field == "author" && p.file.ends_with("registry-index.json")));
-    assert!(first
+    // (One package.toml names its package "Next.js Ontology-Driven CRUD": that one is refused.)
+    assert!(!first
         .problems
         .iter()
         .any(|p| p.field == "name" && p.package == "io.ggen.nextjs.ontology-crud"));
+    let registry = SqlRegistry::new(t.store.clone(), ".");
+    assert!(registry
+        .package("io.ggen.nextjs.ontology-crud")
+        .await
+        .unwrap()
+        .is_some());
     assert!(first
         .problems
         .iter()
         .any(|p| p.field == "dependencies" && p.reason.contains("academic-paper-lifecycle")));
-    assert!(first
+    // Its receipt, once refused with the package, is applied now.
+    assert!(!first
         .problems
         .iter()
-        .any(|p| p.field == "package_id" && p.file.to_string_lossy().contains("receipts")));
+        .any(|p| p.field == "package_id" && p.package == "io.ggen.nextjs.ontology-crud"));
     let second = import(&t.store, &fixtures(), NOW + 1000).await.unwrap();
     assert_eq!(second.packages_changed, 0);
     assert_eq!(second.releases_changed, 0);
@@ -62,13 +71,54 @@ async fn the_real_ggen_registry_imports_with_its_problems_reported_and_twice_cha
         .unwrap(),
     )
     .unwrap();
-    let registry = SqlRegistry::new(t.store.clone(), ".");
     let p = registry
         .package("academic-bibliography-manager")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(p.quality, receipt["overall_score"].as_f64());
+}
+
+#[tokio::test]
+async fn the_real_index_imports_all_77_packages_dotted_names_included() {
+    let t = store().await;
+    let r = import(&t.store, &fixtures().join("registry-index.json"), NOW)
+        .await
+        .unwrap();
+    assert_eq!(r.packages_seen, 77, "{:#?}", r.problems);
+    assert_eq!(r.packages_changed, 77);
+}
+
+#[tokio::test]
+async fn a_marketplace_catalog_v2_imports_each_pack_with_its_digest() {
+    let t = store().await;
+    let catalog = fixtures().join("../ggen-marketplace/dist/site/index.json");
+    let r = import(&t.store, &catalog, NOW).await.unwrap();
+    assert_eq!(r.packages_seen, 48);
+    assert_eq!(r.releases_seen, 48);
+    assert!(r.sources[0].starts_with("catalog v2"), "{:?}", r.sources);
+    assert!(
+        !r.problems
+            .iter()
+            .any(|p| p.field == "author" || p.field == "license"),
+        "a catalog has neither: {:#?}",
+        r.problems
+    );
+    let registry = SqlRegistry::new(t.store.clone(), ".");
+    let release = registry
+        .release("fastmcp-pack", "0.1.0")
+        .await
+        .unwrap()
+        .expect("imported");
+    let sums =
+        std::fs::read_to_string(fixtures().join("../ggen-marketplace/dist/packs.sha256")).unwrap();
+    let digest = sums
+        .lines()
+        .find_map(|l| l.strip_prefix("fastmcp-pack 0.1.0 sha256:"))
+        .unwrap();
+    assert_eq!(release.checksum.as_deref(), Some(digest));
+    let again = import(&t.store, &catalog, NOW + 1).await.unwrap();
+    assert_eq!(again.releases_changed, 0);
 }
 
 #[tokio::test]

@@ -23,8 +23,8 @@ pub const DEFAULT_POLICIES: [(&str, &str); 3] = [
     ),
 ];
 
-/// Creates the demo's store, keys, policies and registry on first use; later runs reuse them.
-pub async fn prepare(config: &Config) -> anyhow::Result<()> {
+/// The demo's folder, with its daemon key and default policies (written on first use).
+fn prepare_dir(config: &Config) -> anyhow::Result<std::path::PathBuf> {
     let dir = config
         .key_file
         .parent()
@@ -40,6 +40,55 @@ pub async fn prepare(config: &Config) -> anyhow::Result<()> {
             std::fs::write(config.policies.join(name), text)?;
         }
     }
+    Ok(dir)
+}
+
+/// The pack whose archive the marketplace demo tampers with.
+pub const DEMO_TAMPERED_PACK: &str = "gen-pack-000007";
+
+/// Creates the marketplace demo on first use: keys, policies, a trust store, and a generated
+/// checkout of 40 packs (archives and catalog) with one archive tampered with after its catalog
+/// was built. Later runs reuse it.
+pub async fn prepare_marketplace(config: &Config) -> anyhow::Result<()> {
+    let dir = prepare_dir(config)?;
+    if !config.trusted_keys.exists() {
+        let mut trust = crate::keys::TrustStore::default();
+        let maintainer = KeyPair::generate("maint-alice")?;
+        std::fs::create_dir_all(dir.join("keys"))?;
+        maintainer.save(&dir.join("keys"))?;
+        trust.add(&maintainer, "demo maintainer", vec![Role::Maintainer]);
+        std::fs::write(&config.trusted_keys, trust.to_toml())?;
+    }
+    let Some(checkout) = &config.registry.checkout else {
+        anyhow::bail!("the marketplace demo's configuration names no checkout");
+    };
+    if checkout.join("packs").exists() {
+        return Ok(());
+    }
+    tracing::info!(dir = %checkout.display(), "creating the demo marketplace");
+    crate::registry::marketplace::generate::generate(checkout, 40)?;
+    let archives = checkout.join("dist/packs");
+    let archive = std::fs::read_dir(&archives)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(DEMO_TAMPERED_PACK))
+        })
+        .context("the demo's archive to tamper with")?;
+    let mut bytes = std::fs::read(&archive)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&archive, bytes)?;
+    tracing::info!(
+        archive = %archive.display(),
+        "demo marketplace ready: 40 packs, one archive tampered with after the catalog was built"
+    );
+    Ok(())
+}
+
+/// Creates the demo's store, keys, policies and registry on first use; later runs reuse them.
+pub async fn prepare(config: &Config) -> anyhow::Result<()> {
+    let dir = prepare_dir(config)?;
     let store = Store::open(&config.database_url).await?;
     let registry = SqlRegistry::new(store.clone(), config.artifact_root.clone());
     if registry.counts().await?.packages > 0 {

@@ -44,6 +44,11 @@ pub struct Global {
     /// Use the demo's store under ./mapek-demo (created on first use).
     #[arg(long, global = true)]
     pub demo: bool,
+    /// Use the marketplace demo under ./mapek-demo-marketplace (created on first use): a
+    /// generated ggen-marketplace checkout with one tampered archive, its catalog published at
+    /// ./mapek-demo-marketplace/www/index.json and http://127.0.0.1:9700/catalog/index.json.
+    #[arg(long, global = true, conflicts_with = "demo")]
+    pub demo_marketplace: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,12 +95,15 @@ pub enum Command {
 }
 
 pub const DEMO_DIR: &str = "mapek-demo";
+pub const DEMO_MARKETPLACE_DIR: &str = "mapek-demo-marketplace";
 
 impl Global {
     /// The configuration these options select.
     pub fn config(&self) -> anyhow::Result<Config> {
         let config = if self.demo {
             Config::demo(Path::new(DEMO_DIR))
+        } else if self.demo_marketplace {
+            Config::demo_marketplace(Path::new(DEMO_MARKETPLACE_DIR))
         } else if let Some(path) = &self.config {
             Config::load(path)?
         } else {

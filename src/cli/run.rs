@@ -152,6 +152,9 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     if global.demo {
         demo::prepare(&config).await?;
     }
+    if global.demo_marketplace {
+        demo::prepare_marketplace(&config).await?;
+    }
     let cancel = CancellationToken::new();
     let cycles = if args.once { Some(1) } else { args.cycles };
     let serving = cycles.is_none() && config.listen.is_some();

@@ -63,7 +63,7 @@ fn file_problems(path: &Path, problems: &mut Vec<String>) -> Config {
 
 pub async fn validate(global: &Global) -> anyhow::Result<ExitCode> {
     let mut problems = Vec::new();
-    let config = match (&global.config, global.demo) {
+    let config = match (&global.config, global.demo || global.demo_marketplace) {
         (Some(path), false) => file_problems(path, &mut problems),
         _ => global.config().unwrap_or_else(|e| {
             problems.push(e.to_string());

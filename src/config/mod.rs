@@ -108,6 +108,23 @@ struct ConfigFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RetentionFile {
+    schedule: Option<toml::Spanned<String>>,
+    resolved_findings: Option<toml::Spanned<String>>,
+    notices: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LearningFile {
+    window: Option<toml::Spanned<String>>,
+    min_judged: Option<toml::Spanned<i64>>,
+    max_bad_fraction: Option<toml::Spanned<f64>>,
+    demote: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RegistryFile {
     kind: Option<toml::Spanned<String>>,
     checkout: Option<PathBuf>,
@@ -179,23 +196,6 @@ impl RegistrySettings {
         }
         Ok(Some(m))
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetentionFile {
-    schedule: Option<toml::Spanned<String>>,
-    resolved_findings: Option<toml::Spanned<String>>,
-    notices: Option<toml::Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LearningFile {
-    window: Option<toml::Spanned<String>>,
-    min_judged: Option<toml::Spanned<i64>>,
-    max_bad_fraction: Option<toml::Spanned<f64>>,
-    demote: Option<bool>,
 }
 
 /// The validated configuration.
@@ -279,6 +279,19 @@ impl Config {
             listen: "127.0.0.1:9700".parse().ok(),
             ..Self::defaults(dir)
         }
+    }
+
+    /// The marketplace demo's configuration, rooted at `dir` (`./mapek-demo-marketplace`): a
+    /// generated checkout under `dir/checkout`, its catalog published to `dir/www/index.json`.
+    pub fn demo_marketplace(dir: &Path) -> Self {
+        let mut c = Self::demo(dir);
+        c.registry = RegistrySettings {
+            kind: RegistryKind::GgenMarketplace,
+            checkout: Some(dir.join("checkout")),
+            publish: Some(dir.join("www").join("index.json")),
+            ..Default::default()
+        };
+        c
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -172,7 +172,7 @@ impl Fetcher {
         }
         let failed = |e: reqwest::Error| {
             let reason = describe(&e);
-            if e.is_connect() || e.is_timeout() || e.is_request() {
+            if e.is_connect() || e.is_timeout() {
                 FetchError::Unreachable {
                     url: url.into(),
                     reason,
@@ -261,6 +261,17 @@ impl Fetcher {
             }
         }
         Ok(Fetched::Fresh { bytes, sha256 })
+    }
+
+    /// [`Fetcher::fetch`] from a thread outside the runtime (the monitor's workers).
+    pub fn fetch_blocking(&self, url: &str, conditional: bool) -> Result<Fetched, FetchError> {
+        match &self.handle {
+            Some(h) => h.block_on(self.fetch(url, conditional)),
+            None => Err(FetchError::Other {
+                url: url.into(),
+                reason: "no runtime to fetch on (the fetcher was made outside one)".into(),
+            }),
+        }
     }
 
     /// [`Fetcher::get`] from a thread outside the runtime (the monitor's workers).

@@ -146,7 +146,7 @@ impl World {
     pub fn runtime(&self, policies: mapek::daemon::reload::PolicySource) -> mapek::daemon::Runtime {
         mapek::daemon::Runtime {
             store: self.t.store.clone(),
-            registry: self.registry.clone(),
+            registry: Arc::new(mapek::registry::Managed::from((*self.registry).clone())),
             key: self.key.clone(),
             policies,
             trust: self.trust.clone(),
@@ -276,4 +276,45 @@ impl std::ops::DerefMut for Daemon {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
     }
+}
+
+/// A writable copy of the fixture marketplace, or None (said once) when `../shared` is missing.
+pub fn fixture_copy(into: &std::path::Path) -> Option<std::path::PathBuf> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/ggen-marketplace");
+    if !src.join("packs").is_dir() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI needs ../shared/fixtures/ggen-marketplace"
+        );
+        eprintln!(
+            "skipped: {} is missing (the shared fixtures)",
+            src.display()
+        );
+        return None;
+    }
+    let dst = into.join("checkout");
+    copy_dir(&src, &dst);
+    Some(dst)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+            let mut perms = std::fs::metadata(&target).expect("meta").permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            std::fs::set_permissions(&target, perms).expect("chmod");
+        }
+    }
+}
+
+pub fn fixture_catalog(checkout: &std::path::Path) -> Vec<u8> {
+    std::fs::read(checkout.join("dist/site/index.json")).expect("fixture catalog")
 }

@@ -257,7 +257,9 @@ impl Marketplace {
             names.extend(dirs);
             names.extend(catalog.packs.iter().map(|r| r.name.clone()));
         }
-        let read = self.read_packs(&catalog, names.clone()).await?;
+        let read = self
+            .read_packs(&catalog, names.clone(), &st.archives)
+            .await?;
         let mut touched = BTreeSet::new();
         for (name, (tree, archive)) in read {
             match tree {
@@ -346,12 +348,16 @@ impl Marketplace {
         &self,
         catalog: &Arc<Catalog>,
         names: BTreeSet<String>,
+        before: &HashMap<String, ArchiveSeen>,
     ) -> Result<Vec<(String, PackRead)>, RegistryError> {
-        let jobs: Vec<(String, Option<catalog::Record>)> = names
+        let index: HashMap<&str, &catalog::Record> =
+            catalog.packs.iter().map(|r| (r.name.as_str(), r)).collect();
+        let jobs: Vec<Job> = names
             .into_iter()
             .map(|n| {
-                let r = catalog.packs.iter().find(|r| r.name == n).cloned();
-                (n, r)
+                let r = index.get(n.as_str()).map(|r| (*r).clone());
+                let before = before.get(&n).cloned();
+                (n, r, before)
             })
             .collect();
         if jobs.is_empty() {
@@ -467,19 +473,22 @@ fn sha_of(a: &ArchiveSeen) -> Option<[u8; 32]> {
 /// catalog does not list it).
 type PackRead = (Option<PackTree>, Option<(String, ArchiveSeen)>);
 
+/// A pack to read: its name, its catalog record, what its archive was last seen as.
+type Job = (String, Option<catalog::Record>, Option<ArchiveSeen>);
+
 fn read_all(
     packs: &Path,
     archives: &Archives,
     fetcher: Option<&Fetcher>,
     max: u64,
-    jobs: Vec<(String, Option<catalog::Record>)>,
+    jobs: Vec<Job>,
 ) -> Result<Vec<(String, PackRead)>, RegistryError> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
     let chunk = jobs.len().div_ceil(workers).max(1);
-    let one = |(name, record): &(String, Option<catalog::Record>)| -> Result<(String, PackRead), RegistryError> {
+    let one = |(name, record, before): &Job| -> Result<(String, PackRead), RegistryError> {
         let dir = packs.join(name);
         let tree = if std::fs::symlink_metadata(&dir).is_ok() && tree::safe_dir(name) {
             match tree::read_pack_or_link(&dir, name) {
@@ -487,7 +496,10 @@ fn read_all(
                 // Gone between listing and reading: judged at the next change.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
-                    return Err(RegistryError::Unavailable(format!("{}: {e}", dir.display())))
+                    return Err(RegistryError::Unavailable(format!(
+                        "{}: {e}",
+                        dir.display()
+                    )))
                 }
             }
         } else {
@@ -495,8 +507,15 @@ fn read_all(
         };
         let archive = match record {
             Some(r) => {
-                let seen = sense::read_archive(archives, fetcher, r, max, Default::default())
-                    .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+                let seen = sense::read_archive(
+                    archives,
+                    fetcher,
+                    r,
+                    max,
+                    Default::default(),
+                    before.as_ref(),
+                )
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
                 Some((sense::location(archives, r), seen))
             }
             None => None,
@@ -653,6 +672,10 @@ impl Registry for Marketplace {
 
     async fn publish(&self) -> Result<Option<PublishReport>, RegistryError> {
         let mut st = self.state.lock().await;
+        if st.catalog.is_none() {
+            // A process that never refreshed (`mapek rollback`): the input catalog is all it needs.
+            self.read_catalog(&mut st)?;
+        }
         self.publish_now(&mut st).await
     }
 }

@@ -9,7 +9,7 @@ use super::catalog::Record;
 use super::tree::{FileDigest, PackTree};
 use super::Archives;
 use crate::model::{FindingKind, Severity, Subject};
-use crate::registry::fetch::{FetchError, Fetcher};
+use crate::registry::fetch::{FetchError, Fetched, Fetcher};
 use crate::registry::Problem;
 
 /// A detached signature of an archive: the key that made it and the signature (hex).
@@ -62,14 +62,31 @@ fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Reads and unpacks a pack's archive (blocking: a worker thread's work). An unreachable host
-/// is an error: the sensors are failing.
+/// Fetches `url` conditionally: None when the server says it is what it was (and `before` was
+/// read from it); a 404 is `Ok(Some(Err))`.
+fn fetch_if_changed(
+    f: &Fetcher,
+    url: &str,
+    before: bool,
+) -> Result<Option<Result<Vec<u8>, FetchError>>, FetchError> {
+    match f.fetch_blocking(url, before) {
+        Ok(Fetched::Unchanged { .. }) => Ok(None),
+        Ok(Fetched::Fresh { bytes, .. }) => Ok(Some(Ok(bytes))),
+        Err(e) if e.unreachable() => Err(e),
+        Err(e) => Ok(Some(Err(e))),
+    }
+}
+
+/// Reads and unpacks a pack's archive (blocking: a worker thread's work). Over HTTP, an archive
+/// read before (`before`) is asked for conditionally and, when unchanged, kept as it was seen.
+/// An unreachable host is an error: the sensors are failing.
 pub fn read_archive(
     archives: &Archives,
     fetcher: Option<&Fetcher>,
     record: &Record,
     max_bytes: u64,
     limits: ArchiveLimits,
+    before: Option<&ArchiveSeen>,
 ) -> Result<ArchiveSeen, FetchError> {
     let at = location(archives, record);
     let (bytes, signature) = match archives {
@@ -89,17 +106,43 @@ pub fn read_archive(
                     "{at}: no HTTP client is configured"
                 )));
             };
-            let bytes = match f.get_blocking(&at) {
-                Ok((b, _)) => b,
-                Err(e) if e.unreachable() => return Err(e),
-                Err(e) => return Ok(ArchiveSeen::Unreadable(e.to_string())),
+            let known = matches!(before, Some(ArchiveSeen::Read { .. }));
+            let bytes = match fetch_if_changed(f, &at, known)? {
+                None => None,
+                Some(Ok(b)) => Some(b),
+                Some(Err(e)) => return Ok(ArchiveSeen::Unreadable(e.to_string())),
             };
-            let sig = match f.get_blocking(&format!("{at}.sig")) {
-                Ok((b, _)) => parse_signature(&String::from_utf8_lossy(&b)),
-                Err(e) if e.unreachable() => return Err(e),
-                Err(_) => None,
+            let sig = match fetch_if_changed(f, &format!("{at}.sig"), known)? {
+                None => None,
+                Some(Ok(b)) => Some(parse_signature(&String::from_utf8_lossy(&b))),
+                Some(Err(_)) => Some(None),
             };
-            (bytes, sig)
+            match (bytes, before) {
+                // Neither changed: what was seen stands.
+                (None, Some(seen)) if sig.is_none() => return Ok(seen.clone()),
+                (
+                    None,
+                    Some(ArchiveSeen::Read {
+                        sha256,
+                        size,
+                        content,
+                        signature,
+                    }),
+                ) => {
+                    return Ok(ArchiveSeen::Read {
+                        sha256: *sha256,
+                        size: *size,
+                        content: content.clone(),
+                        signature: sig.unwrap_or_else(|| signature.clone()),
+                    })
+                }
+                (Some(b), _) => (b, sig.flatten()),
+                (None, _) => match f.get_blocking(&at) {
+                    Ok((b, _)) => (b, sig.flatten()),
+                    Err(e) if e.unreachable() => return Err(e),
+                    Err(e) => return Ok(ArchiveSeen::Unreadable(e.to_string())),
+                },
+            }
         }
     };
     Ok(ArchiveSeen::Read {
