@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod execute;
+pub mod faults;
 pub mod keys;
 pub mod knowledge;
 pub mod model;

@@ -72,7 +72,7 @@ async fn a_store_outage_mid_action_leaves_nothing_half_applied_and_the_loop_carr
     let cut = Arc::new(AtomicBool::new(false));
     let up = proxy.up.clone();
     let once = cut.clone();
-    assert!(mapek::execute::faults::set_hook(Box::new(move |point| {
+    assert!(mapek::faults::set_hook(Box::new(move |point| {
         if point == "intents" && !once.swap(true, Ordering::SeqCst) {
             up.send_replace(false);
         }

@@ -325,3 +325,155 @@ async fn the_same_story_holds_with_archives_served_over_loopback_http() {
         .await
         .expect("the story holds");
 }
+
+/// The published file, read over and over by another thread for as long as the test runs: each
+/// read must be a whole catalog (JSON that ends where a catalog ends), never a part.
+struct Reader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Reader {
+    fn start(path: PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut reads, mut torn) = (0u64, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(b) = std::fs::read(&path) {
+                    reads += 1;
+                    if !b.ends_with(b"}\n")
+                        || serde_json::from_slice::<serde_json::Value>(&b).is_err()
+                    {
+                        torn.push(format!("{} bytes", b.len()));
+                    }
+                }
+            }
+            (reads, torn)
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle
+            .take()
+            .map(|h| h.join().expect("reader"))
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_sigkill_at_any_point_the_next_start_converges_to_the_projection() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = common::store().await;
+    let Some(checkout) = common::fixture_copy(t.dir.path()) else {
+        return;
+    };
+    let s = setup(t.dir.path(), checkout, &t.url, None, "1h");
+    let reader = Reader::start(s.publish.clone());
+    let packs = [
+        ("fastmcp-pack-0.1.0", "before_commit"),
+        ("crown-conjecture-pack-0.1.0", "after_commit"),
+        ("domain-capability-pack-0.1.0", "publish_before_rename"),
+        ("anti-llm-cheat-lsp-pack-0.1.0", "publish_after_rename"),
+    ];
+    let s = tokio::task::spawn_blocking(move || {
+        for (archive, point) in packs {
+            let file = s.checkout.join(format!("dist/packs/{archive}.tar.gz"));
+            let mut bytes = std::fs::read(&file).expect("archive");
+            bytes[64] ^= 0x04;
+            std::fs::write(&file, &bytes).expect("tamper");
+            let mut child = common::Daemon(
+                mapek(&s)
+                    .arg("run")
+                    .env("MAPEK_TEST_CRASH_AT", format!("{point}:1"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("the daemon starts"),
+            );
+            let status = wait_for(
+                &format!("the SIGKILL at {point}"),
+                Duration::from_secs(60),
+                || child.try_wait().expect("status"),
+            );
+            assert_eq!(status.signal(), Some(9), "killed at {point}: {status}");
+        }
+        s
+    })
+    .await
+    .expect("the crashes");
+    // Started again, with nothing planned to go wrong: the file converges to the projection of
+    // the input catalog and the remediations in force, whatever state the crashes left.
+    let daemon = common::Daemon(
+        mapek(&s)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts"),
+    );
+    let s = tokio::task::spawn_blocking(move || {
+        let published = wait_for("all four withheld", Duration::from_secs(60), || {
+            let b = std::fs::read(&s.publish).ok()?;
+            (names(&b, "withheld").len() == 4).then_some(b)
+        });
+        drop(daemon);
+        let projection = mapek(&s)
+            .args(["registry", "catalog"])
+            .output()
+            .expect("catalog");
+        assert!(
+            projection.status.success(),
+            "{}",
+            String::from_utf8_lossy(&projection.stderr)
+        );
+        assert!(projection.stdout == published, "the file is the projection");
+        let sig = std::fs::read_to_string(s.dir.join("www/index.json.sig")).expect("sig");
+        assert!(
+            verify_hex(&s.key.public(), &published, sig.trim()),
+            "and its signature verifies"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(s.dir.join("www"))
+            .expect("www")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let out = mapek(&s)
+            .args(["audit", "verify"])
+            .output()
+            .expect("verify");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        s
+    })
+    .await
+    .expect("convergence");
+    let store = mapek::knowledge::Store::open(&t.url).await.expect("store");
+    let executed: i64 = sqlx::Row::get(
+        &sqlx::query(
+            "SELECT COUNT(*) FROM remediations WHERE status = 'executed' AND action = 'quarantine'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .expect("count"),
+        0,
+    );
+    assert_eq!(executed, 4, "each tampered pack quarantined once");
+    let _ = s;
+    let (reads, torn) = reader.finish();
+    assert!(reads > 0);
+    assert!(
+        torn.is_empty(),
+        "a reader saw a part of a catalog: {torn:?} (of {reads} reads)"
+    );
+}

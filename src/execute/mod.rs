@@ -1,6 +1,5 @@
 //! Execute: verify each remediation's signature, write its intent, apply it with its audit entry in one transaction.
 
-pub mod faults;
 pub mod learn;
 pub mod notify;
 pub mod rollback;
@@ -8,6 +7,7 @@ pub mod verify;
 
 use std::sync::Arc;
 
+use crate::faults;
 use crate::keys::{verify_hex, KeyPair};
 use crate::knowledge::audit::{self, NewEntry};
 use crate::knowledge::remediations::{self, Remediation, Status};

@@ -54,6 +54,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
+        crate::faults::point("publish_before_rename");
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(&dir)?.sync_all()
     })();
@@ -97,6 +98,7 @@ pub fn write(path: &Path, published: &Published) -> std::io::Result<bool> {
     if current.as_deref() != Some(&published.bytes[..]) {
         write_atomically(path, &published.bytes)?;
         wrote = true;
+        crate::faults::point("publish_after_rename");
     }
     let sig_path = signature_path(path);
     let sig = format!("{}\n", published.signature);

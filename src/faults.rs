@@ -1,8 +1,10 @@
-//! Fault points of the executor for the crash and outage tests: `MAPEK_TEST_CRASH_AT=POINT:N` SIGKILLs the process the N-th time it reaches POINT, and a test may set a hook called at each point; otherwise nothing happens.
+//! Fault points for the crash and outage tests: `MAPEK_TEST_CRASH_AT=POINT:N` SIGKILLs the process the N-th time it reaches POINT, and a test may set a hook called at each point; otherwise nothing happens.
 //!
 //! The points are the executor's commit boundaries: `intents` (every intent committed, no
 //! effect yet), `before_commit` (a group's effects, audit entries and outcomes written but not
-//! committed) and `after_commit` (a group committed). `MAPEK_TEST_STALL_AT=POINT` instead
+//! committed) and `after_commit` (a group committed); and the published catalog's:
+//! `publish_before_rename` (the new catalog written and synced beside the old one) and
+//! `publish_after_rename` (the catalog in place, its signature not yet). `MAPEK_TEST_STALL_AT=POINT` instead
 //! makes the executor hang at POINT (as on an action that never answers), for the shutdown
 //! tests. `MAPEK_TEST_*` variables are not settings.
 
