@@ -330,3 +330,98 @@ async fn a_tampered_archive_is_a_checksum_mismatch_for_the_monitor() {
         .iter()
         .all(|o| o.signature == mapek::model::SignatureState::Unsigned));
 }
+
+#[tokio::test]
+async fn with_notifications_only_the_packs_that_changed_are_read_again() {
+    let t = common::store().await;
+    let Some(checkout) = fixture_copy(t.dir.path()) else {
+        return;
+    };
+    let mut config = MarketplaceConfig::at(&checkout);
+    config.watch = true;
+    let m = Marketplace::new(
+        SqlRegistry::new(t.store.clone(), t.dir.path()),
+        config,
+        Some(Arc::new(KeyPair::from_seed("daemon", [9; 32]))),
+    )
+    .expect("marketplace");
+    assert!(m.watching(), "inotify is available here");
+    let first = m.refresh(false, common::NOW).await.expect("first");
+    assert_eq!(first.read, 48, "the first refresh reads everything");
+    let quiet = m.refresh(false, common::NOW + 1).await.expect("quiet");
+    assert_eq!(quiet.read, 0, "nothing changed, nothing read");
+    let events = m.changes.events.load(std::sync::atomic::Ordering::SeqCst);
+    std::fs::write(
+        checkout.join("packs/fastmcp-pack/templates/fastmcp_server.py.tmpl"),
+        "# changed under a published version\n",
+    )
+    .expect("edit");
+    let start = std::time::Instant::now();
+    while m.changes.events.load(std::sync::atomic::Ordering::SeqCst) == events {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no notification"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let r = m
+        .refresh(false, common::NOW + 2)
+        .await
+        .expect("after the edit");
+    assert_eq!(r.read, 1, "only fastmcp-pack is read again");
+    assert_eq!(
+        kinds(&r, FindingKind::ContentMismatch),
+        ["fastmcp-pack@0.1.0"]
+    );
+    // A full scan, the safety net, reads everything again.
+    assert_eq!(
+        m.refresh(true, common::NOW + 3).await.expect("full").read,
+        48
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_archive_host_is_the_sensors_failing_and_nothing_is_judged() {
+    let t = common::store().await;
+    let Some(checkout) = fixture_copy(t.dir.path()) else {
+        return;
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut config = MarketplaceConfig::at(&checkout);
+    config.watch = false;
+    config.archives =
+        mapek::registry::marketplace::Archives::Url(format!("http://127.0.0.1:{closed}/packs"));
+    let m = Arc::new(
+        Marketplace::new(
+            SqlRegistry::new(t.store.clone(), t.dir.path()),
+            config,
+            Some(Arc::new(KeyPair::from_seed("daemon", [9; 32]))),
+        )
+        .expect("marketplace"),
+    );
+    let trust = Arc::new(mapek::keys::TrustStore::default());
+    let mut state = mapek::monitor::MonitorState::new();
+    let out = mapek::monitor::cycle(&mut state, &m, &t.store, &trust, common::NOW, 3_600_000)
+        .await
+        .expect("the monitor reports it, it does not fail");
+    let why = out.unreachable.as_deref().expect("unreachable");
+    assert!(why.contains(&format!("127.0.0.1:{closed}")), "{why}");
+    let mut analyzer = mapek::analyze::Analyzer::new(Default::default());
+    let judged = analyzer
+        .cycle(
+            &t.store,
+            mapek::analyze::AnalyzeInput::from_monitor(&out),
+            common::NOW,
+        )
+        .await
+        .expect("analysis");
+    assert!(judged.stale, "nothing is planned on stale facts");
+    let open = t.store.open_findings().await.expect("findings");
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(open[0].kind, FindingKind::RegistryUnreachable);
+}

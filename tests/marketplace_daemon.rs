@@ -118,7 +118,7 @@ fn setup(
         format!(
             "database_url = \"{url}\"\npolicies = \"{p}\"\ntrusted_keys = \"{d}/trusted-keys.toml\"\n\
              key_file = \"{d}/daemon.key\"\ninterval = \"300ms\"\nfull_scan_interval = \"{full_scan}\"\n\
-             listen = \"127.0.0.1:{port}\"\n\n[registry]\nkind = \"ggen-marketplace\"\ncheckout = \"{c}\"\n\
+             listen = \"127.0.0.1:{port}\"\nlease_ttl = \"1s\"\n\n[registry]\nkind = \"ggen-marketplace\"\ncheckout = \"{c}\"\n\
              publish = \"{w}\"\n{archives}",
             p = policies.display(),
             d = dir.display(),

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub observations: IntCounterVec,
     pub last_cycle: prometheus::Gauge,
     pub store_errors: IntCounter,
+    pub catalog_publications: IntCounterVec,
+    pub catalog_withheld: IntGauge,
+    pub source_reads: IntCounter,
     /// The name of every metric, for the catalogue's test.
     pub names: Vec<String>,
 }
@@ -217,6 +220,21 @@ impl Metrics {
                 "mapek_store_errors_total",
                 "Probe queries to the knowledge store that failed (once per cycle and per /readyz)",
             )?,
+            catalog_publications: IntCounterVec::new(
+                Opts::new(
+                    "mapek_catalog_publications_total",
+                    "Times the published catalog was brought to the projection (written: the file changed; unchanged: it was already so; failed: it could not be written)",
+                ),
+                &["result"],
+            )?,
+            catalog_withheld: IntGauge::new(
+                "mapek_catalog_withheld",
+                "Packs the published catalog withholds (quarantined or yanked)",
+            )?,
+            source_reads: IntCounter::new(
+                "mapek_registry_source_reads_total",
+                "Packs read again from the registry's source of record (a marketplace checkout and its archives)",
+            )?,
             names: Vec::new(),
             registry,
         };
@@ -250,6 +268,9 @@ impl Metrics {
             Box::new(m.observations.clone()),
             Box::new(m.last_cycle.clone()),
             Box::new(m.store_errors.clone()),
+            Box::new(m.catalog_publications.clone()),
+            Box::new(m.catalog_withheld.clone()),
+            Box::new(m.source_reads.clone()),
         ];
         for c in collectors {
             m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
@@ -276,7 +297,30 @@ impl Metrics {
         for kind in FindingKind::ALL {
             m.findings_open.with_label_values(&[kind.as_str()]).set(0);
         }
+        for result in ["written", "unchanged", "failed"] {
+            m.catalog_publications
+                .with_label_values(&[result])
+                .inc_by(0);
+        }
         Ok(m)
+    }
+
+    /// Counts a publication of the catalog, and logs one that failed.
+    pub fn published(&self, published: &Option<Result<crate::registry::PublishReport, String>>) {
+        match published {
+            Some(Ok(p)) => {
+                let result = if p.written { "written" } else { "unchanged" };
+                self.catalog_publications.with_label_values(&[result]).inc();
+                self.catalog_withheld.set(p.withheld as i64);
+            }
+            Some(Err(error)) => {
+                self.catalog_publications
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::error!(%error, "the catalog could not be published; the next cycle tries again");
+            }
+            None => {}
+        }
     }
 
     /// Shows every policy's figures from a learning pass.

@@ -103,6 +103,8 @@ pub(super) async fn monitor_task(
                     .signature_checks
                     .with_label_values(&["cache"])
                     .inc_by(out.cache_hits as u64);
+                rt.metrics.source_reads.inc_by(out.registry.read as u64);
+                rt.metrics.published(&out.registry.published);
                 if let Some(why) = &out.unreachable {
                     tracing::error!(cycle = cycle.n, reason = %why, "registry unreachable: its findings are frozen and nothing is planned this cycle");
                 }
@@ -382,6 +384,7 @@ pub(super) async fn execute_task(
         match executed {
             Ok(out) => {
                 observe(&rt, "execute", started);
+                rt.metrics.published(&out.published);
                 for (r, outcome) in &out.results {
                     // A span per remediation, carrying its id (the audit entry's remediation_id).
                     let _remediation = tracing::info_span!(parent: &span, "remediation", id = %r.id, policy = %r.policy, action = %r.action).entered();

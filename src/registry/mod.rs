@@ -176,6 +176,11 @@ pub struct Refreshed {
     pub problems: Vec<Problem>,
     /// Releases that left the registry since the last refresh (package, version).
     pub removed: Vec<(String, String)>,
+    /// Packs (or packages) read again from the source of record in this refresh.
+    pub read: usize,
+    /// What users read was published again (the projection moved), or why it could not be;
+    /// None: nothing to publish.
+    pub published: Option<Result<PublishReport, String>>,
 }
 
 /// What the loop needs of a registry. A second backend implements this and nothing else changes.

@@ -260,6 +260,7 @@ impl Marketplace {
         let read = self
             .read_packs(&catalog, names.clone(), &st.archives)
             .await?;
+        let read_count = read.len();
         let mut touched = BTreeSet::new();
         for (name, (tree, archive)) in read {
             match tree {
@@ -300,11 +301,19 @@ impl Marketplace {
                 .values()
                 .filter_map(|t| sense::successor_problem(t, |s| st.trees.contains_key(s))),
         );
-        self.publish_now(&mut st).await?;
+        // A catalog that cannot be written is reported, not a failure of the sensors: what
+        // they saw stands, and the next cycle publishes again.
+        let published = self
+            .publish_now(&mut st)
+            .await
+            .map_err(|e| e.to_string())
+            .transpose();
         Ok(Refreshed {
             judged: JUDGED.to_vec(),
             problems,
             removed,
+            read: read_count,
+            published,
         })
     }
 

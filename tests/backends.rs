@@ -1,0 +1,304 @@
+//! The same loop, written once, on both backends: mapek's own SQL registry and a ggen marketplace checkout. A tampered artifact is quarantined once, a quiet cycle plans nothing, a dry-run daemon changes nothing, a rollback undoes once, a restored artifact resolves at the next full scan, and the audit log verifies.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::{default_policies, NOW};
+use mapek::analyze::{AnalyzeInput, Analyzer};
+use mapek::execute::{self, rollback::rollback, Outcome};
+use mapek::keys::{KeyPair, TrustStore};
+use mapek::knowledge::audit::verify_chain;
+use mapek::knowledge::remediations::Status;
+use mapek::monitor::{self, MonitorState};
+use mapek::plan::{PlanContext, Planner};
+use mapek::registry::generate::{self, GenerateSpec};
+use mapek::registry::marketplace::{Marketplace, MarketplaceConfig};
+use mapek::registry::{Managed, Registry, SqlRegistry};
+
+/// One backend with a registry to act on and one release whose artifact a test may change.
+struct Bed {
+    t: common::TestStore,
+    registry: Arc<Managed>,
+    trust: Arc<TrustStore>,
+    key: KeyPair,
+    /// The release the tests tamper with, and its artifact file.
+    subject: (String, String),
+    artifact: PathBuf,
+    original: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Sql,
+    Marketplace,
+}
+
+async fn bed(kind: Kind) -> Bed {
+    let t = common::store().await;
+    let key = KeyPair::from_seed("daemon", [9; 32]);
+    let (registry, trust, subject, artifact) = match kind {
+        Kind::Sql => {
+            let sql = SqlRegistry::new(t.store.clone(), t.dir.path().join("artifacts"));
+            let spec = GenerateSpec {
+                packages: 30,
+                publishers: 2,
+                seed: 5,
+                mean_dependencies: 0.0,
+                ..GenerateSpec::default()
+            };
+            let g = generate::generate(&sql, &spec, NOW)
+                .await
+                .expect("generate");
+            let r = sql
+                .release("pkg-00007", "1.0.0")
+                .await
+                .expect("read")
+                .expect("there");
+            let artifact = sql
+                .artifact_root
+                .join(r.artifact.as_deref().expect("artifact"));
+            (
+                Managed::from(sql),
+                g.trust,
+                ("pkg-00007".to_string(), "1.0.0".to_string()),
+                artifact,
+            )
+        }
+        Kind::Marketplace => {
+            let checkout = t.dir.path().join("checkout");
+            mapek::registry::marketplace::generate::generate(&checkout, 30).expect("generate");
+            let mut config = MarketplaceConfig::at(&checkout);
+            config.watch = false;
+            config.publish = Some(t.dir.path().join("www/index.json"));
+            let m = Marketplace::new(
+                SqlRegistry::new(t.store.clone(), t.dir.path()),
+                config,
+                Some(Arc::new(key.clone())),
+            )
+            .expect("marketplace");
+            let name = mapek::registry::marketplace::generate::pack_name(7);
+            let artifact = checkout.join(format!("dist/packs/{name}-1.0.0.tar.gz"));
+            (
+                Managed::from(m),
+                TrustStore::default(),
+                (name, "1.0.0".to_string()),
+                artifact,
+            )
+        }
+    };
+    let original = std::fs::read(&artifact).expect("artifact");
+    Bed {
+        t,
+        registry: Arc::new(registry),
+        trust: Arc::new(trust),
+        key,
+        subject,
+        artifact,
+        original,
+    }
+}
+
+impl Bed {
+    fn tamper(&self) {
+        let mut b = self.original.clone();
+        b[40] ^= 0x10;
+        std::fs::write(&self.artifact, b).expect("tamper");
+    }
+
+    fn restore(&self) {
+        std::fs::write(&self.artifact, &self.original).expect("restore");
+    }
+
+    async fn quarantined(&self) -> bool {
+        let (p, v) = &self.subject;
+        self.registry
+            .release(p, v)
+            .await
+            .expect("read")
+            .expect("there")
+            .quarantined
+    }
+}
+
+/// The daemon's stages in order, once. `full` forces the monitor's full scan.
+struct Loop {
+    monitor: MonitorState,
+    analyzer: Analyzer,
+    planner: Planner,
+}
+
+impl Loop {
+    fn new() -> Self {
+        Self {
+            monitor: MonitorState::new(),
+            analyzer: Analyzer::new(Default::default()),
+            planner: Planner::default(),
+        }
+    }
+
+    async fn cycle(
+        &mut self,
+        b: &Bed,
+        now: i64,
+        full: bool,
+        dry_run: bool,
+    ) -> (usize, execute::ExecuteOutput) {
+        let every = if full { 1 } else { 3_600_000 };
+        let m = monitor::cycle(
+            &mut self.monitor,
+            &b.registry,
+            &b.t.store,
+            &b.trust,
+            now,
+            every,
+        )
+        .await
+        .expect("monitor");
+        assert!(m.unreachable.is_none(), "{:?}", m.unreachable);
+        self.analyzer
+            .cycle(&b.t.store, AnalyzeInput::from_monitor(&m), now)
+            .await
+            .expect("analyze");
+        let policies = default_policies();
+        let ctx = PlanContext {
+            policies: &policies,
+            trust: &b.trust,
+            key: &b.key,
+            daemon_dry_run: dry_run,
+            now,
+        };
+        let p = self
+            .planner
+            .cycle(&b.t.store, &b.registry, ctx)
+            .await
+            .expect("plan");
+        let e = execute::cycle(&b.t.store, &b.registry, &b.key, now)
+            .await
+            .expect("execute");
+        (p.remediations.len(), e)
+    }
+}
+
+async fn a_tampered_artifact_is_quarantined_once_and_a_quiet_cycle_plans_nothing(kind: Kind) {
+    let b = bed(kind).await;
+    let mut l = Loop::new();
+    let (planned, _) = l.cycle(&b, NOW, true, false).await;
+    assert_eq!(planned, 0, "{kind:?}: a sound registry");
+    b.tamper();
+    let (_, e) = l.cycle(&b, NOW + 60_000, true, false).await;
+    let executed: Vec<_> = e
+        .results
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Executed { changed: true }))
+        .map(|(r, _)| r.subject.to_string())
+        .collect();
+    assert_eq!(
+        executed,
+        [format!("{}@{}", b.subject.0, b.subject.1)],
+        "{kind:?}"
+    );
+    assert!(b.quarantined().await, "{kind:?}");
+    let (planned, e) = l.cycle(&b, NOW + 120_000, false, false).await;
+    assert_eq!((planned, e.results.len()), (0, 0), "{kind:?}: nothing new");
+    assert!(verify_chain(
+        &b.t.store.audit_entries().await.expect("audit"),
+        &b.key.public()
+    )
+    .is_ok());
+}
+
+async fn a_dry_run_daemon_records_and_changes_nothing(kind: Kind) {
+    let b = bed(kind).await;
+    b.tamper();
+    let mut l = Loop::new();
+    let (planned, e) = l.cycle(&b, NOW, true, true).await;
+    assert!(planned > 0, "{kind:?}");
+    assert!(e.results.is_empty(), "{kind:?}");
+    assert!(!b.quarantined().await, "{kind:?}");
+    let dry =
+        b.t.store
+            .remediations_with_status(Status::DryRun)
+            .await
+            .expect("read");
+    assert_eq!(dry.len(), 1, "{kind:?}");
+}
+
+async fn a_rollback_undoes_once_and_a_restored_artifact_resolves(kind: Kind) {
+    let b = bed(kind).await;
+    let mut l = Loop::new();
+    b.tamper();
+    l.cycle(&b, NOW, true, false).await;
+    let done =
+        b.t.store
+            .remediations_with_status(Status::Executed)
+            .await
+            .expect("read");
+    assert_eq!(done.len(), 1, "{kind:?}");
+    let (r, outcome) = rollback(
+        &b.t.store,
+        &b.registry,
+        &b.key,
+        &done[0].id,
+        "maint",
+        NOW + 1,
+    )
+    .await
+    .expect("rolled back");
+    assert_eq!(outcome, Outcome::Executed { changed: true }, "{kind:?}");
+    assert_eq!(r.action, mapek::model::Action::ReleaseQuarantine);
+    assert!(!b.quarantined().await, "{kind:?}");
+    assert!(
+        rollback(
+            &b.t.store,
+            &b.registry,
+            &b.key,
+            &done[0].id,
+            "maint",
+            NOW + 2
+        )
+        .await
+        .is_err(),
+        "{kind:?}: not twice"
+    );
+    b.restore();
+    l.cycle(&b, NOW + 60_000, true, false).await;
+    let open = b.t.store.open_findings().await.expect("findings");
+    assert!(open.is_empty(), "{kind:?}: {open:#?}");
+    assert!(verify_chain(
+        &b.t.store.audit_entries().await.expect("audit"),
+        &b.key.public()
+    )
+    .is_ok());
+}
+
+#[tokio::test]
+async fn sql_a_tampered_artifact_is_quarantined_once_and_a_quiet_cycle_plans_nothing() {
+    a_tampered_artifact_is_quarantined_once_and_a_quiet_cycle_plans_nothing(Kind::Sql).await
+}
+
+#[tokio::test]
+async fn marketplace_a_tampered_artifact_is_quarantined_once_and_a_quiet_cycle_plans_nothing() {
+    a_tampered_artifact_is_quarantined_once_and_a_quiet_cycle_plans_nothing(Kind::Marketplace).await
+}
+
+#[tokio::test]
+async fn sql_a_dry_run_daemon_records_and_changes_nothing() {
+    a_dry_run_daemon_records_and_changes_nothing(Kind::Sql).await
+}
+
+#[tokio::test]
+async fn marketplace_a_dry_run_daemon_records_and_changes_nothing() {
+    a_dry_run_daemon_records_and_changes_nothing(Kind::Marketplace).await
+}
+
+#[tokio::test]
+async fn sql_a_rollback_undoes_once_and_a_restored_artifact_resolves() {
+    a_rollback_undoes_once_and_a_restored_artifact_resolves(Kind::Sql).await
+}
+
+#[tokio::test]
+async fn marketplace_a_rollback_undoes_once_and_a_restored_artifact_resolves() {
+    a_rollback_undoes_once_and_a_restored_artifact_resolves(Kind::Marketplace).await
+}
