@@ -38,11 +38,11 @@ async fn a_whole_answer_is_hashed_as_it_streams_and_a_304_costs_nothing() {
     let port = raw_server(|req, s| {
         if req.contains("If-None-Match: \"v1\"") || req.contains("if-none-match: \"v1\"") {
             let _ = s.write_all(
-                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\nETag: \"v1\"\r\nContent-Length: 0\r\n\r\n",
             );
         } else {
             let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\nhello");
+                s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\nhello");
         }
     });
     let f = Fetcher::new(limits()).expect("fetcher");
@@ -68,7 +68,8 @@ async fn a_whole_answer_is_hashed_as_it_streams_and_a_304_costs_nothing() {
 #[tokio::test]
 async fn a_missing_artifact_is_its_status_not_an_outage() {
     let port = raw_server(|_, s| {
-        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        let _ = s
+            .write_all(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     });
     let f = Fetcher::new(limits()).expect("fetcher");
     let e = f
@@ -82,7 +83,8 @@ async fn a_missing_artifact_is_its_status_not_an_outage() {
 #[tokio::test]
 async fn an_answer_larger_than_the_limit_is_refused_before_it_is_read() {
     let port = raw_server(|_, s| {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n");
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4096\r\n\r\n");
         let _ = s.write_all(&[b'x'; 4096]);
     });
     let f = Fetcher::new(limits()).expect("fetcher");
@@ -93,7 +95,9 @@ async fn an_answer_larger_than_the_limit_is_refused_before_it_is_read() {
     assert!(matches!(e, FetchError::TooLarge { limit: 1024, .. }), "{e}");
     // Without a length (chunked), the limit is held while it streams.
     let port = raw_server(|_, s| {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
         for _ in 0..8 {
             let _ = s.write_all(b"200\r\n");
             let _ = s.write_all(&[b'y'; 512]);
@@ -111,7 +115,9 @@ async fn an_answer_larger_than_the_limit_is_refused_before_it_is_read() {
 #[tokio::test]
 async fn a_body_cut_short_is_truncated_not_taken() {
     let port = raw_server(|_, s| {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 900\r\n\r\nonly this");
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 900\r\n\r\nonly this",
+        );
         let _ = s.shutdown(std::net::Shutdown::Both);
     });
     let f = Fetcher::new(limits()).expect("fetcher");
@@ -125,7 +131,8 @@ async fn a_body_cut_short_is_truncated_not_taken() {
 #[tokio::test]
 async fn a_slow_server_and_a_closed_port_are_the_sensors_failing() {
     let port = raw_server(|_, s| {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab");
+        let _ =
+            s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10\r\n\r\nab");
         std::thread::sleep(Duration::from_secs(3));
         let _ = s.write_all(b"cdefghij");
     });

@@ -74,7 +74,7 @@ async fn an_unchanged_checkout_is_published_byte_identical_and_signed() {
         .artifact
         .as_deref()
         .is_some_and(|a| a.ends_with("dist/packs/fastmcp-pack-0.1.0.tar.gz")));
-    assert_eq!(mk.m.signatures_required(), false);
+    assert!(!mk.m.signatures_required());
     // A second refresh of an unchanged checkout writes nothing.
     let seq = mk.m.change_seq().await.expect("seq");
     mk.m.refresh(true, common::NOW + 1).await.expect("again");

@@ -35,19 +35,24 @@ pub struct BenchArgs {
     /// Measure `audit verify` over a log of this many entries.
     #[arg(long)]
     pub audit: Option<usize>,
-    /// Run `--execute` or `--audit` on a new database of this PostgreSQL server instead of SQLite.
+    /// Measure a generated ggen-marketplace checkout of `--packages` packs: its first full
+    /// cycle, a one-pack change to the republished catalog, a publication of the whole catalog.
+    #[arg(long)]
+    pub marketplace: bool,
+    /// Run `--execute`, `--audit` or `--marketplace` on a new database of this PostgreSQL server
+    /// instead of SQLite.
     #[arg(long)]
     pub pg: Option<String>,
 }
 
 /// Resets the peak resident memory counter (Linux: `5` to /proc/self/clear_refs), so the peak
 /// of the cycles can be told from the peak of generating the registry. False where unsupported.
-fn reset_peak_rss() -> bool {
+pub(super) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Peak resident memory of this process, from /proc (Linux), in MiB.
-fn peak_rss_mib() -> Option<f64> {
+pub(super) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -105,6 +110,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.audit {
         super::bench_execute::audit(n, args.runs, args.pg.as_deref()).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.marketplace {
+        super::bench_marketplace::bench(args.packages, args.runs, args.pg.as_deref()).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.analyze {

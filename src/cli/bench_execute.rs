@@ -19,7 +19,7 @@ use crate::registry::{Registry, SqlRegistry};
 
 /// A fresh store for one run: a SQLite file in `dir`, or a new database on the PostgreSQL
 /// server of `pg` (dropped by the caller).
-async fn fresh_store(
+pub(super) async fn fresh_store(
     dir: &std::path::Path,
     pg: Option<&str>,
     run: usize,
@@ -56,7 +56,11 @@ async fn fresh_store(
     }
 }
 
-async fn drop_store(store: Store, pg: Option<&str>, name: Option<String>) -> anyhow::Result<()> {
+pub(super) async fn drop_store(
+    store: Store,
+    pg: Option<&str>,
+    name: Option<String>,
+) -> anyhow::Result<()> {
     store.close().await;
     if let (Some(base), Some(name)) = (pg, name) {
         let mut conn = sqlx::AnyConnection::connect(base).await?;

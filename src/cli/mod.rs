@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_analyze;
 mod bench_execute;
+mod bench_marketplace;
 mod demo;
 mod policy;
 mod registry;

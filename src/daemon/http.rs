@@ -33,24 +33,24 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .with_state(rt)
 }
 
-/// The published catalog (a ggen-marketplace registry), or why there is none.
+/// The published catalog (a ggen-marketplace registry), or the answer that says why there is none.
 fn published(
     rt: &Runtime,
-) -> Result<Arc<crate::registry::marketplace::publish::Published>, Response> {
+) -> Result<Arc<crate::registry::marketplace::publish::Published>, Box<Response>> {
     let Some(m) = rt.registry.marketplace() else {
-        return Err((
+        let why = (
             StatusCode::NOT_FOUND,
             "no catalog: the registry is not a ggen marketplace\n",
-        )
-            .into_response());
+        );
+        return Err(Box::new(why.into_response()));
     };
     m.published().ok_or_else(|| {
-        (
+        let why = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "5")],
             "the catalog has not been published yet\n",
-        )
-            .into_response()
+        );
+        Box::new(why.into_response())
     })
 }
 
@@ -68,7 +68,7 @@ fn not_modified(request: &Request, etag: &str) -> bool {
 async fn catalog_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Response {
     let p = match published(&rt) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if not_modified(&request, &p.etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, p.etag.clone())]).into_response();
@@ -89,7 +89,7 @@ async fn catalog_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Re
 async fn catalog_signature_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Response {
     let p = match published(&rt) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if not_modified(&request, &p.etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, p.etag.clone())]).into_response();

@@ -326,6 +326,13 @@ CREATE TABLE learned_snapshots (
 );
 "#;
 
+/// Version 12: the published catalog's overlay (a ggen marketplace's) reads the yanked releases
+/// and the packages with a quality score through indexes, as it does the quarantined ones.
+const V12: &str = r#"
+CREATE INDEX releases_yanked ON releases (yanked) WHERE yanked = 1;
+CREATE INDEX packages_quality ON packages (quality) WHERE quality IS NOT NULL;
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -349,6 +356,7 @@ pub fn migrator() -> Migrator {
             step(9, "telemetry batches", V9),
             step(10, "status indexes", V10),
             step(11, "learned snapshots", V11),
+            step(12, "overlay indexes", V12),
         ]),
         ..Migrator::DEFAULT
     }

@@ -227,13 +227,21 @@ async fn registry_pass<R: Registry>(
     let refreshed = registry.refresh(full_scan, now).await?;
     forget(state, &refreshed.removed);
     let seq = registry.change_seq().await?;
-    let (releases, head) = if since < seq {
+    let (mut releases, head) = if since < seq {
         registry.releases_since(since).await?
     } else {
         (Vec::new(), seq)
     };
+    // Artifacts the registry saw change under an unchanged record: looked at in this pass.
+    for (p, v) in &refreshed.changed {
+        if !releases.iter().any(|r| &r.package == p && &r.version == v) {
+            releases.extend(registry.release(p, v).await?);
+        }
+    }
     state.facts.note_releases(&releases);
+    let t_facts = std::time::Instant::now();
     let facts = state.facts.facts(registry.as_ref(), seq).await?;
+    let facts_s = t_facts.elapsed().as_secs_f64();
     let known = Arc::make_mut(&mut state.known);
     if full_read {
         let read: std::collections::HashSet<(&str, &str)> = releases
@@ -419,6 +427,7 @@ async fn registry_pass<R: Registry>(
     tracing::debug!(
         releases = output.scanned,
         read_s,
+        facts_s,
         check_s,
         cache_s,
         observations_s = t_obs.elapsed().as_secs_f64(),

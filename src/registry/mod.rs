@@ -176,6 +176,9 @@ pub struct Refreshed {
     pub problems: Vec<Problem>,
     /// Releases that left the registry since the last refresh (package, version).
     pub removed: Vec<(String, String)>,
+    /// Releases whose artifact's bytes changed though their record did not: the monitor looks
+    /// at them again in this pass (package, version).
+    pub changed: Vec<(String, String)>,
     /// Packs (or packages) read again from the source of record in this refresh.
     pub read: usize,
     /// What users read was published again (the projection moved), or why it could not be;

@@ -404,24 +404,6 @@ impl SqlRegistry {
         Ok(())
     }
 
-    /// Moves a release to sequence `seq` without changing it: its artifact's bytes changed, and
-    /// whoever follows the sequence must look at it again.
-    pub async fn touch_release(
-        conn: &mut Conn,
-        package: &str,
-        version: &str,
-        seq: i64,
-    ) -> Result<(), RegistryError> {
-        conn.execute(
-            sqlx::query("UPDATE releases SET change_seq = $3 WHERE package = $1 AND version = $2")
-                .bind(package.to_string())
-                .bind(version.to_string())
-                .bind(seq),
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Overwrites a release's signature (used to plant problems in demo and test registries).
     pub async fn set_signature(
         &self,

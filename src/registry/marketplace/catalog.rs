@@ -65,6 +65,24 @@ pub struct Catalog {
     pub packs: Vec<Record>,
     /// `marketplace_version`, `schema` and anything else, as read.
     pub top: Map<String, Value>,
+    /// Each record's place in `packs`, by name.
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Catalog {
+    pub fn new(packs: Vec<Record>, top: Map<String, Value>) -> Self {
+        let index = packs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        Self { packs, top, index }
+    }
+
+    /// The record of pack `name`.
+    pub fn get(&self, name: &str) -> Option<&Record> {
+        self.index.get(name).map(|&i| &self.packs[i])
+    }
 }
 
 /// A pack name as ggen names them, safe to join to a folder or a URL.
@@ -175,7 +193,7 @@ pub fn parse(bytes: &[u8]) -> Result<Catalog, CatalogError> {
         }
         packs.push(r);
     }
-    Ok(Catalog { packs, top })
+    Ok(Catalog::new(packs, top))
 }
 
 /// The record the reference tool writes for an admitted pack, given its archive's bytes.
@@ -304,17 +322,17 @@ pub fn withheld_value(overlay: &Overlay) -> Value {
 /// UTF-8, one trailing newline), with the overlay applied: with an empty overlay the bytes are
 /// the input's.
 pub fn render(catalog: &Catalog, overlay: &Overlay) -> Vec<u8> {
-    let records: Vec<String> = catalog
+    let records: Vec<std::sync::Arc<str>> = catalog
         .packs
         .iter()
         .filter_map(|r| project_record(r, overlay))
-        .map(|f| render_value(&Value::Object(f), 2))
+        .map(|f| render_value(&Value::Object(f), 2).into())
         .collect();
     assemble(catalog, overlay, &records)
 }
 
 /// The whole document around records already rendered at their depth (`render_value(_, 2)`).
-pub fn assemble(catalog: &Catalog, overlay: &Overlay, records: &[String]) -> Vec<u8> {
+pub fn assemble(catalog: &Catalog, overlay: &Overlay, records: &[std::sync::Arc<str>]) -> Vec<u8> {
     let mut top: BTreeMap<&str, Option<String>> = catalog
         .top
         .iter()
@@ -348,7 +366,7 @@ pub fn assemble(catalog: &Catalog, overlay: &Overlay, records: &[String]) -> Vec
                         out.push(',');
                     }
                     out.push_str("\n    ");
-                    out.push_str(r);
+                    out.push_str(r.as_ref());
                 }
                 out.push_str("\n  ]");
             }

@@ -99,10 +99,7 @@ pub fn generate(dir: &Path, packs: usize) -> std::io::Result<()> {
     top.insert("schema".into(), catalog::SCHEMA.into());
     let mut records = records;
     records.sort_by(|a, b| a.name.cmp(&b.name));
-    let c = Catalog {
-        packs: records,
-        top,
-    };
+    let c = Catalog::new(records, top);
     std::fs::write(
         dir.join("dist/site/index.json"),
         catalog::render(&c, &Overlay::default()),

@@ -91,14 +91,12 @@ fn release_of(
 impl Marketplace {
     /// Brings the mirror to the catalog for `names` (every pack when `everything`): new packs
     /// and releases inserted, changed ones updated, releases the catalog no longer lists removed
-    /// (returned), and releases whose archive's bytes changed (`touched`) moved on the change
-    /// sequence so that the monitor looks at them again. One transaction, or none.
+    /// (returned). One transaction, or none.
     pub(super) async fn sync_mirror(
         &self,
         st: &mut State,
         catalog: &Catalog,
         names: &BTreeSet<String>,
-        touched: &BTreeSet<String>,
         everything: bool,
         now: i64,
     ) -> Result<Vec<(String, String)>, RegistryError> {
@@ -115,20 +113,17 @@ impl Marketplace {
         let Some(mirror) = st.mirror.as_mut() else {
             return Ok(Vec::new());
         };
-        let records: HashMap<&str, &Record> =
-            catalog.packs.iter().map(|r| (r.name.as_str(), r)).collect();
         let mut scope: BTreeSet<&str> = names.iter().map(String::as_str).collect();
         if everything {
-            scope.extend(records.keys().copied());
+            scope.extend(catalog.packs.iter().map(|r| r.name.as_str()));
             scope.extend(mirror.releases.keys().map(String::as_str));
         }
         let (mut new_p, mut new_r, mut upd_p, mut upd_r) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut removed = Vec::new();
-        let mut touch = Vec::new();
         for name in scope {
             let old_releases = mirror.releases.get(name).cloned().unwrap_or_default();
-            let Some(r) = records.get(name) else {
+            let Some(r) = catalog.get(name) else {
                 removed.extend(
                     old_releases
                         .iter()
@@ -148,9 +143,6 @@ impl Marketplace {
             match old_r {
                 None => new_r.push(rel),
                 Some(o) if *o != rel => upd_r.push(rel),
-                Some(_) if touched.contains(name) => {
-                    touch.push((r.name.clone(), r.version.clone()))
-                }
                 Some(_) => {}
             }
             removed.extend(
@@ -165,7 +157,6 @@ impl Marketplace {
             && upd_p.is_empty()
             && upd_r.is_empty()
             && removed.is_empty()
-            && touch.is_empty()
         {
             return Ok(Vec::new());
         }
@@ -181,15 +172,11 @@ impl Marketplace {
         for (p, v) in &removed {
             SqlRegistry::remove_release(&mut tx, p, v).await?;
         }
-        for (p, v) in &touch {
-            SqlRegistry::touch_release(&mut tx, p, v, seq).await?;
-        }
         tx.commit().await.map_err(RegistryError::from)?;
         tracing::debug!(
             inserted = new_r.len(),
             updated = upd_r.len(),
             removed = removed.len(),
-            touched = touch.len(),
             "marketplace mirror brought up to date"
         );
         for p in new_p.into_iter().chain(upd_p) {

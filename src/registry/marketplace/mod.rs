@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod generate;
 mod mirror;
 pub mod overlay;
+mod projection;
 pub mod publish;
 pub mod sense;
 pub mod tree;
@@ -112,17 +113,13 @@ struct State {
     /// Content and admission problems, by pack.
     problems: BTreeMap<String, Vec<Problem>>,
     mirror: Option<mirror::Mirror>,
-    /// (registry change sequence, input catalog) the publication reflects.
+    /// What was last published, and the records already rendered.
+    projection: projection::Projection,
+    /// The dangling successors, as of the last change to any tree.
+    successors: Vec<Problem>,
+    /// (registry change sequence, input catalog) of the last publication: while both stay, the
+    /// remediations in force are the same and nothing is read to know it.
     published_for: Option<(i64, [u8; 32])>,
-    render_cache: catalog_cache::Cache,
-}
-
-mod catalog_cache {
-    //! Records already rendered, kept while their projection stays the same.
-    use std::collections::HashMap;
-
-    #[derive(Debug, Default)]
-    pub struct Cache(pub HashMap<String, (u64, String)>);
 }
 
 /// The ggen-marketplace registry.
@@ -226,26 +223,82 @@ impl Marketplace {
     /// were lost), judges it, brings the mirror up to date and publishes if the projection moved.
     async fn refresh_now(&self, full: bool, now: i64) -> Result<Refreshed, RegistryError> {
         let mut st = self.state.lock().await;
-        let dirty = self.changes.take();
-        let everything = full || dirty.all || st.catalog.is_none();
-        let mut names: BTreeSet<String> = dirty.packs.clone();
-        if everything || dirty.catalog {
-            names.extend(self.read_catalog(&mut st)?);
-        }
+        let (names, everything) = self.to_read(&mut st, full)?;
         let Some(catalog) = st.catalog.clone() else {
             return Err(RegistryError::Unavailable("no catalog read yet".into()));
         };
-        let by_archive: HashMap<String, &str> = catalog
-            .packs
-            .iter()
-            .map(|r| (format!("{}-{}", r.name, r.version), r.name.as_str()))
-            .collect();
-        names.extend(
-            dirty
-                .archives
-                .iter()
-                .filter_map(|a| by_archive.get(a).map(|n| n.to_string())),
+        let t_read = std::time::Instant::now();
+        let read = self
+            .read_packs(&catalog, names.clone(), &st.archives)
+            .await?;
+        let read_count = read.len();
+        let changed = self.take_in(&mut st, &catalog, read);
+        let read_s = t_read.elapsed().as_secs_f64();
+        if !names.is_empty() {
+            tree::refuse_duplicates(&mut st.trees);
+            self.judge(&mut st, &catalog, &names);
+            st.successors = st
+                .trees
+                .values()
+                .filter_map(|t| sense::successor_problem(t, |s| st.trees.contains_key(s)))
+                .collect();
+        }
+        let t_mirror = std::time::Instant::now();
+        let removed = self
+            .sync_mirror(&mut st, &catalog, &names, everything, now)
+            .await?;
+        let mirror_s = t_mirror.elapsed().as_secs_f64();
+        let mut problems: Vec<Problem> = st.problems.values().flatten().cloned().collect();
+        problems.extend(st.successors.iter().cloned());
+        // A catalog that cannot be written is reported, not a failure of the sensors: what
+        // they saw stands, and the next cycle publishes again.
+        let t_publish = std::time::Instant::now();
+        let published = self
+            .publish_now(&mut st)
+            .await
+            .map_err(|e| e.to_string())
+            .transpose();
+        tracing::debug!(
+            packs = read_count,
+            read_s,
+            mirror_s,
+            publish_s = t_publish.elapsed().as_secs_f64(),
+            "marketplace refresh timings"
         );
+        Ok(Refreshed {
+            judged: JUDGED.to_vec(),
+            problems,
+            removed,
+            changed,
+            read: read_count,
+            published,
+        })
+    }
+
+    /// The packs to read in this refresh, and whether that is every pack: the ones notifications
+    /// named (their folders, their archives, their catalog records), or all of them.
+    fn to_read(
+        &self,
+        st: &mut State,
+        full: bool,
+    ) -> Result<(BTreeSet<String>, bool), RegistryError> {
+        let dirty = self.changes.take();
+        let everything = full || dirty.all || st.catalog.is_none();
+        let mut names: BTreeSet<String> = dirty.packs;
+        if everything || dirty.catalog {
+            names.extend(self.read_catalog(st)?);
+        }
+        let Some(catalog) = st.catalog.clone() else {
+            return Ok((names, everything));
+        };
+        // `<name>-<version>`: the name is what comes before one of the dashes.
+        for stem in &dirty.archives {
+            let found = stem.match_indices('-').find_map(|(i, _)| {
+                let r = catalog.get(&stem[..i])?;
+                (r.version == stem[i + 1..]).then(|| r.name.clone())
+            });
+            names.extend(found);
+        }
         if everything {
             let dirs = tree::pack_dirs(&self.config.checkout).map_err(|e| {
                 RegistryError::Unavailable(format!(
@@ -257,11 +310,17 @@ impl Marketplace {
             names.extend(dirs);
             names.extend(catalog.packs.iter().map(|r| r.name.clone()));
         }
-        let read = self
-            .read_packs(&catalog, names.clone(), &st.archives)
-            .await?;
-        let read_count = read.len();
-        let mut touched = BTreeSet::new();
+        Ok((names, everything))
+    }
+
+    /// Keeps what was read; the releases whose archive's bytes changed under the same record.
+    fn take_in(
+        &self,
+        st: &mut State,
+        catalog: &Catalog,
+        read: Vec<(String, PackRead)>,
+    ) -> Vec<(String, String)> {
+        let mut changed = Vec::new();
         for (name, (tree, archive)) in read {
             match tree {
                 Some(t) => {
@@ -271,50 +330,23 @@ impl Marketplace {
                     st.trees.remove(&name);
                 }
             }
-            match archive {
-                Some((location, a)) => {
-                    let before = st.archives.get(&name).and_then(sha_of);
-                    let after = sha_of(&a);
-                    if let (Some(b), Some(x)) = (before, after) {
-                        if b != x {
-                            touched.insert(name.clone());
-                        }
-                    }
-                    if let (Ok(mut d), Some(x)) = (self.digests.write(), after) {
-                        d.insert(location, x);
-                    }
-                    st.archives.insert(name.clone(), a);
-                }
-                None => {
-                    st.archives.remove(&name);
+            let Some((location, a)) = archive else {
+                st.archives.remove(&name);
+                continue;
+            };
+            let before = st.archives.get(&name).and_then(sha_of);
+            let after = sha_of(&a);
+            if let (Some(b), Some(x), Some(r)) = (before, after, catalog.get(&name)) {
+                if b != x {
+                    changed.push((r.name.clone(), r.version.clone()));
                 }
             }
+            if let (Ok(mut d), Some(x)) = (self.digests.write(), after) {
+                d.insert(location, x);
+            }
+            st.archives.insert(name, a);
         }
-        tree::refuse_duplicates(&mut st.trees);
-        self.judge(&mut st, &catalog, &names);
-        let removed = self
-            .sync_mirror(&mut st, &catalog, &names, &touched, everything, now)
-            .await?;
-        let mut problems: Vec<Problem> = st.problems.values().flatten().cloned().collect();
-        problems.extend(
-            st.trees
-                .values()
-                .filter_map(|t| sense::successor_problem(t, |s| st.trees.contains_key(s))),
-        );
-        // A catalog that cannot be written is reported, not a failure of the sensors: what
-        // they saw stands, and the next cycle publishes again.
-        let published = self
-            .publish_now(&mut st)
-            .await
-            .map_err(|e| e.to_string())
-            .transpose();
-        Ok(Refreshed {
-            judged: JUDGED.to_vec(),
-            problems,
-            removed,
-            read: read_count,
-            published,
-        })
+        changed
     }
 
     /// Reads the input catalog if its bytes changed; the packs whose records changed.
@@ -359,12 +391,10 @@ impl Marketplace {
         names: BTreeSet<String>,
         before: &HashMap<String, ArchiveSeen>,
     ) -> Result<Vec<(String, PackRead)>, RegistryError> {
-        let index: HashMap<&str, &catalog::Record> =
-            catalog.packs.iter().map(|r| (r.name.as_str(), r)).collect();
         let jobs: Vec<Job> = names
             .into_iter()
             .map(|n| {
-                let r = index.get(n.as_str()).map(|r| (*r).clone());
+                let r = catalog.get(&n).cloned();
                 let before = before.get(&n).cloned();
                 (n, r, before)
             })
@@ -391,7 +421,7 @@ impl Marketplace {
             if let Some(t) = tree {
                 found.extend(sense::refused_problem(t));
             }
-            let record = catalog.packs.iter().find(|r| &r.name == name);
+            let record = catalog.get(name);
             if let (Some(r), Some(t), Some(a)) = (record, tree, st.archives.get(name)) {
                 found.extend(sense::content_problem(r, t, a));
             }
@@ -403,54 +433,60 @@ impl Marketplace {
         }
     }
 
-    /// Publishes the projection when the registry or the input catalog moved since the last
-    /// publication (or the file on disk differs from it).
+    /// Publishes the projection when the input catalog or the overlay of the remediations in
+    /// force moved since the last publication.
     async fn publish_now(&self, st: &mut State) -> Result<Option<PublishReport>, RegistryError> {
         let (Some(catalog), Some(sha)) = (st.catalog.clone(), st.catalog_sha) else {
             return Ok(None);
         };
+        // The remediations in force change only with the registry's change sequence.
         let seq = self.sql.change_seq().await?;
         if st.published_for == Some((seq, sha)) {
             return Ok(None);
         }
+        let started = std::time::Instant::now();
         let overlay = overlay::read(&self.sql.store).await?;
-        let bytes = render_cached(&mut st.render_cache, &catalog, &overlay);
-        let Some(key) = &self.key else {
+        let overlay_s = started.elapsed().as_secs_f64();
+        let Some(key) = self.key.clone() else {
             return Err(RegistryError::Unavailable(
                 "no key to sign the published catalog with".into(),
             ));
         };
-        let published = Published::new(bytes, key);
-        let mut written = false;
-        if let Some(path) = self.config.publish.clone() {
-            let p = published.clone();
-            written = tokio::task::spawn_blocking(move || publish::write(&path, &p))
-                .await
-                .map_err(|e| RegistryError::Unavailable(e.to_string()))?
-                .map_err(|e| {
-                    RegistryError::Unavailable(format!(
-                        "publishing {}: {e}",
-                        self.config
-                            .publish
-                            .as_deref()
-                            .unwrap_or(Path::new("-"))
-                            .display()
-                    ))
-                })?;
-        }
-        let report = PublishReport {
-            bytes: published.bytes.len(),
-            packs: catalog.packs.len() - overlay.withheld.len().min(catalog.packs.len()),
-            withheld: overlay.withheld.len(),
-            written,
+        let path = self.config.publish.clone();
+        let failed = |e: std::io::Error| {
+            RegistryError::Unavailable(format!(
+                "publishing {}: {e}",
+                path.as_deref().unwrap_or(Path::new("-")).display()
+            ))
         };
+        let Some((published, mut report)) = st
+            .projection
+            .prepare(&catalog, sha, overlay, &key)
+            .await
+            .map_err(failed)?
+        else {
+            st.published_for = Some((seq, sha));
+            return Ok(None);
+        };
+        // Served at once; the file follows (a start converges it if this process dies first).
         if let Ok(mut slot) = self.published.write() {
-            *slot = Some(Arc::new(published));
+            *slot = Some(published.clone());
+        }
+        let served_s = started.elapsed().as_secs_f64();
+        if let Some(p) = &path {
+            report.written = st.projection.write(&published, p).await.map_err(failed)?;
         }
         st.published_for = Some((seq, sha));
-        if written {
+        tracing::debug!(
+            overlay_s,
+            served_s,
+            written_s = started.elapsed().as_secs_f64(),
+            bytes = report.bytes,
+            "catalog publication timings"
+        );
+        if report.written {
             tracing::info!(
-                file = %self.config.publish.as_deref().unwrap_or(Path::new("-")).display(),
+                file = %path.as_deref().unwrap_or(Path::new("-")).display(),
                 packs = report.packs,
                 withheld = report.withheld,
                 bytes = report.bytes,
@@ -552,39 +588,6 @@ fn read_all(
         }
         Ok(out)
     })
-}
-
-/// The projection rendered, each record rendered again only when it or its overlay changed.
-fn render_cached(
-    cache: &mut catalog_cache::Cache,
-    c: &Catalog,
-    overlay: &catalog::Overlay,
-) -> Vec<u8> {
-    use std::hash::{Hash, Hasher};
-    let mut records = Vec::with_capacity(c.packs.len());
-    let mut keep = std::collections::HashSet::with_capacity(c.packs.len());
-    for r in &c.packs {
-        let Some(fields) = catalog::project_record(r, overlay) else {
-            continue;
-        };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&fields)
-            .unwrap_or_default()
-            .hash(&mut h);
-        let key = h.finish();
-        keep.insert(r.name.as_str());
-        let text = match cache.0.get(&r.name) {
-            Some((k, text)) if *k == key => text.clone(),
-            _ => {
-                let text = catalog::render_value(&serde_json::Value::Object(fields), 2);
-                cache.0.insert(r.name.clone(), (key, text.clone()));
-                text
-            }
-        };
-        records.push(text);
-    }
-    cache.0.retain(|n, _| keep.contains(n.as_str()));
-    catalog::assemble(c, overlay, &records)
 }
 
 impl Registry for Marketplace {
@@ -744,7 +747,7 @@ pub async fn catalog_from_tree(config: &MarketplaceConfig) -> Result<Catalog, St
         let mut top = serde_json::Map::new();
         top.insert("marketplace_version".into(), version.into());
         top.insert("schema".into(), catalog::SCHEMA.into());
-        Ok(Catalog { packs, top })
+        Ok(Catalog::new(packs, top))
     })
     .await
     .map_err(|e| e.to_string())?

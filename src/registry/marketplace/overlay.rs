@@ -42,11 +42,16 @@ async fn provenance(
 /// The overlay of the remediations in force on the releases and packages the registry holds.
 pub async fn read(store: &Store) -> Result<Overlay, RegistryError> {
     let mut overlay = Overlay::default();
+    // Each part reads an index (a partial one on the flag, or the status): the rows in force are
+    // few, the registry may be large.
     let rows = sqlx::query(
         "SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
-         FROM releases r JOIN packages p ON p.name = r.package \
-         WHERE r.quarantined = 1 OR r.yanked = 1 OR p.status = 'quarantined' \
-         ORDER BY r.package, r.version",
+         FROM releases r JOIN packages p ON p.name = r.package WHERE r.quarantined = 1 \
+         UNION SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
+         FROM releases r JOIN packages p ON p.name = r.package WHERE r.yanked = 1 \
+         UNION SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
+         FROM packages p JOIN releases r ON r.package = p.name WHERE p.status = 'quarantined' \
+         ORDER BY 1, 2",
     )
     .fetch_all(&store.pool)
     .await?;
@@ -78,8 +83,9 @@ pub async fn read(store: &Store) -> Result<Overlay, RegistryError> {
         );
     }
     let rows = sqlx::query(
-        "SELECT name, status, deprecation, quality FROM packages \
-         WHERE status = 'deprecated' OR quality IS NOT NULL ORDER BY name",
+        "SELECT name, status, deprecation, quality FROM packages WHERE status = 'deprecated' \
+         UNION SELECT name, status, deprecation, quality FROM packages WHERE quality IS NOT NULL \
+         ORDER BY 1",
     )
     .fetch_all(&store.pool)
     .await?;

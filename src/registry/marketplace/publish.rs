@@ -18,9 +18,17 @@ pub struct Published {
 }
 
 impl Published {
+    /// Signs the bytes and hashes them for the entity tag, on two threads (both read every byte).
     pub fn new(bytes: Vec<u8>, key: &KeyPair) -> Self {
-        let signature = key.sign(&bytes);
-        let etag = format!("\"{}\"", hex::encode(Sha256::digest(&bytes)));
+        let (signature, digest) = std::thread::scope(|s| {
+            let sha = s.spawn(|| Sha256::digest(&bytes));
+            let signature = key.sign(&bytes);
+            (
+                signature,
+                sha.join().unwrap_or_else(|_| Sha256::digest(&bytes)),
+            )
+        });
+        let etag = format!("\"{}\"", hex::encode(digest));
         Self {
             bytes: bytes.into(),
             signature,
@@ -87,6 +95,16 @@ pub fn remove_leftovers(path: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Writes `path` and its signature file, the catalog first, without reading what is there.
+pub fn write_both(path: &Path, published: &Published) -> std::io::Result<()> {
+    write_atomically(path, &published.bytes)?;
+    crate::faults::point("publish_after_rename");
+    write_atomically(
+        &signature_path(path),
+        format!("{}\n", published.signature).as_bytes(),
+    )
 }
 
 /// Brings `path` and its signature file to `published`, writing only what differs; true when

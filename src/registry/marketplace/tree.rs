@@ -82,9 +82,12 @@ pub fn visible(relative: &str) -> bool {
         .all(|c| !c.starts_with('.') && c != "__pycache__")
 }
 
+/// Regular files (relative path, path) and symbolic links (relative path) of a directory.
+type Walked = (Vec<(String, PathBuf)>, Vec<String>);
+
 /// Every regular file under `dir` (not following symbolic links), with its path relative to
 /// `dir` in POSIX form, in that path's order; the symbolic links met, relative to `dir`.
-fn walk(dir: &Path) -> std::io::Result<(Vec<(String, PathBuf)>, Vec<String>)> {
+fn walk(dir: &Path) -> std::io::Result<Walked> {
     let mut files = Vec::new();
     let mut links = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
