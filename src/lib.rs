@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cycle;
 pub mod daemon;
 pub mod execute;
 pub mod faults;

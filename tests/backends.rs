@@ -6,13 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{default_policies, NOW};
-use mapek::analyze::{AnalyzeInput, Analyzer};
-use mapek::execute::{self, rollback::rollback, Outcome};
+use mapek::execute::{rollback::rollback, Outcome};
 use mapek::keys::{KeyPair, TrustStore};
 use mapek::knowledge::audit::verify_chain;
 use mapek::knowledge::remediations::Status;
-use mapek::monitor::{self, MonitorState};
-use mapek::plan::{PlanContext, Planner};
 use mapek::registry::generate::{self, GenerateSpec};
 use mapek::registry::marketplace::{Marketplace, MarketplaceConfig};
 use mapek::registry::{Managed, Registry, SqlRegistry};
@@ -122,62 +119,42 @@ impl Bed {
     }
 }
 
-/// The daemon's stages in order, once. `full` forces the monitor's full scan.
-struct Loop {
-    monitor: MonitorState,
-    analyzer: Analyzer,
-    planner: Planner,
-}
+/// The daemon's loop (every stage in every cycle), as every driver runs it.
+struct Loop(mapek::cycle::Loop);
 
 impl Loop {
     fn new() -> Self {
-        Self {
-            monitor: MonitorState::new(),
-            analyzer: Analyzer::new(Default::default()),
-            planner: Planner::default(),
-        }
+        Self(common::daemon_loop(false))
     }
 
+    /// One cycle; `full` forces the monitor's full scan. (plans recorded, what execute did)
     async fn cycle(
         &mut self,
         b: &Bed,
         now: i64,
         full: bool,
         dry_run: bool,
-    ) -> (usize, execute::ExecuteOutput) {
-        let every = if full { 1 } else { 3_600_000 };
-        let m = monitor::cycle(
-            &mut self.monitor,
-            &b.registry,
-            &b.t.store,
-            &b.trust,
-            now,
-            every,
-        )
-        .await
-        .expect("monitor");
-        assert!(m.unreachable.is_none(), "{:?}", m.unreachable);
-        self.analyzer
-            .cycle(&b.t.store, AnalyzeInput::from_monitor(&m), now)
-            .await
-            .expect("analyze");
+    ) -> (usize, common::Recorded) {
+        self.0.settings.full_scan_every_ms = if full { 1 } else { 3_600_000 };
+        self.0.settings.dry_run = dry_run;
         let policies = default_policies();
-        let ctx = PlanContext {
+        let ctx = mapek::cycle::Context {
+            store: &b.t.store,
+            registry: &b.registry,
             policies: &policies,
             trust: &b.trust,
             key: &b.key,
-            daemon_dry_run: dry_run,
             now,
         };
-        let p = self
-            .planner
-            .cycle(&b.t.store, &b.registry, ctx)
-            .await
-            .expect("plan");
-        let e = execute::cycle(&b.t.store, &b.registry, &b.key, now)
-            .await
-            .expect("execute");
-        (p.remediations.len(), e)
+        let mut r = common::Recorded::default();
+        let step = self.0.step(&ctx, &mut r).await;
+        assert!(step.failed.is_none(), "{:?}", step.failed);
+        assert!(
+            r.monitor.unreachable.is_none(),
+            "{:?}",
+            r.monitor.unreachable
+        );
+        (r.remediations.len(), r)
     }
 }
 

@@ -2,37 +2,27 @@
 
 mod common;
 
-use common::{default_policies, world, World, NOW};
+use common::{daemon_loop, default_policies, world, Recorded, World, NOW};
 use mapek::analyze::{self, Rules};
 use mapek::execute::{self, Outcome};
 use mapek::knowledge::audit::verify_chain;
 use mapek::knowledge::remediations::Status;
 use mapek::monitor::{self, MonitorState};
-use mapek::plan;
 use mapek::registry::{Change, Registry};
 
-/// Runs monitor, analyze, plan and execute once, as the daemon does.
+/// Runs one cycle of the daemon's loop (every stage).
 async fn cycle(
     w: &World,
-    state: &mut MonitorState,
+    l: &mut mapek::cycle::Loop,
     now: i64,
-    dry_run: bool,
-) -> (
-    monitor::MonitorOutput,
-    plan::PlanOutput,
-    execute::ExecuteOutput,
-) {
-    let m = monitor::cycle(state, &w.registry, &w.t.store, &w.trust, now, 3_600_000)
-        .await
-        .unwrap();
-    analyze::cycle(&w.t.store, &m.observations, &Rules::default(), now)
-        .await
-        .unwrap();
-    let p = common::plan(w, &default_policies(), dry_run, now).await;
-    let e = execute::cycle(&w.t.store, &w.registry, &w.key, now)
-        .await
-        .unwrap();
-    (m, p, e)
+) -> (monitor::MonitorOutput, Recorded, Recorded) {
+    let r = common::step(w, l, now).await;
+    let m = r.monitor.clone();
+    let p = Recorded {
+        remediations: r.remediations.clone(),
+        ..Default::default()
+    };
+    (m, p, r)
 }
 
 /// Monitor, analyze and plan, but not execute: leaves the planned remediations `ready`.
@@ -62,8 +52,8 @@ fn pair(p: &str) -> (String, String) {
 async fn each_planted_problem_is_quarantined_and_nothing_else() {
     let w = world(40).await;
     w.plant_problems().await;
-    let mut state = MonitorState::new();
-    let (m, p, e) = cycle(&w, &mut state, NOW, false).await;
+    let mut state = daemon_loop(false);
+    let (m, p, e) = cycle(&w, &mut state, NOW).await;
     assert!(m.full_scan);
     // pkg-00004 is an early package of the generated registry: most others depend on it, so the
     // shipped policy's blast radius (25) holds its quarantine for a maintainer's approval.
@@ -106,9 +96,9 @@ async fn each_planted_problem_is_quarantined_and_nothing_else() {
 async fn a_second_cycle_with_nothing_changed_scans_nothing_and_plans_nothing() {
     let w = world(30).await;
     w.plant_problems().await;
-    let mut state = MonitorState::new();
-    cycle(&w, &mut state, NOW, false).await;
-    let (m, p, e) = cycle(&w, &mut state, NOW + 60_000, false).await;
+    let mut state = daemon_loop(false);
+    cycle(&w, &mut state, NOW).await;
+    let (m, p, e) = cycle(&w, &mut state, NOW + 60_000).await;
     // Only the three quarantined releases changed (their flag), so only they are looked at again.
     assert!(!m.full_scan);
     assert_eq!(m.observations.len(), 3);
@@ -118,18 +108,18 @@ async fn a_second_cycle_with_nothing_changed_scans_nothing_and_plans_nothing() {
     );
     assert!(p.remediations.is_empty());
     assert!(e.results.is_empty());
-    let (m, _, _) = cycle(&w, &mut state, NOW + 120_000, false).await;
+    let (m, _, _) = cycle(&w, &mut state, NOW + 120_000).await;
     assert_eq!(m.observations.len(), 0);
 }
 
 #[tokio::test]
 async fn a_restarted_monitor_rescans_everything_but_verifies_nothing_again() {
     let w = world(25).await;
-    let mut state = MonitorState::new();
-    let (m, _, _) = cycle(&w, &mut state, NOW, false).await;
+    let mut state = daemon_loop(false);
+    let (m, _, _) = cycle(&w, &mut state, NOW).await;
     assert!(m.verified > 0);
-    let mut fresh = MonitorState::new();
-    let (m, _, _) = cycle(&w, &mut fresh, NOW + 1000, false).await;
+    let mut fresh = daemon_loop(false);
+    let (m, _, _) = cycle(&w, &mut fresh, NOW + 1000).await;
     assert!(m.full_scan);
     assert_eq!(m.verified, 0);
     assert_eq!(m.cache_hits, m.observations.len());
@@ -210,8 +200,8 @@ async fn an_intent_left_by_a_crash_is_finished_once_on_restart() {
 async fn a_dry_run_daemon_records_what_it_would_do_and_changes_nothing() {
     let w = world(20).await;
     w.plant_problems().await;
-    let mut state = MonitorState::new();
-    let (_, p, e) = cycle(&w, &mut state, NOW, true).await;
+    let mut state = daemon_loop(true);
+    let (_, p, e) = cycle(&w, &mut state, NOW).await;
     assert!(w.quarantined().await.is_empty());
     assert!(e.results.is_empty());
     assert_eq!(
@@ -237,62 +227,57 @@ async fn a_restored_artifact_resolves_its_finding_on_the_next_full_scan() {
     let path = w.artifact_path("pkg-00002", "1.0.0").await;
     let original = std::fs::read(&path).unwrap();
     std::fs::write(&path, b"tampered").unwrap();
-    let mut state = MonitorState::new();
-    cycle(&w, &mut state, NOW, false).await;
+    let mut state = daemon_loop(false);
+    cycle(&w, &mut state, NOW).await;
     let open = w.t.store.open_findings().await.unwrap();
     assert!(open.iter().any(|f| f.kind.as_str() == "checksum_mismatch"));
     std::fs::write(&path, original).unwrap();
     // Past the full-scan interval, every artifact is hashed again.
     let later = NOW + 3_600_000;
-    let m = monitor::cycle(
-        &mut state,
-        &w.registry,
-        &w.t.store,
-        &w.trust,
-        later,
-        3_600_000,
-    )
-    .await
-    .unwrap();
-    assert!(m.full_scan);
-    let out = analyze::cycle(&w.t.store, &m.observations, &Rules::default(), later)
-        .await
-        .unwrap();
-    assert!(out
-        .resolved
-        .iter()
-        .any(|f| f.kind.as_str() == "checksum_mismatch"));
+    let r = common::step(&w, &mut state, later).await;
+    assert!(r.monitor.full_scan);
     assert!(w.t.store.open_findings().await.unwrap().is_empty());
+    let resolved = w.t.store.recent_findings(100).await.unwrap();
+    assert!(resolved
+        .iter()
+        .any(|f| f.kind.as_str() == "checksum_mismatch" && f.resolved_at == Some(later)));
 }
 
 #[tokio::test]
 async fn revoking_a_key_in_the_trust_store_makes_its_releases_untrusted() {
     let w = world(12).await;
-    let mut state = MonitorState::new();
-    cycle(&w, &mut state, NOW, false).await;
+    let mut state = daemon_loop(false);
+    cycle(&w, &mut state, NOW).await;
     assert!(w.t.store.open_findings().await.unwrap().is_empty());
     let mut trust = (*w.trust).clone();
     trust.revoked.push("pub-1".into());
     let trust =
         mapek::keys::TrustStore::parse(std::path::Path::new("t.toml"), &trust.to_toml()).unwrap();
     let revoked = std::sync::Arc::new(trust);
-    let m = monitor::cycle(
-        &mut state,
-        &w.registry,
-        &w.t.store,
-        &revoked,
-        NOW + 1000,
-        3_600_000,
-    )
-    .await
-    .unwrap();
-    assert!(m.full_scan, "a changed trust store forces a full scan");
-    let out = analyze::cycle(&w.t.store, &m.observations, &Rules::default(), NOW + 1000)
-        .await
-        .unwrap();
-    assert!(!out.fired.is_empty());
-    assert!(out
+    let policies = default_policies();
+    let ctx = mapek::cycle::Context {
+        store: &w.t.store,
+        registry: &w.registry,
+        policies: &policies,
+        trust: &revoked,
+        key: &w.key,
+        now: NOW + 1000,
+    };
+    let mut r = Recorded::default();
+    state.step(&ctx, &mut r).await;
+    assert!(
+        r.monitor.full_scan,
+        "a changed trust store forces a full scan"
+    );
+    // Of the integrity kinds, only signer_untrusted fires (the quality scores of the packages
+    // concerned drop too, which the whole analysis also judges).
+    let integrity: Vec<_> = r
         .fired
+        .iter()
+        .filter(|f| analyze::INTEGRITY_KINDS.contains(&f.kind))
+        .collect();
+    assert!(!integrity.is_empty());
+    assert!(integrity
         .iter()
         .all(|f| f.kind.as_str() == "signer_untrusted"));
 }
@@ -377,8 +362,8 @@ async fn a_rollback_applies_the_inverse_once_and_is_audited() {
     use mapek::execute::rollback::{rollback, RollbackError};
     let w = world(12).await;
     w.plant_problems().await;
-    let mut state = MonitorState::new();
-    let (_, p, _) = cycle(&w, &mut state, NOW, false).await;
+    let mut state = daemon_loop(false);
+    let (_, p, _) = cycle(&w, &mut state, NOW).await;
     let executed: Vec<_> = p
         .remediations
         .iter()

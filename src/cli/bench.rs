@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::analyze::{AnalyzeInput, Analyzer, Rules};
+use crate::analyze::Rules;
 use crate::clock::{Clock, SystemClock};
-use crate::execute;
+use crate::cycle::{self, Context, Loop, Observer, Stage};
 use crate::keys::KeyPair;
 use crate::knowledge::Store;
-use crate::monitor::{self, MonitorState};
-use crate::plan::{self, policy::PolicySet};
+use crate::monitor::MonitorOutput;
+use crate::plan::policy::PolicySet;
 use crate::registry::generate::{self, GenerateSpec};
 use crate::registry::SqlRegistry;
 
@@ -64,42 +64,48 @@ pub(super) fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// One full loop cycle (monitor, analyze, plan, execute) with the stages the daemon runs.
-async fn one_cycle(
-    state: &mut MonitorState,
-    analyzer: &mut Analyzer,
-    registry: &Arc<SqlRegistry>,
-    store: &Store,
-    trust: &Arc<crate::keys::TrustStore>,
-    policies: &PolicySet,
-    key: &KeyPair,
+/// Prints where a cycle's time went, stage by stage.
+#[derive(Default)]
+struct Stages {
+    parts: Vec<(Stage, Duration)>,
+    scanned: usize,
+    verified: usize,
+}
+
+impl Observer for Stages {
+    fn monitored(&mut self, out: &MonitorOutput, took: Duration) {
+        self.scanned = out.scanned;
+        self.verified = out.verified;
+        self.parts.push((Stage::Monitor, took));
+    }
+    fn analyzed(&mut self, _: &crate::analyze::AnalyzeOutput, took: Duration) {
+        self.parts.push((Stage::Analyze, took));
+    }
+    fn planned(&mut self, _: &crate::plan::PlanOutput, took: Duration) {
+        self.parts.push((Stage::Plan, took));
+    }
+    fn executed(&mut self, _: &crate::execute::ExecuteOutput, took: Duration) {
+        self.parts.push((Stage::Execute, took));
+    }
+}
+
+/// One full loop cycle, the daemon's own, with every stage called; (scanned, verified).
+async fn one_cycle<R: crate::registry::Registry>(
+    l: &mut Loop,
+    ctx: &Context<'_, R>,
 ) -> anyhow::Result<(usize, usize)> {
-    let now = SystemClock.now_ms();
-    let t = Instant::now();
-    let observed = monitor::cycle(state, registry, store, trust, now, i64::MAX).await?;
-    let monitor_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    analyzer
-        .cycle(store, AnalyzeInput::from_monitor(&observed), now)
-        .await?;
-    let analyze_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let ctx = plan::PlanContext {
-        policies,
-        trust: trust.as_ref(),
-        key,
-        daemon_dry_run: false,
-        now,
-    };
-    plan::Planner::default().cycle(store, registry, ctx).await?;
-    let plan_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    execute::cycle(store, registry, key, now).await?;
-    eprintln!(
-        "  stages: monitor {monitor_s:.3} s, analyze {analyze_s:.3} s, plan {plan_s:.3} s, execute {:.3} s",
-        t.elapsed().as_secs_f64()
-    );
-    Ok((observed.scanned, observed.verified))
+    let mut stages = Stages::default();
+    let step = l.step(ctx, &mut stages).await;
+    if let Some((stage, error)) = step.failed {
+        anyhow::bail!("{stage}: {error}");
+    }
+    let parts: Vec<String> = stages
+        .parts
+        .iter()
+        .map(|(s, d)| format!("{s} {:.3} s", d.as_secs_f64()))
+        .collect();
+    eprintln!("  stages: {}", parts.join(", "));
+    Ok((stages.scanned, stages.verified))
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -149,35 +155,31 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let trust = Arc::new(generated.trust);
         let generation_peak = peak_rss_mib();
         let reset = reset_peak_rss();
-        let mut state = MonitorState::new();
-        let mut analyzer = Analyzer::new(Rules::default());
+        let mut l = Loop::new(
+            Rules::default(),
+            cycle::Settings {
+                full_scan_every_ms: i64::MAX,
+                schedule: cycle::Schedule::EveryCycle,
+                ..Default::default()
+            },
+        );
+        let ctx = Context {
+            store: &store,
+            registry: &registry,
+            policies: &policies,
+            trust: &trust,
+            key: &key,
+            now: SystemClock.now_ms(),
+        };
         let t = Instant::now();
-        let (seen, verified) = one_cycle(
-            &mut state,
-            &mut analyzer,
-            &registry,
-            &store,
-            &trust,
-            &policies,
-            &key,
-        )
-        .await?;
+        let (seen, verified) = one_cycle(&mut l, &ctx).await?;
         full.push(t.elapsed());
         anyhow::ensure!(
             seen == releases && verified == releases,
             "first cycle saw {seen} and verified {verified} of {releases} releases"
         );
         let t = Instant::now();
-        let (seen, _) = one_cycle(
-            &mut state,
-            &mut analyzer,
-            &registry,
-            &store,
-            &trust,
-            &policies,
-            &key,
-        )
-        .await?;
+        let (seen, _) = one_cycle(&mut l, &ctx).await?;
         unchanged.push(t.elapsed());
         anyhow::ensure!(seen == 0, "unchanged cycle rescanned {seen} releases");
         eprintln!(

@@ -5,64 +5,63 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bench::{median, peak_rss_mib, reset_peak_rss};
-use crate::analyze::{AnalyzeInput, Analyzer, Rules};
+use crate::analyze::Rules;
 use crate::clock::{Clock, SystemClock};
-use crate::execute;
+use crate::cycle::{self, Context, Loop, Observer};
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::Store;
-use crate::monitor::{self, MonitorState};
-use crate::plan::{self, policy::PolicySet};
+use crate::plan::policy::PolicySet;
 use crate::registry::marketplace::{self, catalog, publish, Marketplace, MarketplaceConfig};
 use crate::registry::{Managed, SqlRegistry};
 
-/// The stages' memory between cycles.
+/// The time of the monitor and of the whole cycle, and a failure to publish.
 #[derive(Default)]
-struct Stages {
-    monitor: MonitorState,
-    analyzer: Analyzer,
-    planner: plan::Planner,
+struct Clocked {
+    monitor: Duration,
+    publish_error: Option<String>,
 }
 
-/// The daemon's stages, once, on the marketplace; (monitor, whole cycle).
+impl Observer for Clocked {
+    fn monitored(&mut self, _: &crate::monitor::MonitorOutput, took: Duration) {
+        self.monitor = took;
+    }
+    fn executed(&mut self, out: &crate::execute::ExecuteOutput, _: Duration) {
+        if let Some(Err(e)) = &out.published {
+            self.publish_error = Some(e.clone());
+        }
+    }
+}
+
+/// The daemon's cycle, once, on the marketplace (a full scan when `full`); (monitor, whole cycle).
 async fn cycle(
-    stages: &mut Stages,
+    l: &mut Loop,
     registry: &Arc<Managed>,
     store: &Store,
     policies: &PolicySet,
     key: &KeyPair,
     full: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let Stages {
-        monitor: state,
-        analyzer,
-        planner,
-    } = stages;
     let trust = Arc::new(TrustStore::default());
-    let now = SystemClock.now_ms();
-    let t = Instant::now();
-    let every = if full { 1 } else { i64::MAX };
-    let m = monitor::cycle(state, registry, store, &trust, now, every).await?;
-    anyhow::ensure!(m.unreachable.is_none(), "{:?}", m.unreachable);
-    let monitor_t = t.elapsed();
-    analyzer
-        .cycle(store, AnalyzeInput::from_monitor(&m), now)
-        .await?;
-    let analyze_t = t.elapsed() - monitor_t;
-    let ctx = plan::PlanContext {
+    l.settings.full_scan_every_ms = if full { 1 } else { i64::MAX };
+    let ctx = Context {
+        store,
+        registry,
         policies,
         trust: &trust,
         key,
-        daemon_dry_run: false,
-        now,
+        now: SystemClock.now_ms(),
     };
-    planner.cycle(store, registry, ctx).await?;
-    let plan_t = t.elapsed() - monitor_t - analyze_t;
-    let e = execute::cycle(store, registry, key, now).await?;
-    tracing::debug!(?monitor_t, ?analyze_t, ?plan_t, execute_t = ?(t.elapsed() - monitor_t - analyze_t - plan_t), "bench cycle");
-    if let Some(Err(e)) = e.published {
+    let t = Instant::now();
+    let mut clocked = Clocked::default();
+    let step = l.step(&ctx, &mut clocked).await;
+    if let Some((stage, error)) = step.failed {
+        anyhow::bail!("{stage}: {error}");
+    }
+    anyhow::ensure!(!step.stale, "the registry could not be read");
+    if let Some(e) = clocked.publish_error {
         anyhow::bail!("publishing: {e}");
     }
-    Ok((monitor_t, t.elapsed()))
+    Ok((clocked.monitor, t.elapsed()))
 }
 
 fn withheld(path: &Path) -> usize {
@@ -111,10 +110,13 @@ pub async fn bench(packs: usize, runs: usize, pg: Option<&str>) -> anyhow::Resul
         )?;
         let watching = m.watching();
         let registry = Arc::new(Managed::from(m));
-        let mut stages = Stages {
-            analyzer: Analyzer::new(Rules::default()),
-            ..Default::default()
-        };
+        let mut stages = Loop::new(
+            Rules::default(),
+            cycle::Settings {
+                schedule: cycle::Schedule::EveryCycle,
+                ..Default::default()
+            },
+        );
         let reset = reset_peak_rss();
         let (mon, first) = cycle(&mut stages, &registry, &store, &policies, &key, true).await?;
         firsts.push(first);

@@ -23,11 +23,9 @@ use crate::analyze::Rules;
 use crate::clock::Clock;
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::Store;
-use crate::monitor::MonitorOutput;
 use crate::registry::Managed;
 use metrics::Metrics;
-pub use stages::reload_policies;
-use stages::{analyze_task, execute_task, monitor_task, plan_task};
+pub use stages::{reload_policies, settings};
 
 /// Everything the stages share.
 pub struct Runtime {
@@ -71,9 +69,13 @@ pub struct RunOptions {
     pub grace: Duration,
 }
 
-/// The stages still running, so a shutdown that runs out of grace can name them.
+/// The tasks still running, and the stage the loop task is in, so that a shutdown that runs out
+/// of grace can name them.
 #[derive(Clone, Default)]
-struct Running(Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>);
+struct Running(
+    Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
+    Arc<std::sync::Mutex<&'static str>>,
+);
 
 /// Removes its stage from [`Running`] when the stage's task ends, however it ends.
 struct Entered(Running, &'static str);
@@ -85,10 +87,28 @@ impl Running {
         }
         Entered(self.clone(), stage)
     }
+    /// The loop task is in `stage` now (`loop` between cycles).
+    fn set_stage(&self, stage: &'static str) {
+        if let Ok(mut s) = self.1.lock() {
+            *s = stage;
+        }
+    }
+    /// The running tasks, the loop task named by the stage it is in.
     fn names(&self) -> Vec<&'static str> {
+        let stage = self.1.lock().map(|s| *s).unwrap_or("loop");
         self.0
             .lock()
-            .map(|s| s.iter().copied().collect())
+            .map(|s| {
+                s.iter()
+                    .map(|t| {
+                        if *t == "loop" && !stage.is_empty() {
+                            stage
+                        } else {
+                            t
+                        }
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -125,6 +145,23 @@ struct Cycle {
     _done: Option<oneshot::Sender<()>>,
 }
 
+/// Spawns `make()`'s task, supervised and marked as running under `name`.
+fn spawn_supervised<F, Fut>(
+    tracker: &TaskTracker,
+    running: &Running,
+    rt: &Arc<Runtime>,
+    failure: &supervise::Failure,
+    cancel: &CancellationToken,
+    name: &'static str,
+    make: F,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let task = supervise::supervised(rt.clone(), name, failure.clone(), cancel.clone(), make);
+    tracker.spawn(staged(running.enter(name), task));
+}
+
 /// Runs the loop until `cancel` fires or the requested cycles are done, then waits for every
 /// task to finish its current work.
 pub async fn run(
@@ -134,137 +171,96 @@ pub async fn run(
 ) -> anyhow::Result<RunSummary> {
     let tracker = TaskTracker::new();
     let running = Running::default();
-    let grace = opts.grace;
-    let errors = Arc::new(AtomicU64::new(0));
-    let completed = Arc::new(AtomicU64::new(0));
-    let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
-    let (mon_tx, mon_rx) = mpsc::channel::<(Cycle, MonitorOutput)>(1);
-    let (ana_tx, ana_rx) = mpsc::channel::<(Cycle, bool)>(1);
-    let (plan_tx, plan_rx) = mpsc::channel::<(Cycle, bool)>(1);
-
+    running.set_stage("loop");
     let failure = supervise::Failure::default();
-    let (mon_in, ana_in, plan_in, exe_in) = (
-        supervise::input(tick_rx),
-        supervise::input(mon_rx),
-        supervise::input(ana_rx),
-        supervise::input(plan_rx),
-    );
-    let entered = running.enter("ticker");
-    tracker.spawn(staged(entered, ticker(opts, tick_tx, cancel.clone())));
-    let supervise = |task: &'static str| (rt.clone(), task, failure.clone(), cancel.clone());
-    let (r, e, c) = (rt.clone(), errors.clone(), cancel.clone());
-    let resync = failure.clone();
-    let (s0, s1, s2, s3) = supervise("monitor");
+    let shared = Arc::new(stages::Shared {
+        errors: Arc::new(AtomicU64::new(0)),
+        completed: Arc::new(AtomicU64::new(0)),
+        running: running.clone(),
+        failure: failure.clone(),
+    });
+    let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
     tracker.spawn(staged(
-        running.enter("monitor"),
-        supervise::supervised(s0, s1, s2, s3, move || {
-            monitor_task(
-                r.clone(),
-                mon_in.clone(),
-                mon_tx.clone(),
-                e.clone(),
-                c.clone(),
-                resync.clone(),
-            )
-        }),
-    ));
-    let (r, e, c) = (rt.clone(), errors.clone(), cancel.clone());
-    let (s0, s1, s2, s3) = supervise("analyze");
-    tracker.spawn(staged(
-        running.enter("analyze"),
-        supervise::supervised(s0, s1, s2, s3, move || {
-            analyze_task(
-                r.clone(),
-                ana_in.clone(),
-                ana_tx.clone(),
-                e.clone(),
-                c.clone(),
-            )
-        }),
-    ));
-    let (r, e, c) = (rt.clone(), errors.clone(), cancel.clone());
-    let (s0, s1, s2, s3) = supervise("plan");
-    tracker.spawn(staged(
-        running.enter("plan"),
-        supervise::supervised(s0, s1, s2, s3, move || {
-            plan_task(
-                r.clone(),
-                plan_in.clone(),
-                plan_tx.clone(),
-                e.clone(),
-                c.clone(),
-            )
-        }),
+        running.enter("ticker"),
+        ticker(opts, tick_tx, cancel.clone()),
     ));
     // The notifier and compaction run beside the loop and stop with it (also after a counted run).
-    let notifier_stop = cancel.child_token();
+    let side_stop = cancel.child_token();
     if let Some(n) = rt.notifier.clone() {
-        let (r, stop) = (rt.clone(), notifier_stop.clone());
-        let (s0, s1, s2, s3) = supervise("notify");
-        tracker.spawn(staged(
-            running.enter("notify"),
-            supervise::supervised(s0, s1, s2, s3, move || {
-                notifier::notifier_task(r.clone(), n.clone(), stop.clone())
-            }),
-        ));
+        let (r, stop) = (rt.clone(), side_stop.clone());
+        spawn_supervised(
+            &tracker,
+            &running,
+            &rt,
+            &failure,
+            &cancel,
+            "notify",
+            move || notifier::notifier_task(r.clone(), n.clone(), stop.clone()),
+        );
     }
-    let (r, stop) = (rt.clone(), notifier_stop.clone());
-    let (s0, s1, s2, s3) = supervise("retention");
-    tracker.spawn(staged(
-        running.enter("retention"),
-        supervise::supervised(s0, s1, s2, s3, move || {
-            retention::retention_task(r.clone(), stop.clone())
-        }),
-    ));
-    let (r, e, done, c) = (
-        rt.clone(),
-        errors.clone(),
-        completed.clone(),
-        cancel.clone(),
+    let (r, stop) = (rt.clone(), side_stop.clone());
+    spawn_supervised(
+        &tracker,
+        &running,
+        &rt,
+        &failure,
+        &cancel,
+        "retention",
+        move || retention::retention_task(r.clone(), stop.clone()),
     );
-    let (s0, s1, s2, s3) = supervise("execute");
-    let execute = supervise::supervised(s0, s1, s2, s3, move || {
-        execute_task(
-            r.clone(),
-            exe_in.clone(),
-            e.clone(),
-            done.clone(),
-            c.clone(),
-        )
-    });
-    tracker.spawn(staged(running.enter("execute"), async move {
-        execute.await;
-        notifier_stop.cancel();
+    let input = supervise::input(tick_rx);
+    let (r, s, c) = (rt.clone(), shared.clone(), cancel.clone());
+    let looped = supervise::supervised(
+        rt.clone(),
+        "loop",
+        failure.clone(),
+        cancel.clone(),
+        move || stages::loop_task(r.clone(), input.clone(), s.clone(), c.clone()),
+    );
+    tracker.spawn(staged(running.enter("loop"), async move {
+        looped.await;
+        side_stop.cancel();
     }));
     tracker.close();
     notify::ready(&format!(
         "watching the registry; {} policies",
         rt.policies.get().policies.len()
     ));
-    let mut cut_off = Vec::new();
-    tokio::select! {
-        _ = tracker.wait() => {}
-        _ = async {
-            cancel.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            cut_off = running.names();
-            tracing::error!(
-                still_running = ?cut_off,
-                grace = ?grace,
-                "the grace period is over: stopping without waiting for these stages"
-            );
-        }
-    }
+    let cut_off = wait(&tracker, &running, &cancel, opts.grace).await;
     notify::stopping();
     if let Some(why) = failure.failure.lock().ok().and_then(|f| f.clone()) {
         anyhow::bail!("{why}; the daemon stops (on_task_failure = \"stop\")");
     }
     Ok(RunSummary {
-        cycles: completed.load(Ordering::SeqCst),
-        stage_errors: errors.load(Ordering::SeqCst),
+        cycles: shared.completed.load(Ordering::SeqCst),
+        stage_errors: shared.errors.load(Ordering::SeqCst),
         cut_off,
     })
+}
+
+/// Waits for every task to end; after cancellation, at most `grace`: then the names of the ones
+/// still at work.
+async fn wait(
+    tracker: &TaskTracker,
+    running: &Running,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> Vec<&'static str> {
+    tokio::select! {
+        _ = tracker.wait() => Vec::new(),
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            let cut_off = running.names();
+            tracing::error!(
+                still_running = ?cut_off,
+                grace = ?grace,
+                "the grace period is over: stopping without waiting for these stages"
+            );
+            cut_off
+        }
+    }
 }
 
 async fn ticker(opts: RunOptions, tx: mpsc::Sender<Cycle>, cancel: CancellationToken) {

@@ -29,15 +29,13 @@ pub fn input<T>(rx: mpsc::Receiver<T>) -> Input<T> {
     Arc::new(tokio::sync::Mutex::new(rx))
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// What the supervisors share: the first failure that stopped the daemon, and whether the
-/// monitor must start over (a restarted stage lost the cycle in flight and its memory).
+/// What the supervisors share: the first failure that stopped the daemon.
 #[derive(Debug, Default)]
 pub struct Shared {
     pub failure: std::sync::Mutex<Option<String>>,
-    pub resync: std::sync::atomic::AtomicBool,
 }
 
 pub type Failure = Arc<Shared>;
@@ -61,33 +59,55 @@ pub async fn supervised<F, Fut>(
         if !error.is_panic() {
             return;
         }
-        let payload = error.into_panic();
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".into());
-        match rt.on_task_failure {
-            OnFailure::Restart => {
-                rt.metrics.task_restarts.with_label_values(&[task]).inc();
-                failure
-                    .resync
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                tracing::error!(task, reason = %what, ?backoff, "task failed: restarting it");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !failed(
+            &rt,
+            task,
+            error.into_panic(),
+            &failure,
+            &cancel,
+            &mut backoff,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}
+
+/// A task (or a stage of the loop task) panicked with `payload`: counted and logged, then either
+/// a backoff waited out (true: carry on) or the failure recorded and the daemon cancelled (false),
+/// by `rt.on_task_failure`.
+pub async fn failed(
+    rt: &Runtime,
+    task: &str,
+    payload: Box<dyn std::any::Any + Send>,
+    failure: &Failure,
+    cancel: &CancellationToken,
+    backoff: &mut Duration,
+) -> bool {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    match rt.on_task_failure {
+        OnFailure::Restart => {
+            rt.metrics.task_restarts.with_label_values(&[task]).inc();
+            tracing::error!(task, reason = %what, backoff = ?*backoff, "task failed: restarting it");
+            let wait = *backoff;
+            *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            tokio::select! {
+                _ = cancel.cancelled() => false,
+                _ = tokio::time::sleep(wait) => true,
             }
-            OnFailure::Stop => {
-                tracing::error!(task, reason = %what, "task failed: stopping the daemon (on_task_failure = \"stop\")");
-                if let Ok(mut f) = failure.failure.lock() {
-                    f.get_or_insert_with(|| format!("the {task} task failed: {what}"));
-                }
-                cancel.cancel();
-                return;
+        }
+        OnFailure::Stop => {
+            tracing::error!(task, reason = %what, "task failed: stopping the daemon (on_task_failure = \"stop\")");
+            if let Ok(mut f) = failure.failure.lock() {
+                f.get_or_insert_with(|| format!("the {task} task failed: {what}"));
             }
+            cancel.cancel();
+            false
         }
     }
 }

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::analyze::{self, Rules};
+pub use crate::cycle::Schedule;
+use crate::cycle::{self, Context, Loop, Observer};
 use crate::execute;
-use crate::execute::learn::LearningSettings;
 use crate::knowledge::Store;
-use crate::monitor::{self, MonitorState};
-use crate::plan::{PlanContext, Planner};
+use crate::monitor;
 use crate::registry::SqlRegistry;
 use registry::SimRegistry;
 use report::Report;
@@ -29,39 +29,6 @@ use scenario::{EventKind, Scenario};
 
 /// Virtual time zero: 2026-01-05T00:00:00Z, a Monday.
 pub const START_MS: i64 = 1_767_571_200_000;
-
-/// When the driver calls the stages after analysis.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Schedule {
-    /// The planner, the executor and verification are called when what they read may have
-    /// changed (a finding, a remediation, an event) or a time they wait for has come, and until
-    /// they say they have nothing left: a quiet cycle costs the monitor and analysis alone.
-    #[default]
-    OnChange,
-    /// Every stage in every cycle, as the daemon runs them: the same report, more slowly.
-    EveryCycle,
-}
-
-/// What the stages after analysis wait for.
-#[derive(Debug, Clone, Copy)]
-struct Wakes {
-    plan: bool,
-    execute: bool,
-    verify: bool,
-    /// When the next executed remediation is due for verification.
-    verify_at: Option<i64>,
-}
-
-impl Wakes {
-    fn all() -> Self {
-        Self {
-            plan: true,
-            execute: true,
-            verify: true,
-            verify_at: None,
-        }
-    }
-}
 
 /// Where a run's wall time went.
 #[derive(Debug, Default, Clone)]
@@ -127,6 +94,47 @@ fn timed<T>(into: &mut Duration, started: Instant, value: T) -> T {
     value
 }
 
+/// Where each stage's time goes: the first cycle apart (everything hashed and verified).
+struct Clocked<'a> {
+    timings: &'a mut Timings,
+    first: bool,
+}
+
+impl Observer for Clocked<'_> {
+    fn monitored(&mut self, out: &monitor::MonitorOutput, took: Duration) {
+        if self.first {
+            self.timings.first_cycle += took;
+            return;
+        }
+        self.timings.monitor += took;
+        if out.full_scan {
+            self.timings.full_scans += took;
+        }
+    }
+    fn analyzed(&mut self, _: &analyze::AnalyzeOutput, took: Duration) {
+        if self.first {
+            self.timings.first_cycle += took;
+        } else {
+            self.timings.analyze += took;
+        }
+    }
+    fn planned(&mut self, _: &crate::plan::PlanOutput, took: Duration) {
+        self.timings.plan += took;
+        self.timings.plans += 1;
+    }
+    fn executed(&mut self, _: &execute::ExecuteOutput, took: Duration) {
+        self.timings.execute += took;
+        self.timings.executions += 1;
+    }
+    fn verified(&mut self, _: &execute::verify::VerifyOutput, took: Duration) {
+        self.timings.verify += took;
+        self.timings.verifications += 1;
+    }
+    fn learned(&mut self, _: &execute::learn::LearnOutput, took: Duration) {
+        self.timings.verify += took;
+    }
+}
+
 /// Runs one scenario to its end and judges it. `progress` is called with the share done.
 pub async fn run(s: &Scenario, progress: impl FnMut(f64)) -> anyhow::Result<Report> {
     Ok(run_with(s, Schedule::default(), progress).await?.0)
@@ -142,13 +150,17 @@ pub async fn run_with(
     let started = Instant::now();
     let mut w = world::setup(s).await?;
     timings.setup = started.elapsed();
-    let mut monitor_state = MonitorState::new();
-    let mut planner = Planner::default();
     let rules = Rules {
         quality: crate::analyze::quality::QualityModel::load(&s.policies_dir)?,
         ..Rules::default()
     };
-    let mut analyzer = analyze::Analyzer::new(rules);
+    let mut l = Loop::new(
+        rules,
+        cycle::Settings {
+            schedule,
+            ..cycle::Settings::default()
+        },
+    );
     let ticks = (s.duration_ms / s.tick_ms).max(1);
     let sample_every = (ticks / 240).max(1);
     let mut next_event = 0;
@@ -156,11 +168,6 @@ pub async fn run_with(
     let mut store_down = false;
     let mut stage_errors = 0u64;
     let mut samples = Vec::new();
-    let every = schedule == Schedule::EveryCycle;
-    let mut wakes = Wakes::all();
-    // Whether anything but the analyzer may have written findings since its last pass (then it
-    // reads the open ones again; the daemon always does).
-    let mut findings_touched = true;
     for tick in 0..=ticks {
         let t = tick * s.tick_ms;
         let now = START_MS + t;
@@ -186,9 +193,7 @@ pub async fn run_with(
                         .with_context(|| format!("{}:{}: event", s.file.display(), e.line))?;
                     // The event wrote to the registry or the store behind the stages' backs.
                     w.registry.changed();
-                    findings_touched = true;
-                    wakes.plan = true;
-                    wakes.verify = true;
+                    l.touched();
                 }
                 _ => w.notes.push(format!(
                     "{}: event of line {} not applied: the store is down",
@@ -216,8 +221,7 @@ pub async fn run_with(
                 w.registry.virtual_artifacts.clone(),
             ));
             store_down = false;
-            wakes = Wakes::all();
-            findings_touched = true;
+            l.touched();
         }
         if !store_down {
             // What the intake would have committed during the tick, written as it writes it.
@@ -239,101 +243,25 @@ pub async fn run_with(
             }
         }
         timed(&mut timings.telemetry, started, ());
-        // The daemon's stages, in its order; a failed stage ends the cycle, as in the daemon.
-        let cycle = async {
-            let started = Instant::now();
-            let m = monitor::cycle(
-                &mut monitor_state,
-                &w.registry,
-                &w.store,
-                &w.trust,
-                now,
-                3_600_000,
+        // The daemon's own cycle; a failed stage ends it, as in the daemon.
+        let ctx = Context {
+            store: &w.store,
+            registry: &w.registry,
+            policies: &w.policies,
+            trust: &w.trust,
+            key: &w.key,
+            now,
+        };
+        let step = l
+            .step(
+                &ctx,
+                &mut Clocked {
+                    timings: &mut timings,
+                    first: tick == 0,
+                },
             )
             .await;
-            if tick > 0 && m.as_ref().is_ok_and(|m| m.full_scan) {
-                timings.full_scans += started.elapsed();
-            }
-            let into = if tick == 0 {
-                &mut timings.first_cycle
-            } else {
-                &mut timings.monitor
-            };
-            let m = timed(into, started, m)?;
-            let started = Instant::now();
-            let input = analyze::AnalyzeInput {
-                findings_untouched: !every && !findings_touched,
-                ..analyze::AnalyzeInput::from_monitor(&m)
-            };
-            let judged = analyzer.cycle(&w.store, input, now).await;
-            findings_touched = false;
-            let into = if tick == 0 {
-                &mut timings.first_cycle
-            } else {
-                &mut timings.analyze
-            };
-            let judged = timed(into, started, judged)?;
-            if judged.changed {
-                wakes.plan = true;
-                wakes.verify = true;
-            }
-            if judged.stale {
-                // As in the daemon: nothing is planned or executed on stale facts.
-                return anyhow::Ok(());
-            }
-            if every || wakes.plan {
-                let started = Instant::now();
-                let ctx = PlanContext {
-                    policies: &w.policies,
-                    trust: &w.trust,
-                    key: &w.key,
-                    daemon_dry_run: false,
-                    now,
-                };
-                let planned = planner.cycle(&w.store, &w.registry, ctx).await;
-                findings_touched = true;
-                let planned = timed(&mut timings.plan, started, planned)?;
-                timings.plans += 1;
-                wakes.plan = !planned.idle;
-                if !planned.remediations.is_empty() || planned.circuit.is_some() {
-                    wakes.execute = true;
-                    wakes.verify = true;
-                }
-            }
-            if every || wakes.execute {
-                let started = Instant::now();
-                let done = execute::cycle(&w.store, &w.registry, &w.key, now).await;
-                findings_touched = true;
-                let done = timed(&mut timings.execute, started, done)?;
-                timings.executions += 1;
-                wakes.execute = !done.idle;
-                if !done.results.is_empty() {
-                    wakes.plan = true;
-                    wakes.verify = true;
-                }
-            }
-            if every || wakes.verify || wakes.verify_at.is_some_and(|at| at <= now) {
-                let started = Instant::now();
-                let verified = execute::verify::cycle(&w.store, &w.policies, &w.key, now).await;
-                findings_touched = true;
-                let verified = timed(&mut timings.verify, started, verified)?;
-                timings.verifications += 1;
-                wakes.verify_at = verified.next_due;
-                wakes.verify = !(verified.verdicts.is_empty() && verified.released.is_empty());
-                if wakes.verify {
-                    wakes.plan = true;
-                }
-                if !verified.verdicts.is_empty() {
-                    let started = Instant::now();
-                    let learned =
-                        execute::learn::cycle(&w.store, &w.key, &LearningSettings::default(), now)
-                            .await;
-                    timed(&mut timings.verify, started, learned)?;
-                }
-            }
-            anyhow::Ok(())
-        };
-        if cycle.await.is_err() {
+        if step.failed.is_some() {
             stage_errors += 1;
         }
         timings.cycles += 1;

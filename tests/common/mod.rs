@@ -318,3 +318,60 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 pub fn fixture_catalog(checkout: &std::path::Path) -> Vec<u8> {
     std::fs::read(checkout.join("dist/site/index.json")).expect("fixture catalog")
 }
+
+/// The daemon's loop as it runs it (every stage in every cycle), on the default rules.
+pub fn daemon_loop(dry_run: bool) -> mapek::cycle::Loop {
+    mapek::cycle::Loop::new(
+        Default::default(),
+        mapek::cycle::Settings {
+            dry_run,
+            schedule: mapek::cycle::Schedule::EveryCycle,
+            ..Default::default()
+        },
+    )
+}
+
+/// What one cycle's stages did, as a test reads it.
+#[derive(Default)]
+pub struct Recorded {
+    pub monitor: mapek::monitor::MonitorOutput,
+    /// The findings that started firing in analysis.
+    pub fired: Vec<mapek::knowledge::findings::Finding>,
+    pub remediations: Vec<mapek::knowledge::remediations::Remediation>,
+    pub results: Vec<(
+        mapek::knowledge::remediations::Remediation,
+        mapek::execute::Outcome,
+    )>,
+}
+
+impl mapek::cycle::Observer for Recorded {
+    fn monitored(&mut self, out: &mapek::monitor::MonitorOutput, _: std::time::Duration) {
+        self.monitor = out.clone();
+    }
+    fn analyzed(&mut self, out: &mapek::analyze::AnalyzeOutput, _: std::time::Duration) {
+        self.fired.extend(out.fired.iter().cloned());
+    }
+    fn planned(&mut self, out: &mapek::plan::PlanOutput, _: std::time::Duration) {
+        self.remediations.extend(out.remediations.iter().cloned());
+    }
+    fn executed(&mut self, out: &mapek::execute::ExecuteOutput, _: std::time::Duration) {
+        self.results.extend(out.results.iter().cloned());
+    }
+}
+
+/// One cycle of `l` over the world, with the shipped policies, at `now`.
+pub async fn step(w: &World, l: &mut mapek::cycle::Loop, now: i64) -> Recorded {
+    let policies = default_policies();
+    let ctx = mapek::cycle::Context {
+        store: &w.t.store,
+        registry: &w.registry,
+        policies: &policies,
+        trust: &w.trust,
+        key: &w.key,
+        now,
+    };
+    let mut r = Recorded::default();
+    let step = l.step(&ctx, &mut r).await;
+    assert!(step.failed.is_none(), "{:?}", step.failed);
+    r
+}
