@@ -28,18 +28,7 @@ pub enum KeyError {
     Random(String),
 }
 
-/// The 1-based line of a byte offset in a source text.
-pub fn line_of(src: &str, offset: usize) -> usize {
-    src.get(..offset.min(src.len()))
-        .map(|s| s.matches('\n').count() + 1)
-        .unwrap_or(1)
-}
-
-/// A TOML syntax or schema error, rendered as `file:line: field: reason`.
-pub fn toml_error(src: &str, error: &toml::de::Error) -> (usize, String) {
-    let line = error.span().map(|s| line_of(src, s.start)).unwrap_or(1);
-    (line, error.message().trim().to_string())
-}
+pub use crate::located::{line_of, toml_error};
 
 /// A key that signs: the daemon's, a maintainer's or a publisher's.
 #[derive(Clone)]

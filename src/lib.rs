@@ -11,6 +11,7 @@ pub mod execute;
 pub mod faults;
 pub mod keys;
 pub mod knowledge;
+pub mod located;
 pub mod model;
 pub mod monitor;
 pub mod plan;

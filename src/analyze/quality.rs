@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
-use crate::keys::{line_of, toml_error};
+use crate::located::{line_of, toml_error};
 use crate::monitor::facts::PackageFacts;
 
 /// A quality file that cannot be used: `file:line: field: reason`.
@@ -109,7 +109,7 @@ impl QualityModel {
             QualityError {
                 file: file.to_path_buf(),
                 line,
-                field: crate::config::field_of(&reason),
+                field: crate::located::field_of(&reason),
                 reason,
             }
         })?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::analyze::settings::{self, DetectorFile, Settings};
 use crate::execute::learn::LearningSettings;
 use crate::execute::notify::NotifySettings;
-use crate::keys::{line_of, toml_error};
 use crate::knowledge::retention::RetentionSettings;
+use crate::located::{line_of, toml_error};
 use crate::monitor::events::Horizon;
 use std::collections::HashMap;
 
@@ -73,7 +73,7 @@ struct ConfigFile {
     /// On SIGTERM, how long the stages may take to finish their current work.
     shutdown_grace: Option<toml::Spanned<String>>,
     /// What a failed (panicked) task does: `restart` (with backoff) or `stop` the daemon.
-    on_task_failure: Option<crate::daemon::supervise::OnFailure>,
+    on_task_failure: Option<OnFailure>,
     /// OTLP/HTTP collector for traces (else OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
     otlp_endpoint: Option<toml::Spanned<String>>,
     /// How long the leader's lease lasts without a renewal (PostgreSQL, several replicas).
@@ -198,6 +198,18 @@ impl RegistrySettings {
     }
 }
 
+/// What a failed task does to the daemon (`on_task_failure` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Restart it after 1 s, doubling up to 60 s while it keeps failing.
+    #[default]
+    Restart,
+    /// Stop the daemon with an error naming the task (systemd's `Restart=on-failure` then
+    /// restarts the whole service).
+    Stop,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -216,7 +228,7 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Where traces go (OTLP over HTTP); None: `OTEL_EXPORTER_OTLP_ENDPOINT`, or nowhere.
     pub otlp_endpoint: Option<String>,
-    pub on_task_failure: crate::daemon::supervise::OnFailure,
+    pub on_task_failure: OnFailure,
     /// The intake's bearer token, read from `intake_token_file`; None: the intake is off.
     pub intake_token: Option<String>,
     pub intake_max_body: usize,
@@ -691,14 +703,7 @@ fn apply_registry(
     Ok(())
 }
 
-/// Pulls the field name out of serde's messages ("unknown field `x`", "missing field `x`").
-pub fn field_of(reason: &str) -> String {
-    reason
-        .split('`')
-        .nth(1)
-        .map(str::to_string)
-        .unwrap_or_else(|| "-".into())
-}
+pub use crate::located::field_of;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,5 @@
 //! Supervision of the daemon's tasks: a task that fails (panics) is restarted with backoff, or stops the daemon with a clear error, as configured; none dies silently.
 
-use serde::Deserialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,17 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
 
-/// What a failed task does to the daemon (`on_task_failure` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Restart it after 1 s, doubling up to 60 s while it keeps failing.
-    #[default]
-    Restart,
-    /// Stop the daemon with an error naming the task (systemd's `Restart=on-failure` then
-    /// restarts the whole service).
-    Stop,
-}
+pub use crate::config::OnFailure;
 
 /// A stage's input, kept outside the task so that a restarted task reads on where the failed
 /// one stopped.

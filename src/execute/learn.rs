@@ -85,7 +85,7 @@ pub async fn cycle(
         labels.insert("rolled_back".into(), o.rolled_back.into());
         let finding = Finding::raised(
             FindingKind::PolicyIneffective,
-            crate::plan::daemon_subject(),
+            crate::model::daemon_subject(),
             fingerprint(&o.policy),
             format!(
                 "policy `{}` is demoted to dry_run: {reason}; re-enable it with `mapek policy enable {}`",

@@ -59,7 +59,7 @@ fn action_of(change: &Change) -> (Action, Subject) {
         Change::Undeprecate { package } => (Action::Undeprecate, whole(package)),
         Change::SetQuality { package, .. } => (Action::SetQuality, whole(package)),
         Change::AdjustQuality { package, .. } => (Action::AdjustQuality, whole(package)),
-        Change::Reindex => (Action::Reindex, crate::plan::daemon_subject()),
+        Change::Reindex => (Action::Reindex, crate::model::daemon_subject()),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::series::{self, SeriesName, SeriesNames, SharedSeries};
 use super::{insert_rows, Backend, Conn, Param, Store, StoreError};
-use crate::monitor::events::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
+use crate::model::telemetry::{Batch, Counts, Report, HOUR, LATENCY_BOUNDS, MINUTE};
 
 /// One release's counts in one bucket, as one batch added them (a delta: several batches may
 /// add to the same bucket).

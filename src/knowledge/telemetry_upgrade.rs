@@ -5,7 +5,7 @@ use sqlx::{Executor, Row};
 use super::series;
 use super::telemetry::{Body, NEXT_SEQ};
 use super::{Backend, Store, StoreError};
-use crate::monitor::events::{HOUR, MINUTE};
+use crate::model::telemetry::{HOUR, MINUTE};
 
 impl Store {
     /// Converts the bucket tables of schema version 5, if this store still has them, into two

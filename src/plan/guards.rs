@@ -5,8 +5,8 @@ use std::path::Path;
 
 use super::policy::PolicyError;
 use super::window::Window;
-use crate::config::field_of;
-use crate::keys::{line_of, toml_error};
+use crate::located::field_of;
+use crate::located::{line_of, toml_error};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;

@@ -22,7 +22,7 @@ use crate::knowledge::audit::{self, NewEntry};
 use crate::knowledge::findings::{self, Finding, PlanState};
 use crate::knowledge::remediations::{self, Remediation, Status};
 use crate::knowledge::{Conn, Store, StoreError};
-use crate::model::{FindingKind, Subject};
+use crate::model::FindingKind;
 use crate::registry::{Registry, RegistryError};
 use decide::{Candidate, Decision};
 use gates::{GateInput, Gatekeeper, Ledger};
@@ -34,13 +34,7 @@ const POLICY_DIGEST: &str = "plan.policy_digest";
 const CIRCUIT: &str = "plan.circuit";
 const DAY_MS: i64 = 86_400_000;
 
-/// The subject of the daemon's findings about itself (no package name can be `*`).
-pub fn daemon_subject() -> Subject {
-    Subject {
-        package: "*".into(),
-        version: None,
-    }
-}
+pub use crate::model::daemon_subject;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {

@@ -10,8 +10,8 @@ use super::facts;
 use super::guards::Guards;
 use super::signing;
 use super::window::Window;
-use crate::config::field_of;
 use crate::keys::{line_of, toml_error, TrustStore};
+use crate::located::field_of;
 use crate::model::{Action, FindingKind};
 
 /// One problem in a policy set.

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use super::decide::{matching, rank};
 use super::facts::Facts;
 use super::policy::{PolicyError, PolicySet};
-use crate::config::field_of;
-use crate::keys::{line_of, toml_error};
 use crate::knowledge::findings::{Finding, FindingState, PlanState};
+use crate::located::field_of;
+use crate::located::{line_of, toml_error};
 use crate::model::{FindingKind, Severity, Subject};
 use crate::registry::{PackageRecord, RegistryCounts, ReleaseRecord};
 

@@ -415,7 +415,7 @@ fn read_manifests(m: &mut Merged, dir: &Path, manifest: &str, table: &str, now: 
         let doc: toml::Table = match toml::from_str(&src) {
             Ok(d) => d,
             Err(e) => {
-                let (line, reason) = crate::keys::toml_error(&src, &e);
+                let (line, reason) = crate::located::toml_error(&src, &e);
                 m.problem(&path, &folder, &format!("line {line}"), reason);
                 continue;
             }

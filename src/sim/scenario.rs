@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-use crate::config::field_of;
-use crate::keys::{line_of, toml_error};
+use crate::located::field_of;
+use crate::located::{line_of, toml_error};
 
 /// A problem in a scenario file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -157,7 +157,7 @@ fn read_manifest(dir: &str, src: &[u8]) -> (Manifest, Vec<Refusal>) {
     let doc: toml::Table = match toml::from_str(text) {
         Ok(d) => d,
         Err(e) => {
-            let (line, reason) = crate::keys::toml_error(text, &e);
+            let (line, reason) = crate::located::toml_error(text, &e);
             return (
                 m,
                 vec![refuse(

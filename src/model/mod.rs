@@ -1,5 +1,7 @@
 //! The values that flow between stages: observations, findings, actions and their subjects.
 
+pub mod telemetry;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -188,6 +190,15 @@ impl fmt::Display for Subject {
             Some(v) => write!(f, "{}@{}", self.package, v),
             None => f.write_str(&self.package),
         }
+    }
+}
+
+/// The subject of the daemon's findings about itself and of registry-wide actions (no package
+/// name can be `*`).
+pub fn daemon_subject() -> Subject {
+    Subject {
+        package: "*".into(),
+        version: None,
     }
 }
 
