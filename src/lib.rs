@@ -1,5 +1,6 @@
 //! mapek: the autonomic control plane of the ggen marketplace (monitor, analyze, plan, execute, knowledge).
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 
 pub mod analyze;
 pub mod cli;

@@ -460,7 +460,44 @@ impl Analyzer {
             self.loaded = true;
         }
         let stale = input.unreachable.is_some();
-        for o in input.observations {
+        self.note_integrity(input.observations);
+        let (complete, save_baselines, scores) = self.complete_judgements(&input, now);
+        let open = match (input.findings_untouched, self.open.take()) {
+            (true, Some(open)) => open,
+            _ => store.open_findings().await?,
+        };
+        let mut open_by_kind: BTreeMap<FindingKind, i64> = BTreeMap::new();
+        for f in &open {
+            *open_by_kind.entry(f.kind).or_default() += 1;
+        }
+        let mut after: BTreeMap<String, Finding> =
+            open.iter().map(|f| (f.id.clone(), f.clone())).collect();
+        let transitions = self.transitions(open, &input, complete, stale, now);
+        let mut out = AnalyzeOutput {
+            stale,
+            changed: transitions.iter().any(|(_, refresh)| !refresh),
+            ..Default::default()
+        };
+        write_transitions(store, transitions, &mut out, &mut open_by_kind, &mut after).await?;
+        if save_baselines {
+            store.save_baselines(&self.downloads.baselines, now).await?;
+            self.downloads.saved(now);
+        }
+        let saved: Vec<_> = scores
+            .iter()
+            .filter_map(|p| Some((p.as_str(), self.quality.states.get(p)?)))
+            .collect();
+        store.save_quality_states(&saved).await?;
+        open_by_kind.retain(|_, n| *n > 0);
+        out.open_by_kind = open_by_kind;
+        self.open = Some(after.into_values().collect());
+        Ok(out)
+    }
+
+    /// Keeps what the observations say of each release's integrity; a package whose integrity
+    /// changed is scored again.
+    fn note_integrity(&mut self, observations: &[ReleaseObservation]) {
+        for o in observations {
             let checksum = matches!(o.integrity, Integrity::Ok);
             let signed = o.signature == SignatureState::Valid;
             let before = self
@@ -472,32 +509,36 @@ impl Analyzer {
                 self.integrity_changed.insert(o.package.clone());
             }
         }
-        let (complete, save_baselines, scores) = self.complete_judgements(&input, now);
-        let open = match (input.findings_untouched, self.open.take()) {
-            (true, Some(open)) => open,
-            _ => store.open_findings().await?,
-        };
-        // What is open after this pass: what was, with this pass's transitions.
-        let mut after: BTreeMap<String, Finding> =
-            open.iter().map(|f| (f.id.clone(), f.clone())).collect();
-        let mut open_by_kind: BTreeMap<FindingKind, i64> = BTreeMap::new();
-        for f in &open {
-            *open_by_kind.entry(f.kind).or_default() += 1;
-        }
+    }
+
+    /// Each open finding's step and each new one's, from this pass's judgements.
+    fn transitions(
+        &self,
+        open: Vec<Finding>,
+        input: &AnalyzeInput<'_>,
+        complete: Vec<(FindingKind, Vec<Condition>)>,
+        stale: bool,
+        now: i64,
+    ) -> Vec<(Transition, bool)> {
         let mut by_fingerprint: HashMap<String, Finding> = open
             .into_iter()
             .map(|f| (f.fingerprint.clone(), f))
             .collect();
         let mut transitions = Vec::new();
+        let mut step = |kind: FindingKind,
+                        subject: &Subject,
+                        j: Judgement,
+                        by: &mut HashMap<String, Finding>| {
+            let existing = by.remove(&Finding::fingerprint_of(kind, subject));
+            transitions.extend(judge(existing, j, self.rules.timing(kind), now));
+        };
         for o in input.observations {
             let subject = Subject {
                 package: o.package.clone(),
                 version: Some(o.version.clone()),
             };
             for (kind, judgement) in integrity_conditions(o) {
-                let fingerprint = Finding::fingerprint_of(kind, &subject);
-                let existing = by_fingerprint.remove(&fingerprint);
-                transitions.extend(judge(existing, judgement, self.rules.timing(kind), now));
+                step(kind, &subject, judgement, &mut by_fingerprint);
             }
         }
         // Releases that left the registry: nothing of their artifacts holds any more.
@@ -511,24 +552,16 @@ impl Analyzer {
                 version: Some(version.clone()),
             };
             for kind in INTEGRITY_KINDS {
-                let fingerprint = Finding::fingerprint_of(kind, &subject);
-                if let Some(existing) = by_fingerprint.remove(&fingerprint) {
-                    transitions.extend(judge(
-                        Some(existing),
-                        Some(None),
-                        self.rules.timing(kind),
-                        now,
-                    ));
+                if by_fingerprint.contains_key(&Finding::fingerprint_of(kind, &subject)) {
+                    step(kind, &subject, Some(None), &mut by_fingerprint);
                 }
             }
         }
         let judged: HashSet<FindingKind> = complete.iter().map(|(k, _)| *k).collect();
         for (kind, conditions) in complete {
-            let timing = self.rules.timing(kind);
             for c in conditions {
-                let fingerprint = Finding::fingerprint_of(kind, &c.subject);
-                let existing = by_fingerprint.remove(&fingerprint);
-                transitions.extend(judge(existing, Some(Some(c)), timing, now));
+                let subject = c.subject.clone();
+                step(kind, &subject, Some(Some(c)), &mut by_fingerprint);
             }
         }
         // What is left: findings of completely judged kinds whose condition is gone, findings
@@ -548,61 +581,57 @@ impl Analyzer {
                 transitions.extend(lifecycle::tick(f, timing, now).map(|t| (t, false)));
             }
         }
-        let mut out = AnalyzeOutput {
-            stale,
-            changed: transitions.iter().any(|(_, refresh)| !refresh),
-            ..Default::default()
-        };
-        if !transitions.is_empty() {
-            let mut tx = store.begin().await?;
-            for (t, _) in transitions {
-                match &t {
-                    Transition::Opened(f) => *open_by_kind.entry(f.kind).or_default() += 1,
-                    Transition::Resolved(f) => *open_by_kind.entry(f.kind).or_default() -= 1,
-                    Transition::Fired(_) | Transition::Updated(_) => {}
-                }
-                match &t {
-                    Transition::Resolved(f) => {
-                        after.remove(&f.id);
-                    }
-                    Transition::Opened(f) | Transition::Fired(f) | Transition::Updated(f) => {
-                        after.insert(f.id.clone(), f.clone());
-                    }
-                }
-                match t {
-                    Transition::Opened(f) => {
-                        findings::insert(&mut tx, &f).await?;
-                        if f.state == FindingState::Firing {
-                            out.fired.push(f);
-                        }
-                    }
-                    Transition::Fired(f) => {
-                        findings::update(&mut tx, &f).await?;
-                        out.fired.push(f);
-                    }
-                    Transition::Updated(f) => findings::update(&mut tx, &f).await?,
-                    Transition::Resolved(f) => {
-                        findings::update(&mut tx, &f).await?;
-                        out.resolved.push(f);
-                    }
+        transitions
+    }
+}
+
+/// Writes a pass's transitions in one transaction, and keeps the counts and the open findings
+/// they leave.
+async fn write_transitions(
+    store: &Store,
+    transitions: Vec<(Transition, bool)>,
+    out: &mut AnalyzeOutput,
+    open_by_kind: &mut BTreeMap<FindingKind, i64>,
+    after: &mut BTreeMap<String, Finding>,
+) -> Result<(), StoreError> {
+    if transitions.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.begin().await?;
+    for (t, _) in transitions {
+        match &t {
+            Transition::Opened(f) => *open_by_kind.entry(f.kind).or_default() += 1,
+            Transition::Resolved(f) => *open_by_kind.entry(f.kind).or_default() -= 1,
+            Transition::Fired(_) | Transition::Updated(_) => {}
+        }
+        match &t {
+            Transition::Resolved(f) => {
+                after.remove(&f.id);
+            }
+            Transition::Opened(f) | Transition::Fired(f) | Transition::Updated(f) => {
+                after.insert(f.id.clone(), f.clone());
+            }
+        }
+        match t {
+            Transition::Opened(f) => {
+                findings::insert(&mut tx, &f).await?;
+                if f.state == FindingState::Firing {
+                    out.fired.push(f);
                 }
             }
-            tx.commit().await?;
+            Transition::Fired(f) => {
+                findings::update(&mut tx, &f).await?;
+                out.fired.push(f);
+            }
+            Transition::Updated(f) => findings::update(&mut tx, &f).await?,
+            Transition::Resolved(f) => {
+                findings::update(&mut tx, &f).await?;
+                out.resolved.push(f);
+            }
         }
-        if save_baselines {
-            store.save_baselines(&self.downloads.baselines, now).await?;
-            self.downloads.saved(now);
-        }
-        let saved: Vec<_> = scores
-            .iter()
-            .filter_map(|p| Some((p.as_str(), self.quality.states.get(p)?)))
-            .collect();
-        store.save_quality_states(&saved).await?;
-        open_by_kind.retain(|_, n| *n > 0);
-        out.open_by_kind = open_by_kind;
-        self.open = Some(after.into_values().collect());
-        Ok(out)
     }
+    tx.commit().await?;
+    Ok(())
 }
 
 fn burn_condition(

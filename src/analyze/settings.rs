@@ -215,102 +215,113 @@ pub fn apply(
             timing.keep_firing_for_ms = duration(v, "keep_firing_for")?;
         }
         s.timing.insert(kind, timing);
-        use FindingKind::*;
-        match kind {
-            InstallFailureBurn => {
-                only(name, d, &["slo", "min_events"])?;
-                if let Some(v) = &d.slo {
-                    s.install_slo = ranged(v, "slo", 0.5, 0.99999)?;
-                }
-                if let Some(v) = &d.min_events {
-                    s.install_min_events = ranged(v, "min_events", 0, i64::MAX)?;
-                }
+        apply_kind(kind, name, d, s)?;
+    }
+    Ok(())
+}
+
+/// The settings of one kind's table beyond its lifecycle timing.
+fn apply_kind(
+    kind: FindingKind,
+    name: &str,
+    d: &DetectorFile,
+    s: &mut Settings,
+) -> Result<(), Invalid> {
+    use FindingKind::*;
+    match kind {
+        InstallFailureBurn => {
+            only(name, d, &["slo", "min_events"])?;
+            if let Some(v) = &d.slo {
+                s.install_slo = ranged(v, "slo", 0.5, 0.99999)?;
             }
-            LookupLatencyBurn => {
-                only(name, d, &["slo", "min_events", "threshold_ms"])?;
-                if let Some(v) = &d.slo {
-                    s.latency_slo = ranged(v, "slo", 0.5, 0.99999)?;
-                }
-                if let Some(v) = &d.min_events {
-                    s.latency_min_events = ranged(v, "min_events", 0, i64::MAX)?;
-                }
-                if let Some(v) = &d.threshold_ms {
-                    let t = *v.get_ref();
-                    let bounds = &LATENCY_BOUNDS[..LATENCY_BOUNDS.len() - 1];
-                    if !bounds.contains(&t) {
-                        return Err((
-                            v.span().start,
-                            "threshold_ms".into(),
-                            format!(
-                                "{t} is not a bound of the latency histogram (one of {})",
-                                bounds
-                                    .iter()
-                                    .map(|b| b.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        ));
-                    }
-                    s.latency_threshold_ms = t;
-                }
+            if let Some(v) = &d.min_events {
+                s.install_min_events = ranged(v, "min_events", 0, i64::MAX)?;
             }
-            QualityRegression => {
-                only(name, d, &["drop_points", "window"])?;
-                if let Some(v) = &d.drop_points {
-                    s.quality_drop_points = ranged(v, "drop_points", 0.0, 100.0)?;
-                }
-                if let Some(v) = &d.window {
-                    s.quality_window_ms = duration(v, "window")?;
-                }
-            }
-            Unmaintained => {
-                only(name, d, &["after"])?;
-                if let Some(v) = &d.after {
-                    s.unmaintained_after_ms = duration(v, "after")?;
-                }
-            }
-            DownloadAnomaly => {
-                only(name, d, &["alpha", "z", "min_per_hour", "warmup_hours"])?;
-                if let Some(v) = &d.alpha {
-                    s.download_alpha = ranged(v, "alpha", 0.001, 1.0)?;
-                }
-                if let Some(v) = &d.z {
-                    s.download_z = ranged(v, "z", 0.5, 1e6)?;
-                }
-                if let Some(v) = &d.min_per_hour {
-                    s.download_min_per_hour = ranged(v, "min_per_hour", 0.0, 1e12)?;
-                }
-                if let Some(v) = &d.warmup_hours {
-                    s.download_warmup_hours = ranged(v, "warmup_hours", 1, 24 * 365)?;
-                }
-            }
-            TyposquatSuspect => {
-                only(
-                    name,
-                    d,
-                    &["new_within", "popular_downloads", "max_distance"],
-                )?;
-                if let Some(v) = &d.new_within {
-                    s.typosquat_new_within_ms = duration(v, "new_within")?;
-                }
-                if let Some(v) = &d.popular_downloads {
-                    s.typosquat_popular_downloads = ranged(v, "popular_downloads", 0, i64::MAX)?;
-                }
-                if let Some(v) = &d.max_distance {
-                    s.typosquat_max_distance = ranged(v, "max_distance", 0, 3)? as usize;
-                }
-            }
-            Reported => {
-                only(name, d, &["window", "corroboration"])?;
-                if let Some(v) = &d.window {
-                    s.report_window_ms = duration(v, "window")?;
-                }
-                if let Some(v) = &d.corroboration {
-                    s.report_corroboration = ranged(v, "corroboration", 1, 100)? as usize;
-                }
-            }
-            _ => only(name, d, &[])?,
         }
+        LookupLatencyBurn => {
+            only(name, d, &["slo", "min_events", "threshold_ms"])?;
+            if let Some(v) = &d.slo {
+                s.latency_slo = ranged(v, "slo", 0.5, 0.99999)?;
+            }
+            if let Some(v) = &d.min_events {
+                s.latency_min_events = ranged(v, "min_events", 0, i64::MAX)?;
+            }
+            if let Some(v) = &d.threshold_ms {
+                let t = *v.get_ref();
+                let bounds = &LATENCY_BOUNDS[..LATENCY_BOUNDS.len() - 1];
+                if !bounds.contains(&t) {
+                    return Err((
+                        v.span().start,
+                        "threshold_ms".into(),
+                        format!(
+                            "{t} is not a bound of the latency histogram (one of {})",
+                            bounds
+                                .iter()
+                                .map(|b| b.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                s.latency_threshold_ms = t;
+            }
+        }
+        QualityRegression => {
+            only(name, d, &["drop_points", "window"])?;
+            if let Some(v) = &d.drop_points {
+                s.quality_drop_points = ranged(v, "drop_points", 0.0, 100.0)?;
+            }
+            if let Some(v) = &d.window {
+                s.quality_window_ms = duration(v, "window")?;
+            }
+        }
+        Unmaintained => {
+            only(name, d, &["after"])?;
+            if let Some(v) = &d.after {
+                s.unmaintained_after_ms = duration(v, "after")?;
+            }
+        }
+        DownloadAnomaly => {
+            only(name, d, &["alpha", "z", "min_per_hour", "warmup_hours"])?;
+            if let Some(v) = &d.alpha {
+                s.download_alpha = ranged(v, "alpha", 0.001, 1.0)?;
+            }
+            if let Some(v) = &d.z {
+                s.download_z = ranged(v, "z", 0.5, 1e6)?;
+            }
+            if let Some(v) = &d.min_per_hour {
+                s.download_min_per_hour = ranged(v, "min_per_hour", 0.0, 1e12)?;
+            }
+            if let Some(v) = &d.warmup_hours {
+                s.download_warmup_hours = ranged(v, "warmup_hours", 1, 24 * 365)?;
+            }
+        }
+        TyposquatSuspect => {
+            only(
+                name,
+                d,
+                &["new_within", "popular_downloads", "max_distance"],
+            )?;
+            if let Some(v) = &d.new_within {
+                s.typosquat_new_within_ms = duration(v, "new_within")?;
+            }
+            if let Some(v) = &d.popular_downloads {
+                s.typosquat_popular_downloads = ranged(v, "popular_downloads", 0, i64::MAX)?;
+            }
+            if let Some(v) = &d.max_distance {
+                s.typosquat_max_distance = ranged(v, "max_distance", 0, 3)? as usize;
+            }
+        }
+        Reported => {
+            only(name, d, &["window", "corroboration"])?;
+            if let Some(v) = &d.window {
+                s.report_window_ms = duration(v, "window")?;
+            }
+            if let Some(v) = &d.corroboration {
+                s.report_corroboration = ranged(v, "corroboration", 1, 100)? as usize;
+            }
+        }
+        _ => only(name, d, &[])?,
     }
     Ok(())
 }

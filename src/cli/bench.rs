@@ -112,20 +112,85 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Pretty);
     if args.execute {
         super::bench_execute::execute(args.packages, args.runs, args.pg.as_deref()).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(n) = args.audit {
+    } else if let Some(n) = args.audit {
         super::bench_execute::audit(n, args.runs, args.pg.as_deref()).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.marketplace {
+    } else if args.marketplace {
         super::bench_marketplace::bench(args.packages, args.runs, args.pg.as_deref()).await?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.analyze {
+    } else if args.analyze {
         super::bench_analyze::bench(args.packages, args.max_releases, args.runs).await?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        cycles(&args).await?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one run of the cycle bench measured.
+struct Run {
+    releases: usize,
+    full: Duration,
+    unchanged: Duration,
+    cycle_peak: Option<f64>,
+    generation_peak: Option<f64>,
+}
+
+/// A fresh store and generated registry; its first full cycle and an unchanged one.
+async fn run_once(args: &BenchArgs, policies: &PolicySet, key: &KeyPair) -> anyhow::Result<Run> {
+    let dir = tempfile::Builder::new().prefix("mapek-bench").tempdir()?;
+    let store = Store::open(&dir.path().join("bench.db").display().to_string()).await?;
+    let registry = Arc::new(SqlRegistry::new(
+        store.clone(),
+        dir.path().join("artifacts"),
+    ));
+    let spec = GenerateSpec {
+        packages: args.packages,
+        max_releases: args.max_releases,
+        seed: 1,
+        ..GenerateSpec::default()
+    };
+    let generated = generate::generate(&registry, &spec, SystemClock.now_ms()).await?;
+    let releases = generated.releases;
+    let trust = Arc::new(generated.trust);
+    let generation_peak = peak_rss_mib();
+    let reset = reset_peak_rss();
+    let mut l = Loop::new(
+        Rules::default(),
+        cycle::Settings {
+            full_scan_every_ms: i64::MAX,
+            schedule: cycle::Schedule::EveryCycle,
+            ..Default::default()
+        },
+    );
+    let ctx = Context {
+        store: &store,
+        registry: &registry,
+        policies,
+        trust: &trust,
+        key,
+        now: SystemClock.now_ms(),
+    };
+    let t = Instant::now();
+    let (seen, verified) = one_cycle(&mut l, &ctx).await?;
+    let full = t.elapsed();
+    anyhow::ensure!(
+        seen == releases && verified == releases,
+        "first cycle saw {seen} and verified {verified} of {releases} releases"
+    );
+    let t = Instant::now();
+    let (seen, _) = one_cycle(&mut l, &ctx).await?;
+    let unchanged = t.elapsed();
+    anyhow::ensure!(seen == 0, "unchanged cycle rescanned {seen} releases");
+    store.close().await;
+    Ok(Run {
+        releases,
+        full,
+        unchanged,
+        cycle_peak: if reset { peak_rss_mib() } else { None },
+        generation_peak,
+    })
+}
+
+/// `mapek bench`: the first full cycle and an unchanged one, `--runs` times; medians.
+async fn cycles(args: &BenchArgs) -> anyhow::Result<()> {
     let policies = PolicySet::from_sources(
         &super::demo::DEFAULT_POLICIES
             .iter()
@@ -134,102 +199,58 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     )
     .map_err(|e| anyhow::anyhow!("embedded policies: {e:?}"))?;
     let key = KeyPair::from_seed("daemon", [7; 32]);
-    let (mut full, mut unchanged) = (Vec::new(), Vec::new());
-    let (mut cycle_peaks, mut generation_peaks) = (Vec::new(), Vec::new());
-    let mut releases = 0;
-    for run in 0..args.runs.max(1) {
-        let dir = tempfile::Builder::new().prefix("mapek-bench").tempdir()?;
-        let store = Store::open(&dir.path().join("bench.db").display().to_string()).await?;
-        let registry = Arc::new(SqlRegistry::new(
-            store.clone(),
-            dir.path().join("artifacts"),
-        ));
-        let spec = GenerateSpec {
-            packages: args.packages,
-            max_releases: args.max_releases,
-            seed: 1,
-            ..GenerateSpec::default()
-        };
-        let generated = generate::generate(&registry, &spec, SystemClock.now_ms()).await?;
-        releases = generated.releases;
-        let trust = Arc::new(generated.trust);
-        let generation_peak = peak_rss_mib();
-        let reset = reset_peak_rss();
-        let mut l = Loop::new(
-            Rules::default(),
-            cycle::Settings {
-                full_scan_every_ms: i64::MAX,
-                schedule: cycle::Schedule::EveryCycle,
-                ..Default::default()
-            },
-        );
-        let ctx = Context {
-            store: &store,
-            registry: &registry,
-            policies: &policies,
-            trust: &trust,
-            key: &key,
-            now: SystemClock.now_ms(),
-        };
-        let t = Instant::now();
-        let (seen, verified) = one_cycle(&mut l, &ctx).await?;
-        full.push(t.elapsed());
-        anyhow::ensure!(
-            seen == releases && verified == releases,
-            "first cycle saw {seen} and verified {verified} of {releases} releases"
-        );
-        let t = Instant::now();
-        let (seen, _) = one_cycle(&mut l, &ctx).await?;
-        unchanged.push(t.elapsed());
-        anyhow::ensure!(seen == 0, "unchanged cycle rescanned {seen} releases");
+    let mut runs = Vec::new();
+    for n in 0..args.runs.max(1) {
+        let r = run_once(args, &policies, &key).await?;
         eprintln!(
             "run {}: full {:?}, unchanged {:?}",
-            run + 1,
-            full[run],
-            unchanged[run]
+            n + 1,
+            r.full,
+            r.unchanged
         );
-        if reset {
-            cycle_peaks.extend(peak_rss_mib());
-        }
-        generation_peaks.extend(generation_peak);
-        store.close().await;
+        runs.push(r);
     }
+    let releases = runs.last().map(|r| r.releases).unwrap_or(0);
     println!(
         "packages: {}, releases: {releases}, runs: {}",
         args.packages,
-        full.len()
+        runs.len()
     );
     println!(
         "first full cycle (every signature verified): median {:.3} s",
-        median(full).as_secs_f64()
+        median(runs.iter().map(|r| r.full).collect()).as_secs_f64()
     );
     println!(
         "unchanged cycle: median {:.3} s",
-        median(unchanged).as_secs_f64()
+        median(runs.iter().map(|r| r.unchanged).collect()).as_secs_f64()
     );
-    let max = |v: &[f64]| {
-        v.iter()
-            .copied()
-            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
-    };
+    print_memory(&runs);
+    Ok(())
+}
+
+fn print_memory(runs: &[Run]) {
+    let cycle_peaks: Vec<f64> = runs.iter().filter_map(|r| r.cycle_peak).collect();
     if cycle_peaks.is_empty() {
         println!("peak resident memory during the cycles: unavailable (no /proc/self/clear_refs)");
     } else {
         let mut sorted = cycle_peaks.clone();
         sorted.sort_by(f64::total_cmp);
-        let runs: Vec<String> = cycle_peaks.iter().map(|m| format!("{m:.0}")).collect();
+        let all: Vec<String> = cycle_peaks.iter().map(|m| format!("{m:.0}")).collect();
         println!(
             "peak resident memory during the cycles: median {:.0} MiB (runs: {} MiB)",
             sorted[sorted.len() / 2],
-            runs.join(", ")
+            all.join(", ")
         );
     }
-    match (max(&generation_peaks), peak_rss_mib()) {
+    let generation = runs
+        .iter()
+        .filter_map(|r| r.generation_peak)
+        .reduce(f64::max);
+    match (generation, peak_rss_mib()) {
         (Some(g), Some(all)) => println!(
             "peak resident memory of the whole process, generating the registry included: {:.0} MiB",
             g.max(all)
         ),
         _ => println!("peak resident memory: unavailable on this platform"),
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -72,6 +72,29 @@ fn withheld(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// What the runs measured.
+#[derive(Default)]
+struct Figures {
+    firsts: Vec<Duration>,
+    monitors: Vec<Duration>,
+    unchanged: Vec<Duration>,
+    one_pack: Vec<Duration>,
+    /// (render, sign and hash, write and fsync, bytes)
+    publishes: Vec<(Duration, Duration, Duration, usize)>,
+    peaks: Vec<f64>,
+}
+
+/// What every run shares: the generated checkout, the policies, the key, the store's server.
+struct Bench<'a> {
+    dir: &'a Path,
+    checkout: &'a Path,
+    packs: usize,
+    changes: usize,
+    policies: &'a PolicySet,
+    key: &'a KeyPair,
+    pg: Option<&'a str>,
+}
+
 pub async fn bench(packs: usize, runs: usize, pg: Option<&str>) -> anyhow::Result<()> {
     let policies = PolicySet::from_sources(
         &super::demo::DEFAULT_POLICIES
@@ -89,28 +112,42 @@ pub async fn bench(packs: usize, runs: usize, pg: Option<&str>) -> anyhow::Resul
         "generated a checkout of {packs} packs (trees, archives, catalog) in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let changes = runs.clamp(1, 20);
-    let (mut firsts, mut monitors, mut unchanged, mut one_pack, mut publishes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut peaks = Vec::new();
+    let b = Bench {
+        dir: dir.path(),
+        checkout: &checkout,
+        packs,
+        changes: runs.clamp(1, 20),
+        policies: &policies,
+        key: &key,
+        pg,
+    };
+    let mut f = Figures::default();
     for run in 0..runs.max(1) {
-        let run_dir = dir.path().join(format!("store-{run}"));
+        b.run(run, &mut f).await?;
+    }
+    print(&f, packs, pg.is_some());
+    Ok(())
+}
+
+impl Bench<'_> {
+    /// One run on a fresh store and a fresh copy of the checkout.
+    async fn run(&self, run: usize, f: &mut Figures) -> anyhow::Result<()> {
+        let run_dir = self.dir.join(format!("store-{run}"));
         std::fs::create_dir_all(&run_dir)?;
-        let (store, name) = super::bench_execute::fresh_store(&run_dir, pg, run).await?;
+        let (store, name) = super::bench_execute::fresh_store(&run_dir, self.pg, run).await?;
         // Every archive as generated, before this run tampers with some.
-        let run_checkout = dir.path().join(format!("run-{run}"));
-        copy(&checkout, &run_checkout)?;
+        let run_checkout = self.dir.join(format!("run-{run}"));
+        copy(self.checkout, &run_checkout)?;
         let mut config = MarketplaceConfig::at(&run_checkout);
-        let published = dir.path().join(format!("www-{run}/index.json"));
+        let published = self.dir.join(format!("www-{run}/index.json"));
         config.publish = Some(published.clone());
         let m = Marketplace::new(
-            SqlRegistry::new(store.clone(), dir.path()),
+            SqlRegistry::new(store.clone(), self.dir),
             config,
-            Some(Arc::new(key.clone())),
+            Some(Arc::new(self.key.clone())),
         )?;
-        let watching = m.watching();
         let registry = Arc::new(Managed::from(m));
-        let mut stages = Loop::new(
+        let mut l = Loop::new(
             Rules::default(),
             cycle::Settings {
                 schedule: cycle::Schedule::EveryCycle,
@@ -118,65 +155,95 @@ pub async fn bench(packs: usize, runs: usize, pg: Option<&str>) -> anyhow::Resul
             },
         );
         let reset = reset_peak_rss();
-        let (mon, first) = cycle(&mut stages, &registry, &store, &policies, &key, true).await?;
-        firsts.push(first);
-        monitors.push(mon);
-        let (_, quiet) = cycle(&mut stages, &registry, &store, &policies, &key, false).await?;
-        unchanged.push(quiet);
-        // One pack's archive changed at a time: judged, quarantined and published.
-        for k in 0..changes {
-            let name = marketplace::generate::pack_name(k * 7919 % packs);
-            let file = std::fs::read_dir(run_checkout.join("dist/packs"))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
-                })
-                .ok_or_else(|| anyhow::anyhow!("no archive of {name}"))?;
-            let events = registry
-                .marketplace()
-                .map(|m| m.changes.events.load(std::sync::atomic::Ordering::SeqCst))
-                .unwrap_or(0);
-            let mut bytes = std::fs::read(&file)?;
-            bytes[30] ^= 0x01;
-            std::fs::write(&file, bytes)?;
-            // The notification, as the daemon would be woken by it.
-            let waited = Instant::now();
-            while watching
-                && registry
-                    .marketplace()
-                    .map(|m| m.changes.events.load(std::sync::atomic::Ordering::SeqCst))
-                    .unwrap_or(0)
-                    == events
-                && waited.elapsed() < Duration::from_secs(5)
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let (_, t) = cycle(&mut stages, &registry, &store, &policies, &key, !watching).await?;
-            anyhow::ensure!(
-                withheld(&published) == k + 1,
-                "after changing {name}, the published catalog withholds {} packs, not {}",
-                withheld(&published),
-                k + 1
-            );
-            one_pack.push(t);
+        let (mon, first) = cycle(&mut l, &registry, &store, self.policies, self.key, true).await?;
+        f.firsts.push(first);
+        f.monitors.push(mon);
+        let (_, quiet) = cycle(&mut l, &registry, &store, self.policies, self.key, false).await?;
+        f.unchanged.push(quiet);
+        for k in 0..self.changes {
+            let t = self
+                .one_pack(k, &mut l, &registry, &store, &run_checkout, &published)
+                .await?;
+            f.one_pack.push(t);
         }
         if reset {
-            peaks.extend(peak_rss_mib());
+            f.peaks.extend(peak_rss_mib());
         }
-        // The whole catalog rendered, signed and written from nothing.
-        let bytes = std::fs::read(run_checkout.join("dist/site/index.json"))?;
+        self.publish_whole(run, &run_checkout, &store, f).await?;
+        eprintln!(
+            "run {}: first full cycle {:?} (monitor {:?}), unchanged {:?}",
+            run + 1,
+            first,
+            mon,
+            quiet
+        );
+        drop(registry);
+        super::bench_execute::drop_store(store, self.pg, name).await?;
+        std::fs::remove_dir_all(&run_checkout)?;
+        Ok(())
+    }
+
+    /// The `k`-th pack's archive changed: the notification waited for (as the daemon is woken
+    /// by it), then the cycle that judges it, quarantines it and publishes the catalog.
+    async fn one_pack(
+        &self,
+        k: usize,
+        l: &mut Loop,
+        registry: &Arc<Managed>,
+        store: &Store,
+        checkout: &Path,
+        published: &Path,
+    ) -> anyhow::Result<Duration> {
+        let name = marketplace::generate::pack_name(k * 7919 % self.packs);
+        let file = std::fs::read_dir(checkout.join("dist/packs"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
+            })
+            .ok_or_else(|| anyhow::anyhow!("no archive of {name}"))?;
+        let m = registry
+            .marketplace()
+            .ok_or_else(|| anyhow::anyhow!("not a marketplace"))?;
+        let events = || m.changes.events.load(std::sync::atomic::Ordering::SeqCst);
+        let before = events();
+        let mut bytes = std::fs::read(&file)?;
+        bytes[30] ^= 0x01;
+        std::fs::write(&file, bytes)?;
+        let waited = Instant::now();
+        while m.watching() && events() == before && waited.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (_, t) = cycle(l, registry, store, self.policies, self.key, !m.watching()).await?;
+        anyhow::ensure!(
+            withheld(published) == k + 1,
+            "after changing {name}, the published catalog withholds {} packs, not {}",
+            withheld(published),
+            k + 1
+        );
+        Ok(t)
+    }
+
+    /// The whole catalog rendered, signed and written from nothing, three times.
+    async fn publish_whole(
+        &self,
+        run: usize,
+        checkout: &Path,
+        store: &Store,
+        f: &mut Figures,
+    ) -> anyhow::Result<()> {
+        let bytes = std::fs::read(checkout.join("dist/site/index.json"))?;
         let parsed = catalog::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let overlay = marketplace::overlay::read(&store).await?;
-        let target = dir.path().join(format!("www-{run}/whole.json"));
+        let overlay = marketplace::overlay::read(store).await?;
+        let target = self.dir.join(format!("www-{run}/whole.json"));
         for _ in 0..3 {
             let t = Instant::now();
             let out = catalog::render(&parsed, &overlay);
             let rendered = t.elapsed();
-            let p = publish::Published::new(out, &key);
+            let p = publish::Published::new(out, self.key);
             let signed = t.elapsed();
             publish::write_both(&target, &p)?;
-            publishes.push((
+            f.publishes.push((
                 rendered,
                 signed - rendered,
                 t.elapsed() - signed,
@@ -184,43 +251,39 @@ pub async fn bench(packs: usize, runs: usize, pg: Option<&str>) -> anyhow::Resul
             ));
             std::fs::remove_file(&target)?;
         }
-        eprintln!(
-            "run {}: first full cycle {:?} (monitor {:?}), unchanged {:?}",
-            run + 1,
-            firsts[run],
-            monitors[run],
-            unchanged[run]
-        );
-        drop(registry);
-        super::bench_execute::drop_store(store, pg, name).await?;
-        std::fs::remove_dir_all(&run_checkout)?;
+        Ok(())
     }
-    let backend = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
+}
+
+fn print(f: &Figures, packs: usize, pg: bool) {
+    let backend = if pg { "PostgreSQL" } else { "SQLite" };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("packs: {packs}, store: {backend}, runs: {}", firsts.len());
+    println!("packs: {packs}, store: {backend}, runs: {}", f.firsts.len());
     println!(
         "first full cycle (every tree and archive read, hashed and compared; the mirror written; the catalog published): median {:.2} s (the monitor's part {:.2} s)",
-        median(firsts).as_secs_f64(),
-        median(monitors).as_secs_f64()
+        median(f.firsts.clone()).as_secs_f64(),
+        median(f.monitors.clone()).as_secs_f64()
     );
-    println!("unchanged cycle: median {:.1} ms", ms(median(unchanged)));
+    println!(
+        "unchanged cycle: median {:.1} ms",
+        ms(median(f.unchanged.clone()))
+    );
     println!(
         "one pack's archive changed -> judged, quarantined, catalog republished: median {:.1} ms of {} changes",
-        ms(median(one_pack.clone())),
-        one_pack.len()
+        ms(median(f.one_pack.clone())),
+        f.one_pack.len()
     );
-    let size = publishes.first().map(|p| p.3).unwrap_or(0);
+    let size = f.publishes.first().map(|p| p.3).unwrap_or(0);
     println!(
         "publishing the whole catalog ({:.1} MiB) from nothing: render {:.1} ms, sign and hash {:.1} ms, write and fsync {:.1} ms (medians)",
         size as f64 / (1 << 20) as f64,
-        ms(median(publishes.iter().map(|p| p.0).collect())),
-        ms(median(publishes.iter().map(|p| p.1).collect())),
-        ms(median(publishes.iter().map(|p| p.2).collect())),
+        ms(median(f.publishes.iter().map(|p| p.0).collect())),
+        ms(median(f.publishes.iter().map(|p| p.1).collect())),
+        ms(median(f.publishes.iter().map(|p| p.2).collect())),
     );
-    if let Some(p) = peaks.iter().copied().reduce(f64::max) {
+    if let Some(p) = f.peaks.iter().copied().reduce(f64::max) {
         println!("peak resident memory during the cycles: {p:.0} MiB");
     }
-    Ok(())
 }
 
 fn copy(from: &Path, to: &Path) -> std::io::Result<()> {

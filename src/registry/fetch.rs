@@ -170,21 +170,7 @@ impl Fetcher {
                 request = request.header(reqwest::header::IF_MODIFIED_SINCE, m);
             }
         }
-        let failed = |e: reqwest::Error| {
-            let reason = describe(&e);
-            if e.is_connect() || e.is_timeout() {
-                FetchError::Unreachable {
-                    url: url.into(),
-                    reason,
-                }
-            } else {
-                FetchError::Other {
-                    url: url.into(),
-                    reason,
-                }
-            }
-        };
-        let mut response = request.send().await.map_err(failed)?;
+        let mut response = request.send().await.map_err(|e| network_error(url, e))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED {
             if let Some(v) = known {
@@ -206,45 +192,7 @@ impl Fetcher {
         };
         let etag = header(reqwest::header::ETAG);
         let last_modified = header(reqwest::header::LAST_MODIFIED);
-        let expected = response.content_length();
-        let limit = self.limits.max_bytes;
-        if expected.is_some_and(|n| n > limit) {
-            return Err(FetchError::TooLarge {
-                url: url.into(),
-                limit,
-            });
-        }
-        let mut bytes = Vec::with_capacity(expected.unwrap_or(0).min(limit) as usize);
-        let mut hash = Sha256::new();
-        loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) if e.is_timeout() => return Err(failed(e)),
-                Err(_) => {
-                    return Err(FetchError::Truncated {
-                        url: url.into(),
-                        got: bytes.len() as u64,
-                        expected: expected.unwrap_or(0),
-                    })
-                }
-            };
-            if bytes.len() as u64 + chunk.len() as u64 > limit {
-                return Err(FetchError::TooLarge {
-                    url: url.into(),
-                    limit,
-                });
-            }
-            hash.update(&chunk);
-            bytes.extend_from_slice(&chunk);
-        }
-        if let Some(n) = expected.filter(|n| *n != bytes.len() as u64) {
-            return Err(FetchError::Truncated {
-                url: url.into(),
-                got: bytes.len() as u64,
-                expected: n,
-            });
-        }
+        let (bytes, hash) = self.body(url, &mut response).await?;
         let sha256: [u8; 32] = hash.finalize().into();
         if let Ok(mut seen) = self.seen.lock() {
             if etag.is_some() || last_modified.is_some() {
@@ -261,6 +209,47 @@ impl Fetcher {
             }
         }
         Ok(Fetched::Fresh { bytes, sha256 })
+    }
+
+    /// The whole body, hashed as it streams, within the size limit and as long as announced.
+    async fn body(
+        &self,
+        url: &str,
+        response: &mut reqwest::Response,
+    ) -> Result<(Vec<u8>, Sha256), FetchError> {
+        let expected = response.content_length();
+        let limit = self.limits.max_bytes;
+        let too_large = || FetchError::TooLarge {
+            url: url.into(),
+            limit,
+        };
+        if expected.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::with_capacity(expected.unwrap_or(0).min(limit) as usize);
+        let mut hash = Sha256::new();
+        let truncated = |got: usize, expected: u64| FetchError::Truncated {
+            url: url.into(),
+            got: got as u64,
+            expected,
+        };
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Err(network_error(url, e)),
+                Err(_) => return Err(truncated(bytes.len(), expected.unwrap_or(0))),
+            };
+            if bytes.len() as u64 + chunk.len() as u64 > limit {
+                return Err(too_large());
+            }
+            hash.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        if let Some(n) = expected.filter(|n| *n != bytes.len() as u64) {
+            return Err(truncated(bytes.len(), n));
+        }
+        Ok((bytes, hash))
     }
 
     /// [`Fetcher::fetch`] from a thread outside the runtime (the monitor's workers).
@@ -282,6 +271,22 @@ impl Fetcher {
                 url: url.into(),
                 reason: "no runtime to fetch on (the fetcher was made outside one)".into(),
             }),
+        }
+    }
+}
+
+/// A request that failed on the way: the host down or too slow is the sensors failing.
+fn network_error(url: &str, e: reqwest::Error) -> FetchError {
+    let reason = describe(&e);
+    if e.is_connect() || e.is_timeout() {
+        FetchError::Unreachable {
+            url: url.into(),
+            reason,
+        }
+    } else {
+        FetchError::Other {
+            url: url.into(),
+            reason,
         }
     }
 }

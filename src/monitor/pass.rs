@@ -1,0 +1,375 @@
+//! The registry part of a monitor pass: which releases to look at (all of them at a full scan, the changed ones otherwise), looking at them, and writing down only what changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{
+    forget, healthy, scan, Judged, Known, Looked, MonitorError, MonitorOutput, MonitorState,
+    CURSOR, FULL_READ_EVERY_MS,
+};
+use crate::keys::TrustStore;
+use crate::knowledge::state::VerificationKey;
+use crate::knowledge::Store;
+use crate::model::ReleaseObservation;
+use crate::registry::{Registry, RegistryError, ReleaseRecord};
+
+/// What a pass decided to do before reading anything.
+struct Plan {
+    full_scan: bool,
+    full_read: bool,
+    cursor: i64,
+}
+
+/// What was read of the registry.
+struct Read {
+    releases: Vec<ReleaseRecord>,
+    /// The change sequence the releases were read up to.
+    head: i64,
+    /// The change sequence before they were read (what the facts are built at).
+    seq: i64,
+}
+
+/// The registry part of a pass. A full scan (every release known, hashed again) happens on the
+/// first pass, when the trust store changed, and every `full_scan_every_ms`; otherwise only
+/// releases changed since the cursor. Records are read in full on the first full scan and, unless
+/// the registry's records always follow its change sequence, once a day; in between only the
+/// changed ones.
+pub(super) async fn registry_pass<R: Registry>(
+    state: &mut MonitorState,
+    registry: &Arc<R>,
+    store: &Store,
+    trust: &Arc<TrustStore>,
+    now: i64,
+    full_scan_every_ms: i64,
+) -> Result<MonitorOutput, MonitorError> {
+    let plan = prepare(
+        state,
+        registry.as_ref(),
+        store,
+        trust,
+        now,
+        full_scan_every_ms,
+    )
+    .await?;
+    let t_read = std::time::Instant::now();
+    // A registry with a source of record of its own (a marketplace checkout) brings its records
+    // up to date first; what it judges by its own rules comes with them.
+    let refreshed = registry.refresh(plan.full_scan, now).await?;
+    forget(state, &refreshed.removed);
+    let read = read(registry.as_ref(), &plan, &refreshed.changed).await?;
+    state.facts.note_releases(&read.releases);
+    let facts = state.facts.facts(registry.as_ref(), read.seq).await?;
+    update_known(state, &read.releases, plan.full_read);
+    let read_s = t_read.elapsed().as_secs_f64();
+    let mut output = MonitorOutput {
+        full_scan: plan.full_scan,
+        facts: Some(facts),
+        registry: refreshed,
+        ..Default::default()
+    };
+    let t_check = std::time::Instant::now();
+    let generation = registry.artifacts_generation();
+    // When no record changed, the registry vouches that no artifact's bytes changed, and the
+    // trust store is the same, every release would be judged as it was: only the unhealthy
+    // ones are handed on again, without looking at each.
+    let unchanged = read.releases.is_empty()
+        && generation.is_some_and(|g| state.all_judged == Some((g, state.trust_generation)));
+    let looked = look(
+        state,
+        registry,
+        trust,
+        &plan,
+        unchanged,
+        read.releases,
+        &mut output,
+        now,
+    )
+    .await?;
+    let check_s = t_check.elapsed().as_secs_f64();
+    let t_write = std::time::Instant::now();
+    let (observed, fresh) = take_looked(state, looked, &mut output, now);
+    if plan.full_scan && !unchanged {
+        let trust_generation = state.trust_generation;
+        let every = state.known.values().all(|k| {
+            k.judged
+                .is_some_and(|j| j.trust_generation == trust_generation)
+        });
+        state.all_judged = generation.filter(|_| every).map(|g| (g, trust_generation));
+    }
+    store.cache_verifications(&fresh, now).await?;
+    if !fresh.is_empty() {
+        Arc::make_mut(&mut state.cache).extend(fresh);
+    }
+    record(state, store, observed, &mut output, plan.full_scan).await?;
+    if read.head != plan.cursor {
+        store.set_cursor(CURSOR, &read.head.to_string()).await?;
+    }
+    tracing::debug!(
+        releases = output.scanned,
+        read_s,
+        check_s,
+        write_s = t_write.elapsed().as_secs_f64(),
+        "monitor pass timings"
+    );
+    state.cursor = Some(read.head);
+    if plan.full_scan {
+        state.last_full_scan = Some(now);
+        state.trust_digest = trust.digest.clone();
+    }
+    if plan.full_read {
+        state.last_full_read = Some(now);
+    }
+    Ok(output)
+}
+
+/// The cursor and the verification cache on the first pass; whether this pass is a full scan
+/// and whether it reads every record again.
+async fn prepare<R: Registry>(
+    state: &mut MonitorState,
+    registry: &R,
+    store: &Store,
+    trust: &TrustStore,
+    now: i64,
+    full_scan_every_ms: i64,
+) -> Result<Plan, MonitorError> {
+    if state.cursor.is_none() {
+        state.cursor = match store.cursor(CURSOR).await? {
+            Some(v) => Some(v.parse().map_err(|_| MonitorError::Cursor(v))?),
+            None => Some(0),
+        };
+    }
+    if !state.cache_loaded {
+        state.cache = Arc::new(store.verification_cache().await?);
+        state.cache_loaded = true;
+    }
+    if state.trust_digest != trust.digest {
+        state.trust_generation += 1;
+    }
+    let full_scan = state
+        .last_full_scan
+        .is_none_or(|t| now - t >= full_scan_every_ms)
+        || state.trust_digest != trust.digest;
+    // Release records follow the change sequence; they are all read again on the first pass
+    // and once a day, in case something changed a row without moving the sequence.
+    let full_read = full_scan
+        && match state.last_full_read {
+            None => true,
+            Some(t) => !registry.records_follow_sequence() && now - t >= FULL_READ_EVERY_MS,
+        };
+    Ok(Plan {
+        full_scan,
+        full_read,
+        cursor: state.cursor.unwrap_or(0),
+    })
+}
+
+/// The releases changed since the cursor (all of them on a full read), and those whose
+/// artifact the registry saw change under an unchanged record.
+async fn read<R: Registry>(
+    registry: &R,
+    plan: &Plan,
+    changed: &[(String, String)],
+) -> Result<Read, MonitorError> {
+    let since = if plan.full_read { 0 } else { plan.cursor };
+    let seq = registry.change_seq().await?;
+    let (mut releases, head) = if since < seq {
+        registry.releases_since(since).await?
+    } else {
+        (Vec::new(), seq)
+    };
+    for (p, v) in changed {
+        if !releases.iter().any(|r| &r.package == p && &r.version == v) {
+            releases.extend(registry.release(p, v).await?);
+        }
+    }
+    Ok(Read {
+        releases,
+        head,
+        seq,
+    })
+}
+
+/// Keeps the releases read; on a full read, forgets those no longer there.
+fn update_known(state: &mut MonitorState, releases: &[ReleaseRecord], full_read: bool) {
+    let known = Arc::make_mut(&mut state.known);
+    if full_read {
+        let read: std::collections::HashSet<(&str, &str)> = releases
+            .iter()
+            .map(|r| (r.package.as_str(), r.version.as_str()))
+            .collect();
+        known.retain(|(p, v), _| read.contains(&(p.as_str(), v.as_str())));
+        state
+            .unhealthy
+            .retain(|(p, v), _| read.contains(&(p.as_str(), v.as_str())));
+    }
+    for r in releases {
+        let key = (r.package.clone(), r.version.clone());
+        match known.get_mut(&key) {
+            // An unchanged record keeps what its observation was judged from.
+            Some(k) if k.record == *r => {}
+            Some(k) => {
+                k.record = r.clone();
+                k.judged = None;
+            }
+            None => {
+                known.insert(
+                    key,
+                    Known {
+                        record: r.clone(),
+                        judged: None,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Looks at what this pass is to look at: every known release at a full scan (or only the
+/// unhealthy ones when nothing can have changed), the changed ones otherwise. An artifact host
+/// that cannot be reached fails the whole pass: nothing is judged, and the cursor stays.
+#[allow(clippy::too_many_arguments)]
+async fn look<R: Registry>(
+    state: &MonitorState,
+    registry: &Arc<R>,
+    trust: &Arc<TrustStore>,
+    plan: &Plan,
+    unchanged: bool,
+    releases: Vec<ReleaseRecord>,
+    output: &mut MonitorOutput,
+    now: i64,
+) -> Result<Vec<Looked>, MonitorError> {
+    let (g, unhealthy) = (state.trust_generation, &state.unhealthy);
+    let looked: Vec<Looked> = if plan.full_scan && unchanged {
+        output.scanned = state.known.len();
+        unhealthy.keys().cloned().map(Looked::Again).collect()
+    } else if plan.full_scan {
+        output.scanned = state.known.len();
+        scan(
+            registry,
+            trust,
+            &state.cache,
+            &state.known,
+            unhealthy,
+            g,
+            now,
+        )
+        .await?
+    } else if releases.is_empty() {
+        Vec::new()
+    } else {
+        output.scanned = releases.len();
+        let changed: BTreeMap<(String, String), Known> = releases
+            .into_iter()
+            .map(|r| {
+                let key = (r.package.clone(), r.version.clone());
+                let known = Known {
+                    record: r,
+                    judged: None,
+                };
+                (key, known)
+            })
+            .collect();
+        scan(
+            registry,
+            trust,
+            &state.cache,
+            &Arc::new(changed),
+            unhealthy,
+            g,
+            now,
+        )
+        .await?
+    };
+    if let Some(why) = looked.iter().find_map(|l| match l {
+        Looked::Observed(o, _) => o.unreachable.clone(),
+        Looked::Again(_) => None,
+    }) {
+        return Err(MonitorError::Registry(RegistryError::Unavailable(why)));
+    }
+    Ok(looked)
+}
+
+/// The observations made, and the signature checks to cache; what each release was judged from
+/// is kept, and whether it is healthy.
+fn take_looked(
+    state: &mut MonitorState,
+    looked: Vec<Looked>,
+    output: &mut MonitorOutput,
+    now: i64,
+) -> (Vec<ReleaseObservation>, Vec<(VerificationKey, bool)>) {
+    let mut fresh = Vec::new();
+    let mut observed = Vec::new();
+    let known = Arc::make_mut(&mut state.known);
+    for l in looked {
+        match l {
+            Looked::Again(key) => {
+                if let Some(o) = state.unhealthy.get(&key) {
+                    observed.push(ReleaseObservation {
+                        observed_at: now,
+                        ..o.clone()
+                    });
+                }
+            }
+            Looked::Observed(r, digest) => {
+                match r.verification {
+                    Some((_, _, true)) => output.cache_hits += 1,
+                    Some((key, valid, false)) => {
+                        output.verified += 1;
+                        fresh.push((key, valid));
+                    }
+                    None => {}
+                }
+                let o = r.observation;
+                let key = (o.package.clone(), o.version.clone());
+                if healthy(&o) {
+                    state.unhealthy.remove(&key);
+                } else {
+                    state.unhealthy.insert(key.clone(), o.clone());
+                }
+                if let (Some(digest), Some(k)) = (digest, known.get_mut(&key)) {
+                    k.judged = Some(Judged {
+                        digest,
+                        trust_generation: state.trust_generation,
+                    });
+                }
+                observed.push(o);
+            }
+        }
+    }
+    (observed, fresh)
+}
+
+/// Writes only the observations that changed (on an unchanged registry a full scan writes
+/// nothing; `observed_at` is when a release was first seen as it is now), and hands analysis
+/// what it is to judge: at a full scan what changed and what is not healthy, otherwise
+/// everything looked at (their records changed).
+async fn record(
+    state: &mut MonitorState,
+    store: &Store,
+    observed: Vec<ReleaseObservation>,
+    output: &mut MonitorOutput,
+    full_scan: bool,
+) -> Result<(), MonitorError> {
+    let is_new = |o: &ReleaseObservation| {
+        let seen = state
+            .recorded
+            .get(o.package.as_str())
+            .and_then(|v| v.get(o.version.as_str()));
+        !matches!(seen, Some((i, s, g)) if *i == o.integrity && *s == o.signature && *g == o.signer)
+    };
+    let news: Vec<ReleaseObservation> = observed.iter().filter(|o| is_new(o)).cloned().collect();
+    store.record_observations(&news).await?;
+    output.observations.extend(
+        observed
+            .into_iter()
+            .filter(|o| !full_scan || !healthy(o) || is_new(o)),
+    );
+    for o in news {
+        state
+            .recorded
+            .entry(o.package)
+            .or_default()
+            .insert(o.version, (o.integrity, o.signature, o.signer));
+    }
+    Ok(())
+}
