@@ -91,7 +91,8 @@ pub struct Batch {
 /// The event types, in the order of [`Batch::by_type`].
 pub const EVENT_TYPES: [&str; 4] = ["install", "download", "lookup", "report"];
 
-fn minute_of(at: i64) -> i64 {
+/// The start of the minute bucket `at` falls in.
+pub fn minute_of(at: i64) -> i64 {
     at.div_euclid(MINUTE) * MINUTE
 }
 

@@ -189,6 +189,7 @@ pub fn parse_body(body: &str, now: i64, horizon: Horizon) -> (Batch, Vec<Refusal
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::telemetry::minute_of;
 
     const NOW: i64 = 1_795_000_000_000;
 
