@@ -94,7 +94,7 @@ async fn an_entry_altered_or_removed_at_a_page_boundary_is_named_in_either_mode(
     write(&t.store, &key, 30).await;
     // Entry 15 starts the third page of 7.
     sqlx::query("UPDATE audit_log SET subject = 'pkg-x@1.0.0' WHERE seq = 15")
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .expect("alter");
     for signatures in [Signatures::Head, Signatures::Every] {
@@ -105,7 +105,7 @@ async fn an_entry_altered_or_removed_at_a_page_boundary_is_named_in_either_mode(
         assert!(why.contains("altered"), "{why}");
     }
     sqlx::query("DELETE FROM audit_log WHERE seq >= 14 AND seq <= 15")
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .expect("remove");
     for signatures in [Signatures::Head, Signatures::Every] {
@@ -127,7 +127,7 @@ async fn a_damaged_signature_is_named_by_the_full_check_and_a_forged_head_by_eit
     // intact, so the head still vouches for it; only the full check names it.
     sqlx::query("UPDATE audit_log SET signature = $1 WHERE seq = 9")
         .bind(other.sign(written[8].hash.as_bytes()))
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .expect("damage");
     assert_eq!(verify(&t.store, &key, Signatures::Head).await, Ok(20));
@@ -139,7 +139,7 @@ async fn a_damaged_signature_is_named_by_the_full_check_and_a_forged_head_by_eit
     // The head re-signed by someone else: nothing is vouched for, in either mode.
     sqlx::query("UPDATE audit_log SET signature = $1 WHERE seq = 20")
         .bind(other.sign(written[19].hash.as_bytes()))
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .expect("forge");
     let (seq, why) = verify(&t.store, &key, Signatures::Head)
@@ -176,7 +176,7 @@ async fn the_command_checks_the_head_by_default_and_every_signature_when_asked()
     let first = &store.audit_page(0, 1).await.expect("page")[0];
     sqlx::query("UPDATE audit_log SET signature = $1 WHERE seq = 1")
         .bind(other.sign(first.hash.as_bytes()))
-        .execute(&store.pool)
+        .execute(store.raw_pool())
         .await
         .expect("damage");
     store.close().await;

@@ -64,7 +64,7 @@ async fn quarantined(store: &mapek::knowledge::Store) -> i64 {
     sqlx::query(
         "SELECT COUNT(*) FROM releases WHERE quarantined = 1 AND package >= 'pkg-00150' AND package < 'pkg-00300'",
     )
-    .fetch_one(&store.pool)
+    .fetch_one(store.raw_pool())
     .await
     .expect("count")
     .get::<i64, _>(0)
@@ -149,7 +149,7 @@ async fn sigkill_at_many_moments_leaves_nothing_half_applied_or_applied_twice() 
             let gates: Vec<(String, String)> = sqlx::query(
                 "SELECT DISTINCT status, COALESCE(gate, '-') || ': ' || reason FROM remediations WHERE status = 'suppressed' LIMIT 3",
             )
-            .fetch_all(&t.store.pool)
+            .fetch_all(t.store.raw_pool())
             .await
             .expect("gates")
             .iter()

@@ -281,11 +281,11 @@ async fn a_quality_drop_is_a_regression_and_survives_a_restart() {
     sqlx::query(
         "UPDATE packages SET license = NULL, change_seq = change_seq + 1000 WHERE name = 'lib'",
     )
-    .execute(&h.t.store.pool)
+    .execute(h.t.store.raw_pool())
     .await
     .unwrap();
     sqlx::query("UPDATE registry_seq SET value = value + 1000")
-        .execute(&h.t.store.pool)
+        .execute(h.t.store.raw_pool())
         .await
         .unwrap();
     // Written behind the simulated registry's back: it reads its change sequence again.
@@ -379,7 +379,7 @@ async fn the_daemon_scores_imported_packages_as_their_receipts_did() {
         .unwrap();
     let scores = t.store.quality_states().await.unwrap();
     let seeded = sqlx::query("SELECT name, quality FROM packages WHERE quality IS NOT NULL")
-        .fetch_all(&t.store.pool)
+        .fetch_all(t.store.raw_pool())
         .await
         .unwrap();
     assert!(seeded.len() >= 60, "{}", seeded.len());

@@ -65,7 +65,7 @@ async fn a_full_scan_reads_only_the_bytes_the_registry_cannot_vouch_for() {
     // A row changed without moving the sequence is never looked for in a registry whose
     // records follow it; the artifact stays flagged at every full scan.
     sqlx::query("UPDATE releases SET signature = '00' WHERE package = 'pkg-00007'")
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .unwrap();
     let day = pass(NOW + 25 * HOUR).await;

@@ -82,7 +82,7 @@ async fn executed_quarantines(store: &Store, package: &str) -> i64 {
         "SELECT COUNT(*) FROM remediations WHERE package = $1 AND action = 'quarantine' AND status = 'executed'",
     )
     .bind(package.to_string())
-    .fetch_one(&store.pool)
+    .fetch_one(store.raw_pool())
     .await
     .expect("count")
     .get(0)
@@ -172,7 +172,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
         "SELECT remediation_id, COUNT(*) FROM audit_log WHERE kind = 'remediation.executed' \
          GROUP BY remediation_id HAVING COUNT(*) > 1",
     )
-    .fetch_all(&t.store.pool)
+    .fetch_all(t.store.raw_pool())
     .await
     .expect("audit")
     .iter()

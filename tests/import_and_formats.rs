@@ -303,7 +303,7 @@ async fn audit_verify_names_the_first_entry_altered_or_removed() {
     );
 
     sqlx::query("UPDATE audit_log SET subject = 'pkg-9@1.0.0' WHERE seq = 3")
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .unwrap();
     let b = verify_chain(&t.store.audit_entries().await.unwrap(), &key.public()).unwrap_err();
@@ -311,11 +311,11 @@ async fn audit_verify_names_the_first_entry_altered_or_removed() {
     assert!(b.reason.contains("altered"));
 
     sqlx::query("UPDATE audit_log SET subject = 'pkg-2@1.0.0' WHERE seq = 3")
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .unwrap();
     sqlx::query("DELETE FROM audit_log WHERE seq = 2")
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .unwrap();
     let b = verify_chain(&t.store.audit_entries().await.unwrap(), &key.public()).unwrap_err();
@@ -350,13 +350,13 @@ async fn releases_read_a_page_at_a_time_are_every_release_once_in_order() {
     assert_eq!(keys(&all), sorted, "in order");
     let stored: i64 = sqlx::Row::get(
         &sqlx::query("SELECT COUNT(*) FROM releases")
-            .fetch_one(&t.store.pool)
+            .fetch_one(t.store.raw_pool())
             .await
             .unwrap(),
         0,
     );
     assert_eq!(all.len() as i64, stored);
-    let mut conn = t.store.pool.acquire().await.unwrap();
+    let mut conn = t.store.reads().acquire().await.unwrap();
     // Pages that end inside a package's releases, on a boundary, and one page for all.
     for page in [1, 2, 7, all.len() as i64, 10_000] {
         let paged = registry

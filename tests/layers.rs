@@ -111,6 +111,23 @@ fn no_module_uses_one_its_layer_may_not() {
 }
 
 #[test]
+fn nothing_outside_the_knowledge_store_reaches_its_pool() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let reaching: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("knowledge")))
+        .filter(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("raw_pool(")))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        reaching.is_empty(),
+        "writes go through Store::begin: {reaching:?}"
+    );
+}
+
+#[test]
 fn the_check_sees_an_edge_the_table_does_not_allow() {
     // The reader finds paths in `use` lines and in code, and not in comments.
     let found = uses("use crate::plan::policy::PolicySet;\nlet s = crate::model::daemon_subject(); // crate::daemon\n");

@@ -155,7 +155,7 @@ async fn a_remediation_altered_after_signing_is_refused_and_not_applied() {
     plan_only(&w, now).await;
     // Someone with database access redirects a planned quarantine to another package.
     sqlx::query("UPDATE remediations SET package = 'pkg-00010' WHERE package = 'pkg-00004' AND status = 'ready'")
-        .execute(&w.t.store.pool)
+        .execute(w.t.store.raw_pool())
         .await
         .unwrap();
     let e = execute::cycle(&w.t.store, &w.registry, &w.key, now)
@@ -180,7 +180,7 @@ async fn an_intent_left_by_a_crash_is_finished_once_on_restart() {
     plan_only(&w, NOW).await;
     // The crash: intents written, no effect committed.
     sqlx::query("UPDATE remediations SET status = 'executing' WHERE status = 'ready'")
-        .execute(&w.t.store.pool)
+        .execute(w.t.store.raw_pool())
         .await
         .unwrap();
     let e = execute::cycle(&w.t.store, &w.registry, &w.key, NOW)

@@ -463,7 +463,7 @@ async fn after_a_sigkill_at_any_point_the_next_start_converges_to_the_projection
         &sqlx::query(
             "SELECT COUNT(*) FROM remediations WHERE status = 'executed' AND action = 'quarantine'",
         )
-        .fetch_one(&store.pool)
+        .fetch_one(store.raw_pool())
         .await
         .expect("count"),
         0,

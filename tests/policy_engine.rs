@@ -520,7 +520,7 @@ async fn a_waiting_remediation_whose_finding_resolved_is_abandoned() {
     let target = waiting[0].clone();
     sqlx::query("UPDATE findings SET state = 'resolved' WHERE id = $1")
         .bind(target.finding_id.clone().unwrap())
-        .execute(&w.t.store.pool)
+        .execute(w.t.store.raw_pool())
         .await
         .unwrap();
     let out = plan_with(&w, &policies, &w.trust, NOW + 60_000).await;

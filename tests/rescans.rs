@@ -14,7 +14,7 @@ async fn stored_observations(w: &World) -> Vec<(String, i64, String)> {
         "SELECT package, observed_at, signature_state FROM release_observations \
          WHERE version = '1.0.0' ORDER BY package",
     )
-    .fetch_all(&w.t.store.pool)
+    .fetch_all(w.t.store.raw_pool())
     .await
     .unwrap()
     .iter()
@@ -91,7 +91,7 @@ async fn full_scans_hash_every_known_release_and_reread_every_record_once_a_day(
     sqlx::query(
         "UPDATE releases SET signature = '00' WHERE package = 'pkg-00007' AND version = '1.0.0'",
     )
-    .execute(&w.t.store.pool)
+    .execute(w.t.store.raw_pool())
     .await
     .unwrap();
     let m = monitor::cycle(

@@ -67,7 +67,7 @@ async fn compaction_removes_old_resolved_findings_and_notices_and_keeps_what_is_
     .bind(waiting)
     .bind(old)
     .bind(NOW + DAY)
-    .execute(&store.pool)
+    .execute(store.raw_pool())
     .await
     .unwrap();
 

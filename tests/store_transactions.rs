@@ -27,8 +27,67 @@ async fn a_transaction_that_reads_then_writes_waits_for_another_writer_instead_o
     assert_eq!(t.store.cursor("mine").await.unwrap().as_deref(), Some("1"));
     assert_eq!(t.store.cursor("other").await.unwrap().as_deref(), Some("1"));
     let after: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cursors")
-        .fetch_one(&t.store.pool)
+        .fetch_one(t.store.raw_pool())
         .await
         .unwrap();
     assert_eq!(after, before + 2);
+}
+
+#[tokio::test]
+async fn a_deposed_leader_cannot_write_anything_and_reads_run_only_reads() {
+    use mapek::knowledge::lease::LEADER;
+    use mapek::knowledge::StoreError;
+    let t = store().await;
+    let leader = t.store.fenced();
+    let standby = t.store.fenced();
+    let token = leader
+        .try_acquire(LEADER, "a", common::NOW, 1_000)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    leader.set_fence(token);
+    leader
+        .set_cursor("by-a", "1")
+        .await
+        .expect("the leader writes");
+    // Before holding a lease, a fenced handle writes nothing.
+    assert!(matches!(
+        standby.set_cursor("by-b", "1").await,
+        Err(StoreError::Fenced(_))
+    ));
+    // The lease expires and the other replica takes it: the old leader's handle, still set to
+    // its old token, is refused every write (on PostgreSQL, where the lease row is checked).
+    let taken = standby
+        .try_acquire(LEADER, "b", common::NOW + 5_000, 1_000)
+        .await
+        .unwrap()
+        .expect("the expired lease is taken over");
+    standby.set_fence(taken);
+    if t.store.backend == mapek::knowledge::Backend::Postgres {
+        assert!(matches!(
+            leader.set_cursor("by-a", "2").await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            leader.replan_unmatched("digest").await,
+            Err(StoreError::Fenced(_))
+        ));
+        assert_eq!(t.store.cursor("by-a").await.unwrap().as_deref(), Some("1"));
+    }
+    standby
+        .set_cursor("by-b", "1")
+        .await
+        .expect("the new leader writes");
+    // Reads run reads, and refuse anything else before it reaches the database.
+    let refused = t
+        .store
+        .reads()
+        .query("DELETE FROM cursors")
+        .fetch_all()
+        .await;
+    assert!(refused.is_err());
+    assert!(
+        t.store.cursor("by-b").await.unwrap().is_some(),
+        "nothing was deleted"
+    );
 }

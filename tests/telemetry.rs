@@ -147,7 +147,7 @@ async fn concurrent_requests_are_committed_together_and_none_is_lost() {
     let d = t.store.telemetry_since(0).await.unwrap();
     assert_eq!(stored_events(&d), 1000);
     let batches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_batches")
-        .fetch_one(&t.store.pool)
+        .fetch_one(t.store.raw_pool())
         .await
         .unwrap();
     assert!(
@@ -238,9 +238,15 @@ async fn buckets_of_an_earlier_version_become_batches_without_counting_an_hour_t
                PRIMARY KEY (width, bucket, bound)); \
                CREATE TABLE intake_seq (id BIGINT PRIMARY KEY, value BIGINT NOT NULL);";
     // Empty, as a new store's earlier migrations create them: dropped, nothing converted.
-    sqlx::raw_sql(old).execute(&t.store.pool).await.unwrap();
+    sqlx::raw_sql(old)
+        .execute(t.store.raw_pool())
+        .await
+        .unwrap();
     assert!(!t.store.adopt_bucket_tables().await.unwrap());
-    sqlx::raw_sql(old).execute(&t.store.pool).await.unwrap();
+    sqlx::raw_sql(old)
+        .execute(t.store.raw_pool())
+        .await
+        .unwrap();
     // Hours T0 and T0+1h as hour buckets; minutes from T0+1h30 on (the partial hour T0+1h is
     // taken from its hour bucket, the minutes from T0+2h from the minutes).
     let rows = [
@@ -257,14 +263,14 @@ async fn buckets_of_an_earlier_version_become_batches_without_counting_an_hour_t
             .bind(width)
             .bind(bucket)
             .bind(n)
-            .execute(&t.store.pool)
+            .execute(t.store.raw_pool())
             .await
             .unwrap();
     }
     sqlx::query("INSERT INTO lookup_buckets VALUES ($1, $2, 100, 5, 7)")
         .bind(MINUTE)
         .bind(T0 + 2 * HOUR)
-        .execute(&t.store.pool)
+        .execute(t.store.raw_pool())
         .await
         .unwrap();
     assert!(t.store.adopt_bucket_tables().await.unwrap());
@@ -275,7 +281,7 @@ async fn buckets_of_an_earlier_version_become_batches_without_counting_an_hour_t
     assert_eq!(all.lookups.iter().map(|l| l.lookups).sum::<i64>(), 5);
     // The old tables are gone: a second store open does not convert again.
     assert!(sqlx::query("SELECT 1 FROM telemetry_buckets")
-        .fetch_optional(&t.store.pool)
+        .fetch_optional(t.store.raw_pool())
         .await
         .is_err());
 }
@@ -330,7 +336,7 @@ async fn writers_with_their_own_view_of_the_series_agree_on_their_numbers() {
     );
     assert_eq!(downloads_of(&all, MINUTE), 4);
     let numbers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM telemetry_series")
-        .fetch_one(&reader.pool)
+        .fetch_one(reader.raw_pool())
         .await
         .unwrap();
     assert_eq!(numbers, 2);

@@ -287,7 +287,7 @@ async fn baselines_are_one_snapshot_and_an_earlier_versions_rows_are_read_until_
         "INSERT INTO download_baselines (package, mean, var, samples, last_hour) \
          VALUES ('old', 12.5, 3.0, 40, 7)",
     )
-    .execute(&t.store.pool)
+    .execute(t.store.raw_pool())
     .await
     .unwrap();
     let mut b = t.store.baselines().await.unwrap();
@@ -304,7 +304,7 @@ async fn baselines_are_one_snapshot_and_an_earlier_versions_rows_are_read_until_
     );
     t.store.save_baselines(&b, T0).await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM download_baselines")
-        .fetch_one(&t.store.pool)
+        .fetch_one(t.store.raw_pool())
         .await
         .unwrap();
     assert_eq!(rows, 0, "superseded by the snapshot");

@@ -166,7 +166,7 @@ async fn a_remediation_that_does_not_clear_its_finding_is_retried_escalated_then
     // A person fixes the release; once its finding resolves, the hold ends.
     sqlx::query("UPDATE findings SET state = 'resolved' WHERE id = $1")
         .bind(original[0].id.clone())
-        .execute(&store.pool)
+        .execute(store.raw_pool())
         .await
         .unwrap();
     let out = verify::cycle(store, &set, &w.key, NOW + 200 * MINUTE)
@@ -197,7 +197,7 @@ async fn a_cleared_finding_makes_the_remediation_effective_and_is_counted_for_it
         .unwrap();
     assert!(early.verdicts.is_empty());
     sqlx::query("UPDATE findings SET state = 'resolved' WHERE kind = 'checksum_mismatch'")
-        .execute(&w.t.store.pool)
+        .execute(w.t.store.raw_pool())
         .await
         .unwrap();
     let out = verify::cycle(&w.t.store, &set, &w.key, NOW + 15 * MINUTE)

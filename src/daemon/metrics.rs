@@ -46,6 +46,22 @@ pub struct Metrics {
     pub names: Vec<String>,
 }
 
+fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    IntCounter::new(name, help)
+}
+
+fn gauge(name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    IntGauge::new(name, help)
+}
+
+fn counters(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
@@ -53,7 +69,7 @@ impl Metrics {
             0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
         let mut m = Self {
-            cycles: IntCounter::new("mapek_cycles_total", "Loop cycles completed")?,
+            cycles: counter("mapek_cycles_total", "Loop cycles completed")?,
             stage_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "mapek_stage_duration_seconds",
@@ -62,133 +78,28 @@ impl Metrics {
                 .buckets(buckets),
                 &["stage"],
             )?,
-            stage_errors: IntCounterVec::new(
-                Opts::new("mapek_stage_errors_total", "Stage runs that failed"),
-                &["stage"],
-            )?,
-            findings_open: IntGaugeVec::new(
-                Opts::new("mapek_findings_open", "Findings pending or firing, by kind"),
-                &["kind"],
-            )?,
-            findings_fired: IntCounterVec::new(
-                Opts::new("mapek_findings_fired_total", "Findings that started firing"),
-                &["kind", "severity"],
-            )?,
-            remediations: IntCounterVec::new(
-                Opts::new(
-                    "mapek_remediations_total",
-                    "Remediations by policy, action and outcome",
-                ),
-                &["policy", "action", "outcome"],
-            )?,
-            releases_scanned: IntCounterVec::new(
-                Opts::new(
-                    "mapek_releases_scanned_total",
-                    "Releases observed by the monitor",
-                ),
-                &["scan"],
-            )?,
-            signature_checks: IntCounterVec::new(
-                Opts::new(
-                    "mapek_signature_checks_total",
-                    "Signature checks, verified or answered from the cache",
-                ),
-                &["source"],
-            )?,
-            policy_eval_errors: IntCounterVec::new(
-                Opts::new(
-                    "mapek_policy_eval_errors_total",
-                    "Policy conditions that failed at run time (counted as false)",
-                ),
-                &["policy"],
-            )?,
-            policy_reloads: IntCounterVec::new(
-                Opts::new(
-                    "mapek_policy_reloads_total",
-                    "Policy set reloads; a failed one keeps the last good set",
-                ),
-                &["result"],
-            )?,
-            policies_loaded: IntGauge::new("mapek_policies_loaded", "Policies in force")?,
-            gate_stops: IntCounterVec::new(
-                Opts::new(
-                    "mapek_gate_stops_total",
-                    "Remediations stopped or held by a gate, by gate and status",
-                ),
-                &["gate", "status"],
-            )?,
-            circuit_open: IntGauge::new(
-                "mapek_circuit_open",
-                "1 while the circuit breaker is open and nothing executes",
-            )?,
-            intake_requests: IntCounterVec::new(
-                Opts::new(
-                    "mapek_intake_requests_total",
-                    "Requests to POST /v1/events, by result (ok, unauthorized, too_large, invalid, store_failed)",
-                ),
-                &["result"],
-            )?,
-            intake_events: IntCounterVec::new(
-                Opts::new(
-                    "mapek_intake_events_total",
-                    "Telemetry events accepted (stored) and refused (invalid lines)",
-                ),
-                &["result"],
-            )?,
-            verifications: IntCounterVec::new(
-                Opts::new(
-                    "mapek_verifications_total",
-                    "Remediations verified after verify_after, by verdict (effective, unverifiable, retry, escalated, gave_up)",
-                ),
-                &["verdict"],
-            )?,
-            notices: IntCounterVec::new(
-                Opts::new(
-                    "mapek_notices_total",
-                    "Webhook delivery attempts of notify notices, by result (delivered, retry, failed)",
-                ),
-                &["result"],
-            )?,
-            policy_outcomes: IntGaugeVec::new(
-                Opts::new(
-                    "mapek_policy_remediations",
-                    "A policy's remediations in the learning window, by outcome (executed, effective, failed_verification, rolled_back, superseded)",
-                ),
-                &["policy", "outcome"],
-            )?,
-            policy_demoted: IntGaugeVec::new(
-                Opts::new(
-                    "mapek_policy_demoted",
-                    "1 while a policy is demoted to dry run for being ineffective",
-                ),
-                &["policy"],
-            )?,
-            leader: IntGauge::new(
-                "mapek_leader",
-                "1 while this replica holds the leader's lease (or is the one SQLite replica) and acts; 0 standing by",
-            )?,
-            lease_acquisitions: IntCounter::new(
-                "mapek_lease_acquisitions_total",
-                "Times this replica took the leader's lease",
-            )?,
-            paused: IntGauge::new(
-                "mapek_execution_paused",
-                "1 while execution is paused through the admin API",
-            )?,
-            admin_requests: IntCounterVec::new(
-                Opts::new(
-                    "mapek_admin_requests_total",
-                    "Admin API requests, by endpoint and result (ok, refused, unauthorized, error)",
-                ),
-                &["endpoint", "result"],
-            )?,
-            task_restarts: IntCounterVec::new(
-                Opts::new(
-                    "mapek_task_restarts_total",
-                    "Daemon tasks restarted after they failed (panicked), by task",
-                ),
-                &["task"],
-            )?,
+            stage_errors: counters("mapek_stage_errors_total", "Stage runs that failed", &["stage"])?,
+            findings_open: gauges("mapek_findings_open", "Findings pending or firing, by kind", &["kind"])?,
+            findings_fired: counters("mapek_findings_fired_total", "Findings that started firing", &["kind", "severity"])?,
+            remediations: counters("mapek_remediations_total", "Remediations by policy, action and outcome", &["policy", "action", "outcome"])?,
+            releases_scanned: counters("mapek_releases_scanned_total", "Releases observed by the monitor", &["scan"])?,
+            signature_checks: counters("mapek_signature_checks_total", "Signature checks, verified or answered from the cache", &["source"])?,
+            policy_eval_errors: counters("mapek_policy_eval_errors_total", "Policy conditions that failed at run time (counted as false)", &["policy"])?,
+            policy_reloads: counters("mapek_policy_reloads_total", "Policy set reloads; a failed one keeps the last good set", &["result"])?,
+            policies_loaded: gauge("mapek_policies_loaded", "Policies in force")?,
+            gate_stops: counters("mapek_gate_stops_total", "Remediations stopped or held by a gate, by gate and status", &["gate", "status"])?,
+            circuit_open: gauge("mapek_circuit_open", "1 while the circuit breaker is open and nothing executes")?,
+            intake_requests: counters("mapek_intake_requests_total", "Requests to POST /v1/events, by result (ok, unauthorized, too_large, invalid, store_failed)", &["result"])?,
+            intake_events: counters("mapek_intake_events_total", "Telemetry events accepted (stored) and refused (invalid lines)", &["result"])?,
+            verifications: counters("mapek_verifications_total", "Remediations verified after verify_after, by verdict (effective, unverifiable, retry, escalated, gave_up)", &["verdict"])?,
+            notices: counters("mapek_notices_total", "Webhook delivery attempts of notify notices, by result (delivered, retry, failed)", &["result"])?,
+            policy_outcomes: gauges("mapek_policy_remediations", "A policy's remediations in the learning window, by outcome (executed, effective, failed_verification, rolled_back, superseded)", &["policy", "outcome"])?,
+            policy_demoted: gauges("mapek_policy_demoted", "1 while a policy is demoted to dry run for being ineffective", &["policy"])?,
+            leader: gauge("mapek_leader", "1 while this replica holds the leader's lease (or is the one SQLite replica) and acts; 0 standing by")?,
+            lease_acquisitions: counter("mapek_lease_acquisitions_total", "Times this replica took the leader's lease")?,
+            paused: gauge("mapek_execution_paused", "1 while execution is paused through the admin API")?,
+            admin_requests: counters("mapek_admin_requests_total", "Admin API requests, by endpoint and result (ok, refused, unauthorized, error)", &["endpoint", "result"])?,
+            task_restarts: counters("mapek_task_restarts_total", "Daemon tasks restarted after they failed (panicked), by task", &["task"])?,
             store_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "mapek_store_latency_seconds",
@@ -198,46 +109,27 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
                 ]),
             )?,
-            build_info: IntGaugeVec::new(
-                Opts::new(
-                    "mapek_build_info",
-                    "Always 1; the labels name the running build",
-                ),
-                &["version"],
-            )?,
-            observations: IntCounterVec::new(
-                Opts::new(
-                    "mapek_observations_total",
-                    "Observations taken in, by source (registry: releases the monitor observed; install, download, lookup, report: telemetry events accepted)",
-                ),
-                &["source"],
-            )?,
+            build_info: gauges("mapek_build_info", "Always 1; the labels name the running build", &["version"])?,
+            observations: counters("mapek_observations_total", "Observations taken in, by source (registry: releases the monitor observed; install, download, lookup, report: telemetry events accepted)", &["source"])?,
             last_cycle: prometheus::Gauge::new(
                 "mapek_last_cycle_timestamp_seconds",
                 "When the loop last completed a cycle (Unix time)",
             )?,
-            store_errors: IntCounter::new(
-                "mapek_store_errors_total",
-                "Probe queries to the knowledge store that failed (once per cycle and per /readyz)",
-            )?,
-            catalog_publications: IntCounterVec::new(
-                Opts::new(
-                    "mapek_catalog_publications_total",
-                    "Times the published catalog was brought to the projection (written: the file changed; unchanged: it was already so; failed: it could not be written)",
-                ),
-                &["result"],
-            )?,
-            catalog_withheld: IntGauge::new(
-                "mapek_catalog_withheld",
-                "Packs the published catalog withholds (quarantined or yanked)",
-            )?,
-            source_reads: IntCounter::new(
-                "mapek_registry_source_reads_total",
-                "Packs read again from the registry's source of record (a marketplace checkout and its archives)",
-            )?,
+            store_errors: counter("mapek_store_errors_total", "Probe queries to the knowledge store that failed (once per cycle and per /readyz)")?,
+            catalog_publications: counters("mapek_catalog_publications_total", "Times the published catalog was brought to the projection (written: the file changed; unchanged: it was already so; failed: it could not be written)", &["result"])?,
+            catalog_withheld: gauge("mapek_catalog_withheld", "Packs the published catalog withholds (quarantined or yanked)")?,
+            source_reads: counter("mapek_registry_source_reads_total", "Packs read again from the registry's source of record (a marketplace checkout and its archives)")?,
             names: Vec::new(),
             registry,
         };
+        m.register()?;
+        m.zero_series();
+        Ok(m)
+    }
+
+    /// Registers every metric, and notes its name for the catalogue's test.
+    fn register(&mut self) -> Result<(), prometheus::Error> {
+        let m = &*self;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.cycles.clone()),
             Box::new(m.stage_duration.clone()),
@@ -272,10 +164,18 @@ impl Metrics {
             Box::new(m.catalog_withheld.clone()),
             Box::new(m.source_reads.clone()),
         ];
+        let mut names = Vec::new();
         for c in collectors {
-            m.names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             m.registry.register(c)?;
         }
+        self.names = names;
+        Ok(())
+    }
+
+    /// Every series of a bounded label set shows from the start, at zero.
+    fn zero_series(&self) {
+        let m = self;
         for source in ["registry", "install", "download", "lookup", "report"] {
             m.observations.with_label_values(&[source]).inc_by(0);
         }
@@ -302,7 +202,6 @@ impl Metrics {
                 .with_label_values(&[result])
                 .inc_by(0);
         }
-        Ok(m)
     }
 
     /// Counts a publication of the catalog, and logs one that failed.

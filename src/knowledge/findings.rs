@@ -229,13 +229,19 @@ impl Store {
     }
 
     /// After a policy change, findings no policy matched are looked at again.
-    pub async fn replan_unmatched(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE findings SET plan_state = 'new' WHERE plan_state = 'unmatched' AND state = 'firing'",
-        )
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+    /// A new policy set (`digest`): firing findings no policy matched are planned again, and the
+    /// digest noted, in one fenced transaction.
+    pub async fn replan_unmatched(&self, digest: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let n = tx
+            .execute(sqlx::query(
+                "UPDATE findings SET plan_state = 'new' WHERE plan_state = 'unmatched' AND state = 'firing'",
+            ))
+            .await?
+            .rows_affected();
+        super::state::set_cursor(&mut tx, "plan.policy_digest", digest).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod retention;
 pub mod series;
 pub mod standing;
 pub mod state;
+pub mod summary;
 pub mod telemetry;
 mod telemetry_upgrade;
 
@@ -47,10 +48,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// The shared pool and which backend it talks to.
+/// The shared pool and which backend it talks to. The pool is private: writes go through
+/// [`Store::begin`], whose transaction exists only while this handle holds the leader's lease
+/// (on a fenced handle); reads through [`Store::reads`], which runs nothing but reads.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pub pool: AnyPool,
+    pool: AnyPool,
     pub backend: Backend,
     /// The fencing token every transaction must still hold (see [`lease`]); None: unfenced
     /// (the command line, the intake, a single SQLite replica).
@@ -192,12 +195,26 @@ impl Store {
         })
     }
 
+    /// The pool itself, for tests and offline tools that inspect or corrupt a store on purpose.
+    /// The loop never uses it (`tests/layers.rs` checks that nothing under `src/` outside the
+    /// knowledge store does).
+    #[doc(hidden)]
+    pub fn raw_pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A handle that runs reads (`SELECT`, `WITH`) on the pool and refuses anything else.
+    pub fn reads(&self) -> Reads<'_> {
+        Reads(&self.pool)
+    }
+
     /// Begins a transaction; on a fenced handle, only while the lease's token is still ours
-    /// (checked under a share lock that the next holder's acquisition must wait for).
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    /// (checked under a share lock that the next holder's acquisition must wait for). It is the
+    /// only way to write.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
         let mut tx = self.begin_unfenced().await?;
         let Some(fence) = &self.fence else {
-            return Ok(tx);
+            return Ok(Tx(tx));
         };
         let token = fence.load(Ordering::SeqCst);
         if token == lease::NOT_LEADING {
@@ -223,7 +240,7 @@ impl Store {
                 )));
             }
         }
-        Ok(tx)
+        Ok(Tx(tx))
     }
 
     /// Checks that the store answers.
@@ -256,3 +273,188 @@ pub fn redact(url: &str) -> String {
 
 /// A connection borrowed from a pool or a transaction.
 pub type Conn = AnyConnection;
+
+/// A transaction of the store, which only [`Store::begin`] makes: on a fenced handle, it exists
+/// only while the leader's lease is this replica's, so a deposed leader cannot write.
+#[derive(Debug)]
+pub struct Tx(sqlx::Transaction<'static, sqlx::Any>);
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.0.commit().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.0
+    }
+}
+
+/// Reads on the store's pool: a statement that is not a read is refused, not run.
+#[derive(Debug, Clone, Copy)]
+pub struct Reads<'a>(&'a AnyPool);
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Whether `sql` only reads (`SELECT` or `WITH`).
+fn is_read(sql: &str) -> bool {
+    let sql = sql.trim_start().to_ascii_uppercase();
+    sql.starts_with("SELECT") || sql.starts_with("WITH")
+}
+
+fn refused() -> sqlx::Error {
+    sqlx::Error::Protocol("only reads run outside a fenced transaction".into())
+}
+
+impl<'a> Reads<'a> {
+    /// A read of a fixed text.
+    pub fn query(self, sql: &'static str) -> ReadQuery<'a, 'static> {
+        ReadQuery {
+            pool: Some(self.0),
+            q: is_read(sql).then(|| sqlx::query(sql)).ok_or_else(refused),
+        }
+    }
+
+    /// A read of a text built at run time (its parts never come from outside).
+    pub fn query_owned(self, sql: String) -> ReadQuery<'a, 'static> {
+        let read = is_read(&sql);
+        ReadQuery {
+            pool: Some(self.0),
+            q: read
+                .then(|| sqlx::query(sqlx::AssertSqlSafe(sql)))
+                .ok_or_else(refused),
+        }
+    }
+
+    /// A connection of the pool for a run of reads.
+    pub async fn acquire(self) -> Result<ReadConn, sqlx::Error> {
+        Ok(ReadConn(self.0.acquire().await?))
+    }
+}
+
+/// A read being built: its text checked, its parameters bound, then run on the pool (or, with
+/// [`ReadQuery::on`], on a read connection).
+pub struct ReadQuery<'p, 'q> {
+    pool: Option<&'p AnyPool>,
+    q: Result<AnyQuery<'q>, sqlx::Error>,
+}
+
+impl<'p, 'q> ReadQuery<'p, 'q> {
+    pub fn bind<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        Self {
+            q: self.q.map(|q| q.bind(value)),
+            ..self
+        }
+    }
+
+    pub async fn fetch_all(self) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        let pool = self.pool.ok_or_else(refused)?;
+        self.q?.fetch_all(pool).await
+    }
+
+    pub async fn fetch_optional(self) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
+        let pool = self.pool.ok_or_else(refused)?;
+        self.q?.fetch_optional(pool).await
+    }
+
+    pub async fn fetch_one(self) -> Result<sqlx::any::AnyRow, sqlx::Error> {
+        let pool = self.pool.ok_or_else(refused)?;
+        self.q?.fetch_one(pool).await
+    }
+
+    /// The query, checked, for a read connection.
+    fn checked(self) -> Result<AnyQuery<'q>, sqlx::Error> {
+        self.q
+    }
+}
+
+/// A read to run on a connection ([`Fetch`]), its text checked.
+pub fn read(sql: &'static str) -> ReadQuery<'static, 'static> {
+    ReadQuery {
+        pool: None,
+        q: is_read(sql).then(|| sqlx::query(sql)).ok_or_else(refused),
+    }
+}
+
+/// A read of a text built at run time (its parts never come from outside), for a [`Fetch`].
+pub fn read_owned(sql: String) -> ReadQuery<'static, 'static> {
+    let read = is_read(&sql);
+    ReadQuery {
+        pool: None,
+        q: read
+            .then(|| sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .ok_or_else(refused),
+    }
+}
+
+/// What can run a read: a transaction's connection, or a connection that runs only reads.
+pub trait Fetch: Send {
+    fn fetch_rows<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> impl std::future::Future<Output = Result<Vec<sqlx::any::AnyRow>, sqlx::Error>> + Send;
+    fn fetch_row<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> impl std::future::Future<Output = Result<sqlx::any::AnyRow, sqlx::Error>> + Send;
+    fn fetch_maybe<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> impl std::future::Future<Output = Result<Option<sqlx::any::AnyRow>, sqlx::Error>> + Send;
+}
+
+impl Fetch for AnyConnection {
+    async fn fetch_rows<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        q.checked()?.fetch_all(self).await
+    }
+    async fn fetch_row<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> Result<sqlx::any::AnyRow, sqlx::Error> {
+        q.checked()?.fetch_one(self).await
+    }
+    async fn fetch_maybe<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
+        q.checked()?.fetch_optional(self).await
+    }
+}
+
+impl Fetch for ReadConn {
+    async fn fetch_rows<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+        q.checked()?.fetch_all(&mut *self.0).await
+    }
+    async fn fetch_row<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> Result<sqlx::any::AnyRow, sqlx::Error> {
+        q.checked()?.fetch_one(&mut *self.0).await
+    }
+    async fn fetch_maybe<'q>(
+        &mut self,
+        q: ReadQuery<'_, 'q>,
+    ) -> Result<Option<sqlx::any::AnyRow>, sqlx::Error> {
+        q.checked()?.fetch_optional(&mut *self.0).await
+    }
+}
+
+/// A pooled connection that runs only reads ([`Fetch`]).
+pub struct ReadConn(sqlx::pool::PoolConnection<sqlx::Any>);

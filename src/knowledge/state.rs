@@ -33,9 +33,12 @@ impl Store {
         Ok(row.map(|r| r.get::<String, _>(0)))
     }
 
+    /// Sets a cursor in a transaction of its own (fenced: a deposed leader cannot move one).
     pub async fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        set_cursor(&mut conn, name, value).await
+        let mut tx = self.begin().await?;
+        set_cursor(&mut tx, name, value).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Every cached signature verdict, for the monitor to keep in memory.

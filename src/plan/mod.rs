@@ -117,8 +117,7 @@ impl Planner {
         let now = ctx.now;
         let policies = ctx.policies;
         if store.cursor(POLICY_DIGEST).await?.as_deref() != Some(policies.digest.as_str()) {
-            store.replan_unmatched().await?;
-            store.set_cursor(POLICY_DIGEST, &policies.digest).await?;
+            store.replan_unmatched(&policies.digest).await?;
         }
         let stored_circuit: Circuit = match store.cursor(CIRCUIT).await? {
             Some(s) => serde_json::from_str(&s)
@@ -137,190 +136,249 @@ impl Planner {
         }
         let counts = registry.counts().await?;
         let graph = self.graph(registry.as_ref()).await?;
-        let longest_cooldown = policies
-            .policies
-            .iter()
-            .filter_map(|p| p.cooldown_ms)
-            .max()
-            .unwrap_or(0);
-        let acted = store
-            .acted_since(now - longest_cooldown.max(DAY_MS))
-            .await?;
-        let mut circuit = stored_circuit.clone();
-        if circuit.quiet_enough(now) {
-            out.circuit = Some(CircuitChange::Closed {
-                reason: format!(
-                    "no new pressure for {}",
-                    humantime::format_duration(std::time::Duration::from_millis(
-                        circuit.quiet_ms.max(0) as u64
-                    ))
-                ),
-            });
-            circuit = Circuit::default();
-        }
-        let mut keeper = Gatekeeper {
-            guards: &policies.guards,
-            daemon_dry_run: ctx.daemon_dry_run,
-            ledger: Ledger::from_acted(&acted, now),
-            circuit,
-            registry_packages: counts.packages.max(0) as u64,
-            memo: Default::default(),
-            demoted: store.demoted_policies().await?.into_iter().collect(),
-        };
-
-        // Waiting remediations first: they were planned earlier. One query for the findings
-        // still open, rather than one per waiting remediation.
-        let approvals = store.pending_approvals().await?;
-        let open_findings = if pending.is_empty() {
-            Vec::new()
-        } else {
-            store.open_findings().await?
-        };
-        let open: std::collections::HashSet<&str> =
-            open_findings.iter().map(|f| f.id.as_str()).collect();
-        let mut moved = Vec::new();
-        for mut r in pending {
-            let verdict = match policies.get(&r.policy) {
-                None => Some(gates::Verdict {
-                    status: Status::Abandoned,
-                    gate: None,
-                    reason: format!("policy `{}` is no longer loaded", r.policy),
-                    expires_at: None,
-                }),
-                Some(p) => {
-                    let resolved = r
-                        .finding_id
-                        .as_ref()
-                        .is_some_and(|id| !open.contains(id.as_str()));
-                    if resolved {
-                        Some(gates::Verdict {
-                            status: Status::Abandoned,
-                            gate: None,
-                            reason: "its finding resolved before it could run".into(),
-                            expires_at: None,
-                        })
-                    } else {
-                        let list = approvals.get(&r.id).map(Vec::as_slice).unwrap_or(&[]);
-                        let valid = approve::valid(&r, &p.approvers, list, ctx.trust);
-                        let (_, radius) = graph.dependents(&r.subject.package);
-                        Some(keeper.decide(&GateInput {
-                            policy: p,
-                            subject: &r.subject,
-                            radius,
-                            approvals: &valid,
-                            created_at: r.created_at,
-                            now,
-                            retry: r.attempt > 1,
-                        }))
-                    }
-                }
-            };
-            if let Some(v) = verdict {
-                let changed = v.status != r.status
-                    || v.gate.map(str::to_string) != r.gate
-                    || v.reason != r.reason;
-                if changed {
-                    r.status = v.status;
-                    r.gate = v.gate.map(str::to_string);
-                    r.reason = v.reason;
-                    r.expires_at = v.expires_at.or(r.expires_at);
-                    r.updated_at = now;
-                    moved.push(r);
-                }
-            }
-        }
-
-        // New findings: match, resolve conflicts, gate. A package the daemon gave up on is held
-        // until a person acts (or its finding resolves); the finding about that stays plannable.
-        let (held, handovers) = if candidates.is_empty() {
-            Default::default()
-        } else {
-            (store.held_packages().await?, store.handovers().await?)
-        };
-        let mut packages = HashMap::new();
-        let mut cands = Vec::with_capacity(candidates.len());
-        let mut on_hold = Vec::new();
-        for finding in candidates {
-            if finding.kind != FindingKind::PolicyIneffective
-                && held.contains(&finding.subject.package)
-            {
-                on_hold.push(finding.id);
-                continue;
-            }
-            let name = finding.subject.package.clone();
-            if !packages.contains_key(&name) {
-                packages.insert(name.clone(), registry.package(&name).await?);
-            }
-            let release = match &finding.subject.version {
-                Some(v) => registry.release(&name, v).await?,
-                None => None,
-            };
-            let (dependents, transitive) = graph.dependents(&name);
-            cands.push(Candidate {
-                package: packages.get(&name).cloned().flatten(),
-                release,
-                dependents,
-                transitive_dependents: transitive,
-                handover: handovers
-                    .get(&finding.id)
-                    .map(|(policy, attempts)| decide::Handover {
-                        policy: policy.clone(),
-                        attempts: *attempts,
-                    }),
-                finding,
-            });
-        }
+        let mut keeper = gatekeeper(store, &ctx, &stored_circuit, counts, &mut out).await?;
+        let moved = regate(store, &ctx, &graph, &mut keeper, pending).await?;
+        let (cands, on_hold) = candidates_of(store, registry.as_ref(), &graph, candidates).await?;
         let decided = decide::decide(policies, &cands, counts, &mut keeper, now);
         out.eval_errors = decided.eval_errors;
         out.unmatched = decided.unmatched.len();
-
         if keeper.circuit.open
             && (!stored_circuit.open || keeper.circuit.opened_at != stored_circuit.opened_at)
         {
             out.circuit = Some(CircuitChange::Opened(keeper.circuit.clone()));
         }
         out.circuit_open = keeper.circuit.open;
-
-        let circuit_findings = match &out.circuit {
-            Some(CircuitChange::Closed { .. }) => circuit_findings(store).await?,
-            _ => Vec::new(),
+        let record = Record {
+            unmatched: decided.unmatched,
+            on_hold,
+            moved,
+            decisions: decided.decisions,
         };
-        let mut tx = store.begin().await?;
-        for id in &decided.unmatched {
-            findings::set_plan_state(&mut tx, id, PlanState::Unmatched).await?;
-        }
-        for id in &on_hold {
-            findings::set_plan_state(&mut tx, id, PlanState::Held).await?;
-        }
-        for r in moved {
-            if remediations::regate(&mut tx, &r, Status::Pending, now).await? {
-                out.remediations.push(r);
-            }
-        }
-        for d in decided.decisions {
-            let r = remediation(&d, ctx.key, now);
-            if remediations::insert(&mut tx, &r).await? {
-                if r.status == Status::DryRun {
-                    audit_remediation(&mut tx, ctx.key, &r, "remediation.dry_run", now).await?;
-                }
-                out.remediations.push(r);
-            }
-            findings::set_plan_state(&mut tx, &d.finding_id, PlanState::Planned).await?;
-        }
-        if keeper.circuit != stored_circuit {
-            let json = serde_json::to_string(&keeper.circuit).unwrap_or_default();
-            crate::knowledge::state::set_cursor(&mut tx, CIRCUIT, &json).await?;
-        }
-        match &out.circuit {
-            Some(CircuitChange::Opened(c)) => open_circuit(&mut tx, ctx.key, c, now).await?,
-            Some(CircuitChange::Closed { reason }) if !keeper.circuit.open => {
-                close_circuit(&mut tx, circuit_findings, ctx.key, "daemon", reason, now).await?
-            }
-            _ => {}
-        }
-        tx.commit().await.map_err(StoreError::from)?;
+        commit(
+            store,
+            &ctx,
+            &keeper.circuit,
+            &stored_circuit,
+            record,
+            &mut out,
+        )
+        .await?;
         Ok(out)
     }
+}
+
+/// What a planning pass writes.
+struct Record {
+    unmatched: Vec<String>,
+    on_hold: Vec<String>,
+    moved: Vec<Remediation>,
+    decisions: Vec<Decision>,
+}
+
+/// The gates as they stand: the guards, the ledger of recent actions, the circuit (closed here
+/// when it has been quiet long enough), the demoted policies.
+async fn gatekeeper<'a>(
+    store: &Store,
+    ctx: &PlanContext<'a>,
+    stored_circuit: &Circuit,
+    counts: crate::registry::RegistryCounts,
+    out: &mut PlanOutput,
+) -> Result<Gatekeeper<'a>, PlanError> {
+    let now = ctx.now;
+    let longest_cooldown = ctx
+        .policies
+        .policies
+        .iter()
+        .filter_map(|p| p.cooldown_ms)
+        .max()
+        .unwrap_or(0);
+    let acted = store
+        .acted_since(now - longest_cooldown.max(DAY_MS))
+        .await?;
+    let mut circuit = stored_circuit.clone();
+    if circuit.quiet_enough(now) {
+        out.circuit = Some(CircuitChange::Closed {
+            reason: format!(
+                "no new pressure for {}",
+                humantime::format_duration(std::time::Duration::from_millis(
+                    circuit.quiet_ms.max(0) as u64
+                ))
+            ),
+        });
+        circuit = Circuit::default();
+    }
+    Ok(Gatekeeper {
+        guards: &ctx.policies.guards,
+        daemon_dry_run: ctx.daemon_dry_run,
+        ledger: Ledger::from_acted(&acted, now),
+        circuit,
+        registry_packages: counts.packages.max(0) as u64,
+        memo: Default::default(),
+        demoted: store.demoted_policies().await?.into_iter().collect(),
+    })
+}
+
+/// Waiting remediations, through the gates again: those whose verdict moved.
+async fn regate(
+    store: &Store,
+    ctx: &PlanContext<'_>,
+    graph: &DependencyGraph,
+    keeper: &mut Gatekeeper<'_>,
+    pending: Vec<Remediation>,
+) -> Result<Vec<Remediation>, PlanError> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One query for the findings still open, rather than one per waiting remediation.
+    let approvals = store.pending_approvals().await?;
+    let open_findings = store.open_findings().await?;
+    let open: std::collections::HashSet<&str> =
+        open_findings.iter().map(|f| f.id.as_str()).collect();
+    let abandoned = |reason: String| gates::Verdict {
+        status: Status::Abandoned,
+        gate: None,
+        reason,
+        expires_at: None,
+    };
+    let mut moved = Vec::new();
+    for mut r in pending {
+        let v = match ctx.policies.get(&r.policy) {
+            None => abandoned(format!("policy `{}` is no longer loaded", r.policy)),
+            Some(_)
+                if r.finding_id
+                    .as_ref()
+                    .is_some_and(|id| !open.contains(id.as_str())) =>
+            {
+                abandoned("its finding resolved before it could run".into())
+            }
+            Some(p) => {
+                let list = approvals.get(&r.id).map(Vec::as_slice).unwrap_or(&[]);
+                let valid = approve::valid(&r, &p.approvers, list, ctx.trust);
+                let (_, radius) = graph.dependents(&r.subject.package);
+                keeper.decide(&GateInput {
+                    policy: p,
+                    subject: &r.subject,
+                    radius,
+                    approvals: &valid,
+                    created_at: r.created_at,
+                    now: ctx.now,
+                    retry: r.attempt > 1,
+                })
+            }
+        };
+        let changed =
+            v.status != r.status || v.gate.map(str::to_string) != r.gate || v.reason != r.reason;
+        if changed {
+            r.status = v.status;
+            r.gate = v.gate.map(str::to_string);
+            r.reason = v.reason;
+            r.expires_at = v.expires_at.or(r.expires_at);
+            r.updated_at = ctx.now;
+            moved.push(r);
+        }
+    }
+    Ok(moved)
+}
+
+/// The new findings as the policies see them (package, release, dependents, handover); a
+/// package the daemon gave up on is held until a person acts (or its finding resolves), and
+/// the finding about that stays plannable.
+async fn candidates_of<R: Registry>(
+    store: &Store,
+    registry: &R,
+    graph: &DependencyGraph,
+    candidates: Vec<Finding>,
+) -> Result<(Vec<Candidate>, Vec<String>), PlanError> {
+    let (held, handovers) = if candidates.is_empty() {
+        Default::default()
+    } else {
+        (store.held_packages().await?, store.handovers().await?)
+    };
+    let mut packages = HashMap::new();
+    let mut cands = Vec::with_capacity(candidates.len());
+    let mut on_hold = Vec::new();
+    for finding in candidates {
+        if finding.kind != FindingKind::PolicyIneffective && held.contains(&finding.subject.package)
+        {
+            on_hold.push(finding.id);
+            continue;
+        }
+        let name = finding.subject.package.clone();
+        if !packages.contains_key(&name) {
+            packages.insert(name.clone(), registry.package(&name).await?);
+        }
+        let release = match &finding.subject.version {
+            Some(v) => registry.release(&name, v).await?,
+            None => None,
+        };
+        let (dependents, transitive) = graph.dependents(&name);
+        cands.push(Candidate {
+            package: packages.get(&name).cloned().flatten(),
+            release,
+            dependents,
+            transitive_dependents: transitive,
+            handover: handovers
+                .get(&finding.id)
+                .map(|(policy, attempts)| decide::Handover {
+                    policy: policy.clone(),
+                    attempts: *attempts,
+                }),
+            finding,
+        });
+    }
+    Ok((cands, on_hold))
+}
+
+/// Writes the pass in one transaction: plan states, moved and new remediations (a dry run
+/// audited), the circuit and its audit entries.
+async fn commit(
+    store: &Store,
+    ctx: &PlanContext<'_>,
+    circuit: &Circuit,
+    stored_circuit: &Circuit,
+    record: Record,
+    out: &mut PlanOutput,
+) -> Result<(), PlanError> {
+    let now = ctx.now;
+    let circuit_findings = match &out.circuit {
+        Some(CircuitChange::Closed { .. }) => circuit_findings(store).await?,
+        _ => Vec::new(),
+    };
+    let mut tx = store.begin().await?;
+    for id in &record.unmatched {
+        findings::set_plan_state(&mut tx, id, PlanState::Unmatched).await?;
+    }
+    for id in &record.on_hold {
+        findings::set_plan_state(&mut tx, id, PlanState::Held).await?;
+    }
+    for r in record.moved {
+        if remediations::regate(&mut tx, &r, Status::Pending, now).await? {
+            out.remediations.push(r);
+        }
+    }
+    for d in record.decisions {
+        let r = remediation(&d, ctx.key, now);
+        if remediations::insert(&mut tx, &r).await? {
+            if r.status == Status::DryRun {
+                audit_remediation(&mut tx, ctx.key, &r, "remediation.dry_run", now).await?;
+            }
+            out.remediations.push(r);
+        }
+        findings::set_plan_state(&mut tx, &d.finding_id, PlanState::Planned).await?;
+    }
+    if circuit != stored_circuit {
+        let json = serde_json::to_string(circuit).unwrap_or_default();
+        crate::knowledge::state::set_cursor(&mut tx, CIRCUIT, &json).await?;
+    }
+    match &out.circuit {
+        Some(CircuitChange::Opened(c)) => open_circuit(&mut tx, ctx.key, c, now).await?,
+        Some(CircuitChange::Closed { reason }) if !circuit.open => {
+            close_circuit(&mut tx, circuit_findings, ctx.key, "daemon", reason, now).await?
+        }
+        _ => {}
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(())
 }
 
 /// The remediation a decision records, signed by the daemon's key.

@@ -1,4 +1,4 @@
-//! The registry changes beyond quarantine: yank, latest, deprecation and quality, each with its exact inverse.
+//! Every change of the SQL registry (quarantine, yank, latest, deprecation, quality, reindex), each with its exact inverse, in the caller's transaction.
 
 use sqlx::{Executor, Row};
 
@@ -61,15 +61,26 @@ pub enum ReleaseFlag {
     Yanked,
 }
 
-/// Sets a release's flag to `want`; `inverse` is the change that puts it back.
+/// The change that sets `flag` of a release to `to`.
+fn flag_change(flag: ReleaseFlag, package: &str, version: &str, to: bool) -> Change {
+    let (package, version) = (package.to_string(), version.to_string());
+    match (flag, to) {
+        (ReleaseFlag::Quarantined, true) => Change::QuarantineRelease { package, version },
+        (ReleaseFlag::Quarantined, false) => Change::UnquarantineRelease { package, version },
+        (ReleaseFlag::Yanked, true) => Change::YankRelease { package, version },
+        (ReleaseFlag::Yanked, false) => Change::UnyankRelease { package, version },
+    }
+}
+
+/// Sets a release's flag to `want`; the inverse sets it back.
 pub async fn release_flag(
     conn: &mut Conn,
     flag: ReleaseFlag,
     package: &str,
     version: &str,
     want: bool,
-    inverse: Change,
 ) -> Result<Applied, RegistryError> {
+    let inverse = flag_change(flag, package, version, !want);
     let column = match flag {
         ReleaseFlag::Quarantined => "quarantined",
         ReleaseFlag::Yanked => "yanked",
@@ -104,120 +115,36 @@ pub async fn release_flag(
     changed(inverse)
 }
 
-/// Applies one of the changes `SqlRegistry::apply` does not handle itself.
+/// Applies a change of the SQL registry (the caller's transaction also holds its audit entry);
+/// the inverse it returns puts back exactly what was there.
 pub async fn apply(conn: &mut Conn, change: &Change) -> Result<Applied, RegistryError> {
+    use ReleaseFlag::{Quarantined, Yanked};
     match change {
-        Change::YankRelease { package, version } | Change::UnyankRelease { package, version } => {
-            let want = matches!(change, Change::YankRelease { .. });
-            let (p, v) = (package.clone(), version.clone());
-            let inverse = if want {
-                Change::UnyankRelease {
-                    package: p,
-                    version: v,
-                }
-            } else {
-                Change::YankRelease {
-                    package: p,
-                    version: v,
-                }
-            };
-            release_flag(conn, ReleaseFlag::Yanked, package, version, want, inverse).await
+        Change::QuarantineRelease { package, version } => {
+            release_flag(conn, Quarantined, package, version, true).await
         }
-        Change::RestoreLatest { package } | Change::SetLatest { package, .. } => {
-            let (_, _, current, _, _) = package_row(conn, package).await?;
-            let target = match change {
-                Change::SetLatest { latest, .. } => latest.clone(),
-                _ => {
-                    let rows = conn
-                        .fetch_all(
-                            sqlx::query(
-                                "SELECT version FROM releases WHERE package = $1 AND yanked = 0 AND quarantined = 0",
-                            )
-                            .bind(package.clone()),
-                        )
-                        .await?;
-                    let mut best: Option<(semver::Version, String)> = None;
-                    for r in rows {
-                        let v: String = r.try_get(0)?;
-                        if let Ok(parsed) = semver::Version::parse(&v) {
-                            if best.as_ref().is_none_or(|(b, _)| parsed > *b) {
-                                best = Some((parsed, v));
-                            }
-                        }
-                    }
-                    best.map(|(_, v)| v)
-                }
-            };
-            let inverse = Change::SetLatest {
-                package: package.clone(),
-                latest: current.clone(),
-            };
-            if target == current {
-                return unchanged(inverse);
-            }
-            let seq = next_seq(conn).await?;
-            conn.execute(
-                sqlx::query("UPDATE packages SET latest = $2, change_seq = $3 WHERE name = $1")
-                    .bind(package.clone())
-                    .bind(target)
-                    .bind(seq),
-            )
-            .await?;
-            changed(inverse)
+        Change::UnquarantineRelease { package, version } => {
+            release_flag(conn, Quarantined, package, version, false).await
         }
+        Change::YankRelease { package, version } => {
+            release_flag(conn, Yanked, package, version, true).await
+        }
+        Change::UnyankRelease { package, version } => {
+            release_flag(conn, Yanked, package, version, false).await
+        }
+        Change::QuarantinePackage { package } => package_quarantine(conn, package, true).await,
+        Change::UnquarantinePackage { package } => package_quarantine(conn, package, false).await,
+        Change::RestoreLatest { package } => latest(conn, package, None).await,
+        Change::SetLatest {
+            package,
+            latest: to,
+        } => latest(conn, package, Some(to.clone())).await,
         Change::Deprecate {
             package,
             reason,
             successor,
-        } => {
-            let (status, _, _, _, _) = package_row(conn, package).await?;
-            let inverse = Change::Undeprecate {
-                package: package.clone(),
-            };
-            if status == "deprecated" {
-                return unchanged(inverse);
-            }
-            let note = serde_json::json!({ "reason": reason, "successor": successor }).to_string();
-            let seq = next_seq(conn).await?;
-            conn.execute(
-                sqlx::query(
-                    "UPDATE packages SET status = 'deprecated', prior_status = $2, deprecation = $3, \
-                     change_seq = $4 WHERE name = $1",
-                )
-                .bind(package.clone())
-                .bind(status)
-                .bind(note)
-                .bind(seq),
-            )
-            .await?;
-            changed(inverse)
-        }
-        Change::Undeprecate { package } => {
-            let (status, prior, _, _, note) = package_row(conn, package).await?;
-            let note: serde_json::Value = note
-                .and_then(|n| serde_json::from_str(&n).ok())
-                .unwrap_or_default();
-            let inverse = Change::Deprecate {
-                package: package.clone(),
-                reason: note["reason"].as_str().unwrap_or("deprecated").to_string(),
-                successor: note["successor"].as_str().map(str::to_string),
-            };
-            if status != "deprecated" {
-                return unchanged(inverse);
-            }
-            let seq = next_seq(conn).await?;
-            conn.execute(
-                sqlx::query(
-                    "UPDATE packages SET status = $2, prior_status = NULL, deprecation = NULL, \
-                     change_seq = $3 WHERE name = $1",
-                )
-                .bind(package.clone())
-                .bind(prior.unwrap_or_else(|| "active".into()))
-                .bind(seq),
-            )
-            .await?;
-            changed(inverse)
-        }
+        } => deprecate(conn, package, reason, successor.as_deref()).await,
+        Change::Undeprecate { package } => undeprecate(conn, package).await,
         Change::Reindex => reindex(conn).await,
         Change::SetQuality { package, score } => {
             quality(conn, package, |_| score.map(|s| s.clamp(0.0, 100.0))).await
@@ -228,10 +155,153 @@ pub async fn apply(conn: &mut Conn, change: &Change) -> Result<Applied, Registry
             })
             .await
         }
-        other => Err(RegistryError::Unavailable(format!(
-            "change {other:?} is applied by the SQL registry itself"
-        ))),
     }
+}
+
+/// A whole package quarantined (its status kept to come back to) or back to that status.
+async fn package_quarantine(
+    conn: &mut Conn,
+    package: &str,
+    quarantine: bool,
+) -> Result<Applied, RegistryError> {
+    let (status, prior, _, _, _) = package_row(conn, package).await?;
+    let package = package.to_string();
+    let inverse = if quarantine {
+        Change::UnquarantinePackage {
+            package: package.clone(),
+        }
+    } else {
+        Change::QuarantinePackage {
+            package: package.clone(),
+        }
+    };
+    if (status == "quarantined") == quarantine {
+        return unchanged(inverse);
+    }
+    let seq = next_seq(conn).await?;
+    let (new_status, new_prior) = if quarantine {
+        ("quarantined".to_string(), Some(status))
+    } else {
+        (prior.unwrap_or_else(|| "active".into()), None)
+    };
+    conn.execute(
+        sqlx::query(
+            "UPDATE packages SET status = $2, prior_status = $3, change_seq = $4 WHERE name = $1",
+        )
+        .bind(package)
+        .bind(new_status)
+        .bind(new_prior)
+        .bind(seq),
+    )
+    .await?;
+    changed(inverse)
+}
+
+/// The newest release that is neither yanked nor quarantined.
+async fn newest_available(conn: &mut Conn, package: &str) -> Result<Option<String>, RegistryError> {
+    let rows = conn
+        .fetch_all(
+            sqlx::query(
+                "SELECT version FROM releases WHERE package = $1 AND yanked = 0 AND quarantined = 0",
+            )
+            .bind(package.to_string()),
+        )
+        .await?;
+    let mut best: Option<(semver::Version, String)> = None;
+    for r in rows {
+        let v: String = r.try_get(0)?;
+        if let Ok(parsed) = semver::Version::parse(&v) {
+            if best.as_ref().is_none_or(|(b, _)| parsed > *b) {
+                best = Some((parsed, v));
+            }
+        }
+    }
+    Ok(best.map(|(_, v)| v))
+}
+
+/// `latest` set to `to`, or (None) back to the newest available release.
+async fn latest(
+    conn: &mut Conn,
+    package: &str,
+    to: Option<Option<String>>,
+) -> Result<Applied, RegistryError> {
+    let (_, _, current, _, _) = package_row(conn, package).await?;
+    let target = match to {
+        Some(t) => t,
+        None => newest_available(conn, package).await?,
+    };
+    let inverse = Change::SetLatest {
+        package: package.to_string(),
+        latest: current.clone(),
+    };
+    if target == current {
+        return unchanged(inverse);
+    }
+    let seq = next_seq(conn).await?;
+    conn.execute(
+        sqlx::query("UPDATE packages SET latest = $2, change_seq = $3 WHERE name = $1")
+            .bind(package.to_string())
+            .bind(target)
+            .bind(seq),
+    )
+    .await?;
+    changed(inverse)
+}
+
+async fn deprecate(
+    conn: &mut Conn,
+    package: &str,
+    reason: &str,
+    successor: Option<&str>,
+) -> Result<Applied, RegistryError> {
+    let (status, _, _, _, _) = package_row(conn, package).await?;
+    let inverse = Change::Undeprecate {
+        package: package.to_string(),
+    };
+    if status == "deprecated" {
+        return unchanged(inverse);
+    }
+    let note = serde_json::json!({ "reason": reason, "successor": successor }).to_string();
+    let seq = next_seq(conn).await?;
+    conn.execute(
+        sqlx::query(
+            "UPDATE packages SET status = 'deprecated', prior_status = $2, deprecation = $3, \
+             change_seq = $4 WHERE name = $1",
+        )
+        .bind(package.to_string())
+        .bind(status)
+        .bind(note)
+        .bind(seq),
+    )
+    .await?;
+    changed(inverse)
+}
+
+async fn undeprecate(conn: &mut Conn, package: &str) -> Result<Applied, RegistryError> {
+    let (status, prior, _, _, note) = package_row(conn, package).await?;
+    let note: serde_json::Value = note
+        .and_then(|n| serde_json::from_str(&n).ok())
+        .unwrap_or_default();
+    let inverse = Change::Deprecate {
+        package: package.to_string(),
+        reason: note["reason"].as_str().unwrap_or("deprecated").to_string(),
+        successor: note["successor"].as_str().map(str::to_string),
+    };
+    if status != "deprecated" {
+        return unchanged(inverse);
+    }
+    let seq = next_seq(conn).await?;
+    conn.execute(
+        sqlx::query(
+            "UPDATE packages SET status = $2, prior_status = NULL, deprecation = NULL, \
+             change_seq = $3 WHERE name = $1",
+        )
+        .bind(package.to_string())
+        .bind(prior.unwrap_or_else(|| "active".into()))
+        .bind(seq),
+    )
+    .await?;
+    changed(inverse)
 }
 
 /// Sets a package's quality score to what `target` makes of the current one. The inverse
@@ -320,13 +390,10 @@ pub async fn search(
     term: &str,
     limit: i64,
 ) -> Result<Vec<String>, RegistryError> {
-    let rows = sqlx::query(
-        "SELECT s.package FROM search_index s JOIN packages p ON p.name = s.package \
-         WHERE s.term = $1 AND p.status <> 'quarantined' ORDER BY p.downloads DESC, s.package LIMIT $2",
-    )
+    let rows = store.reads().query("SELECT s.package FROM search_index s JOIN packages p ON p.name = s.package \
+         WHERE s.term = $1 AND p.status <> 'quarantined' ORDER BY p.downloads DESC, s.package LIMIT $2",)
     .bind(term.to_lowercase())
-    .bind(limit)
-    .fetch_all(&store.pool)
+    .bind(limit).fetch_all()
     .await?;
     Ok(rows
         .iter()

@@ -1,16 +1,16 @@
 //! Reading releases by change sequence a page at a time, each page encoded by the database as one JSON array.
 
-use sqlx::{Executor, Row};
+use sqlx::Row;
 
 use super::{RegistryError, ReleaseRecord, SqlRegistry};
-use crate::knowledge::{Backend, Conn, StoreError};
+use crate::knowledge::{Backend, Fetch, StoreError};
 
 impl SqlRegistry {
     /// The releases with `cursor < change_seq <= head`, ordered by package and version, read
     /// `page` at a time (so a full scan holds one page of JSON, not the whole table).
     pub async fn releases_between(
         &self,
-        conn: &mut Conn,
+        conn: &mut impl Fetch,
         cursor: i64,
         head: i64,
         page: i64,
@@ -49,8 +49,8 @@ impl SqlRegistry {
         let mut after = (String::new(), String::new());
         loop {
             let text: String = conn
-                .fetch_one(
-                    sqlx::query(sql)
+                .fetch_row(
+                    crate::knowledge::read(sql)
                         .bind(cursor)
                         .bind(head)
                         .bind(after.0.clone())

@@ -11,7 +11,7 @@ use super::{
     Applied, Change, Dependency, PackageRecord, Registry, RegistryCounts, RegistryError,
     ReleaseRecord,
 };
-use crate::knowledge::{insert_rows, Conn, Param, Store};
+use crate::knowledge::{insert_rows, Conn, Fetch, Param, Store};
 
 /// Releases are read this many at a time.
 const RELEASE_PAGE: i64 = 20_000;
@@ -430,9 +430,29 @@ impl SqlRegistry {
         Ok(())
     }
 
+    /// Each package whose record changed after sequence `seq`, with its `latest`.
+    pub async fn latest_since(
+        &self,
+        seq: i64,
+    ) -> Result<Vec<(String, Option<String>)>, RegistryError> {
+        let rows = self
+            .store
+            .reads()
+            .query("SELECT name, latest FROM packages WHERE change_seq > $1")
+            .bind(seq)
+            .fetch_all()
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub async fn package_names(&self) -> Result<Vec<String>, RegistryError> {
-        let rows = sqlx::query("SELECT name FROM packages ORDER BY name")
-            .fetch_all(&self.store.pool)
+        let rows = self
+            .store
+            .reads()
+            .query("SELECT name FROM packages ORDER BY name")
+            .fetch_all()
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
@@ -453,13 +473,13 @@ fn dependency_rows(r: &ReleaseRecord) -> Vec<Vec<Param>> {
 }
 
 async fn load_dependencies(
-    conn: &mut Conn,
+    conn: &mut impl Fetch,
     package: &str,
     version: &str,
 ) -> Result<Vec<Dependency>, sqlx::Error> {
     let rows = conn
-        .fetch_all(
-            sqlx::query(
+        .fetch_rows(
+            crate::knowledge::read(
                 "SELECT dependency, requirement FROM dependencies \
                  WHERE package = $1 AND version = $2 ORDER BY dependency",
             )
@@ -482,9 +502,11 @@ impl Registry for SqlRegistry {
         &self,
         cursor: i64,
     ) -> Result<(Vec<ReleaseRecord>, i64), RegistryError> {
-        let mut conn = self.store.pool.acquire().await?;
+        let mut conn = self.store.reads().acquire().await?;
         let head: i64 = conn
-            .fetch_one(sqlx::query("SELECT value FROM registry_seq WHERE id = 1"))
+            .fetch_row(crate::knowledge::read(
+                "SELECT value FROM registry_seq WHERE id = 1",
+            ))
             .await?
             .try_get(0)?;
         if head <= cursor {
@@ -541,9 +563,12 @@ impl Registry for SqlRegistry {
 
     async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
         let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE name = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = self
+            .store
+            .reads()
+            .query_owned(sql)
             .bind(name.to_string())
-            .fetch_optional(&self.store.pool)
+            .fetch_optional()
             .await?;
         Ok(row.as_ref().map(decode_package).transpose()?)
     }
@@ -553,12 +578,12 @@ impl Registry for SqlRegistry {
         package: &str,
         version: &str,
     ) -> Result<Option<ReleaseRecord>, RegistryError> {
-        let mut conn = self.store.pool.acquire().await?;
+        let mut conn = self.store.reads().acquire().await?;
         let sql =
             format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE package = $1 AND version = $2");
         let row = conn
-            .fetch_optional(
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_maybe(
+                crate::knowledge::read_owned(sql)
                     .bind(package.to_string())
                     .bind(version.to_string()),
             )
@@ -570,20 +595,26 @@ impl Registry for SqlRegistry {
     }
 
     async fn change_seq(&self) -> Result<i64, RegistryError> {
-        let row = sqlx::query("SELECT value FROM registry_seq WHERE id = 1")
-            .fetch_one(&self.store.pool)
+        let row = self
+            .store
+            .reads()
+            .query("SELECT value FROM registry_seq WHERE id = 1")
+            .fetch_one()
             .await?;
         Ok(row.try_get(0)?)
     }
 
     async fn counts(&self) -> Result<RegistryCounts, RegistryError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM packages), \
+        let row = self
+            .store
+            .reads()
+            .query(
+                "SELECT (SELECT COUNT(*) FROM packages), \
              (SELECT COUNT(*) FROM packages WHERE status = 'quarantined') + \
              (SELECT COUNT(*) FROM releases WHERE quarantined = 1)",
-        )
-        .fetch_one(&self.store.pool)
-        .await?;
+            )
+            .fetch_one()
+            .await?;
         Ok(RegistryCounts {
             packages: row.try_get(0)?,
             quarantined: row.try_get(1)?,
@@ -592,9 +623,7 @@ impl Registry for SqlRegistry {
 
     async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
         let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages ORDER BY name");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.store.pool)
-            .await?;
+        let rows = self.store.reads().query_owned(sql).fetch_all().await?;
         Ok(rows
             .iter()
             .map(decode_package)
@@ -604,10 +633,12 @@ impl Registry for SqlRegistry {
     async fn release_dependencies(
         &self,
     ) -> Result<Vec<(String, String, Dependency)>, RegistryError> {
-        let rows =
-            sqlx::query("SELECT package, version, dependency, requirement FROM dependencies")
-                .fetch_all(&self.store.pool)
-                .await?;
+        let rows = self
+            .store
+            .reads()
+            .query("SELECT package, version, dependency, requirement FROM dependencies")
+            .fetch_all()
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -623,8 +654,11 @@ impl Registry for SqlRegistry {
     }
 
     async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {
-        let rows = sqlx::query("SELECT DISTINCT package, dependency FROM dependencies")
-            .fetch_all(&self.store.pool)
+        let rows = self
+            .store
+            .reads()
+            .query("SELECT DISTINCT package, dependency FROM dependencies")
+            .fetch_all()
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -635,85 +669,6 @@ impl Registry for SqlRegistry {
         change: &Change,
         _now: i64,
     ) -> Result<Applied, RegistryError> {
-        match change {
-            Change::QuarantineRelease { package, version }
-            | Change::UnquarantineRelease { package, version } => {
-                let want = matches!(change, Change::QuarantineRelease { .. });
-                let (p, v) = (package.clone(), version.clone());
-                let inverse = if want {
-                    Change::UnquarantineRelease {
-                        package: p,
-                        version: v,
-                    }
-                } else {
-                    Change::QuarantineRelease {
-                        package: p,
-                        version: v,
-                    }
-                };
-                super::changes::release_flag(
-                    conn,
-                    super::changes::ReleaseFlag::Quarantined,
-                    package,
-                    version,
-                    want,
-                    inverse,
-                )
-                .await
-            }
-            Change::QuarantinePackage { package } | Change::UnquarantinePackage { package } => {
-                let quarantine = matches!(change, Change::QuarantinePackage { .. });
-                let row = conn
-                    .fetch_optional(
-                        sqlx::query("SELECT status, prior_status FROM packages WHERE name = $1")
-                            .bind(package.clone()),
-                    )
-                    .await?
-                    .ok_or_else(|| RegistryError::NotFound {
-                        what: "package",
-                        name: package.clone(),
-                    })?;
-                let status: String = row.try_get(0)?;
-                let prior: Option<String> = row.try_get(1)?;
-                let inverse = if quarantine {
-                    Change::UnquarantinePackage {
-                        package: package.clone(),
-                    }
-                } else {
-                    Change::QuarantinePackage {
-                        package: package.clone(),
-                    }
-                };
-                let is_quarantined = status == "quarantined";
-                if is_quarantined == quarantine {
-                    return Ok(Applied {
-                        changed: false,
-                        inverse,
-                    });
-                }
-                let seq = next_seq(conn).await?;
-                let (new_status, new_prior) = if quarantine {
-                    ("quarantined".to_string(), Some(status))
-                } else {
-                    (prior.unwrap_or_else(|| "active".into()), None)
-                };
-                conn.execute(
-                    sqlx::query(
-                        "UPDATE packages SET status = $2, prior_status = $3, change_seq = $4 \
-                         WHERE name = $1",
-                    )
-                    .bind(package.clone())
-                    .bind(new_status)
-                    .bind(new_prior)
-                    .bind(seq),
-                )
-                .await?;
-                Ok(Applied {
-                    changed: true,
-                    inverse,
-                })
-            }
-            other => super::changes::apply(conn, other).await,
-        }
+        super::changes::apply(conn, change).await
     }
 }

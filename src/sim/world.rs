@@ -194,13 +194,8 @@ pub(super) async fn follow_latest(w: &mut World) -> anyhow::Result<()> {
     };
     let seq = w.registry.current_seq().await?;
     if seq != w.background_seq {
-        let changed = sqlx::query("SELECT name, latest FROM packages WHERE change_seq > $1")
-            .bind(w.background_seq)
-            .fetch_all(&w.store.pool)
-            .await?;
-        for row in changed {
-            use sqlx::Row as _;
-            b.set_latest(row.try_get(0)?, row.try_get(1)?);
+        for (name, latest) in w.registry.inner.latest_since(w.background_seq).await? {
+            b.set_latest(name, latest);
         }
         w.background_seq = seq;
     }

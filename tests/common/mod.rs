@@ -176,7 +176,7 @@ impl World {
         sqlx::query(
             "SELECT package, version FROM releases WHERE quarantined = 1 ORDER BY package, version",
         )
-        .fetch_all(&self.t.store.pool)
+        .fetch_all(self.t.store.raw_pool())
         .await
         .unwrap()
         .iter()

@@ -25,10 +25,12 @@ async fn provenance(
          AND action IN ({list}) AND inverse IS NOT NULL AND inverse <> 'null' \
          ORDER BY updated_at DESC, id DESC LIMIT 1"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = store
+        .reads()
+        .query_owned(sql)
         .bind(package.to_string())
         .bind(version.map(str::to_string))
-        .fetch_optional(&store.pool)
+        .fetch_optional()
         .await?;
     let Some(row) = row else { return Ok(None) };
     let params: String = row.try_get(1)?;
@@ -44,17 +46,19 @@ pub async fn read(store: &Store) -> Result<Overlay, RegistryError> {
     let mut overlay = Overlay::default();
     // Each part reads an index (a partial one on the flag, or the status): the rows in force are
     // few, the registry may be large.
-    let rows = sqlx::query(
-        "SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
+    let rows = store
+        .reads()
+        .query(
+            "SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
          FROM releases r JOIN packages p ON p.name = r.package WHERE r.quarantined = 1 \
          UNION SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
          FROM releases r JOIN packages p ON p.name = r.package WHERE r.yanked = 1 \
          UNION SELECT r.package, r.version, r.quarantined, r.yanked, p.status \
          FROM packages p JOIN releases r ON r.package = p.name WHERE p.status = 'quarantined' \
          ORDER BY 1, 2",
-    )
-    .fetch_all(&store.pool)
-    .await?;
+        )
+        .fetch_all()
+        .await?;
     for row in rows {
         let package: String = row.try_get(0)?;
         let version: String = row.try_get(1)?;
@@ -82,13 +86,15 @@ pub async fn read(store: &Store) -> Result<Overlay, RegistryError> {
             },
         );
     }
-    let rows = sqlx::query(
-        "SELECT name, status, deprecation, quality FROM packages WHERE status = 'deprecated' \
+    let rows = store
+        .reads()
+        .query(
+            "SELECT name, status, deprecation, quality FROM packages WHERE status = 'deprecated' \
          UNION SELECT name, status, deprecation, quality FROM packages WHERE quality IS NOT NULL \
          ORDER BY 1",
-    )
-    .fetch_all(&store.pool)
-    .await?;
+        )
+        .fetch_all()
+        .await?;
     for row in rows {
         let name: String = row.try_get(0)?;
         let status: String = row.try_get(1)?;
