@@ -119,35 +119,7 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
             dir,
             trusted_keys,
             require_signed,
-        } => {
-            let require_signed = require_signed || global.config()?.require_signed_policies;
-            let trust = trust_for(global, trusted_keys)?;
-            let opts = LoadOptions {
-                trust: trust.as_ref(),
-                require_signed,
-            };
-            // The quality model lives next to the policies: a bad one would stop the daemon.
-            if let Err(e) = crate::analyze::quality::QualityModel::load(&dir) {
-                eprintln!("{e}");
-                return Ok(ExitCode::from(1));
-            }
-            match PolicySet::load_dir(&dir, opts) {
-                Ok(set) => {
-                    let signatures = if trust.is_some() {
-                        ", signatures checked"
-                    } else {
-                        ""
-                    };
-                    println!(
-                        "{}: {} policies, the guards and the quality model, all valid{signatures}",
-                        dir.display(),
-                        set.policies.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(errors) => Ok(print_errors(&errors)),
-            }
-        }
+        } => check(global, &dir, trusted_keys, require_signed),
         PolicyCommand::Sign { file, key } => {
             let key = KeyPair::load(&key)?;
             let sig = signing::sign_file(&file, &key)
@@ -155,82 +127,124 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
             println!("wrote {} (signed by `{}`)", sig.display(), key.key_id);
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Verify { dir, trusted_keys } => {
-            let trust = trust_for(global, trusted_keys)?
-                .context("no trust store: pass --trusted-keys or configure `trusted_keys`")?;
-            let files = policy_files(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut bad = 0;
-            for f in &files {
-                let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-                let sig = std::fs::read_to_string(signing::sig_path(f)).ok();
-                let verdict = signing::signer(&bytes, sig.as_deref(), &trust);
-                let line = match &verdict {
-                    Signer::Maintainer(k) => format!("ok    {}  signed by `{k}`", f.display()),
-                    Signer::NotMaintainer(k) => format!(
-                        "FAIL  {}  signed by `{k}`, not a maintainer key",
-                        f.display()
-                    ),
-                    Signer::Revoked(k) => {
-                        format!("FAIL  {}  signed by `{k}`, a revoked key", f.display())
-                    }
-                    Signer::Unknown => format!(
-                        "FAIL  {}  bad signature (changed after signing, or an unknown key)",
-                        f.display()
-                    ),
-                    Signer::Unsigned => format!("FAIL  {}  unsigned", f.display()),
-                };
-                if !matches!(verdict, Signer::Maintainer(_)) {
-                    bad += 1;
-                }
-                println!("{line}");
-            }
-            println!("{} file(s), {bad} not properly signed", files.len());
-            Ok(if bad == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        PolicyCommand::Verify { dir, trusted_keys } => verify(global, &dir, trusted_keys),
         PolicyCommand::Enable { .. } => {
             anyhow::bail!("`policy enable` talks to the store: it runs through `policy::enable`")
         }
-        PolicyCommand::Test { dir, strict } => {
-            let set = match PolicySet::load_dir(&dir, LoadOptions::default()) {
-                Ok(s) => s,
-                Err(errors) => return Ok(print_errors(&errors)),
-            };
-            let report = match testing::run_dir(&dir, &set) {
-                Ok(r) => r,
-                Err(errors) => return Ok(print_errors(&errors)),
-            };
-            for r in &report.results {
-                match &r.failure {
-                    None => println!("ok    {}:{}  {}", r.file.display(), r.line, r.name),
-                    Some(why) => {
-                        println!("FAIL  {}:{}  {}: {why}", r.file.display(), r.line, r.name)
-                    }
-                }
-            }
-            if !report.untested.is_empty() {
-                println!(
-                    "untested policies (no case expects them): {}",
-                    report.untested.join(", ")
-                );
-            }
-            let failed = report.failed();
-            println!(
-                "{} case(s): {} passed, {failed} failed",
-                report.results.len(),
-                report.results.len() - failed
-            );
-            let bad = failed > 0 || (strict && !report.untested.is_empty());
-            Ok(if bad {
-                ExitCode::from(1)
+        PolicyCommand::Test { dir, strict } => test(&dir, strict),
+    }
+}
+
+/// `mapek policy check`: the directory loads, type-checks and (with a trust store) verifies.
+fn check(
+    global: &Global,
+    dir: &Path,
+    trusted_keys: Option<PathBuf>,
+    require_signed: bool,
+) -> anyhow::Result<ExitCode> {
+    let require_signed = require_signed || global.config()?.require_signed_policies;
+    let trust = trust_for(global, trusted_keys)?;
+    let opts = LoadOptions {
+        trust: trust.as_ref(),
+        require_signed,
+    };
+    // The quality model lives next to the policies: a bad one would stop the daemon.
+    if let Err(e) = crate::analyze::quality::QualityModel::load(dir) {
+        eprintln!("{e}");
+        return Ok(ExitCode::from(1));
+    }
+    match PolicySet::load_dir(dir, opts) {
+        Ok(set) => {
+            let signatures = if trust.is_some() {
+                ", signatures checked"
             } else {
-                ExitCode::SUCCESS
-            })
+                ""
+            };
+            println!(
+                "{}: {} policies, the guards and the quality model, all valid{signatures}",
+                dir.display(),
+                set.policies.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => Ok(print_errors(&errors)),
+    }
+}
+
+/// `mapek policy verify`: each file's signature.
+fn verify(global: &Global, dir: &Path, trusted_keys: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let trust = trust_for(global, trusted_keys)?
+        .context("no trust store: pass --trusted-keys or configure `trusted_keys`")?;
+    let files = policy_files(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut bad = 0;
+    for f in &files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let sig = std::fs::read_to_string(signing::sig_path(f)).ok();
+        let verdict = signing::signer(&bytes, sig.as_deref(), &trust);
+        let line = match &verdict {
+            Signer::Maintainer(k) => format!("ok    {}  signed by `{k}`", f.display()),
+            Signer::NotMaintainer(k) => format!(
+                "FAIL  {}  signed by `{k}`, not a maintainer key",
+                f.display()
+            ),
+            Signer::Revoked(k) => {
+                format!("FAIL  {}  signed by `{k}`, a revoked key", f.display())
+            }
+            Signer::Unknown => format!(
+                "FAIL  {}  bad signature (changed after signing, or an unknown key)",
+                f.display()
+            ),
+            Signer::Unsigned => format!("FAIL  {}  unsigned", f.display()),
+        };
+        if !matches!(verdict, Signer::Maintainer(_)) {
+            bad += 1;
+        }
+        println!("{line}");
+    }
+    println!("{} file(s), {bad} not properly signed", files.len());
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `mapek policy test`: every case of the directory's `*.test.toml`.
+fn test(dir: &Path, strict: bool) -> anyhow::Result<ExitCode> {
+    let set = match PolicySet::load_dir(dir, LoadOptions::default()) {
+        Ok(s) => s,
+        Err(errors) => return Ok(print_errors(&errors)),
+    };
+    let report = match testing::run_dir(dir, &set) {
+        Ok(r) => r,
+        Err(errors) => return Ok(print_errors(&errors)),
+    };
+    for r in &report.results {
+        match &r.failure {
+            None => println!("ok    {}:{}  {}", r.file.display(), r.line, r.name),
+            Some(why) => {
+                println!("FAIL  {}:{}  {}: {why}", r.file.display(), r.line, r.name)
+            }
         }
     }
+    if !report.untested.is_empty() {
+        println!(
+            "untested policies (no case expects them): {}",
+            report.untested.join(", ")
+        );
+    }
+    let failed = report.failed();
+    println!(
+        "{} case(s): {} passed, {failed} failed",
+        report.results.len(),
+        report.results.len() - failed
+    );
+    let bad = failed > 0 || (strict && !report.untested.is_empty());
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub(super) fn maintainer(trust: &TrustStore, key: &Path) -> anyhow::Result<KeyPair> {

@@ -55,6 +55,37 @@ impl Store {
             .try_get(0)?;
         // The first whole hour the minutes cover; without minutes, every hour bucket is used.
         let split = first_minute.map_or(i64::MAX, |m| (m + HOUR - 1).div_euclid(HOUR) * HOUR);
+        let (learnt, hours, minutes) = self.old_buckets(&mut tx, split).await?;
+        let mut converted = false;
+        for (width, body) in [(HOUR, hours), (MINUTE, minutes)] {
+            if body.span().is_some() {
+                body.insert(&mut tx, width, 0).await?;
+                converted = true;
+            }
+        }
+        // Reports keep their table; their batch sequence starts again from the new batches.
+        tx.execute(sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE reports SET seq = {NEXT_SEQ} - 1"
+        ))))
+        .await?;
+        for table in ["telemetry_buckets", "lookup_buckets", "intake_seq"] {
+            tx.execute(sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE {table}"
+            ))))
+            .await?;
+        }
+        tx.commit().await?;
+        self.learn_series(learnt);
+        Ok(converted)
+    }
+
+    /// The old tables' rows as batch bodies (hours before `split`, minutes from it), with the
+    /// series they numbered.
+    async fn old_buckets(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        split: i64,
+    ) -> Result<(Vec<(i64, String, String)>, Body, Body), StoreError> {
         let mut hours = Body::default();
         let mut minutes = Body::default();
         let rows = tx
@@ -83,7 +114,7 @@ impl Store {
             .collect();
         names.dedup();
         let known = self.series_names(|s| s.max());
-        let learnt = series::register(&mut tx, self.backend, known, &names).await?;
+        let learnt = series::register(tx, self.backend, known, &names).await?;
         let ids: std::collections::HashMap<(&str, &str), i64> = learnt
             .iter()
             .map(|(id, p, v)| ((p.as_str(), v.as_str()), *id))
@@ -115,26 +146,6 @@ impl Store {
                 _ => {}
             }
         }
-        let mut converted = false;
-        for (width, body) in [(HOUR, hours), (MINUTE, minutes)] {
-            if body.span().is_some() {
-                body.insert(&mut tx, width, 0).await?;
-                converted = true;
-            }
-        }
-        // Reports keep their table; their batch sequence starts again from the new batches.
-        tx.execute(sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE reports SET seq = {NEXT_SEQ} - 1"
-        ))))
-        .await?;
-        for table in ["telemetry_buckets", "lookup_buckets", "intake_seq"] {
-            tx.execute(sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP TABLE {table}"
-            ))))
-            .await?;
-        }
-        tx.commit().await?;
-        self.learn_series(learnt);
-        Ok(converted)
+        Ok((learnt, hours, minutes))
     }
 }

@@ -141,78 +141,15 @@ impl Gatekeeper<'_> {
     /// Runs the gates in order; a `Ready` verdict is counted against the limits at once.
     pub fn decide(&mut self, input: &GateInput<'_>) -> Verdict {
         let p = input.policy;
-        let now = input.now;
-        if let Some(w) = &p.window {
-            let open = match self.memo.windows.get(p.id.as_str()) {
-                Some((at, open)) if *at == now => *open,
-                _ => {
-                    let open = w.contains(now);
-                    self.memo.windows.insert(p.id.clone(), (now, open));
-                    open
-                }
-            };
-            if !open {
-                let opens = w
-                    .next_open(now)
-                    .map(|t| format!("; it opens at {}", when(t)))
-                    .unwrap_or_default();
-                return stop(
-                    Status::Pending,
-                    "window",
-                    format!("outside the policy's window `{}`{opens}", w.source()),
-                );
-            }
-        }
-        if let Some(cooldown) = p.cooldown_ms.filter(|_| !input.retry) {
-            let last = self
-                .ledger
-                .last
-                .get(p.id.as_str())
-                .and_then(|m| m.get(input.subject));
-            if let Some(last) = last {
-                if now - last < cooldown {
-                    return stop(
-                        Status::Suppressed,
-                        "cooldown",
-                        format!(
-                            "cooldown: policy acted on {} at {}, less than {} ago",
-                            input.subject,
-                            when(*last),
-                            humantime::format_duration(std::time::Duration::from_millis(
-                                cooldown as u64
-                            ))
-                        ),
-                    );
-                }
-            }
-        }
-        if let Some(max) = p.max_per_hour {
-            let n = self.ledger.per_policy_hour.get(&p.id).copied().unwrap_or(0);
-            if n >= u64::from(max) {
-                return stop(
-                    Status::Suppressed,
-                    "max_per_hour",
-                    format!("rate limit: the policy acted {n} times in the last hour, its limit is {max}"),
-                );
-            }
+        if let Some(v) = self.window(input).or_else(|| self.limits(input)) {
+            return v;
         }
         let approved = input.approvals.approved_by.len() >= p.min_approvals as usize;
         if let Some(who) = &input.approvals.rejected_by {
             return stop(Status::Refused, "approval", format!("rejected by `{who}`"));
         }
-        let demoted = self.demoted.contains(&p.id);
         let mode = self.mode_of(p);
-        let mut needs_approval = mode == Mode::Approve;
-        let mut why_approval = "the policy's mode is approve".to_string();
-        if let Some(max) = p.max_blast_radius {
-            if input.radius > i64::from(max) {
-                needs_approval = true;
-                why_approval = format!(
-                    "blast radius {} is over the policy's {max}: approval needed",
-                    input.radius
-                );
-            }
-        }
+        let (needs_approval, why_approval) = approval_needed(input, mode);
         if self.daemon_dry_run || self.guards.dry_run {
             return stop(
                 Status::DryRun,
@@ -222,101 +159,15 @@ impl Gatekeeper<'_> {
         }
         let would_execute = mode != Mode::DryRun && (!needs_approval || approved);
         if would_execute {
-            let frozen = match self.memo.frozen {
-                Some((at, frozen)) if at == now => frozen,
-                _ => {
-                    let frozen = self.guards.freeze.iter().position(|w| w.contains(now));
-                    self.memo.frozen = Some((now, frozen));
-                    frozen
-                }
-            };
-            if let Some(w) = frozen.and_then(|i| self.guards.freeze.get(i)) {
-                return stop(
-                    Status::Pending,
-                    "freeze",
-                    format!("inside the freeze window `{}`", w.source()),
-                );
-            }
-            if self.circuit.open {
-                self.circuit.last_pressure = now;
-                return stop(
-                    Status::Suppressed,
-                    "circuit",
-                    format!(
-                        "the circuit is open since {} ({}: {})",
-                        when(self.circuit.opened_at),
-                        self.circuit.guard,
-                        self.circuit.reason
-                    ),
-                );
-            }
-            let load = Load {
-                this_cycle: self.ledger.this_cycle,
-                last_hour: self.ledger.hour,
-                packages_today: self.ledger.packages_day.len() as u64,
-                registry_packages: self.registry_packages,
-            };
-            let new_today = !self.ledger.packages_day.contains(&input.subject.package);
-            if let Some(trip) = self.guards.over(&load, new_today) {
-                self.circuit = Circuit::open(&trip, now);
-                return stop(
-                    Status::Suppressed,
-                    "guards",
-                    format!(
-                        "guard {}: {}; the circuit is now open",
-                        trip.guard, trip.reason
-                    ),
-                );
+            if let Some(v) = self.execution(input) {
+                return v;
             }
         }
         match mode {
-            Mode::DryRun => {
-                let note = if needs_approval {
-                    format!(" ({why_approval})")
-                } else {
-                    String::new()
-                };
-                if demoted {
-                    return stop(
-                        Status::DryRun,
-                        "demoted",
-                        format!("the policy is demoted to dry_run for being ineffective, until a maintainer runs `mapek policy enable {}`{note}", p.id),
-                    );
-                }
-                stop(
-                    Status::DryRun,
-                    "dry_run",
-                    format!("policy mode is dry_run{note}"),
-                )
-            }
-            _ if needs_approval && !approved => {
-                let expires = input.created_at.saturating_add(p.approval_ttl_ms);
-                if now >= expires {
-                    return stop(
-                        Status::Expired,
-                        "approval",
-                        format!(
-                            "approval expired at {} with {} of {} approvals",
-                            when(expires),
-                            input.approvals.approved_by.len(),
-                            p.min_approvals
-                        ),
-                    );
-                }
-                Verdict {
-                    status: Status::Pending,
-                    gate: Some("approval"),
-                    reason: format!(
-                        "{why_approval}; {} of {} approvals from {}",
-                        input.approvals.approved_by.len(),
-                        p.min_approvals,
-                        p.approvers.join(", ")
-                    ),
-                    expires_at: Some(expires),
-                }
-            }
+            Mode::DryRun => self.dry_run(p, needs_approval.then_some(why_approval)),
+            _ if needs_approval && !approved => awaiting_approval(input, why_approval),
             _ => {
-                self.ledger.record(&p.id, input.subject, now);
+                self.ledger.record(&p.id, input.subject, input.now);
                 let reason = if needs_approval {
                     format!("approved by {}", input.approvals.approved_by.join(", "))
                 } else {
@@ -330,6 +181,185 @@ impl Gatekeeper<'_> {
                 }
             }
         }
+    }
+
+    /// Outside the policy's window, a remediation waits for it to open.
+    fn window(&mut self, input: &GateInput<'_>) -> Option<Verdict> {
+        let (p, now) = (input.policy, input.now);
+        let w = p.window.as_ref()?;
+        let open = match self.memo.windows.get(p.id.as_str()) {
+            Some((at, open)) if *at == now => *open,
+            _ => {
+                let open = w.contains(now);
+                self.memo.windows.insert(p.id.clone(), (now, open));
+                open
+            }
+        };
+        if open {
+            return None;
+        }
+        let opens = w
+            .next_open(now)
+            .map(|t| format!("; it opens at {}", when(t)))
+            .unwrap_or_default();
+        Some(stop(
+            Status::Pending,
+            "window",
+            format!("outside the policy's window `{}`{opens}", w.source()),
+        ))
+    }
+
+    /// The policy's cooldown on this subject (not for a retry) and its rate limit.
+    fn limits(&self, input: &GateInput<'_>) -> Option<Verdict> {
+        let (p, now) = (input.policy, input.now);
+        if let Some(cooldown) = p.cooldown_ms.filter(|_| !input.retry) {
+            let last = self
+                .ledger
+                .last
+                .get(p.id.as_str())
+                .and_then(|m| m.get(input.subject));
+            if let Some(last) = last.filter(|last| now - **last < cooldown) {
+                return Some(stop(
+                    Status::Suppressed,
+                    "cooldown",
+                    format!(
+                        "cooldown: policy acted on {} at {}, less than {} ago",
+                        input.subject,
+                        when(*last),
+                        humantime::format_duration(std::time::Duration::from_millis(
+                            cooldown as u64
+                        ))
+                    ),
+                ));
+            }
+        }
+        let max = p.max_per_hour?;
+        let n = self.ledger.per_policy_hour.get(&p.id).copied().unwrap_or(0);
+        (n >= u64::from(max)).then(|| {
+            stop(
+                Status::Suppressed,
+                "max_per_hour",
+                format!(
+                    "rate limit: the policy acted {n} times in the last hour, its limit is {max}"
+                ),
+            )
+        })
+    }
+
+    /// What stops a remediation that would execute: a freeze, the open circuit, a global guard
+    /// (which opens the circuit).
+    fn execution(&mut self, input: &GateInput<'_>) -> Option<Verdict> {
+        let now = input.now;
+        let frozen = match self.memo.frozen {
+            Some((at, frozen)) if at == now => frozen,
+            _ => {
+                let frozen = self.guards.freeze.iter().position(|w| w.contains(now));
+                self.memo.frozen = Some((now, frozen));
+                frozen
+            }
+        };
+        if let Some(w) = frozen.and_then(|i| self.guards.freeze.get(i)) {
+            return Some(stop(
+                Status::Pending,
+                "freeze",
+                format!("inside the freeze window `{}`", w.source()),
+            ));
+        }
+        if self.circuit.open {
+            self.circuit.last_pressure = now;
+            return Some(stop(
+                Status::Suppressed,
+                "circuit",
+                format!(
+                    "the circuit is open since {} ({}: {})",
+                    when(self.circuit.opened_at),
+                    self.circuit.guard,
+                    self.circuit.reason
+                ),
+            ));
+        }
+        let load = Load {
+            this_cycle: self.ledger.this_cycle,
+            last_hour: self.ledger.hour,
+            packages_today: self.ledger.packages_day.len() as u64,
+            registry_packages: self.registry_packages,
+        };
+        let new_today = !self.ledger.packages_day.contains(&input.subject.package);
+        let trip = self.guards.over(&load, new_today)?;
+        self.circuit = Circuit::open(&trip, now);
+        Some(stop(
+            Status::Suppressed,
+            "guards",
+            format!(
+                "guard {}: {}; the circuit is now open",
+                trip.guard, trip.reason
+            ),
+        ))
+    }
+
+    /// A dry run: the policy's mode, or its demotion.
+    fn dry_run(&self, p: &Policy, why_approval: Option<String>) -> Verdict {
+        let note = why_approval.map(|w| format!(" ({w})")).unwrap_or_default();
+        if self.demoted.contains(&p.id) {
+            return stop(
+                Status::DryRun,
+                "demoted",
+                format!("the policy is demoted to dry_run for being ineffective, until a maintainer runs `mapek policy enable {}`{note}", p.id),
+            );
+        }
+        stop(
+            Status::DryRun,
+            "dry_run",
+            format!("policy mode is dry_run{note}"),
+        )
+    }
+}
+
+/// Whether the remediation needs a maintainer's approval (the policy's mode, or a blast radius
+/// over its limit whatever the mode), and why.
+fn approval_needed(input: &GateInput<'_>, mode: Mode) -> (bool, String) {
+    let p = input.policy;
+    match p.max_blast_radius {
+        Some(max) if input.radius > i64::from(max) => (
+            true,
+            format!(
+                "blast radius {} is over the policy's {max}: approval needed",
+                input.radius
+            ),
+        ),
+        _ => (
+            mode == Mode::Approve,
+            "the policy's mode is approve".to_string(),
+        ),
+    }
+}
+
+/// Waiting for approvals until they expire.
+fn awaiting_approval(input: &GateInput<'_>, why_approval: String) -> Verdict {
+    let p = input.policy;
+    let expires = input.created_at.saturating_add(p.approval_ttl_ms);
+    if input.now >= expires {
+        return stop(
+            Status::Expired,
+            "approval",
+            format!(
+                "approval expired at {} with {} of {} approvals",
+                when(expires),
+                input.approvals.approved_by.len(),
+                p.min_approvals
+            ),
+        );
+    }
+    Verdict {
+        status: Status::Pending,
+        gate: Some("approval"),
+        reason: format!(
+            "{why_approval}; {} of {} approvals from {}",
+            input.approvals.approved_by.len(),
+            p.min_approvals,
+            p.approvers.join(", ")
+        ),
+        expires_at: Some(expires),
     }
 }
 

@@ -393,179 +393,219 @@ fn check_escalations(policies: &[Policy]) -> Vec<PolicyError> {
     errors
 }
 
-fn compile(
-    env: &Arc<Env>,
-    file: &Path,
-    src: &str,
-    p: RawPolicy,
-) -> Result<Policy, Vec<PolicyError>> {
-    let mut errors = Vec::new();
-    let err = |field: &str, span: std::ops::Range<usize>, reason: String| PolicyError {
-        file: file.to_path_buf(),
-        line: line_of(src, span.start),
-        field: field.into(),
-        reason,
-    };
-    let id = p.id.get_ref().clone();
-    let id_ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !id_ok {
-        errors.push(err(
-            "id",
-            p.id.span(),
-            format!("`{id}` must be 1 to 64 characters of [a-z0-9-]"),
-        ));
+/// Collects a policy's errors, each with its file, line and field.
+struct Check<'a> {
+    file: &'a Path,
+    src: &'a str,
+    errors: Vec<PolicyError>,
+}
+
+impl Check<'_> {
+    fn err(&mut self, field: &str, span: std::ops::Range<usize>, reason: String) {
+        self.errors.push(PolicyError {
+            file: self.file.to_path_buf(),
+            line: line_of(self.src, span.start),
+            field: field.into(),
+            reason,
+        });
     }
-    let names = match p.on.get_ref() {
-        OneOrMany::One(s) => vec![s.clone()],
-        OneOrMany::Many(v) => v.clone(),
-    };
-    let mut on = Vec::new();
-    for n in &names {
-        match FindingKind::parse(n) {
-            Some(k) => on.push(k),
-            None => errors.push(err(
-                "on",
-                p.on.span(),
-                format!("unknown finding kind `{n}`"),
-            )),
+
+    fn id(&mut self, p: &RawPolicy) -> String {
+        let id = p.id.get_ref().clone();
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            self.err(
+                "id",
+                p.id.span(),
+                format!("`{id}` must be 1 to 64 characters of [a-z0-9-]"),
+            );
+        }
+        id
+    }
+
+    fn kinds(&mut self, p: &RawPolicy) -> Vec<FindingKind> {
+        let names = match p.on.get_ref() {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if names.is_empty() {
+            self.err("on", p.on.span(), "names no finding kind".into());
+        }
+        let mut on = Vec::new();
+        for n in &names {
+            match FindingKind::parse(n) {
+                Some(k) => on.push(k),
+                None => self.err("on", p.on.span(), format!("unknown finding kind `{n}`")),
+            }
+        }
+        on
+    }
+
+    fn action(&mut self, p: &RawPolicy) -> Option<Action> {
+        match Action::parse(p.action.get_ref()) {
+            Some(a) if SUPPORTED_ACTIONS.contains(&a) => Some(a),
+            Some(a) => {
+                self.err(
+                    "action",
+                    p.action.span(),
+                    format!(
+                        "action `{a}` is in the catalogue but this version cannot execute it yet"
+                    ),
+                );
+                None
+            }
+            None => {
+                self.err(
+                    "action",
+                    p.action.span(),
+                    format!("unknown action `{}`", p.action.get_ref()),
+                );
+                None
+            }
         }
     }
-    if names.is_empty() {
-        errors.push(err("on", p.on.span(), "names no finding kind".into()));
-    }
-    let action = match Action::parse(p.action.get_ref()) {
-        Some(a) if SUPPORTED_ACTIONS.contains(&a) => Some(a),
-        Some(a) => {
-            errors.push(err(
-                "action",
-                p.action.span(),
-                format!("action `{a}` is in the catalogue but this version cannot execute it yet"),
-            ));
-            None
-        }
-        None => {
-            errors.push(err(
-                "action",
-                p.action.span(),
-                format!("unknown action `{}`", p.action.get_ref()),
-            ));
-            None
-        }
-    };
-    let mode = p
-        .mode
-        .as_ref()
-        .map(|m| *m.get_ref())
-        .unwrap_or(Mode::DryRun);
-    let mut duration = |field: &str, v: &Option<toml::Spanned<String>>| -> Option<i64> {
+
+    fn duration(&mut self, field: &str, v: &Option<toml::Spanned<String>>) -> Option<i64> {
         let v = v.as_ref()?;
         match humantime::parse_duration(v.get_ref()) {
             Ok(d) if !d.is_zero() => Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             Ok(_) => {
-                errors.push(err(field, v.span(), "must be longer than zero".into()));
+                self.err(field, v.span(), "must be longer than zero".into());
                 None
             }
             Err(e) => {
-                errors.push(err(
+                self.err(
                     field,
                     v.span(),
                     format!(
                         "`{}` is not a duration (90s, 15m, 6h, 7d): {e}",
                         v.get_ref()
                     ),
-                ));
+                );
                 None
             }
         }
-    };
-    let cooldown_ms = duration("cooldown", &p.cooldown);
-    let approval_ttl_ms =
-        duration("approval_ttl", &p.approval_ttl).unwrap_or(DEFAULT_APPROVAL_TTL_MS);
-    let verify_after_ms = duration("verify_after", &p.verify_after);
-    let window = p
-        .window
-        .as_ref()
-        .and_then(|w| match Window::parse(w.get_ref()) {
+    }
+
+    fn window(&mut self, p: &RawPolicy) -> Option<Window> {
+        let w = p.window.as_ref()?;
+        match Window::parse(w.get_ref()) {
             Ok(w) => Some(w),
             Err(reason) => {
-                errors.push(err("window", w.span(), reason));
+                self.err("window", w.span(), reason);
                 None
             }
-        });
-    let approvers: Vec<String> = p
-        .approvers
-        .as_ref()
-        .map(|a| a.get_ref().clone())
-        .unwrap_or_default();
-    let min_approvals = p.min_approvals.as_ref().map(|m| *m.get_ref()).unwrap_or(1);
-    let mut seen = BTreeSet::new();
-    for a in &approvers {
-        if !seen.insert(a) {
-            if let Some(span) = p.approvers.as_ref().map(|s| s.span()) {
-                errors.push(err("approvers", span, format!("`{a}` is listed twice")));
+        }
+    }
+
+    /// The approvers (each once), someone to approve where approval can be needed, and a
+    /// number of approvals that can be given.
+    fn approvers(&mut self, p: &RawPolicy, mode: Mode) -> Vec<String> {
+        let approvers: Vec<String> = p
+            .approvers
+            .as_ref()
+            .map(|a| a.get_ref().clone())
+            .unwrap_or_default();
+        let mut seen = BTreeSet::new();
+        for a in &approvers {
+            if !seen.insert(a) {
+                if let Some(span) = p.approvers.as_ref().map(|s| s.span()) {
+                    self.err("approvers", span, format!("`{a}` is listed twice"));
+                }
             }
         }
-    }
-    let needs_approvers = mode == Mode::Approve || p.max_blast_radius.is_some();
-    if needs_approvers && approvers.is_empty() {
-        let (field, span) = match (&p.mode, &p.max_blast_radius) {
-            (Some(m), _) if mode == Mode::Approve => ("mode", m.span()),
-            (_, Some(r)) => ("max_blast_radius", r.span()),
-            _ => ("approvers", p.id.span()),
-        };
-        errors.push(err(
-            field,
-            span,
-            "needs `approvers`: a remediation that waits for approval must have someone who can give it".into(),
-        ));
-    }
-    if let Some(m) = &p.min_approvals {
-        if *m.get_ref() == 0 || *m.get_ref() as usize > approvers.len().max(1) {
-            errors.push(err(
-                "min_approvals",
-                m.span(),
-                format!(
-                    "{} approvals can never be given by {} approver(s)",
-                    m.get_ref(),
-                    approvers.len()
-                ),
-            ));
+        let needs_approvers = mode == Mode::Approve || p.max_blast_radius.is_some();
+        if needs_approvers && approvers.is_empty() {
+            let (field, span) = match (&p.mode, &p.max_blast_radius) {
+                (Some(m), _) if mode == Mode::Approve => ("mode", m.span()),
+                (_, Some(r)) => ("max_blast_radius", r.span()),
+                _ => ("approvers", p.id.span()),
+            };
+            self.err(
+                field,
+                span,
+                "needs `approvers`: a remediation that waits for approval must have someone who can give it".into(),
+            );
         }
-    }
-    let max_attempts = p.max_attempts.as_ref().map(|m| *m.get_ref()).unwrap_or(3);
-    if let Some(m) = &p.max_attempts {
-        if *m.get_ref() == 0 {
-            errors.push(err("max_attempts", m.span(), "must be at least 1".into()));
+        if let Some(m) = &p.min_approvals {
+            if *m.get_ref() == 0 || *m.get_ref() as usize > approvers.len().max(1) {
+                self.err(
+                    "min_approvals",
+                    m.span(),
+                    format!(
+                        "{} approvals can never be given by {} approver(s)",
+                        m.get_ref(),
+                        approvers.len()
+                    ),
+                );
+            }
         }
+        approvers
     }
-    if let Some(m) = &p.max_per_hour {
-        if *m.get_ref() == 0 {
-            errors.push(err(
+
+    /// Counts that cannot be zero.
+    fn counts(&mut self, p: &RawPolicy) {
+        if let Some(m) = p.max_attempts.as_ref().filter(|m| *m.get_ref() == 0) {
+            self.err("max_attempts", m.span(), "must be at least 1".into());
+        }
+        if let Some(m) = p.max_per_hour.as_ref().filter(|m| *m.get_ref() == 0) {
+            self.err(
                 "max_per_hour",
                 m.span(),
                 "0 would suppress every remediation; use `enabled = false`".into(),
-            ));
+            );
         }
     }
+}
+
+fn compile(
+    env: &Arc<Env>,
+    file: &Path,
+    src: &str,
+    p: RawPolicy,
+) -> Result<Policy, Vec<PolicyError>> {
+    let mut c = Check {
+        file,
+        src,
+        errors: Vec::new(),
+    };
+    let id = c.id(&p);
+    let on = c.kinds(&p);
+    let action = c.action(&p);
+    let mode = p
+        .mode
+        .as_ref()
+        .map(|m| *m.get_ref())
+        .unwrap_or(Mode::DryRun);
+    let cooldown_ms = c.duration("cooldown", &p.cooldown);
+    let approval_ttl_ms = c
+        .duration("approval_ttl", &p.approval_ttl)
+        .unwrap_or(DEFAULT_APPROVAL_TTL_MS);
+    let verify_after_ms = c.duration("verify_after", &p.verify_after);
+    let window = c.window(&p);
+    let approvers = c.approvers(&p, mode);
+    let min_approvals = p.min_approvals.as_ref().map(|m| *m.get_ref()).unwrap_or(1);
+    c.counts(&p);
+    let max_attempts = p.max_attempts.as_ref().map(|m| *m.get_ref()).unwrap_or(3);
     let mut program = None;
     if let Some(when) = &p.when {
         match facts::compile_condition(env, when.get_ref()) {
             Ok(prog) => program = Some(prog),
-            Err(reason) => errors.push(err("when", when.span(), reason)),
+            Err(reason) => c.err("when", when.span(), reason),
         }
     }
     if let Some(a) = action {
         if let Err(reason) = check_params(a, &p.params) {
-            errors.push(err("params", p.action.span(), reason));
+            c.err("params", p.action.span(), reason);
         }
     }
     let params = serde_json::to_value(&p.params).unwrap_or(serde_json::Value::Null);
-    if !errors.is_empty() {
-        return Err(errors);
+    if !c.errors.is_empty() {
+        return Err(c.errors);
     }
     Ok(Policy {
         id,

@@ -262,7 +262,8 @@ pub fn run_source(
 
 type CaseOutcome = (Option<String>, Option<String>);
 
-fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String)> {
+/// The firing finding a case describes.
+fn finding_of(case: &Case) -> Result<Finding, (String, String)> {
     let kind = FindingKind::parse(&case.finding.kind).ok_or_else(|| {
         (
             "finding.kind".to_string(),
@@ -278,17 +279,16 @@ fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String
             ),
         )
     })?;
-    let p = &case.package;
     let subject = Subject {
-        package: p.name.clone(),
+        package: case.package.name.clone(),
         version: case.release.as_ref().map(|r| r.version.clone()),
     };
-    let finding = Finding {
+    Ok(Finding {
         id: format!("case:{}", case.name),
         fingerprint: Finding::fingerprint_of(kind, &subject),
         kind,
         severity,
-        subject: subject.clone(),
+        subject,
         state: FindingState::Firing,
         value: case.finding.value,
         message: String::new(),
@@ -304,7 +304,12 @@ fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String
         cleared_at: None,
         resolved_at: None,
         plan_state: PlanState::New,
-    };
+    })
+}
+
+/// The package and release records a case describes.
+fn records_of(case: &Case) -> (PackageRecord, Option<ReleaseRecord>) {
+    let p = &case.package;
     let package = PackageRecord {
         name: p.name.clone(),
         description: String::new(),
@@ -317,7 +322,7 @@ fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String
         downloads: p.downloads,
         stars: p.stars,
         status: p.status.clone(),
-        latest: subject.version.clone(),
+        latest: case.release.as_ref().map(|r| r.version.clone()),
         quality: p.quality,
         quality_detail: None,
         production_ready: false,
@@ -336,33 +341,12 @@ fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String
         quarantined: r.quarantined,
         dependencies: vec![],
     });
-    let facts = Facts {
-        finding: &finding,
-        package: Some(&package),
-        release: release.as_ref(),
-        dependents: p.dependents,
-        transitive_dependents: p.transitive_dependents,
-        registry: RegistryCounts {
-            packages: case.registry.packages,
-            quarantined: case.registry.quarantined,
-        },
-        now: NOW,
-    };
-    let (matched, errors) = matching(set, &facts);
-    if let Some(e) = errors.first() {
-        return Ok((
-            Some(format!(
-                "policy `{}`: condition failed: {}",
-                e.policy, e.reason
-            )),
-            None,
-        ));
-    }
-    let mut ranked: Vec<_> = matched.iter().map(|p| (*p, &finding)).collect();
-    rank(&mut ranked);
-    let winner = ranked.first().map(|(p, _)| *p);
-    let e = &case.expect;
-    let failure = match (e.matches, winner) {
+    (package, release)
+}
+
+/// What is wrong with the policy that won (or with no winner), against the case's expectation.
+fn judge_winner(e: &Expect, winner: Option<&super::policy::Policy>) -> Option<String> {
+    match (e.matches, winner) {
         (false, None) => None,
         (false, Some(w)) => Some(format!(
             "expected no match, but policy `{}` matched ({} in {})",
@@ -396,7 +380,39 @@ fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String
             }
             (!wrong.is_empty()).then(|| format!("got {}", wrong.join("; ")))
         }
+    }
+}
+
+fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String)> {
+    let finding = finding_of(case)?;
+    let (package, release) = records_of(case);
+    let p = &case.package;
+    let facts = Facts {
+        finding: &finding,
+        package: Some(&package),
+        release: release.as_ref(),
+        dependents: p.dependents,
+        transitive_dependents: p.transitive_dependents,
+        registry: RegistryCounts {
+            packages: case.registry.packages,
+            quarantined: case.registry.quarantined,
+        },
+        now: NOW,
     };
+    let (matched, errors) = matching(set, &facts);
+    if let Some(e) = errors.first() {
+        return Ok((
+            Some(format!(
+                "policy `{}`: condition failed: {}",
+                e.policy, e.reason
+            )),
+            None,
+        ));
+    }
+    let mut ranked: Vec<_> = matched.iter().map(|p| (*p, &finding)).collect();
+    rank(&mut ranked);
+    let winner = ranked.first().map(|(p, _)| *p);
+    let failure = judge_winner(&case.expect, winner);
     Ok((failure, winner.map(|w| w.id.clone())))
 }
 
