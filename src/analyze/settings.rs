@@ -87,9 +87,9 @@ impl Settings {
     }
 }
 
-/// One `[detectors.KIND]` table as written; which keys apply depends on the kind.
+/// One `[detectors.KIND]` table as written; which keys apply depends on the kind (a key no kind
+/// has is reported by the configuration's reader).
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct DetectorFile {
     #[serde(rename = "for")]
     for_: Option<Spanned<String>>,

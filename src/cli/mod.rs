@@ -114,6 +114,7 @@ impl Global {
         if let Some(url) = &self.database_url {
             config.database_url = url.clone();
         }
+        config.load_secrets()?;
         Ok(config)
     }
 }

@@ -18,7 +18,6 @@ use crate::daemon::{self, RunOptions, Runtime};
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::{redact, Store};
 use crate::monitor::intake::Intake;
-use crate::monitor::Retention;
 use crate::registry::marketplace::Marketplace;
 use crate::registry::{Managed, SqlRegistry};
 
@@ -102,11 +101,7 @@ pub async fn runtime(
             crate::execute::notify::Notifier::new(config.notify.clone())
                 .map_err(anyhow::Error::msg)?,
         )),
-        retention: Retention {
-            hours_ms: config.telemetry_retention.as_millis() as i64,
-            reports_ms: config.detectors.report_window_ms,
-            ..Retention::default()
-        },
+        retention: config.retention(),
         intake,
         leadership: Arc::new(crate::daemon::lead::Leadership::new(config.lease_ttl)),
         admin_token: config.admin_token.clone(),

@@ -5,13 +5,13 @@ use std::process::ExitCode;
 
 use super::Global;
 use crate::analyze::quality::QualityModel;
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config};
 use crate::daemon::reload::PolicySource;
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::{redact, Store};
 
-/// Every problem of a configuration file, one per top-level setting (a setting with several
-/// problems shows its first); and the configuration made of the settings that are sound.
+/// Every problem of a configuration file (each with its line and field, from the parser's
+/// spans), and the configuration made of the settings that are sound.
 fn file_problems(path: &Path, problems: &mut Vec<String>) -> Config {
     let base = path.parent().unwrap_or(Path::new("."));
     let defaults = Config::defaults(base);
@@ -22,42 +22,8 @@ fn file_problems(path: &Path, problems: &mut Vec<String>) -> Config {
             return defaults;
         }
     };
-    let table: toml::Table = match toml::from_str(&src) {
-        Ok(t) => t,
-        Err(_) => {
-            // Not TOML at all: the parser's one error, with its line.
-            if let Err(e) = Config::parse(path, &src) {
-                problems.push(e.to_string());
-            }
-            return defaults;
-        }
-    };
-    let mut config = defaults;
-    for (key, value) in table {
-        let mut one = toml::Table::new();
-        one.insert(key.clone(), value);
-        let doc = toml::to_string(&one).unwrap_or_default();
-        match config.clone().apply(path, &doc) {
-            Ok(c) => config = c,
-            Err(ConfigError::Invalid { field, reason, .. }) => {
-                let line = src
-                    .lines()
-                    .position(|l| {
-                        let l = l.trim_start();
-                        l.starts_with(&format!("{key} "))
-                            || l.starts_with(&format!("{key}="))
-                            || l.starts_with(&format!("[{key}"))
-                    })
-                    .map(|i| i + 1)
-                    .unwrap_or(0);
-                problems.push(format!(
-                    "{}:{line}: field `{field}`: {reason}",
-                    path.display()
-                ));
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
+    let (config, found) = defaults.validated(path, &src);
+    problems.extend(found.iter().map(|e| e.to_string()));
     config
 }
 
@@ -80,6 +46,10 @@ pub async fn validate(global: &Global) -> anyhow::Result<ExitCode> {
     }
     if let Some(url) = &global.database_url {
         config.database_url = url.clone();
+    }
+    // Then what the configuration names: the token files.
+    if let Err(errors) = config.load_secrets() {
+        problems.extend(errors.0.iter().map(|e| e.to_string()));
     }
 
     let policies = match PolicySource::load(

@@ -75,7 +75,7 @@ fn relative_paths_resolve_against_the_file() {
 
 #[test]
 fn the_deployed_example_documents_every_setting() {
-    let src = include_str!("mod.rs");
+    let src = include_str!("file.rs");
     let (Some(start), Some(end)) = (
         src.find("struct ConfigFile"),
         src.find("struct RetentionFile"),
@@ -86,6 +86,7 @@ fn the_deployed_example_documents_every_setting() {
     let fields: Vec<&str> = src[start..end]
         .lines()
         .filter_map(|l| l.trim().split_once(": Option<").map(|(name, _)| name))
+        .map(|name| name.trim_start_matches("pub(crate) "))
         .collect();
     assert!(fields.len() > 20, "{fields:?}");
     for field in fields {
@@ -96,4 +97,40 @@ fn the_deployed_example_documents_every_setting() {
     }
     // The example itself is a valid configuration.
     Config::parse(Path::new("/etc/mapek/mapek.toml"), example).expect("the example parses");
+}
+
+#[test]
+fn every_problem_is_collected_with_its_line_and_field() {
+    let src = "interval = \"soon\"\nintervall = \"1m\"\n[learning]\nwindw = \"7d\"\nmin_judged = 0\n[registry]\nkind = \"ftp\"\n";
+    let errors = Config::parse(Path::new("m.toml"), src)
+        .expect_err("refused")
+        .0;
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    for expected in [
+        "m.toml:1: field `interval`",
+        "m.toml:2: field `intervall`: unknown setting",
+        "m.toml:4: field `learning.windw`: unknown setting",
+        "m.toml:5: field `learning.min_judged`",
+        "m.toml:7: field `registry.kind`",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(expected)),
+            "{expected}: {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn token_files_are_read_after_parsing_not_while() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("m.toml");
+    let src = "intake_token_file = \"missing.token\"\n";
+    let mut c = Config::parse(&path, src).expect("parsing reads no file");
+    assert_eq!(c.intake_token_file, Some(dir.path().join("missing.token")));
+    let e = c.load_secrets().expect_err("the file is missing");
+    assert!(e.to_string().contains("intake_token_file"), "{e}");
+    std::fs::write(dir.path().join("missing.token"), "0123456789abcdef0123\n").expect("write");
+    c.load_secrets().expect("read now");
+    assert_eq!(c.intake_token.as_deref(), Some("0123456789abcdef0123"));
 }

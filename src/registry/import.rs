@@ -174,6 +174,46 @@ fn read_entry_of(m: &mut Merged, file: &Path, entry: &Json, now: i64, has_author
         return;
     }
     let f = Fields { file, name };
+    let latest = package_of(m, &f, entry, now, has_authors);
+    let Some(version) = latest else { return };
+    let mut checksum = text(entry.get("checksum"));
+    if let Some(c) = &checksum {
+        if c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+            m.problem(
+                f.file,
+                &f.name,
+                "checksum",
+                format!("`{c}` is not SHA-256 hex; dropped"),
+            );
+            checksum = None;
+        }
+    }
+    let mut dependencies = dependencies_of(m, &f, entry);
+    // Stored dependencies are unique by name and read back sorted: compare like with like.
+    dependencies.sort_by(|a, b| a.name.cmp(&b.name));
+    dependencies.dedup_by(|a, b| a.name == b.name);
+    m.add_release(ReleaseRecord {
+        package: f.name.clone(),
+        version,
+        published_at: now,
+        checksum,
+        artifact: text(entry.get("download_url")).or_else(|| text(entry.get("artifact"))),
+        signature: text(entry.get("signature")),
+        signer: text(entry.get("signer")),
+        yanked: false,
+        quarantined: false,
+        dependencies,
+    });
+}
+
+/// The package record of an entry; its latest version, when it names a usable one.
+fn package_of(
+    m: &mut Merged,
+    f: &Fields<'_>,
+    entry: &Json,
+    now: i64,
+    has_authors: bool,
+) -> Option<String> {
     let mut description = text(entry.get("description")).unwrap_or_default();
     if description.is_empty() {
         m.problem(f.file, &f.name, "description", "missing or empty");
@@ -264,19 +304,11 @@ fn read_entry_of(m: &mut Merged, file: &Path, entry: &Json, now: i64, has_author
         created_at: now,
         updated_at: now,
     });
-    let Some(version) = latest else { return };
-    let mut checksum = text(entry.get("checksum"));
-    if let Some(c) = &checksum {
-        if c.len() != 64 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
-            m.problem(
-                f.file,
-                &f.name,
-                "checksum",
-                format!("`{c}` is not SHA-256 hex; dropped"),
-            );
-            checksum = None;
-        }
-    }
+    latest
+}
+
+/// The dependencies an entry lists (names, or name and requirement), each bad one a problem.
+fn dependencies_of(m: &mut Merged, f: &Fields<'_>, entry: &Json) -> Vec<Dependency> {
     let mut dependencies = Vec::new();
     match entry.get("dependencies") {
         None | Some(Json::Null) => {}
@@ -322,21 +354,7 @@ fn read_entry_of(m: &mut Merged, file: &Path, entry: &Json, now: i64, has_author
             format!("`{other}` is not a list"),
         ),
     }
-    // Stored dependencies are unique by name and read back sorted: compare like with like.
-    dependencies.sort_by(|a, b| a.name.cmp(&b.name));
-    dependencies.dedup_by(|a, b| a.name == b.name);
-    m.add_release(ReleaseRecord {
-        package: f.name.clone(),
-        version,
-        published_at: now,
-        checksum,
-        artifact: text(entry.get("download_url")).or_else(|| text(entry.get("artifact"))),
-        signature: text(entry.get("signature")),
-        signer: text(entry.get("signer")),
-        yanked: false,
-        quarantined: false,
-        dependencies,
-    });
+    dependencies
 }
 
 fn read_index(m: &mut Merged, file: &Path, doc: &Json, now: i64) {
