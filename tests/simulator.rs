@@ -142,6 +142,13 @@ fn invalid_scenarios_are_refused_with_file_line_and_field() {
         ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[expect.final]]\npackage = \"a\"\nquality_min = 120\n", 6, "expect.final.quality_min"),
         ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[expect.action]]\naction = \"obliterate\"\npackage = \"*\"\n", 6, "expect.action.action"),
         ("[scenario]\nname = \"x\"\nduration = \"1h\"\ncolour = 1\n[registry]\ngenerate = { packages = 5 }\n", 4, "colour"),
+        // Sizes held to the documented limits, and events inside the scenario's time.
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 200000000 }\n", 4, "registry.generate.packages"),
+        ("[scenario]\nname = \"x\"\nduration = \"100000d\"\n[registry]\ngenerate = { packages = 5 }\n", 3, "scenario.duration"),
+        ("[scenario]\nname = \"x\"\nduration = \"1d\"\ntick = \"1ms\"\n[registry]\ngenerate = { packages = 5 }\n", 4, "scenario.tick"),
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[[event]]\nat = \"2h\"\nkind = \"tamper_artifact\"\npackage = \"pkg-00001\"\n", 6, "event.at"),
+        // `[config]` is mapek.toml's, checked the same way.
+        ("[scenario]\nname = \"x\"\nduration = \"1h\"\n[registry]\ngenerate = { packages = 5 }\n[config]\nfull_scan_interval = \"often\"\n", 7, "config.full_scan_interval"),
     ];
     for (src, line, field) in cases {
         let e = Scenario::parse(Path::new("bad.toml"), src).unwrap_err();
@@ -150,6 +157,67 @@ fn invalid_scenarios_are_refused_with_file_line_and_field() {
             "{src}: {e:?}"
         );
     }
+}
+
+#[test]
+fn the_limits_can_be_raised_for_one_run() {
+    let src = "[scenario]\nname = \"x\"\nduration = \"1d\"\ntick = \"1s\"\n[registry]\ngenerate = { packages = 5 }\n";
+    let strict = mapek::sim::scenario::Limits {
+        max_ticks: 1_000,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("s.toml");
+    std::fs::write(&file, src).expect("write");
+    assert!(
+        Scenario::load_with(&file, &strict).is_err(),
+        "86,400 ticks over 1,000"
+    );
+    assert!(Scenario::load(&file).is_ok(), "within the documented limit");
+}
+
+/// The scenario's `[config]` is the daemon's configuration for the run: a dry-run daemon
+/// records the quarantine it would make and makes none; a pause holds execution until resumed.
+#[tokio::test]
+async fn the_simulator_honours_the_scenarios_config_and_pauses() {
+    let src = std::fs::read_to_string(library("tampered-artifact.toml")).expect("reads");
+    let dry = format!("{src}\n[config]\ndry_run = true\n");
+    let s = Scenario::parse(&library("dry.toml"), &dry).expect("parses");
+    assert!(s.config.dry_run);
+    let r = run(&s).await;
+    let failed: Vec<_> = r.expectations.iter().filter(|j| !j.pass).collect();
+    assert!(
+        failed.iter().any(|j| j.kind == "action"),
+        "nothing executes in a dry-run daemon: {}",
+        r.to_markdown()
+    );
+    // Paused from the start, resumed at 5h: the tamper at 2h is acted on only then.
+    let paused = format!(
+        "{}\n[[event]]\nat = \"0s\"\nkind = \"pause\"\nby = \"sre\"\n\n[[event]]\nat = \"5h\"\nkind = \"resume\"\n",
+        src
+    );
+    let s = Scenario::parse(&library("paused.toml"), &paused).expect("parses");
+    let r = run(&s).await;
+    let markdown = r.to_markdown();
+    let within = r
+        .expectations
+        .iter()
+        .find(|j| j.kind == "action" && j.expectation.contains("quarantine"))
+        .expect("the quarantine expectation");
+    assert!(
+        !within.pass,
+        "held past its `within` while paused: {markdown}"
+    );
+    assert!(
+        within.evidence.contains("T05:"),
+        "executed when resumed: {markdown}"
+    );
+    let final_state = r
+        .expectations
+        .iter()
+        .find(|j| j.kind == "final")
+        .expect("final");
+    assert!(final_state.pass, "quarantined in the end: {markdown}");
 }
 
 #[tokio::test]

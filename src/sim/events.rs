@@ -41,36 +41,8 @@ async fn release_of(
 }
 
 pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> {
-    let reg = &w.registry.inner;
     match kind {
-        EventKind::Publish {
-            package,
-            version,
-            signed,
-            signer,
-            dependencies,
-            license,
-            readme,
-            tests,
-        } => {
-            let key = signer.clone().unwrap_or_else(|| "pub-0".to_string());
-            let key = derived_key(w.seed, &key);
-            let contents = generate::Contents {
-                license: *license,
-                readme: *readme,
-                tests: *tests,
-            };
-            generate::publish(
-                reg,
-                package,
-                version,
-                signed.then_some(&key),
-                dependencies,
-                contents,
-                now,
-            )
-            .await?;
-        }
+        EventKind::Publish { .. } => publish(w, kind, now).await?,
         EventKind::InstallOutcomes {
             package,
             version,
@@ -106,99 +78,171 @@ pub(super) async fn apply(w: &mut World, kind: &EventKind, now: i64) -> anyhow::
                 at: now,
             });
         }
-        EventKind::TamperArtifact { package, version } => {
-            let (v, r) = release_of(w, package, version).await?;
-            match &w.registry.virtual_artifacts {
-                Some(tampered) => {
-                    if let Ok(mut t) = tampered.lock() {
-                        t.insert((package.clone(), v.clone()));
-                    }
-                }
-                None => {
-                    let file = r.artifact.context("the release has no artifact")?;
-                    reg.tamper_artifact(&file)?;
-                }
-            }
-        }
+        EventKind::TamperArtifact { package, version } => tamper(w, package, version).await?,
         EventKind::CorruptSignature { package, version } => {
             let (v, r) = release_of(w, package, version).await?;
             let signer = r.signer.unwrap_or_else(|| "pub-0".into());
             let key = derived_key(w.seed, &signer);
-            reg.set_signature(package, &v, &key.sign(b"not these bytes"), &signer)
+            w.registry
+                .inner
+                .set_signature(package, &v, &key.sign(b"not these bytes"), &signer)
                 .await?;
         }
+        EventKind::RevokeKey { .. } | EventKind::TrustKey { .. } => trust(w, kind),
+        EventKind::RotateKey { key, new_key } => rotate(w, key, new_key).await?,
+        EventKind::Approve {
+            policy,
+            package,
+            key,
+        } => approve(w, policy, package, key, now).await?,
+        EventKind::Pause { by } => {
+            let paused = crate::knowledge::control::Paused {
+                by: by.clone(),
+                at: now,
+            };
+            pause(w, Some(&paused)).await?;
+        }
+        EventKind::Resume => pause(w, None).await?,
+        EventKind::RegistryOutage { .. } | EventKind::StoreOutage { .. } => {}
+    }
+    Ok(())
+}
+
+/// Execution paused or resumed, as the admin API does it.
+async fn pause(
+    w: &World,
+    paused: Option<&crate::knowledge::control::Paused>,
+) -> anyhow::Result<()> {
+    let mut tx = w.store.begin().await?;
+    crate::knowledge::control::set_paused(&mut tx, paused).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn publish(w: &mut World, kind: &EventKind, now: i64) -> anyhow::Result<()> {
+    let EventKind::Publish {
+        package,
+        version,
+        signed,
+        signer,
+        dependencies,
+        license,
+        readme,
+        tests,
+    } = kind
+    else {
+        return Ok(());
+    };
+    let key = signer.clone().unwrap_or_else(|| "pub-0".to_string());
+    let key = derived_key(w.seed, &key);
+    let contents = generate::Contents {
+        license: *license,
+        readme: *readme,
+        tests: *tests,
+    };
+    generate::publish(
+        &w.registry.inner,
+        package,
+        version,
+        signed.then_some(&key),
+        dependencies,
+        contents,
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn tamper(w: &mut World, package: &str, version: &str) -> anyhow::Result<()> {
+    let (v, r) = release_of(w, package, version).await?;
+    match &w.registry.virtual_artifacts {
+        Some(tampered) => {
+            if let Ok(mut t) = tampered.lock() {
+                t.insert((package.to_string(), v.clone()));
+            }
+        }
+        None => {
+            let file = r.artifact.context("the release has no artifact")?;
+            w.registry.inner.tamper_artifact(&file)?;
+        }
+    }
+    Ok(())
+}
+
+/// A key revoked, or trusted as a publisher's.
+fn trust(w: &mut World, kind: &EventKind) {
+    let mut t = (*w.trust).clone();
+    match kind {
         EventKind::RevokeKey { key } => {
-            let mut t = (*w.trust).clone();
             if !t.revoked.contains(key) {
                 t.revoked.push(key.clone());
             }
-            digest(&mut t);
-            w.trust = Arc::new(t);
         }
         EventKind::TrustKey { key } => {
-            let mut t = (*w.trust).clone();
             t.add(
                 &derived_key(w.seed, key),
                 "trusted by event",
                 vec![Role::Publisher],
             );
             t.revoked.retain(|k| k != key);
-            digest(&mut t);
-            w.trust = Arc::new(t);
         }
-        EventKind::RotateKey { key, new_key } => {
-            let new = derived_key(w.seed, new_key);
-            let (all, _) = reg.releases_since(0).await?;
-            for r in all
-                .iter()
-                .filter(|r| r.signer.as_deref() == Some(key.as_str()))
-            {
-                if let Some(file) = &r.artifact {
-                    let bytes = reg.read_artifact(file)?;
-                    reg.set_signature(&r.package, &r.version, &new.sign(&bytes), new_key)
-                        .await?;
-                }
-            }
+        _ => return,
+    }
+    digest(&mut t);
+    w.trust = Arc::new(t);
+}
+
+/// Every release signed by `key` signed again by `new_key`.
+async fn rotate(w: &mut World, key: &str, new_key: &str) -> anyhow::Result<()> {
+    let reg = &w.registry.inner;
+    let new = derived_key(w.seed, new_key);
+    let (all, _) = reg.releases_since(0).await?;
+    for r in all.iter().filter(|r| r.signer.as_deref() == Some(key)) {
+        if let Some(file) = &r.artifact {
+            let bytes = reg.read_artifact(file)?;
+            reg.set_signature(&r.package, &r.version, &new.sign(&bytes), new_key)
+                .await?;
         }
-        EventKind::Approve {
-            policy,
-            package,
-            key,
-        } => {
-            let pending = w.store.remediations_with_status(Status::Pending).await?;
-            let target = pending.iter().find(|r| {
-                r.policy == *policy
-                    && r.subject.package == *package
-                    && r.gate.as_deref() == Some("approval")
-            });
-            match target {
-                Some(r) => {
-                    let maintainer = derived_key(w.seed, key);
-                    if let Err(e) = approve::decide(
-                        &w.store,
-                        &w.policies,
-                        &w.trust,
-                        &w.key,
-                        &maintainer,
-                        &r.id,
-                        Decision::Approve,
-                        now,
-                    )
-                    .await
-                    {
-                        w.notes.push(format!(
-                            "{}: approval by `{key}` refused: {e}",
-                            crate::clock::rfc3339(now)
-                        ));
-                    }
-                }
-                None => w.notes.push(format!(
-                    "{}: approve: no remediation of `{policy}` on `{package}` waits for approval",
-                    crate::clock::rfc3339(now)
-                )),
-            }
-        }
-        EventKind::RegistryOutage { .. } | EventKind::StoreOutage { .. } => {}
+    }
+    Ok(())
+}
+
+/// A maintainer's approval of the remediation of `policy` on `package` that waits for one.
+async fn approve(
+    w: &mut World,
+    policy: &str,
+    package: &str,
+    key: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let pending = w.store.remediations_with_status(Status::Pending).await?;
+    let target = pending.iter().find(|r| {
+        r.policy == policy && r.subject.package == package && r.gate.as_deref() == Some("approval")
+    });
+    let Some(r) = target else {
+        w.notes.push(format!(
+            "{}: approve: no remediation of `{policy}` on `{package}` waits for approval",
+            crate::clock::rfc3339(now)
+        ));
+        return Ok(());
+    };
+    let maintainer = derived_key(w.seed, key);
+    if let Err(e) = approve::decide(
+        &w.store,
+        &w.policies,
+        &w.trust,
+        &w.key,
+        &maintainer,
+        &r.id,
+        Decision::Approve,
+        now,
+    )
+    .await
+    {
+        w.notes.push(format!(
+            "{}: approval by `{key}` refused: {e}",
+            crate::clock::rfc3339(now)
+        ));
     }
     Ok(())
 }

@@ -239,131 +239,149 @@ pub async fn judge(
         Default::default()
     };
     for (line, e) in &s.expect_final {
-        let package = registry.package(&e.package).await?;
-        let mut wrong = Vec::new();
-        let mut seen = Vec::new();
-        if let (Some(p), true) = (&package, e.quality_min.is_some() || e.quality_max.is_some()) {
-            // The score the registry shows (set by import or a quality action), else the model's.
-            match p
-                .quality
-                .map(|q| (q, "registry"))
-                .or_else(|| scores.get(&p.name).map(|q| (q.score, "model")))
-            {
-                None => wrong.push("no quality score".into()),
-                Some((q, from)) => {
-                    seen.push(format!("quality {q:.1} ({from})"));
-                    if e.quality_min.is_some_and(|m| q < m) || e.quality_max.is_some_and(|m| q > m)
-                    {
-                        wrong.push(format!("quality is {q:.1} ({from})"));
-                    }
-                }
-            }
-        }
-        match (&package, &e.version) {
-            (None, _) => wrong.push(format!("package `{}` does not exist", e.package)),
-            (Some(p), None) => {
-                seen.push(format!("status {}", p.status));
-                if e.status.as_ref().is_some_and(|s| *s != p.status) {
-                    wrong.push(format!("status is {}", p.status));
-                }
-                seen.push(format!("latest {}", p.latest.as_deref().unwrap_or("-")));
-                if e.latest.is_some() && e.latest != p.latest {
-                    wrong.push(format!("latest is {}", p.latest.as_deref().unwrap_or("-")));
-                }
-            }
-            (Some(p), Some(v)) => {
-                let v = if v == "latest" {
-                    p.latest.clone().unwrap_or_default()
-                } else {
-                    v.clone()
-                };
-                match registry.release(&e.package, &v).await? {
-                    None => wrong.push(format!("no release {}@{v}", e.package)),
-                    Some(r) => {
-                        let status = if r.quarantined {
-                            "quarantined"
-                        } else if r.yanked {
-                            "yanked"
-                        } else {
-                            "active"
-                        };
-                        seen.push(format!("{}@{v} {status}", e.package));
-                        if e.status.as_deref().is_some_and(|s| s != status) {
-                            wrong.push(format!("{}@{v} is {status}", e.package));
-                        }
-                    }
-                }
-            }
-        }
-        out.push(Judged {
-            line: *line,
-            kind: "final",
-            expectation: format!(
-                "{}{}{}{}{}",
-                e.package,
-                e.version
-                    .as_ref()
-                    .map(|v| format!("@{v}"))
-                    .unwrap_or_default(),
-                e.status
-                    .as_ref()
-                    .map(|s| format!(" status {s}"))
-                    .unwrap_or_default(),
-                e.latest
-                    .as_ref()
-                    .map(|l| format!(" latest {l}"))
-                    .unwrap_or_default(),
-                quality_text(e.quality_min, e.quality_max),
-            ),
-            pass: wrong.is_empty(),
-            evidence: if wrong.is_empty() {
-                seen.join(", ")
-            } else {
-                wrong.join("; ")
-            },
-        });
+        out.push(final_state(e, *line, registry, &scores).await?);
     }
     if let Some(t) = &s.expect_totals {
-        let executed: Vec<&Remediation> = remediations
-            .iter()
-            .filter(|r| r.status == Status::Executed)
-            .collect();
-        let counts = registry.counts().await?;
-        let packages: BTreeSet<&str> = executed
-            .iter()
-            .map(|r| r.subject.package.as_str())
-            .collect();
-        let fraction = packages.len() as f64 / counts.packages.max(1) as f64;
-        let mut checks = Vec::new();
-        if let Some(m) = t.max_actions {
-            checks.push((
-                executed.len() as u64 <= m,
-                format!("actions {} (max {m})", executed.len()),
-            ));
-        }
-        if let Some(m) = t.max_quarantined {
-            checks.push((
-                counts.quarantined as u64 <= m,
-                format!("quarantined {} (max {m})", counts.quarantined),
-            ));
-        }
-        if let Some(m) = t.max_registry_fraction {
-            checks.push((
-                fraction <= m,
-                format!("registry fraction {fraction:.4} (max {m})"),
-            ));
-        }
-        out.push(Judged {
-            line: 0,
-            kind: "totals",
-            expectation: "totals".into(),
-            pass: checks.iter().all(|(ok, _)| *ok),
-            evidence: checks
-                .into_iter()
-                .map(|(_, t)| t)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+        out.push(totals(t, &remediations, registry).await?);
     }
     Ok(out)
+}
+
+/// A package's or release's state at the end, and its quality score.
+async fn final_state(
+    e: &super::scenario::ExpectFinal,
+    line: usize,
+    registry: &SqlRegistry,
+    scores: &std::collections::HashMap<String, crate::knowledge::learned::QualityState>,
+) -> anyhow::Result<Judged> {
+    let package = registry.package(&e.package).await?;
+    let mut wrong = Vec::new();
+    let mut seen = Vec::new();
+    if let (Some(p), true) = (&package, e.quality_min.is_some() || e.quality_max.is_some()) {
+        // The score the registry shows (set by import or a quality action), else the model's.
+        match p
+            .quality
+            .map(|q| (q, "registry"))
+            .or_else(|| scores.get(&p.name).map(|q| (q.score, "model")))
+        {
+            None => wrong.push("no quality score".into()),
+            Some((q, from)) => {
+                seen.push(format!("quality {q:.1} ({from})"));
+                if e.quality_min.is_some_and(|m| q < m) || e.quality_max.is_some_and(|m| q > m) {
+                    wrong.push(format!("quality is {q:.1} ({from})"));
+                }
+            }
+        }
+    }
+    match (&package, &e.version) {
+        (None, _) => wrong.push(format!("package `{}` does not exist", e.package)),
+        (Some(p), None) => {
+            seen.push(format!("status {}", p.status));
+            if e.status.as_ref().is_some_and(|s| *s != p.status) {
+                wrong.push(format!("status is {}", p.status));
+            }
+            seen.push(format!("latest {}", p.latest.as_deref().unwrap_or("-")));
+            if e.latest.is_some() && e.latest != p.latest {
+                wrong.push(format!("latest is {}", p.latest.as_deref().unwrap_or("-")));
+            }
+        }
+        (Some(p), Some(v)) => {
+            let v = if v == "latest" {
+                p.latest.clone().unwrap_or_default()
+            } else {
+                v.clone()
+            };
+            match registry.release(&e.package, &v).await? {
+                None => wrong.push(format!("no release {}@{v}", e.package)),
+                Some(r) => {
+                    let status = if r.quarantined {
+                        "quarantined"
+                    } else if r.yanked {
+                        "yanked"
+                    } else {
+                        "active"
+                    };
+                    seen.push(format!("{}@{v} {status}", e.package));
+                    if e.status.as_deref().is_some_and(|s| s != status) {
+                        wrong.push(format!("{}@{v} is {status}", e.package));
+                    }
+                }
+            }
+        }
+    }
+    Ok(Judged {
+        line,
+        kind: "final",
+        expectation: format!(
+            "{}{}{}{}{}",
+            e.package,
+            e.version
+                .as_ref()
+                .map(|v| format!("@{v}"))
+                .unwrap_or_default(),
+            e.status
+                .as_ref()
+                .map(|s| format!(" status {s}"))
+                .unwrap_or_default(),
+            e.latest
+                .as_ref()
+                .map(|l| format!(" latest {l}"))
+                .unwrap_or_default(),
+            quality_text(e.quality_min, e.quality_max),
+        ),
+        pass: wrong.is_empty(),
+        evidence: if wrong.is_empty() {
+            seen.join(", ")
+        } else {
+            wrong.join("; ")
+        },
+    })
+}
+
+/// The totals of the run: actions, quarantined releases, the share of the registry touched.
+async fn totals(
+    t: &super::scenario::ExpectTotals,
+    remediations: &[Remediation],
+    registry: &SqlRegistry,
+) -> anyhow::Result<Judged> {
+    let executed: Vec<&Remediation> = remediations
+        .iter()
+        .filter(|r| r.status == Status::Executed)
+        .collect();
+    let counts = registry.counts().await?;
+    let packages: BTreeSet<&str> = executed
+        .iter()
+        .map(|r| r.subject.package.as_str())
+        .collect();
+    let fraction = packages.len() as f64 / counts.packages.max(1) as f64;
+    let mut checks = Vec::new();
+    if let Some(m) = t.max_actions {
+        checks.push((
+            executed.len() as u64 <= m,
+            format!("actions {} (max {m})", executed.len()),
+        ));
+    }
+    if let Some(m) = t.max_quarantined {
+        checks.push((
+            counts.quarantined as u64 <= m,
+            format!("quarantined {} (max {m})", counts.quarantined),
+        ));
+    }
+    if let Some(m) = t.max_registry_fraction {
+        checks.push((
+            fraction <= m,
+            format!("registry fraction {fraction:.4} (max {m})"),
+        ));
+    }
+    Ok(Judged {
+        line: 0,
+        kind: "totals",
+        expectation: "totals".into(),
+        pass: checks.iter().all(|(ok, _)| *ok),
+        evidence: checks
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }

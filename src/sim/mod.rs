@@ -6,26 +6,21 @@ pub mod registry;
 pub mod report;
 pub mod scenario;
 pub mod telemetry;
+mod tick;
 mod timeline;
 mod world;
 
 pub use world::policies_of;
 
-use anyhow::Context as _;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::analyze::{self, Rules};
 pub use crate::cycle::Schedule;
-use crate::cycle::{self, Context, Loop, Observer};
+use crate::cycle::{Loop, Observer};
 use crate::execute;
-use crate::knowledge::Store;
 use crate::monitor;
-use crate::registry::SqlRegistry;
-use registry::SimRegistry;
 use report::Report;
-use scenario::{EventKind, Scenario};
+use scenario::Scenario;
 
 /// Virtual time zero: 2026-01-05T00:00:00Z, a Monday.
 pub const START_MS: i64 = 1_767_571_200_000;
@@ -89,15 +84,15 @@ impl Timings {
     }
 }
 
-fn timed<T>(into: &mut Duration, started: Instant, value: T) -> T {
+pub(super) fn timed<T>(into: &mut Duration, started: Instant, value: T) -> T {
     *into += started.elapsed();
     value
 }
 
 /// Where each stage's time goes: the first cycle apart (everything hashed and verified).
-struct Clocked<'a> {
-    timings: &'a mut Timings,
-    first: bool,
+pub(super) struct Clocked<'a> {
+    pub timings: &'a mut Timings,
+    pub first: bool,
 }
 
 impl Observer for Clocked<'_> {
@@ -148,141 +143,31 @@ pub async fn run_with(
 ) -> anyhow::Result<(Report, Timings)> {
     let mut timings = Timings::default();
     let started = Instant::now();
-    let mut w = world::setup(s).await?;
+    let w = world::setup(s).await?;
     timings.setup = started.elapsed();
+    // The scenario's `[config]`, as the daemon reads its mapek.toml.
     let rules = Rules {
+        settings: s.config.detectors.clone(),
         quality: crate::analyze::quality::QualityModel::load(&s.policies_dir)?,
-        ..Rules::default()
     };
-    let mut l = Loop::new(
-        rules,
-        cycle::Settings {
-            schedule,
-            ..cycle::Settings::default()
-        },
-    );
+    let l = Loop::new(rules, s.config.loop_settings(schedule));
+    let mut run = tick::Run::new(s, w, l);
     let ticks = (s.duration_ms / s.tick_ms).max(1);
     let sample_every = (ticks / 240).max(1);
-    let mut next_event = 0;
-    let (mut registry_back, mut store_back) = (i64::MIN, i64::MIN);
-    let mut store_down = false;
-    let mut stage_errors = 0u64;
-    let mut samples = Vec::new();
     for tick in 0..=ticks {
-        let t = tick * s.tick_ms;
-        let now = START_MS + t;
-        let started = Instant::now();
-        while next_event < s.events.len() && s.events[next_event].at_ms <= t {
-            let e = s.events[next_event].clone();
-            next_event += 1;
-            match &e.kind {
-                EventKind::RegistryOutage { for_ms } => {
-                    registry_back = registry_back.max(t + for_ms);
-                    w.registry.down.store(true, Ordering::SeqCst);
-                }
-                EventKind::StoreOutage { for_ms } => {
-                    store_back = store_back.max(t + for_ms);
-                    if !store_down {
-                        w.store.close().await;
-                        store_down = true;
-                    }
-                }
-                kind if !store_down => {
-                    events::apply(&mut w, kind, now)
-                        .await
-                        .with_context(|| format!("{}:{}: event", s.file.display(), e.line))?;
-                    // The event wrote to the registry or the store behind the stages' backs.
-                    w.registry.changed();
-                    l.touched();
-                }
-                _ => w.notes.push(format!(
-                    "{}: event of line {} not applied: the store is down",
-                    crate::clock::rfc3339(now),
-                    e.line
-                )),
-            }
-        }
-        if w.registry.down.load(Ordering::SeqCst) && t >= registry_back {
-            w.registry.down.store(false, Ordering::SeqCst);
-        }
-        let started = timed(&mut timings.events, started, Instant::now());
-        if t > 0 {
-            w.telemetry.advance(now - s.tick_ms, now);
-        }
-        if store_down && t >= store_back {
-            w.store = Store::open(&w.url).await?;
-            let inner = SqlRegistry {
-                store: w.store.clone(),
-                ..w.registry.inner.clone()
-            };
-            w.registry = Arc::new(SimRegistry::new(
-                inner,
-                w.registry.down.clone(),
-                w.registry.virtual_artifacts.clone(),
-            ));
-            store_down = false;
-            l.touched();
-        }
-        if !store_down {
-            // What the intake would have committed during the tick, written as it writes it.
-            let (batch, dropped) = w.telemetry.take(now);
-            if dropped > 0 {
-                w.notes.push(format!(
-                    "{}: {dropped} telemetry buckets older than the intake's horizon dropped after the store outage",
-                    crate::clock::rfc3339(now)
-                ));
-            }
-            if batch.events > 0 {
-                if let Err(e) = w.store.write_telemetry(&batch).await {
-                    w.notes.push(format!(
-                        "{}: telemetry not written, kept for the next tick: {e}",
-                        crate::clock::rfc3339(now)
-                    ));
-                    w.telemetry.keep(batch);
-                }
-            }
-        }
-        timed(&mut timings.telemetry, started, ());
-        // The daemon's own cycle; a failed stage ends it, as in the daemon.
-        let ctx = Context {
-            store: &w.store,
-            registry: &w.registry,
-            policies: &w.policies,
-            trust: &w.trust,
-            key: &w.key,
-            now,
-        };
-        let step = l
-            .step(
-                &ctx,
-                &mut Clocked {
-                    timings: &mut timings,
-                    first: tick == 0,
-                },
-            )
-            .await;
-        if step.failed.is_some() {
-            stage_errors += 1;
-        }
-        timings.cycles += 1;
-        let started = Instant::now();
-        if !store_down {
-            world::follow_latest(&mut w).await?;
-        }
-        if (tick % sample_every == 0 || tick == ticks) && !store_down {
-            samples.push(timeline::sample(&w, now, t).await);
-        }
-        timed(&mut timings.report, started, ());
+        let sample = tick % sample_every == 0 || tick == ticks;
+        run.tick(tick, sample, &mut timings).await?;
         progress(tick as f64 / ticks as f64);
     }
     let started = Instant::now();
+    let w = &run.w;
     let judged = expect::judge(s, &w.store, &w.registry.inner, START_MS).await?;
     let report = Report::new(
         s,
         ticks as u64 + 1,
-        stage_errors,
+        run.stage_errors,
         judged,
-        samples,
+        std::mem::take(&mut run.samples),
         w.notes.clone(),
     );
     w.store.close().await;
