@@ -120,6 +120,16 @@ async fn pause_holds_execution_until_resume_and_rollback_and_circuit_are_answere
     assert_eq!(status_body["paused"]["by"], "admin-api:alice");
     assert_eq!(status_body["role"], "standalone");
     assert!(status_body["remediations"]["ready"].as_i64().unwrap_or(0) > 0);
+    // The command line reads the same answer back into the typed report it prints.
+    let report: mapek::daemon::status::StatusReport =
+        serde_json::from_value(status_body.clone()).expect("the status answer is a StatusReport");
+    assert_eq!(
+        report.paused.as_ref().map(|p| p.by.as_str()),
+        Some("admin-api:alice")
+    );
+    assert!(report
+        .to_string()
+        .contains("EXECUTION PAUSED by admin-api:alice"));
 
     let (status, _) = call(&app, "POST", "/v1/admin/resume", Some(TOKEN), None).await;
     assert_eq!(status, StatusCode::OK);

@@ -20,7 +20,7 @@ async fn write(store: &Store, key: &KeyPair, n: i64) -> Vec<AuditEntry> {
                 key,
                 NewEntry {
                     at: NOW + i,
-                    kind: "remediation.executed".into(),
+                    kind: mapek::model::AuditKind::RemediationExecuted,
                     actor: if i % 3 == 0 { "daemon" } else { "ana \"the maintainer\" ñ" }.into(),
                     subject: format!("pkg-{i}@1.0.0\\\n\t\u{1}é🦀"),
                     remediation_id: (i % 2 == 0).then(|| format!("rem-{i}")),

@@ -243,7 +243,7 @@ async fn audit_verify_names_the_first_entry_altered_or_removed() {
             &key,
             NewEntry {
                 at: NOW + i,
-                kind: "remediation.executed".into(),
+                kind: mapek::model::AuditKind::RemediationExecuted,
                 actor: "daemon".into(),
                 subject: format!("pkg-{i}@1.0.0"),
                 remediation_id: Some(format!("rem-{i}")),

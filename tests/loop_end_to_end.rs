@@ -68,7 +68,7 @@ async fn each_planted_problem_is_quarantined_and_nothing_else() {
         .collect();
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].subject.package, "pkg-00004");
-    assert_eq!(held[0].gate.as_deref(), Some("approval"));
+    assert_eq!(held[0].gate, Some(mapek::model::Gate::Approval));
     assert!(
         held[0].reason.contains("blast radius"),
         "{}",

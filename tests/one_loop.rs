@@ -16,7 +16,7 @@ async fn decisions(w: &World) -> (Vec<String>, Vec<String>, Vec<(String, String)
     for status in mapek::knowledge::remediations::Status::ALL {
         for r in
             w.t.store
-                .remediations_with_status(status)
+                .remediations_with_status(*status)
                 .await
                 .expect("read")
         {

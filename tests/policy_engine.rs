@@ -123,7 +123,7 @@ async fn an_approved_remediation_runs_and_only_the_policys_maintainers_can_appro
     assert_eq!(pending.len(), 3, "{:?}", out.remediations);
     assert!(pending
         .iter()
-        .all(|r| r.gate.as_deref() == Some("approval")));
+        .all(|r| r.gate == Some(mapek::model::Gate::Approval)));
     let id = pending[0].id.clone();
     let decide = |key: &KeyPair, d| {
         let (policies, trust, id) = (&policies, &trust, id.clone());
@@ -271,8 +271,8 @@ async fn a_guard_opens_the_circuit_raises_a_finding_and_it_closes_after_a_quiet_
     assert_eq!(one(&out, Status::Ready).len(), 1);
     let held: Vec<_> = one(&out, Status::Suppressed);
     assert_eq!(held.len(), 2);
-    assert_eq!(held[0].gate.as_deref(), Some("guards"));
-    assert_eq!(held[1].gate.as_deref(), Some("circuit"));
+    assert_eq!(held[0].gate, Some(mapek::model::Gate::Guards));
+    assert_eq!(held[1].gate, Some(mapek::model::Gate::Circuit));
     assert!(out.circuit_open);
     let open = circuit_findings(&w).await;
     assert_eq!(open.len(), 1);

@@ -111,16 +111,9 @@ async fn a_remediation_that_does_not_clear_its_finding_is_retried_escalated_then
     let done: Vec<_> = remediations_of(&w, "pkg-00002")
         .await
         .iter()
-        .map(|r| {
-            (
-                r.policy.clone(),
-                r.attempt,
-                r.status,
-                r.verdict.clone().unwrap_or_default(),
-            )
-        })
+        .map(|r| (r.policy.clone(), r.attempt, r.status, r.verdict))
         .collect();
-    let ineffective = || "ineffective".to_string();
+    let ineffective = || Some(mapek::model::Verification::Ineffective);
     assert_eq!(
         done,
         vec![
@@ -268,12 +261,12 @@ async fn a_policy_that_keeps_failing_is_demoted_to_dry_run_until_a_maintainer_en
     let fifth = remediations_of(&w, "pkg-00005").await;
     assert_eq!(fifth.len(), 1);
     assert_eq!(
+        (fifth[0].status, fifth[0].gate, fifth[0].mode),
         (
-            fifth[0].status,
-            fifth[0].gate.as_deref(),
-            fifth[0].mode.as_str()
-        ),
-        (Status::DryRun, Some("demoted"), "dry_run")
+            Status::DryRun,
+            Some(mapek::model::Gate::Demoted),
+            mapek::model::Mode::DryRun
+        )
     );
     assert!(
         !w.registry
@@ -344,7 +337,7 @@ async fn a_group_with_a_remediation_that_fails_is_redone_one_by_one_and_the_othe
                 package: package.into(),
                 version: Some("1.0.0".into()),
             },
-            mode: "enforce".into(),
+            mode: mapek::model::Mode::Enforce,
             status: Status::Ready,
             reason: String::new(),
             created_at: NOW,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use super::Global;
 use crate::clock::rfc3339;
+use crate::daemon::status::StatusReport;
 use crate::keys::{parse_public_hex, KeyPair};
 use crate::knowledge::chain::{verify_chain_with, Signatures};
 use crate::knowledge::Store;
@@ -190,8 +191,10 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
             .await
         {
             Ok(Ok(body)) => {
+                let report: StatusReport = serde_json::from_value(body)
+                    .with_context(|| format!("the status from {}", remote.url()))?;
                 println!("(from the daemon at {})", remote.url());
-                print_status(&body);
+                print!("{report}");
                 return Ok(ExitCode::SUCCESS);
             }
             Ok(Err(refused)) => {
@@ -202,7 +205,7 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     let store = Store::open(&config.database_url).await?;
-    let view = crate::daemon::admin::StatusView {
+    let view = crate::daemon::status::StatusView {
         role: "read from the store (no daemon asked)",
         holder: "",
         policies: crate::daemon::reload::PolicySource::load(
@@ -216,113 +219,10 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
         window_ms: i64::try_from(config.learning.window.as_millis()).unwrap_or(i64::MAX),
         now: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
     };
-    let body = crate::daemon::admin::status_body(&store, view).await;
+    let report = StatusReport::read(&store, view).await;
     store.close().await;
-    print_status(&body?);
+    print!("{}", report?);
     Ok(ExitCode::SUCCESS)
-}
-
-fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Prints a status document (the admin API's answer, or the same built from the store).
-pub fn print_status(s: &serde_json::Value) {
-    println!("role: {}", text(&s["role"]));
-    if let Some(lease) = s["lease"].as_object() {
-        println!(
-            "leader: {} (token {}, lease until {})",
-            text(&lease["holder"]),
-            text(&lease["token"]),
-            lease["expires_at"]
-                .as_i64()
-                .map(rfc3339)
-                .unwrap_or_default()
-        );
-    }
-    if let Some(p) = s["paused"].as_object() {
-        println!(
-            "EXECUTION PAUSED by {} since {}",
-            text(&p["by"]),
-            p["at"].as_i64().map(rfc3339).unwrap_or_default()
-        );
-    }
-    if s["circuit"]["open"].as_bool() == Some(true) {
-        println!(
-            "CIRCUIT OPEN by guard {}: {}",
-            text(&s["circuit"]["guard"]),
-            text(&s["circuit"]["reason"])
-        );
-    }
-    println!(
-        "policies: {}{}",
-        text(&s["policies"]),
-        if s["dry_run"].as_bool() == Some(true) {
-            " (dry run)"
-        } else {
-            ""
-        }
-    );
-    println!("open findings: {}", text(&s["findings_open_total"]));
-    for f in s["findings"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<20} {:<9} {:<8} {}",
-            text(&f["kind"]),
-            text(&f["severity"]),
-            text(&f["state"]),
-            text(&f["subject"])
-        );
-    }
-    println!("remediations by status:");
-    for (status, n) in s["remediations"].as_object().into_iter().flatten() {
-        println!("  {status:<12} {n}");
-    }
-    if let Some(notices) = s["notices"].as_object().filter(|n| !n.is_empty()) {
-        println!("notices (notify) by status:");
-        for (status, n) in notices {
-            println!("  {status:<12} {n}");
-        }
-    }
-    let window = std::time::Duration::from_millis(s["learning_window_ms"].as_u64().unwrap_or(0));
-    println!(
-        "policies over the last {} (executed, effective, failed verification, rolled back, superseded):",
-        humantime::format_duration(window)
-    );
-    for o in s["policy_outcomes"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<32} {:>5} {:>5} {:>5} {:>5} {:>5}{}",
-            text(&o["policy"]),
-            text(&o["executed"]),
-            text(&o["effective"]),
-            text(&o["failed_verification"]),
-            text(&o["rolled_back"]),
-            text(&o["superseded"]),
-            o["demoted"]
-                .as_str()
-                .map(|r| format!("  DEMOTED to dry_run: {r}"))
-                .unwrap_or_default()
-        );
-    }
-    println!("latest remediations:");
-    for r in s["recent"].as_array().into_iter().flatten() {
-        let subject = match r["subject"]["version"].as_str() {
-            Some(v) => format!("{}@{v}", text(&r["subject"]["package"])),
-            None => text(&r["subject"]["package"]),
-        };
-        println!(
-            "  {}  {}  {:<28} {:<12} {:<10} {}",
-            text(&r["id"]),
-            r["created_at"].as_i64().map(rfc3339).unwrap_or_default(),
-            subject,
-            text(&r["action"]),
-            text(&r["status"]),
-            text(&r["policy"])
-        );
-    }
 }
 
 /// `mapek rollback ID`: undo an executed remediation by applying its recorded inverse.

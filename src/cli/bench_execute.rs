@@ -90,7 +90,7 @@ fn remediations(releases: &[(String, String)], key: &KeyPair, now: i64) -> Vec<R
                     package: p.clone(),
                     version: Some(v.clone()),
                 },
-                mode: "enforce".into(),
+                mode: crate::model::Mode::Enforce,
                 status: Status::Ready,
                 reason: String::new(),
                 created_at: now,
@@ -191,7 +191,7 @@ pub async fn audit(n: usize, runs: usize, pg: Option<&str>) -> anyhow::Result<()
                 &key,
                 NewEntry {
                     at: now + i as i64,
-                    kind: "remediation.executed".into(),
+                    kind: crate::model::AuditKind::RemediationExecuted,
                     actor: "daemon".into(),
                     subject: format!("pkg-{:05}@1.0.0", i % 50_000),
                     remediation_id: Some(format!("rem-{i:016x}")),

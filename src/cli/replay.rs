@@ -32,10 +32,7 @@ fn done(a: &Option<Actual>) -> String {
             a.action,
             a.policy,
             a.status,
-            a.gate
-                .as_deref()
-                .map(|g| format!(" at {g}"))
-                .unwrap_or_default()
+            a.gate.map(|g| format!(" at {g}")).unwrap_or_default()
         ),
     }
 }

@@ -19,6 +19,7 @@ use crate::knowledge::control::{set_paused, Paused};
 use crate::knowledge::lease::LEADER;
 use crate::knowledge::remediations::Status;
 use crate::knowledge::StoreError;
+use crate::model::{AdminCall, AuditKind};
 
 pub fn routes() -> Router<Arc<Runtime>> {
     Router::new()
@@ -37,7 +38,7 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 /// None when the request carries the admin token; otherwise the 401 to answer (counted, logged).
-fn unauthorized(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Response> {
+fn unauthorized(rt: &Runtime, headers: &HeaderMap, endpoint: AdminCall) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -51,9 +52,12 @@ fn unauthorized(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Res
     }
     rt.metrics
         .admin_requests
-        .with_label_values(&[endpoint, "unauthorized"])
+        .with_label_values(&[endpoint.as_str(), "unauthorized"])
         .inc();
-    tracing::warn!(endpoint, "admin API call without a valid token refused");
+    tracing::warn!(
+        endpoint = endpoint.as_str(),
+        "admin API call without a valid token refused"
+    );
     let why = if rt.admin_token.is_none() {
         "the admin API is off: no admin_token_file is configured"
     } else {
@@ -66,7 +70,7 @@ fn unauthorized(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Res
 }
 
 /// None when authenticated and this replica acts; otherwise the answer to give.
-async fn refused(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Response> {
+async fn refused(rt: &Runtime, headers: &HeaderMap, endpoint: AdminCall) -> Option<Response> {
     if let Some(r) = unauthorized(rt, headers, endpoint) {
         return Some(r);
     }
@@ -75,7 +79,7 @@ async fn refused(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Re
     }
     rt.metrics
         .admin_requests
-        .with_label_values(&[endpoint, "refused"])
+        .with_label_values(&[endpoint.as_str(), "refused"])
         .inc();
     let leader = rt
         .store
@@ -98,7 +102,7 @@ async fn refused(rt: &Runtime, headers: &HeaderMap, endpoint: &str) -> Option<Re
 /// answers; a call whose audit entry cannot be written is answered 503.
 async fn finish(
     rt: &Runtime,
-    endpoint: &str,
+    endpoint: AdminCall,
     subject: &str,
     status: StatusCode,
     body: serde_json::Value,
@@ -108,7 +112,7 @@ async fn finish(
         &rt.key,
         NewEntry {
             at: rt.clock.now_ms(),
-            kind: format!("admin.{endpoint}"),
+            kind: AuditKind::Admin(endpoint),
             actor: "admin-api".into(),
             subject: subject.to_string(),
             remediation_id: None,
@@ -118,7 +122,7 @@ async fn finish(
     if let Err(e) = write.await {
         rt.metrics
             .admin_requests
-            .with_label_values(&[endpoint, "error"])
+            .with_label_values(&[endpoint.as_str(), "error"])
             .inc();
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -127,7 +131,7 @@ async fn finish(
     }
     rt.metrics
         .admin_requests
-        .with_label_values(&[endpoint, result])
+        .with_label_values(&[endpoint.as_str(), result])
         .inc();
     reply(status, body)
 }
@@ -139,56 +143,11 @@ fn store_failed(e: impl std::fmt::Display) -> (StatusCode, serde_json::Value) {
     )
 }
 
-/// Who answers a status request: the daemon, or the command line reading the store itself.
-pub struct StatusView<'a> {
-    pub role: &'a str,
-    pub holder: &'a str,
-    pub policies: usize,
-    pub dry_run: bool,
-    pub window_ms: i64,
-    pub now: i64,
-}
-
-/// Everything `mapek status` shows, as JSON: the one shape the admin API answers and the
-/// command line prints.
-pub async fn status_body(
-    store: &crate::knowledge::Store,
-    v: StatusView<'_>,
-) -> Result<serde_json::Value, StoreError> {
-    let open = store.open_findings().await?;
-    let mut by_kind = std::collections::BTreeMap::<String, i64>::new();
-    for f in &open {
-        *by_kind.entry(f.kind.as_str().to_string()).or_default() += 1;
-    }
-    Ok(serde_json::json!({
-        "role": v.role,
-        "holder": v.holder,
-        "lease": store.lease(LEADER).await?.map(|h| serde_json::json!({
-            "holder": h.holder, "token": h.token, "expires_at": h.expires_at,
-        })),
-        "paused": store.paused().await?,
-        "circuit": crate::plan::circuit(store).await?,
-        "policies": v.policies,
-        "dry_run": v.dry_run,
-        "findings_open_total": open.len(),
-        "findings_open": by_kind,
-        "findings": open.iter().take(20).map(|f| serde_json::json!({
-            "kind": f.kind.as_str(), "severity": f.severity.as_str(),
-            "state": f.state.as_str(), "subject": f.subject.to_string(),
-        })).collect::<Vec<_>>(),
-        "remediations": store.remediation_counts().await?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "notices": store.notice_counts().await?.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "learning_window_ms": v.window_ms,
-        "policy_outcomes": store.policy_outcomes(v.now.saturating_sub(v.window_ms)).await?,
-        "recent": store.recent_remediations(10).await?,
-    }))
-}
-
 async fn status(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&rt, &headers, "status").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::Status).await {
         return r;
     }
-    let view = StatusView {
+    let view = super::status::StatusView {
         role: rt.leadership.role().as_str(),
         holder: &rt.leadership.holder,
         policies: rt.policies.get().policies.len(),
@@ -196,11 +155,14 @@ async fn status(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response 
         window_ms: i64::try_from(rt.learning.window.as_millis()).unwrap_or(i64::MAX),
         now: rt.clock.now_ms(),
     };
-    let (code, body) = match status_body(&rt.store, view).await {
-        Ok(b) => (StatusCode::OK, b),
+    let (code, body) = match super::status::StatusReport::read(&rt.store, view).await {
+        Ok(b) => match serde_json::to_value(b) {
+            Ok(v) => (StatusCode::OK, v),
+            Err(e) => store_failed(e),
+        },
         Err(e) => store_failed(e),
     };
-    finish(&rt, "status", "*", code, body).await
+    finish(&rt, AdminCall::Status, "*", code, body).await
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -231,7 +193,7 @@ async fn pause(
     headers: HeaderMap,
     body: Option<Json<By>>,
 ) -> Response {
-    if let Some(r) = refused(&rt, &headers, "pause").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::Pause).await {
         return r;
     }
     let by = by_of(&body);
@@ -249,7 +211,7 @@ async fn pause(
         }
         Err(e) => store_failed(e),
     };
-    finish(&rt, "pause", &by, code, body).await
+    finish(&rt, AdminCall::Pause, &by, code, body).await
 }
 
 async fn resume(
@@ -257,7 +219,7 @@ async fn resume(
     headers: HeaderMap,
     body: Option<Json<By>>,
 ) -> Response {
-    if let Some(r) = refused(&rt, &headers, "resume").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::Resume).await {
         return r;
     }
     let by = by_of(&body);
@@ -268,11 +230,11 @@ async fn resume(
         }
         Err(e) => store_failed(e),
     };
-    finish(&rt, "resume", &by, code, body).await
+    finish(&rt, AdminCall::Resume, &by, code, body).await
 }
 
 async fn reload(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&rt, &headers, "reload").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::Reload).await {
         return r;
     }
     let (code, body) = match rt.policies.reload() {
@@ -302,18 +264,18 @@ async fn reload(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response 
             serde_json::json!({ "error": "this daemon's policies do not come from a directory" }),
         ),
     };
-    finish(&rt, "reload", "*", code, body).await
+    finish(&rt, AdminCall::Reload, "*", code, body).await
 }
 
 async fn plans(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&rt, &headers, "plans").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::Plans).await {
         return r;
     }
     let (code, body) = match rt.store.remediations_with_status(Status::Pending).await {
         Ok(list) => (StatusCode::OK, serde_json::json!({ "pending": list })),
         Err(e) => store_failed(e),
     };
-    finish(&rt, "plans", "*", code, body).await
+    finish(&rt, AdminCall::Plans, "*", code, body).await
 }
 
 /// A maintainer's decision, signed where the maintainer's key is (see
@@ -331,7 +293,7 @@ async fn decide(
     headers: HeaderMap,
     body: Option<Json<SignedDecision>>,
 ) -> Response {
-    let endpoint = "decide";
+    let endpoint = AdminCall::Decide;
     if let Some(r) = refused(&rt, &headers, endpoint).await {
         return r;
     }
@@ -390,7 +352,7 @@ async fn rollback(
     headers: HeaderMap,
     body: Option<Json<By>>,
 ) -> Response {
-    if let Some(r) = refused(&rt, &headers, "rollback").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::Rollback).await {
         return r;
     }
     let by = by_of(&body);
@@ -413,7 +375,7 @@ async fn rollback(
             serde_json::json!({ "error": e.to_string() }),
         ),
     };
-    finish(&rt, "rollback", &id, code, body).await
+    finish(&rt, AdminCall::Rollback, &id, code, body).await
 }
 
 async fn close_circuit(
@@ -421,7 +383,7 @@ async fn close_circuit(
     headers: HeaderMap,
     body: Option<Json<By>>,
 ) -> Response {
-    if let Some(r) = refused(&rt, &headers, "circuit_close").await {
+    if let Some(r) = refused(&rt, &headers, AdminCall::CircuitClose).await {
         return r;
     }
     let by = by_of(&body);
@@ -443,5 +405,5 @@ async fn close_circuit(
         ),
         Err(e) => store_failed(e),
     };
-    finish(&rt, "circuit_close", &by, code, body).await
+    finish(&rt, AdminCall::CircuitClose, &by, code, body).await
 }

@@ -275,7 +275,7 @@ async fn keep(rt: Arc<Runtime>, token: i64, ttl_ms: i64, term: CancellationToken
 async fn record_term(rt: &Runtime, token: i64) {
     let entry = NewEntry {
         at: rt.clock.now_ms(),
-        kind: "leader.acquired".into(),
+        kind: crate::model::AuditKind::LeaderAcquired,
         actor: "daemon".into(),
         subject: rt.leadership.holder.clone(),
         remediation_id: None,

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod reload;
 pub mod retention;
 mod stages;
+pub mod status;
 pub mod supervise;
 
 use std::path::PathBuf;

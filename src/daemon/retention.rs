@@ -25,7 +25,7 @@ pub async fn compact_once(rt: &Runtime, now: i64) -> Result<Compacted, StoreErro
         &rt.key,
         NewEntry {
             at: now,
-            kind: "retention.compacted".into(),
+            kind: crate::model::AuditKind::RetentionCompacted,
             actor: "daemon".into(),
             subject: "*".into(),
             remediation_id: None,

@@ -226,7 +226,7 @@ fn report_plan(rt: &Runtime, out: &plan::PlanOutput) {
                 .inc();
         }
         let _remediation = tracing::info_span!("remediation", id = %r.id, finding = r.finding_id.as_deref().unwrap_or("-"), policy = %r.policy, action = %r.action).entered();
-        tracing::info!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, status = r.status.as_str(), gate = r.gate.as_deref().unwrap_or("-"), reason = %r.reason, "remediation planned");
+        tracing::info!(id = %r.id, policy = %r.policy, action = %r.action, subject = %r.subject, status = r.status.as_str(), gate = r.gate.map_or("-", crate::model::Gate::as_str), reason = %r.reason, "remediation planned");
     }
     match &out.circuit {
         Some(CircuitChange::Opened(c)) => {

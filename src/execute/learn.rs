@@ -102,7 +102,7 @@ pub async fn cycle(
             key,
             NewEntry {
                 at: now,
-                kind: "policy.demoted".into(),
+                kind: crate::model::AuditKind::PolicyDemoted,
                 actor: "daemon".into(),
                 subject: format!("policy/{}", o.policy),
                 remediation_id: None,
@@ -146,7 +146,7 @@ pub async fn enable(
         key,
         NewEntry {
             at: now,
-            kind: "policy.enabled".into(),
+            kind: crate::model::AuditKind::PolicyEnabled,
             actor: actor.into(),
             subject: format!("policy/{policy}"),
             remediation_id: None,

@@ -180,7 +180,9 @@ pub(crate) async fn execute_one<R: Registry>(
     r: &Remediation,
     now: i64,
 ) -> Result<Outcome, ExecuteError> {
-    let entry = |kind: &str, detail: serde_json::Value| NewEntry::about(r, now, kind, detail);
+    let entry = |kind: crate::model::AuditKind, detail: serde_json::Value| {
+        NewEntry::about(r, now, kind, detail)
+    };
     if !verify_hex(&key.public(), &r.signing_bytes(), &r.signature) {
         let mut tx = store.begin().await?;
         if remediations::transition(
@@ -198,7 +200,7 @@ pub(crate) async fn execute_one<R: Registry>(
                 &mut tx,
                 key,
                 entry(
-                    "remediation.refused",
+                    crate::model::AuditKind::RemediationRefused,
                     serde_json::json!({"policy": r.policy, "action": r.action.as_str(), "reason": "bad signature"}),
                 ),
             )
@@ -251,7 +253,7 @@ pub(crate) async fn execute_one<R: Registry>(
                 &mut tx,
                 key,
                 entry(
-                    "remediation.failed",
+                    crate::model::AuditKind::RemediationFailed,
                     serde_json::json!({"policy": r.policy, "action": r.action.as_str(), "reason": reason}),
                 ),
             )
@@ -309,7 +311,7 @@ async fn record_applied(
         NewEntry::about(
             r,
             now,
-            "remediation.executed",
+            crate::model::AuditKind::RemediationExecuted,
             serde_json::json!({
                 "policy": r.policy,
                 "action": r.action.as_str(),
@@ -426,7 +428,7 @@ async fn queue_notice(
         NewEntry::about(
             r,
             now,
-            "remediation.executed",
+            crate::model::AuditKind::RemediationExecuted,
             serde_json::json!({
                 "policy": r.policy,
                 "action": r.action.as_str(),

@@ -130,7 +130,11 @@ impl Notifier {
                     key,
                     NewEntry {
                         at: now,
-                        kind: format!("notice.{status}"),
+                        kind: if status == "delivered" {
+                            crate::model::AuditKind::NoticeDelivered
+                        } else {
+                            crate::model::AuditKind::NoticeFailed
+                        },
                         actor: "daemon".into(),
                         subject: n.url.clone().unwrap_or_else(|| "notify_webhook".into()),
                         remediation_id: Some(n.id.clone()),

@@ -113,7 +113,7 @@ pub async fn rollback<R: Registry>(
         action,
         params: serde_json::json!({ "rollback_of": id, "by": actor, "change": inverse }),
         subject,
-        mode: "enforce".into(),
+        mode: crate::model::Mode::Enforce,
         status: Status::Ready,
         reason: format!("rollback of {id} by {actor}"),
         created_at: now,
@@ -150,7 +150,7 @@ pub async fn rollback<R: Registry>(
         key,
         NewEntry {
             at: now,
-            kind: "remediation.rollback".into(),
+            kind: crate::model::AuditKind::RemediationRollback,
             actor: actor.into(),
             subject: r.subject.to_string(),
             remediation_id: Some(r.id.clone()),

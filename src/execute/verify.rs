@@ -6,7 +6,7 @@ use crate::knowledge::findings::{self, Finding, FindingState};
 use crate::knowledge::remediations::Remediation;
 use crate::knowledge::standing;
 use crate::knowledge::{Conn, Store, StoreError};
-use crate::model::FindingKind;
+use crate::model::{FindingKind, Verification};
 use crate::plan::policy::PolicySet;
 
 /// What verification decided for one remediation.
@@ -26,11 +26,11 @@ pub enum Verdict {
 
 impl Verdict {
     /// The remediation's stored verdict.
-    pub fn stored(&self) -> &'static str {
+    pub fn stored(&self) -> Verification {
         match self {
-            Self::Effective => "effective",
-            Self::Unverifiable => "unverifiable",
-            _ => "ineffective",
+            Self::Effective => Verification::Effective,
+            Self::Unverifiable => Verification::Unverifiable,
+            _ => Verification::Ineffective,
         }
     }
     /// The verdict with what followed, as counted and audited.
@@ -123,7 +123,7 @@ pub async fn cycle(
             NewEntry::about(
                 &r,
                 now,
-                "remediation.verified",
+                crate::model::AuditKind::RemediationVerified,
                 serde_json::json!({
                     "policy": r.policy,
                     "action": r.action.as_str(),
@@ -230,7 +230,7 @@ async fn release_holds(store: &Store, key: &KeyPair, now: i64) -> Result<Vec<Str
             key,
             NewEntry {
                 at: now,
-                kind: "hold.released".into(),
+                kind: crate::model::AuditKind::HoldReleased,
                 actor: "daemon".into(),
                 subject: hold.subject.to_string(),
                 remediation_id: None,

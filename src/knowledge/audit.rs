@@ -11,6 +11,7 @@ use sqlx::{Executor, Row};
 
 use super::{Backend, Conn, Store, StoreError};
 use crate::keys::KeyPair;
+use crate::model::AuditKind;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -64,7 +65,7 @@ impl AuditEntry {
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     pub at: i64,
-    pub kind: String,
+    pub kind: AuditKind,
     pub actor: String,
     pub subject: String,
     pub remediation_id: Option<String>,
@@ -76,12 +77,12 @@ impl NewEntry {
     pub fn about(
         r: &super::remediations::Remediation,
         now: i64,
-        kind: &str,
+        kind: AuditKind,
         detail: serde_json::Value,
     ) -> Self {
         Self {
             at: now,
-            kind: kind.into(),
+            kind,
             actor: "daemon".into(),
             subject: r.subject.to_string(),
             remediation_id: Some(r.id.clone()),
@@ -108,7 +109,7 @@ pub async fn append(
     let mut entry = AuditEntry {
         seq,
         at: new.at,
-        kind: new.kind,
+        kind: new.kind.to_string(),
         actor: new.actor,
         subject: new.subject,
         remediation_id: new.remediation_id,

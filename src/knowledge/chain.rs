@@ -287,7 +287,7 @@ mod tests {
                 let mut e = AuditEntry {
                     seq,
                     at: seq,
-                    kind: "remediation.executed".into(),
+                    kind: crate::model::AuditKind::RemediationExecuted.to_string(),
                     actor: "daemon".into(),
                     subject: format!("pkg-{seq}@1.0.0"),
                     remediation_id: None,

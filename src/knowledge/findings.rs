@@ -8,7 +8,7 @@ use super::{Conn, Store, StoreError};
 use crate::model::{FindingKind, Severity, Subject};
 
 /// pending (condition holds, not yet for its `for`) -> firing -> resolved (clear for `keep_firing_for`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingState {
     Pending,

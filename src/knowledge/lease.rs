@@ -17,7 +17,7 @@ pub const LEADER: &str = "leader";
 pub const NOT_LEADING: i64 = -1;
 
 /// Who holds a lease, and until when.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub holder: String,
     pub token: i64,

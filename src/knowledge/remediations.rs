@@ -5,12 +5,26 @@ use sqlx::any::AnyRow;
 use sqlx::{Executor, Row};
 
 use super::{Conn, Store, StoreError};
-use crate::model::{Action, Subject};
+use crate::model::{Action, Gate, Mode, Subject, Verification};
 
 /// Where a remediation is. `Ready` waits for the executor; `Executing` means the intent is written
 /// and the effect has not committed yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     Ready,
     Executing,
@@ -26,44 +40,9 @@ pub enum Status {
     /// Undone by `mapek rollback`: its inverse was applied as a remediation of its own.
     RolledBack,
 }
+crate::model::vocabulary::words!(Status);
 
-impl Status {
-    pub const ALL: [Status; 12] = [
-        Self::Ready,
-        Self::Executing,
-        Self::Executed,
-        Self::DryRun,
-        Self::Pending,
-        Self::Suppressed,
-        Self::Superseded,
-        Self::Refused,
-        Self::Failed,
-        Self::Abandoned,
-        Self::Expired,
-        Self::RolledBack,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Executing => "executing",
-            Self::Executed => "executed",
-            Self::DryRun => "dry_run",
-            Self::Pending => "pending",
-            Self::Suppressed => "suppressed",
-            Self::Superseded => "superseded",
-            Self::Refused => "refused",
-            Self::Failed => "failed",
-            Self::Abandoned => "abandoned",
-            Self::Expired => "expired",
-            Self::RolledBack => "rolled_back",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Remediation {
     pub id: String,
     pub idempotency_key: String,
@@ -72,8 +51,8 @@ pub struct Remediation {
     pub action: Action,
     pub params: serde_json::Value,
     pub subject: Subject,
-    /// The policy's mode when planned: `enforce` or `dry_run`.
-    pub mode: String,
+    /// The policy's mode when planned.
+    pub mode: Mode,
     pub status: Status,
     pub reason: String,
     pub created_at: i64,
@@ -81,7 +60,7 @@ pub struct Remediation {
     pub signature: String,
     pub inverse: Option<serde_json::Value>,
     /// The gate that stopped or holds it (`window`, `cooldown`, `approval`, ...); None once past every gate.
-    pub gate: Option<String>,
+    pub gate: Option<Gate>,
     /// While it waits for approvals: when it expires.
     pub expires_at: Option<i64>,
     /// Which attempt of its policy on its finding this is (1 for the first).
@@ -90,8 +69,8 @@ pub struct Remediation {
     pub verify_after_ms: Option<i64>,
     /// When the executor applied it and it waits for verification: when it is due.
     pub verify_at: Option<i64>,
-    /// What verification found: `effective`, `ineffective`, or `unverifiable`.
-    pub verdict: Option<String>,
+    /// What verification found.
+    pub verdict: Option<Verification>,
 }
 
 /// The fields the daemon signs, in a fixed order (serde_json keeps struct order and sorts maps).
@@ -121,7 +100,7 @@ impl Remediation {
             params: &self.params,
             package: &self.subject.package,
             version: self.subject.version.as_deref(),
-            mode: &self.mode,
+            mode: self.mode.as_str(),
             created_at: self.created_at,
         })
         .unwrap_or_default()
@@ -132,6 +111,23 @@ pub(super) const COLUMNS: &str =
     "id, idempotency_key, finding_id, policy, action, params, package, version, \
     mode, status, reason, created_at, updated_at, signature, inverse, gate, expires_at, attempt, \
     verify_after_ms, verify_at, verdict";
+
+/// A column holding one of the vocabulary's words; another value is a corrupt row.
+fn word<T: std::str::FromStr>(row: &AnyRow, column: &str) -> Result<T, StoreError> {
+    let v: String = row.try_get(column)?;
+    v.parse()
+        .map_err(|_| StoreError::Corrupt(format!("remediation {column} `{v}`")))
+}
+
+/// A nullable column holding one of the vocabulary's words.
+fn maybe_word<T: std::str::FromStr>(row: &AnyRow, column: &str) -> Result<Option<T>, StoreError> {
+    let v: Option<String> = row.try_get(column)?;
+    v.map(|v| {
+        v.parse()
+            .map_err(|_| StoreError::Corrupt(format!("remediation {column} `{v}`")))
+    })
+    .transpose()
+}
 
 pub(super) fn decode_row(row: &AnyRow) -> Result<Remediation, StoreError> {
     let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("remediation {what} `{v}`"));
@@ -150,7 +146,7 @@ pub(super) fn decode_row(row: &AnyRow) -> Result<Remediation, StoreError> {
             package: row.try_get("package")?,
             version: row.try_get("version")?,
         },
-        mode: row.try_get("mode")?,
+        mode: word(row, "mode")?,
         status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
         reason: row.try_get("reason")?,
         created_at: row.try_get("created_at")?,
@@ -160,12 +156,12 @@ pub(super) fn decode_row(row: &AnyRow) -> Result<Remediation, StoreError> {
             Some(s) => Some(serde_json::from_str(&s).map_err(|_| corrupt("inverse", &s))?),
             None => None,
         },
-        gate: row.try_get("gate")?,
+        gate: maybe_word(row, "gate")?,
         expires_at: row.try_get("expires_at")?,
         attempt: row.try_get("attempt")?,
         verify_after_ms: row.try_get("verify_after_ms")?,
         verify_at: row.try_get("verify_at")?,
-        verdict: row.try_get("verdict")?,
+        verdict: maybe_word(row, "verdict")?,
     })
 }
 
@@ -242,19 +238,19 @@ pub async fn insert(conn: &mut Conn, r: &Remediation) -> Result<bool, StoreError
                 .bind(r.params.to_string())
                 .bind(r.subject.package.clone())
                 .bind(r.subject.version.clone())
-                .bind(r.mode.clone())
+                .bind(r.mode.as_str())
                 .bind(r.status.as_str())
                 .bind(r.reason.clone())
                 .bind(r.created_at)
                 .bind(r.updated_at)
                 .bind(r.signature.clone())
                 .bind(r.inverse.as_ref().map(|v| v.to_string()))
-                .bind(r.gate.clone())
+                .bind(r.gate.map(Gate::as_str))
                 .bind(r.expires_at)
                 .bind(r.attempt)
                 .bind(r.verify_after_ms)
                 .bind(r.verify_at)
-                .bind(r.verdict.clone()),
+                .bind(r.verdict.map(Verification::as_str)),
         )
         .await?;
     Ok(done.rows_affected() == 1)
@@ -338,7 +334,7 @@ pub async fn regate(
             .bind(from.as_str())
             .bind(r.status.as_str())
             .bind(r.reason.clone())
-            .bind(r.gate.clone())
+            .bind(r.gate.map(Gate::as_str))
             .bind(r.expires_at)
             .bind(now),
         )

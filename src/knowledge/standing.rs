@@ -9,7 +9,7 @@ use super::remediations::{decode_row, Remediation, COLUMNS};
 use super::{Conn, Store, StoreError};
 
 /// How a policy's remediations turned out, counted since its standing was last reset.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Outcomes {
     pub policy: String,
     /// Applied (and not rolled back since).
@@ -188,11 +188,15 @@ pub async fn exhaust(conn: &mut Conn, finding: &str) -> Result<(), StoreError> {
 
 /// Records verification's verdict on an executed remediation (its `updated_at` stays the time
 /// it executed: rate limits and cooldowns count from that).
-pub async fn set_verdict(conn: &mut Conn, id: &str, verdict: &str) -> Result<(), StoreError> {
+pub async fn set_verdict(
+    conn: &mut Conn,
+    id: &str,
+    verdict: crate::model::Verification,
+) -> Result<(), StoreError> {
     conn.execute(
         sqlx::query("UPDATE remediations SET verdict = $2 WHERE id = $1")
             .bind(id.to_string())
-            .bind(verdict.to_string()),
+            .bind(verdict.as_str()),
     )
     .await?;
     Ok(())

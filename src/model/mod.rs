@@ -1,6 +1,9 @@
 //! The values that flow between stages: observations, findings, actions and their subjects.
 
 pub mod telemetry;
+pub mod vocabulary;
+
+pub use vocabulary::{AdminCall, AuditKind, Gate, Mode, Verification};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

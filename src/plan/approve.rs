@@ -105,10 +105,10 @@ pub async fn waiting(store: &Store, id: &str) -> Result<Remediation, ApprovalErr
         .remediation(id)
         .await?
         .ok_or_else(|| ApprovalError::NoSuchRemediation(id.into()))?;
-    if r.status != Status::Pending || r.gate.as_deref() != Some("approval") {
+    if r.status != Status::Pending || r.gate != Some(crate::model::Gate::Approval) {
         return Err(ApprovalError::NotWaiting {
             id: id.into(),
-            status: match r.gate.as_deref() {
+            status: match r.gate {
                 Some(g) if r.status == Status::Pending => format!("pending at gate `{g}`"),
                 _ => r.status.as_str().into(),
             },
@@ -166,7 +166,10 @@ pub async fn record(
         daemon_key,
         NewEntry {
             at: now,
-            kind: format!("remediation.{}", decision.as_str()),
+            kind: match decision {
+                Decision::Approve => crate::model::AuditKind::RemediationApprove,
+                Decision::Reject => crate::model::AuditKind::RemediationReject,
+            },
             actor: key_id.clone(),
             subject: r.subject.to_string(),
             remediation_id: Some(r.id.clone()),

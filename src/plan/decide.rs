@@ -58,7 +58,7 @@ pub struct Decision {
     pub action: Action,
     pub params: serde_json::Value,
     pub subject: Subject,
-    pub mode: &'static str,
+    pub mode: crate::model::Mode,
     pub verdict: Verdict,
     /// Which attempt of the policy on this finding it is (1 for the first).
     pub attempt: i64,
@@ -235,7 +235,7 @@ pub fn decide(
                 action: p.action,
                 params: p.params.clone(),
                 subject: subject.clone(),
-                mode: keeper.mode_of(p).as_str(),
+                mode: keeper.mode_of(p),
                 verdict,
                 attempt,
                 verify_after_ms: p.verify_after_ms,

@@ -10,7 +10,7 @@ use foldhash::{HashMap, HashSet};
 use super::guards::{Circuit, Guards, Load};
 use super::policy::{Mode, Policy};
 use crate::knowledge::remediations::{Acted, Status};
-use crate::model::Subject;
+use crate::model::{Gate, Subject};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -43,12 +43,12 @@ pub struct GateInput<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub status: Status,
-    pub gate: Option<&'static str>,
+    pub gate: Option<Gate>,
     pub reason: String,
     pub expires_at: Option<i64>,
 }
 
-fn stop(status: Status, gate: &'static str, reason: String) -> Verdict {
+fn stop(status: Status, gate: Gate, reason: String) -> Verdict {
     Verdict {
         status,
         gate: Some(gate),
@@ -146,14 +146,18 @@ impl Gatekeeper<'_> {
         }
         let approved = input.approvals.approved_by.len() >= p.min_approvals as usize;
         if let Some(who) = &input.approvals.rejected_by {
-            return stop(Status::Refused, "approval", format!("rejected by `{who}`"));
+            return stop(
+                Status::Refused,
+                Gate::Approval,
+                format!("rejected by `{who}`"),
+            );
         }
         let mode = self.mode_of(p);
         let (needs_approval, why_approval) = approval_needed(input, mode);
         if self.daemon_dry_run || self.guards.dry_run {
             return stop(
                 Status::DryRun,
-                "dry_run",
+                Gate::DryRun,
                 "the daemon runs in dry-run mode".into(),
             );
         }
@@ -204,7 +208,7 @@ impl Gatekeeper<'_> {
             .unwrap_or_default();
         Some(stop(
             Status::Pending,
-            "window",
+            Gate::Window,
             format!("outside the policy's window `{}`{opens}", w.source()),
         ))
     }
@@ -221,7 +225,7 @@ impl Gatekeeper<'_> {
             if let Some(last) = last.filter(|last| now - **last < cooldown) {
                 return Some(stop(
                     Status::Suppressed,
-                    "cooldown",
+                    Gate::Cooldown,
                     format!(
                         "cooldown: policy acted on {} at {}, less than {} ago",
                         input.subject,
@@ -238,7 +242,7 @@ impl Gatekeeper<'_> {
         (n >= u64::from(max)).then(|| {
             stop(
                 Status::Suppressed,
-                "max_per_hour",
+                Gate::MaxPerHour,
                 format!(
                     "rate limit: the policy acted {n} times in the last hour, its limit is {max}"
                 ),
@@ -261,7 +265,7 @@ impl Gatekeeper<'_> {
         if let Some(w) = frozen.and_then(|i| self.guards.freeze.get(i)) {
             return Some(stop(
                 Status::Pending,
-                "freeze",
+                Gate::Freeze,
                 format!("inside the freeze window `{}`", w.source()),
             ));
         }
@@ -269,7 +273,7 @@ impl Gatekeeper<'_> {
             self.circuit.last_pressure = now;
             return Some(stop(
                 Status::Suppressed,
-                "circuit",
+                Gate::Circuit,
                 format!(
                     "the circuit is open since {} ({}: {})",
                     when(self.circuit.opened_at),
@@ -289,7 +293,7 @@ impl Gatekeeper<'_> {
         self.circuit = Circuit::open(&trip, now);
         Some(stop(
             Status::Suppressed,
-            "guards",
+            Gate::Guards,
             format!(
                 "guard {}: {}; the circuit is now open",
                 trip.guard, trip.reason
@@ -303,13 +307,13 @@ impl Gatekeeper<'_> {
         if self.demoted.contains(&p.id) {
             return stop(
                 Status::DryRun,
-                "demoted",
+                Gate::Demoted,
                 format!("the policy is demoted to dry_run for being ineffective, until a maintainer runs `mapek policy enable {}`{note}", p.id),
             );
         }
         stop(
             Status::DryRun,
-            "dry_run",
+            Gate::DryRun,
             format!("policy mode is dry_run{note}"),
         )
     }
@@ -341,7 +345,7 @@ fn awaiting_approval(input: &GateInput<'_>, why_approval: String) -> Verdict {
     if input.now >= expires {
         return stop(
             Status::Expired,
-            "approval",
+            Gate::Approval,
             format!(
                 "approval expired at {} with {} of {} approvals",
                 when(expires),
@@ -352,7 +356,7 @@ fn awaiting_approval(input: &GateInput<'_>, why_approval: String) -> Verdict {
     }
     Verdict {
         status: Status::Pending,
-        gate: Some("approval"),
+        gate: Some(Gate::Approval),
         reason: format!(
             "{why_approval}; {} of {} approvals from {}",
             input.approvals.approved_by.len(),

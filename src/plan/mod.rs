@@ -266,11 +266,10 @@ async fn regate(
                 })
             }
         };
-        let changed =
-            v.status != r.status || v.gate.map(str::to_string) != r.gate || v.reason != r.reason;
+        let changed = v.status != r.status || v.gate != r.gate || v.reason != r.reason;
         if changed {
             r.status = v.status;
-            r.gate = v.gate.map(str::to_string);
+            r.gate = v.gate;
             r.reason = v.reason;
             r.expires_at = v.expires_at.or(r.expires_at);
             r.updated_at = ctx.now;
@@ -360,7 +359,14 @@ async fn commit(
         let r = remediation(&d, ctx.key, now);
         if remediations::insert(&mut tx, &r).await? {
             if r.status == Status::DryRun {
-                audit_remediation(&mut tx, ctx.key, &r, "remediation.dry_run", now).await?;
+                audit_remediation(
+                    &mut tx,
+                    ctx.key,
+                    &r,
+                    crate::model::AuditKind::RemediationDryRun,
+                    now,
+                )
+                .await?;
             }
             out.remediations.push(r);
         }
@@ -391,14 +397,14 @@ pub fn remediation(d: &Decision, key: &KeyPair, now: i64) -> Remediation {
         action: d.action,
         params: d.params.clone(),
         subject: d.subject.clone(),
-        mode: d.mode.into(),
+        mode: d.mode,
         status: d.verdict.status,
         reason: d.verdict.reason.clone(),
         created_at: now,
         updated_at: now,
         signature: String::new(),
         inverse: None,
-        gate: d.verdict.gate.map(str::to_string),
+        gate: d.verdict.gate,
         expires_at: d.verdict.expires_at,
         attempt: d.attempt,
         verify_after_ms: d.verify_after_ms,
@@ -413,7 +419,7 @@ async fn audit_remediation(
     tx: &mut Conn,
     key: &KeyPair,
     r: &Remediation,
-    kind: &str,
+    kind: crate::model::AuditKind,
     now: i64,
 ) -> Result<(), StoreError> {
     audit::append(
@@ -463,7 +469,7 @@ async fn open_circuit(
         key,
         NewEntry {
             at: now,
-            kind: "circuit.open".into(),
+            kind: crate::model::AuditKind::CircuitOpen,
             actor: "daemon".into(),
             subject: subject.to_string(),
             remediation_id: None,
@@ -492,7 +498,7 @@ async fn close_circuit(
         key,
         NewEntry {
             at: now,
-            kind: "circuit.close".into(),
+            kind: crate::model::AuditKind::CircuitClose,
             actor: actor.into(),
             subject: daemon_subject().to_string(),
             remediation_id: None,

@@ -24,23 +24,7 @@ pub struct PolicyError {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Enforce,
-    DryRun,
-    Approve,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::DryRun => "dry_run",
-            Self::Approve => "approve",
-        }
-    }
-}
+pub use crate::model::Mode;
 
 #[derive(Deserialize)]
 #[serde(untagged)]

@@ -14,6 +14,7 @@ use super::{DependencyGraph, EvalError, PlanError};
 use crate::knowledge::findings::Finding;
 use crate::knowledge::remediations::{Remediation, Status};
 use crate::knowledge::Store;
+use crate::model::{Action, Gate, Mode};
 use crate::registry::Registry;
 
 /// What the daemon did about a finding: its (first, not superseded) remediation.
@@ -21,17 +22,17 @@ use crate::registry::Registry;
 pub struct Actual {
     pub id: String,
     pub policy: String,
-    pub action: String,
-    pub status: String,
-    pub gate: Option<String>,
+    pub action: Action,
+    pub status: Status,
+    pub gate: Option<Gate>,
 }
 
 /// What the proposed set would do.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Proposed {
     pub policy: String,
-    pub action: String,
-    pub mode: String,
+    pub action: Action,
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,14 +59,15 @@ impl Replay {
     }
 }
 
-/// How a recorded remediation acted, in the terms of a policy's mode.
-fn acted_as(r: &Actual) -> &'static str {
-    match r.status.as_str() {
-        "dry_run" => "dry_run",
-        "pending" if r.gate.as_deref() == Some("approval") => "approve",
-        "expired" => "approve",
-        "suppressed" | "pending" | "superseded" => "gated",
-        _ => "enforce",
+/// How a recorded remediation acted, in the terms of a policy's mode; None when a gate stopped
+/// it before its mode could show.
+fn acted_as(r: &Actual) -> Option<Mode> {
+    match r.status {
+        Status::DryRun => Some(Mode::DryRun),
+        Status::Pending if r.gate == Some(Gate::Approval) => Some(Mode::Approve),
+        Status::Expired => Some(Mode::Approve),
+        Status::Suppressed | Status::Pending | Status::Superseded => None,
+        _ => Some(Mode::Enforce),
     }
 }
 
@@ -82,8 +84,8 @@ fn compare(actual: &Option<Actual>, proposed: &Option<Proposed>) -> Option<Strin
             p.action, p.policy, a.action, a.policy
         )),
         (Some(a), Some(p)) => {
-            let did = acted_as(a);
-            (did != "gated" && did != p.mode).then(|| format!("mode {} instead of {did}", p.mode))
+            let did = acted_as(a)?;
+            (did != p.mode).then(|| format!("mode {} instead of {did}", p.mode))
         }
     }
 }
@@ -115,9 +117,9 @@ pub async fn replay<R: Registry>(
             Some(Actual {
                 id: first.id.clone(),
                 policy: first.policy.clone(),
-                action: first.action.as_str().into(),
-                status: first.status.as_str().into(),
-                gate: first.gate.clone(),
+                action: first.action,
+                status: first.status,
+                gate: first.gate,
             })
         });
         let proposed_for = decide_one(registry, &graph, counts, proposed, &finding).await?;
@@ -165,8 +167,8 @@ async fn decide_one<R: Registry>(
     Ok((
         ranked.first().map(|(p, _)| Proposed {
             policy: p.id.clone(),
-            action: p.action.as_str().into(),
-            mode: p.mode.as_str().into(),
+            action: p.action,
+            mode: p.mode,
         }),
         errors,
     ))
@@ -180,17 +182,17 @@ mod tests {
         Some(Actual {
             id: "rem-1".into(),
             policy: policy.into(),
-            action: action.into(),
-            status: status.into(),
-            gate: gate.map(str::to_string),
+            action: Action::parse(action).unwrap_or(Action::Notify),
+            status: Status::parse(status).unwrap_or(Status::Failed),
+            gate: gate.and_then(Gate::parse),
         })
     }
 
     fn proposed(policy: &str, action: &str, mode: &str) -> Option<Proposed> {
         Some(Proposed {
             policy: policy.into(),
-            action: action.into(),
-            mode: mode.into(),
+            action: Action::parse(action).unwrap_or(Action::Notify),
+            mode: Mode::parse(mode).unwrap_or(Mode::Enforce),
         })
     }
 
@@ -211,7 +213,7 @@ mod tests {
             None
         );
         // A remediation a gate stopped says nothing about the mode.
-        let gated = actual("q", "quarantine", "suppressed", Some("rate_limit"));
+        let gated = actual("q", "quarantine", "suppressed", Some("max_per_hour"));
         assert_eq!(
             compare(&gated, &proposed("q", "quarantine", "enforce")),
             None

@@ -217,7 +217,9 @@ async fn approve(
 ) -> anyhow::Result<()> {
     let pending = w.store.remediations_with_status(Status::Pending).await?;
     let target = pending.iter().find(|r| {
-        r.policy == policy && r.subject.package == package && r.gate.as_deref() == Some("approval")
+        r.policy == policy
+            && r.subject.package == package
+            && r.gate == Some(crate::model::Gate::Approval)
     });
     let Some(r) = target else {
         w.notes.push(format!(

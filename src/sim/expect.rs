@@ -81,7 +81,14 @@ fn in_mode(r: &Remediation, mode: &str) -> Option<i64> {
         || (matches!(
             r.status,
             Status::Expired | Status::Refused | Status::Abandoned
-        ) && matches!(r.gate.as_deref(), Some("approval" | "window" | "freeze")));
+        ) && matches!(
+            r.gate,
+            Some(
+                crate::model::Gate::Approval
+                    | crate::model::Gate::Window
+                    | crate::model::Gate::Freeze
+            )
+        ));
     match mode {
         "executed" if r.status == Status::Executed => Some(r.updated_at),
         "dry_run" if r.status == Status::DryRun => Some(r.created_at),

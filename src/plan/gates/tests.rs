@@ -72,7 +72,7 @@ fn outside_the_window_it_waits_and_inside_it_runs() {
     let g = Guards::default();
     let mut k = keeper(&g);
     let v = run(&mut k, &set, &subject(1), 0, &Approvals::default(), NOW);
-    assert_eq!((v.status, v.gate), (Status::Pending, Some("window")));
+    assert_eq!((v.status, v.gate), (Status::Pending, Some(Gate::Window)));
     assert!(
         v.reason.contains("opens at 2027-01-15T09:00:00Z"),
         "{}",
@@ -106,7 +106,10 @@ fn cooldown_suppresses_a_repeat_on_the_same_subject_only() {
         &Approvals::default(),
         NOW + 1_000,
     );
-    assert_eq!((v.status, v.gate), (Status::Suppressed, Some("cooldown")));
+    assert_eq!(
+        (v.status, v.gate),
+        (Status::Suppressed, Some(Gate::Cooldown))
+    );
     assert_eq!(
         run(&mut k, &set, &subject(2), 0, &Approvals::default(), NOW).status,
         Status::Ready
@@ -138,12 +141,12 @@ fn a_retry_after_failed_verification_is_not_held_by_cooldown_but_still_by_the_ra
     };
     assert_eq!(k.decide(&input(NOW, false)).status, Status::Ready);
     let repeat = k.decide(&input(NOW + 1_000, false));
-    assert_eq!(repeat.gate, Some("cooldown"));
+    assert_eq!(repeat.gate, Some(Gate::Cooldown));
     assert_eq!(k.decide(&input(NOW + 2_000, true)).status, Status::Ready);
     let third = k.decide(&input(NOW + 3_000, true));
     assert_eq!(
         (third.status, third.gate),
-        (Status::Suppressed, Some("max_per_hour"))
+        (Status::Suppressed, Some(Gate::MaxPerHour))
     );
 }
 
@@ -157,7 +160,7 @@ fn a_demoted_policy_only_records_what_it_would_do_and_says_how_to_re_enable_it()
     let mut k = keeper(&g);
     k.demoted.insert("p".into());
     let v = run(&mut k, &set, &subject(1), 0, &Approvals::default(), NOW);
-    assert_eq!((v.status, v.gate), (Status::DryRun, Some("demoted")));
+    assert_eq!((v.status, v.gate), (Status::DryRun, Some(Gate::Demoted)));
     assert!(v.reason.contains("mapek policy enable p"), "{}", v.reason);
     assert_eq!(k.mode_of(&set.policies[0]), Mode::DryRun);
     k.demoted.clear();
@@ -179,7 +182,7 @@ fn cooldown_counts_what_acted_in_earlier_cycles() {
         NOW,
     );
     let v = run(&mut k, &set, &subject(1), 0, &Approvals::default(), NOW);
-    assert_eq!(v.gate, Some("cooldown"));
+    assert_eq!(v.gate, Some(Gate::Cooldown));
 }
 
 #[test]
@@ -196,8 +199,8 @@ fn max_per_hour_caps_the_policy_across_subjects() {
         vec![
             (Status::Ready, None),
             (Status::Ready, None),
-            (Status::Suppressed, Some("max_per_hour")),
-            (Status::Suppressed, Some("max_per_hour")),
+            (Status::Suppressed, Some(Gate::MaxPerHour)),
+            (Status::Suppressed, Some(Gate::MaxPerHour)),
         ]
     );
 }
@@ -212,7 +215,7 @@ fn over_the_blast_radius_an_enforce_policy_needs_approval() {
         Status::Ready
     );
     let v = run(&mut k, &set, &subject(2), 11, &Approvals::default(), NOW);
-    assert_eq!((v.status, v.gate), (Status::Pending, Some("approval")));
+    assert_eq!((v.status, v.gate), (Status::Pending, Some(Gate::Approval)));
     assert_eq!(v.expires_at, Some(NOW + 3_600_000));
     let one = Approvals {
         approved_by: vec!["alice".into()],
@@ -231,7 +234,7 @@ fn over_the_blast_radius_an_enforce_policy_needs_approval() {
     let late = run(&mut k, &set, &subject(3), 11, &one, NOW + 3_600_000);
     assert_eq!(
         (late.status, late.gate),
-        (Status::Expired, Some("approval"))
+        (Status::Expired, Some(Gate::Approval))
     );
     let no = Approvals {
         approved_by: vec!["alice".into(), "bob".into()],
@@ -258,7 +261,7 @@ fn the_rate_guards_open_the_circuit_and_the_open_circuit_holds_everything() {
         );
     }
     let v = run(&mut k, &set, &subject(2), 0, &Approvals::default(), NOW);
-    assert_eq!((v.status, v.gate), (Status::Suppressed, Some("guards")));
+    assert_eq!((v.status, v.gate), (Status::Suppressed, Some(Gate::Guards)));
     assert!(k.circuit.open);
     k.ledger.this_cycle = 0; // a new cycle: the guard itself would pass, the circuit does not
     let v = run(
@@ -269,7 +272,10 @@ fn the_rate_guards_open_the_circuit_and_the_open_circuit_holds_everything() {
         &Approvals::default(),
         NOW + 60_000,
     );
-    assert_eq!((v.status, v.gate), (Status::Suppressed, Some("circuit")));
+    assert_eq!(
+        (v.status, v.gate),
+        (Status::Suppressed, Some(Gate::Circuit))
+    );
     assert_eq!(k.circuit.last_pressure, NOW + 60_000);
 }
 
@@ -288,7 +294,7 @@ fn dry_run_and_freeze_stop_before_mode_and_a_dry_run_policy_never_trips_a_guard(
         &Approvals::default(),
         NOW,
     );
-    assert_eq!((v.status, v.gate), (Status::Pending, Some("freeze")));
+    assert_eq!((v.status, v.gate), (Status::Pending, Some(Gate::Freeze)));
     let dry = Guards {
         dry_run: true,
         ..Guards::default()
@@ -301,7 +307,7 @@ fn dry_run_and_freeze_stop_before_mode_and_a_dry_run_policy_never_trips_a_guard(
         &Approvals::default(),
         NOW,
     );
-    assert_eq!((v.status, v.gate), (Status::DryRun, Some("dry_run")));
+    assert_eq!((v.status, v.gate), (Status::DryRun, Some(Gate::DryRun)));
     let dry_policy = PolicySet::from_sources(&[(
         PathBuf::from("d.toml"),
         "[[policy]]\nid = \"d\"\non = \"checksum_mismatch\"\naction = \"quarantine\"\n".into(),
