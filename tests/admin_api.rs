@@ -98,6 +98,100 @@ async fn without_a_valid_token_every_call_is_refused_and_nothing_is_done() {
         .contains("mapek_admin_requests_total{endpoint=\"pause\",result=\"unauthorized\"} 2"));
 }
 
+/// A request as it may come off the wire: any body, any content type or none.
+async fn raw(
+    app: &axum::Router,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: &'static str,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method("POST").uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(c) = content_type {
+        req = req.header("content-type", c);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_is_read_and_refused_bodies_are_audited() {
+    let w = world(10).await;
+    let rt = runtime(&w, default_policies());
+    let app = daemon::http::router(rt.clone());
+    let before = w.t.store.audit_entries().await.unwrap().len();
+    let json = Some("application/json");
+    for (content_type, body) in [
+        (json, "{}"),
+        (json, "junk{"),
+        (None, "{}"),
+        (Some("text/plain"), "x"),
+    ] {
+        for path in ["/v1/admin/plans/rem-x/approve", "/v1/admin/pause"] {
+            let (status, _) = raw(&app, path, None, content_type, body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{path} {content_type:?} {body}"
+            );
+        }
+    }
+    assert_eq!(
+        w.t.store.audit_entries().await.unwrap().len(),
+        before,
+        "anonymous calls write nothing"
+    );
+
+    // Authenticated, a body that cannot be read is a 400 with its reason, and audited.
+    let (status, body) = raw(&app, "/v1/admin/pause", Some(TOKEN), json, "junk{").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("not the JSON"),
+        "{body}"
+    );
+    let (status, _) = raw(
+        &app,
+        "/v1/admin/plans/rem-x/approve",
+        Some(TOKEN),
+        None,
+        "{}",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        w.t.store.paused().await.unwrap(),
+        None,
+        "a refused pause pauses nothing"
+    );
+    let kinds: Vec<String> = w.t.store.audit_entries().await.unwrap()[before..]
+        .iter()
+        .map(|e| format!("{} {}", e.kind, e.detail))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(
+        kinds[0].starts_with("admin.pause") && kinds[0].contains("400"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[1].starts_with("admin.decide") && kinds[1].contains("400"),
+        "{kinds:?}"
+    );
+    // A body-less pause still works (the body is optional).
+    let (status, _) = raw(&app, "/v1/admin/pause", Some(TOKEN), None, "").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn pause_holds_execution_until_resume_and_rollback_and_circuit_are_answered() {
     let w = world(20).await;

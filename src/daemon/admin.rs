@@ -21,7 +21,9 @@ use crate::knowledge::remediations::Status;
 use crate::knowledge::StoreError;
 use crate::model::{AdminCall, AuditKind};
 
-pub fn routes() -> Router<Arc<Runtime>> {
+/// The admin routes, behind the token check: a call without a valid token is answered 401
+/// before its body is read or its path parsed.
+pub fn routes(rt: Arc<Runtime>) -> Router<Arc<Runtime>> {
     Router::new()
         .route("/v1/admin/status", get(status))
         .route("/v1/admin/pause", post(pause))
@@ -31,6 +33,35 @@ pub fn routes() -> Router<Arc<Runtime>> {
         .route("/v1/admin/plans/{id}/{decision}", post(decide))
         .route("/v1/admin/remediations/{id}/rollback", post(rollback))
         .route("/v1/admin/circuit/close", post(close_circuit))
+        .route_layer(axum::middleware::from_fn_with_state(rt, authenticated))
+}
+
+/// The call a path names, for the metrics' label of a refused request.
+fn call_of(path: &str) -> AdminCall {
+    let rest = path.strip_prefix("/v1/admin/").unwrap_or(path);
+    match rest.split('/').next().unwrap_or_default() {
+        "pause" => AdminCall::Pause,
+        "resume" => AdminCall::Resume,
+        "reload" => AdminCall::Reload,
+        "plans" if rest == "plans" => AdminCall::Plans,
+        "plans" => AdminCall::Decide,
+        "remediations" => AdminCall::Rollback,
+        "circuit" => AdminCall::CircuitClose,
+        _ => AdminCall::Status,
+    }
+}
+
+/// Runs the call only when it carries the admin token.
+async fn authenticated(
+    State(rt): State<Arc<Runtime>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let call = call_of(request.uri().path());
+    match unauthorized(&rt, request.headers(), call) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -69,11 +100,9 @@ fn unauthorized(rt: &Runtime, headers: &HeaderMap, endpoint: AdminCall) -> Optio
     ))
 }
 
-/// None when authenticated and this replica acts; otherwise the answer to give.
-async fn refused(rt: &Runtime, headers: &HeaderMap, endpoint: AdminCall) -> Option<Response> {
-    if let Some(r) = unauthorized(rt, headers, endpoint) {
-        return Some(r);
-    }
+/// None when this replica acts (the token was checked before the call ran); otherwise the
+/// answer to give.
+async fn refused(rt: &Runtime, endpoint: AdminCall) -> Option<Response> {
     if rt.leadership.acting() {
         return None;
     }
@@ -143,8 +172,8 @@ fn store_failed(e: impl std::fmt::Display) -> (StatusCode, serde_json::Value) {
     )
 }
 
-async fn status(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::Status).await {
+async fn status(State(rt): State<Arc<Runtime>>) -> Response {
+    if let Some(r) = refused(&rt, AdminCall::Status).await {
         return r;
     }
     let view = super::status::StatusView {
@@ -172,7 +201,32 @@ struct By {
     by: Option<String>,
 }
 
-fn by_of(body: &Option<Json<By>>) -> String {
+/// A call's JSON body: None when it is empty, the reason when it is not the JSON expected.
+fn parsed<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Option<T>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| format!("the body is not the JSON this call takes: {e}"))
+}
+
+/// Who a call is by: its body's `by`, or an audited 400 when the body cannot be read.
+async fn by_or_refuse(rt: &Runtime, endpoint: AdminCall, body: &[u8]) -> Result<String, Response> {
+    match parsed::<By>(body) {
+        Ok(b) => Ok(by_of(&b)),
+        Err(why) => Err(finish(
+            rt,
+            endpoint,
+            "*",
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": why }),
+        )
+        .await),
+    }
+}
+
+fn by_of(body: &Option<By>) -> String {
     body.as_ref()
         .and_then(|b| b.by.clone())
         .filter(|b| !b.trim().is_empty())
@@ -188,15 +242,14 @@ async fn set_pause(rt: &Runtime, paused: Option<Paused>) -> Result<(), StoreErro
     Ok(())
 }
 
-async fn pause(
-    State(rt): State<Arc<Runtime>>,
-    headers: HeaderMap,
-    body: Option<Json<By>>,
-) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::Pause).await {
+async fn pause(State(rt): State<Arc<Runtime>>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = refused(&rt, AdminCall::Pause).await {
         return r;
     }
-    let by = by_of(&body);
+    let by = match by_or_refuse(&rt, AdminCall::Pause, &body).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
     let paused = Paused {
         by: by.clone(),
         at: rt.clock.now_ms(),
@@ -214,15 +267,14 @@ async fn pause(
     finish(&rt, AdminCall::Pause, &by, code, body).await
 }
 
-async fn resume(
-    State(rt): State<Arc<Runtime>>,
-    headers: HeaderMap,
-    body: Option<Json<By>>,
-) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::Resume).await {
+async fn resume(State(rt): State<Arc<Runtime>>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = refused(&rt, AdminCall::Resume).await {
         return r;
     }
-    let by = by_of(&body);
+    let by = match by_or_refuse(&rt, AdminCall::Resume, &body).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
     let (code, body) = match set_pause(&rt, None).await {
         Ok(()) => {
             tracing::warn!(%by, "execution resumed through the admin API");
@@ -233,8 +285,8 @@ async fn resume(
     finish(&rt, AdminCall::Resume, &by, code, body).await
 }
 
-async fn reload(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::Reload).await {
+async fn reload(State(rt): State<Arc<Runtime>>) -> Response {
+    if let Some(r) = refused(&rt, AdminCall::Reload).await {
         return r;
     }
     let (code, body) = match rt.policies.reload() {
@@ -267,8 +319,8 @@ async fn reload(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response 
     finish(&rt, AdminCall::Reload, "*", code, body).await
 }
 
-async fn plans(State(rt): State<Arc<Runtime>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::Plans).await {
+async fn plans(State(rt): State<Arc<Runtime>>) -> Response {
+    if let Some(r) = refused(&rt, AdminCall::Plans).await {
         return r;
     }
     let (code, body) = match rt.store.remediations_with_status(Status::Pending).await {
@@ -290,11 +342,10 @@ struct SignedDecision {
 async fn decide(
     State(rt): State<Arc<Runtime>>,
     Path((id, decision)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Option<Json<SignedDecision>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let endpoint = AdminCall::Decide;
-    if let Some(r) = refused(&rt, &headers, endpoint).await {
+    if let Some(r) = refused(&rt, endpoint).await {
         return r;
     }
     let decision =
@@ -310,7 +361,7 @@ async fn decide(
             )
             .await,
         };
-    let Some(Json(signed)) = body else {
+    let Ok(Some(signed)) = parsed::<SignedDecision>(&body) else {
         return finish(
             &rt,
             endpoint,
@@ -349,13 +400,15 @@ async fn decide(
 async fn rollback(
     State(rt): State<Arc<Runtime>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<By>>,
+    body: axum::body::Bytes,
 ) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::Rollback).await {
+    if let Some(r) = refused(&rt, AdminCall::Rollback).await {
         return r;
     }
-    let by = by_of(&body);
+    let by = match by_or_refuse(&rt, AdminCall::Rollback, &body).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
     let result = crate::execute::rollback::rollback(
         &rt.store,
         &rt.registry,
@@ -378,15 +431,14 @@ async fn rollback(
     finish(&rt, AdminCall::Rollback, &id, code, body).await
 }
 
-async fn close_circuit(
-    State(rt): State<Arc<Runtime>>,
-    headers: HeaderMap,
-    body: Option<Json<By>>,
-) -> Response {
-    if let Some(r) = refused(&rt, &headers, AdminCall::CircuitClose).await {
+async fn close_circuit(State(rt): State<Arc<Runtime>>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = refused(&rt, AdminCall::CircuitClose).await {
         return r;
     }
-    let by = by_of(&body);
+    let by = match by_or_refuse(&rt, AdminCall::CircuitClose, &body).await {
+        Ok(by) => by,
+        Err(r) => return r,
+    };
     let (code, body) = match crate::plan::close_circuit_by_hand(
         &rt.store,
         &rt.key,

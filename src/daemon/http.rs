@@ -29,7 +29,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/v1/events", post(events_handler))
         .route("/catalog/index.json", get(catalog_handler))
         .route("/catalog/index.json.sig", get(catalog_signature_handler))
-        .merge(super::admin::routes())
+        .merge(super::admin::routes(rt.clone()))
         .with_state(rt)
 }
 
