@@ -6,7 +6,9 @@
 //! `publish_before_rename` (the new catalog written and synced beside the old one) and
 //! `publish_after_rename` (the catalog in place, its signature not yet). `MAPEK_TEST_STALL_AT=POINT` instead
 //! makes the executor hang at POINT (as on an action that never answers), for the shutdown
-//! tests. `MAPEK_TEST_*` variables are not settings.
+//! tests. `MAPEK_TEST_FAIL_AT=POINT:N` makes the first N passages at POINT fail as a transient
+//! error would (the executor's `execute`: its stage run errs and is counted). `MAPEK_TEST_*`
+//! variables are not settings.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -56,4 +58,20 @@ pub fn point(name: &str) {
         .args(["-KILL", &pid])
         .status();
     std::process::abort();
+}
+
+/// Some(reason) the first N times this point is reached when `MAPEK_TEST_FAIL_AT=POINT:N`
+/// names it: the caller fails as on a transient error.
+pub fn fails(name: &str) -> Option<String> {
+    static PLAN: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    let (point, n) = PLAN
+        .get_or_init(|| {
+            let v = std::env::var("MAPEK_TEST_FAIL_AT").ok()?;
+            let (point, n) = v.split_once(':')?;
+            Some((point.to_string(), n.parse().ok()?))
+        })
+        .as_ref()?;
+    (point == name && PASSED.fetch_add(1, Ordering::SeqCst) < *n)
+        .then(|| format!("injected fault at {name} (MAPEK_TEST_FAIL_AT)"))
 }

@@ -1,4 +1,4 @@
-//! Shutdown with real processes: the first SIGTERM closes the listener and waits out the grace period for a stuck action, then names it and exits 1; a second signal exits at once.
+//! Shutdown with real processes: the first SIGTERM closes the listener and waits out the grace period for a stuck action, then names it and exits 1; a second signal exits at once; a clean stop exits 0 though stages failed before.
 
 mod common;
 
@@ -17,6 +17,23 @@ use mapek::registry::SqlRegistry;
 /// answers). Returns the daemon, its output lines (logs on stdout, the stall on stderr), and
 /// its HTTP port.
 async fn stuck_daemon(dir: &Path, grace: &str) -> (Child, mpsc::Receiver<String>, u16) {
+    daemon_with(
+        dir,
+        grace,
+        ("MAPEK_TEST_STALL_AT", "intents"),
+        "stalled at intents",
+    )
+    .await
+}
+
+/// The demo with a tampered release and a daemon run with one `MAPEK_TEST_*` fault, once its
+/// output shows `until`.
+async fn daemon_with(
+    dir: &Path,
+    grace: &str,
+    fault: (&str, &str),
+    until: &str,
+) -> (Child, mpsc::Receiver<String>, u16) {
     let demo = common::prepare_demo(dir, "mapek-demo/mapek.db");
     let store = Store::open(&format!("sqlite://{}", demo.join("mapek.db").display()))
         .await
@@ -46,7 +63,7 @@ async fn stuck_daemon(dir: &Path, grace: &str) -> (Child, mpsc::Receiver<String>
         .args(["--config", &config.display().to_string(), "run"])
         .env("MAPEK_LOG", "info")
         .env("MAPEK_LOG_FORMAT", "pretty")
-        .env("MAPEK_TEST_STALL_AT", "intents")
+        .env(fault.0, fault.1)
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,8 +86,8 @@ async fn stuck_daemon(dir: &Path, grace: &str) -> (Child, mpsc::Receiver<String>
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the executor never reached its intent: {seen:#?}"));
-        if line.contains("stalled at intents") {
+            .unwrap_or_else(|_| panic!("the daemon never logged `{until}`: {seen:#?}"));
+        if line.contains(until) {
             break;
         }
         seen.push(line);
@@ -161,4 +178,52 @@ async fn the_first_signal_closes_the_listener_and_a_second_one_exits_at_once() {
         panic!("a second signal did not end the daemon");
     };
     assert_eq!(status.code(), Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_exits_0_though_stages_failed_before() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The executor fails its first two runs (as on a lost connection), then quarantines.
+    let (mut child, rx, _port) = daemon_with(
+        dir.path(),
+        "10s",
+        ("MAPEK_TEST_FAIL_AT", "execute:2"),
+        "remediation executed",
+    )
+    .await;
+    term(&child);
+    let status = exited_within(&mut child, Duration::from_secs(30));
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("the daemon did not stop");
+    };
+    let mut log = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        log.push(line);
+    }
+    let stopped = log
+        .iter()
+        .find(|l| l.contains("mapek stopped"))
+        .unwrap_or_else(|| panic!("no stop line: {log:#?}"));
+    assert!(plain(stopped).contains("stage_errors=2"), "{stopped}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a SIGTERM within the grace period is a clean stop, whatever failed before"
+    );
+}
+
+/// A log line without its terminal colours.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut escape = false;
+    for c in line.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }

@@ -126,6 +126,9 @@ pub async fn cycle<R: Registry>(
         out.idle = true;
         return Ok(out);
     }
+    if let Some(why) = faults::fails("execute") {
+        return Err(StoreError::Sql(sqlx::Error::Protocol(why)).into());
+    }
     // A `restore_latest` planned with the yank of the bad release must see that yank.
     ready.sort_by_key(|r| r.action.execution_order());
     // Intents first, all of them in one transaction, before any effect: each is then applied
