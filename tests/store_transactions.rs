@@ -1,4 +1,4 @@
-//! Store transactions under a concurrent writer: one that reads before it writes is not refused because another connection wrote in between.
+//! Store transactions under a concurrent writer: one that reads before it writes is not refused because another connection wrote in between; a deposed leader writes nothing; a paused leader's transaction is ended within half the lease.
 
 mod common;
 
@@ -90,4 +90,51 @@ async fn a_deposed_leader_cannot_write_anything_and_reads_run_only_reads() {
         t.store.cursor("by-b").await.unwrap().is_some(),
         "nothing was deleted"
     );
+}
+
+#[tokio::test]
+async fn a_paused_leaders_transaction_is_ended_within_half_the_lease() {
+    use mapek::knowledge::lease::LEADER;
+    let t = store().await;
+    if t.store.backend != mapek::knowledge::Backend::Postgres {
+        eprintln!("skipped on SQLite: one writer at a time, no lease row to hold");
+        return;
+    }
+    let leader = t
+        .store
+        .fenced()
+        .with_lease_ttl(std::time::Duration::from_secs(2));
+    let token = leader
+        .try_acquire(LEADER, "a", common::NOW, 2_000)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    leader.set_fence(token);
+    // The leader opens a transaction (it holds the lease row's share lock) and stops, as a
+    // SIGSTOPped process would.
+    let mut tx = leader.begin().await.expect("the leader's transaction");
+    let started = std::time::Instant::now();
+    // Another replica's takeover needs that row: it gets it once the server has ended the
+    // idle transaction (1 s here), not after PostgreSQL's own default (none) or 15 s.
+    let mut other = t.store.raw_pool().acquire().await.unwrap();
+    sqlx::query("SET lock_timeout = 10000")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("SELECT token FROM lease WHERE name = $1 FOR UPDATE")
+        .bind(LEADER)
+        .fetch_optional(&mut *other)
+        .await
+        .expect("the row is free once the idle transaction is ended");
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "the takeover waited {waited:?}"
+    );
+    // The paused leader, resumed, can write nothing with its ended transaction.
+    let late = sqlx::query("INSERT INTO cursors (name, value) VALUES ('late', '1')")
+        .execute(&mut *tx)
+        .await;
+    assert!(late.is_err() || tx.commit().await.is_err());
+    assert_eq!(t.store.cursor("late").await.unwrap(), None);
 }

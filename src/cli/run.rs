@@ -44,7 +44,7 @@ pub async fn runtime(
     let store = Store::open(&config.database_url).await?;
     // On PostgreSQL every transaction of the loop is fenced by the leader's lease.
     let store = match store.backend {
-        crate::knowledge::Backend::Postgres => store.fenced(),
+        crate::knowledge::Backend::Postgres => store.fenced().with_lease_ttl(config.lease_ttl),
         crate::knowledge::Backend::Sqlite => store,
     };
     let key = KeyPair::load(&config.key_file).with_context(|| {

@@ -28,6 +28,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::sync::Once;
 
+/// A fenced transaction's bound with the default lease (15 s).
+const DEFAULT_TX_TIMEOUT_MS: u64 = 7_500;
+/// The shortest bound, whatever the lease.
+const MIN_TX_TIMEOUT_MS: u64 = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database `{url}`: {source}")]
@@ -58,6 +63,10 @@ pub struct Store {
     /// The fencing token every transaction must still hold (see [`lease`]); None: unfenced
     /// (the command line, the intake, a single SQLite replica).
     fence: Option<Arc<AtomicI64>>,
+    /// On PostgreSQL, how long a fenced transaction may sit idle or run one statement before
+    /// the server ends it: shorter than the lease, so that a paused leader's open transaction
+    /// (holding the lease row's share lock) cannot hold up the takeover.
+    tx_timeout_ms: u64,
     /// The telemetry series this process has read or numbered.
     series: series::SharedSeries,
 }
@@ -125,6 +134,7 @@ impl Store {
             pool,
             backend,
             fence: None,
+            tx_timeout_ms: DEFAULT_TX_TIMEOUT_MS,
             series: Default::default(),
         };
         if store.adopt_bucket_tables().await? {
@@ -140,6 +150,14 @@ impl Store {
             fence: Some(Arc::new(AtomicI64::new(lease::NOT_LEADING))),
             ..self.clone()
         }
+    }
+
+    /// Bounds this handle's fenced transactions on PostgreSQL by half the lease: idle in a
+    /// transaction or in one statement longer than that, the server ends the transaction.
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        let half = u64::try_from(ttl.as_millis() / 2).unwrap_or(u64::MAX);
+        self.tx_timeout_ms = half.max(MIN_TX_TIMEOUT_MS);
+        self
     }
 
     /// The token this handle's transactions must hold; [`lease::NOT_LEADING`] refuses them all.
@@ -224,8 +242,11 @@ impl Store {
         }
         if self.backend == Backend::Postgres {
             // A paused holder must not keep the lease row locked for ever.
-            tx.execute("SET LOCAL idle_in_transaction_session_timeout = '15s'")
-                .await?;
+            let ms = self.tx_timeout_ms;
+            for setting in ["idle_in_transaction_session_timeout", "statement_timeout"] {
+                let bound = format!("SET LOCAL {setting} = {ms}");
+                tx.execute(sqlx::AssertSqlSafe(bound)).await?;
+            }
             let row = sqlx::query("SELECT token FROM lease WHERE name = $1 FOR SHARE")
                 .bind(lease::LEADER)
                 .fetch_optional(&mut *tx)
