@@ -1,4 +1,4 @@
-//! Telemetry storage: the intake over HTTP (token, partial refusal, size bound, durability), batches, retention, the upgrade of older tables and series numbers.
+//! Telemetry storage: the intake over HTTP (token, partial refusal, events about releases the registry does not hold refused, size bound, durability), batches, retention, the upgrade of older tables and series numbers.
 
 mod common;
 
@@ -114,6 +114,71 @@ async fn the_intake_takes_valid_lines_refuses_the_rest_and_stores_nothing_withou
     assert_eq!(
         stored_events(&w.t.store.telemetry_since(0).await.unwrap()),
         4
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn events_about_packages_or_versions_the_registry_does_not_hold_are_refused_per_line() {
+    let w = world(3).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (writer, task) = Intake::start(w.t.store.clone(), stop.clone());
+    let mut rt = w.runtime(mapek::daemon::reload::PolicySource::fixed(
+        common::default_policies(),
+    ));
+    rt.intake = Some(mapek::daemon::http::IntakeConfig {
+        writer,
+        token: TOKEN.into(),
+        max_body: 1 << 20,
+        horizon: Horizon::default(),
+    });
+    let rt = Arc::new(rt);
+    let app = mapek::daemon::http::router(rt.clone());
+    let body = "{\"type\":\"download\",\"package\":\"no-such-pkg\",\"version\":\"1.0.0\"}\n\
+                {\"type\":\"report\",\"package\":\"ghost-pkg\",\"version\":\"1.0.0\",\"reporter\":\"mallory\",\"category\":\"malware\"}\n\
+                {\"type\":\"install\",\"package\":\"pkg-00001\",\"version\":\"9.9.9\",\"ok\":false}\n\
+                {\"type\":\"download\",\"package\":\"pkg-00001\",\"version\":\"1.0.0\"}\n\
+                {\"type\":\"download\",\"package\":\"no-such-pkg\",\"version\":\"1.0.0\"}\n";
+    let (status, answer) = post(&app, Some(TOKEN), body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["refused"], 4, "{answer}");
+    let reasons: Vec<(i64, String)> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_i64().unwrap(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[0].0, 1);
+    assert!(
+        reasons[0]
+            .1
+            .contains("`no-such-pkg` is not in the registry"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].1.contains("`ghost-pkg` is not in the registry"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].1.contains("has no release `9.9.9`"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[3].0, 5);
+    // Nothing about them is stored: no series, no report row.
+    let stored = w.t.store.telemetry_since(0).await.unwrap();
+    assert_eq!(stored_events(&stored), 1);
+    assert!(stored.reports.is_empty());
+    let metrics = rt.metrics.render();
+    assert!(
+        metrics.contains("mapek_intake_events_total{result=\"unknown\"} 4"),
+        "{metrics}"
     );
     stop.cancel();
     task.await.unwrap();

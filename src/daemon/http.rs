@@ -9,8 +9,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
-use crate::monitor::events::{parse_body, Horizon, Refusal};
+use crate::monitor::events::{parse_lines, release_of, Batch, Event, Horizon, Refusal};
 use crate::monitor::intake::{Intake, IntakeError};
+use crate::registry::Registry as _;
 
 /// The telemetry intake: where accepted events go, who may send them, how much.
 #[derive(Clone)]
@@ -166,7 +167,26 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
             serde_json::json!({ "error": "the body is not UTF-8; nothing was stored" }),
         );
     };
-    let (batch, refused) = parse_body(text, rt.clock.now_ms(), intake.horizon);
+    let (events, mut refused) = parse_lines(text, rt.clock.now_ms(), intake.horizon);
+    let (batch, unknown) = match known_only(&rt, events).await {
+        Ok(kept) => kept,
+        Err(e) => {
+            rt.metrics
+                .intake_requests
+                .with_label_values(&["store_failed"])
+                .inc();
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "error": format!("the registry could not be read: {e}; nothing was stored, send again"), "accepted": 0 }),
+            );
+        }
+    };
+    rt.metrics
+        .intake_events
+        .with_label_values(&["unknown"])
+        .inc_by(unknown.len() as u64);
+    refused.extend(unknown);
+    refused.sort_by_key(|r| r.line);
     let accepted = batch.events;
     let by_type = batch.by_type;
     if accepted > 0 {
@@ -218,6 +238,56 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
             "errors_truncated": refused.len() > listed.len(),
         }),
     )
+}
+
+/// The events about releases the registry holds, as a batch; the others refused, each with
+/// its line: an event about a package or version that does not exist would grow the store
+/// for nothing (anyone with the token could make series without end).
+async fn known_only(
+    rt: &Runtime,
+    events: Vec<(usize, Event)>,
+) -> Result<(Batch, Vec<Refusal>), crate::registry::RegistryError> {
+    let mut verdicts: std::collections::HashMap<(String, String), Option<String>> =
+        std::collections::HashMap::new();
+    let mut batch = Batch::default();
+    let mut refused = Vec::new();
+    for (line, e) in events {
+        let why = match release_of(&e) {
+            None => None,
+            Some((package, version)) => {
+                let key = (package.to_string(), version.to_string());
+                match verdicts.get(&key) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = unknown_release(rt, package, version).await?;
+                        verdicts.insert(key, v.clone());
+                        v
+                    }
+                }
+            }
+        };
+        match why {
+            None => batch.add(e),
+            Some(reason) => refused.push(Refusal { line, reason }),
+        }
+    }
+    Ok((batch, refused))
+}
+
+/// None when the registry holds `package@version`; otherwise why the event is refused.
+async fn unknown_release(
+    rt: &Runtime,
+    package: &str,
+    version: &str,
+) -> Result<Option<String>, crate::registry::RegistryError> {
+    if rt.registry.release(package, version).await?.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(if rt.registry.package(package).await?.is_some() {
+        format!("field `version`: `{package}` has no release `{version}`")
+    } else {
+        format!("field `package`: `{package}` is not in the registry")
+    }))
 }
 
 async fn metrics_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {

@@ -90,7 +90,7 @@ impl Metrics {
             gate_stops: counters("mapek_gate_stops_total", "Remediations stopped or held by a gate, by gate and status", &["gate", "status"])?,
             circuit_open: gauge("mapek_circuit_open", "1 while the circuit breaker is open and nothing executes")?,
             intake_requests: counters("mapek_intake_requests_total", "Requests to POST /v1/events, by result (ok, unauthorized, too_large, invalid, store_failed)", &["result"])?,
-            intake_events: counters("mapek_intake_events_total", "Telemetry events accepted (stored) and refused (invalid lines)", &["result"])?,
+            intake_events: counters("mapek_intake_events_total", "Telemetry events accepted (stored), refused (invalid lines) and unknown (about a release the registry does not hold)", &["result"])?,
             verifications: counters("mapek_verifications_total", "Remediations verified after verify_after, by verdict (effective, unverifiable, retry, escalated, gave_up)", &["verdict"])?,
             notices: counters("mapek_notices_total", "Webhook delivery attempts of notify notices, by result (delivered, retry, failed)", &["result"])?,
             policy_outcomes: gauges("mapek_policy_remediations", "A policy's remediations in the learning window, by outcome (executed, effective, failed_verification, rolled_back, superseded)", &["policy", "outcome"])?,
@@ -188,7 +188,7 @@ impl Metrics {
         for verdict in ["effective", "unverifiable", "retry", "escalated", "gave_up"] {
             m.verifications.with_label_values(&[verdict]).inc_by(0);
         }
-        for result in ["accepted", "refused"] {
+        for result in ["accepted", "refused", "unknown"] {
             m.intake_events.with_label_values(&[result]).inc_by(0);
         }
         for result in ["success", "failure"] {

@@ -168,7 +168,18 @@ pub fn parse_line(line: &str, now: i64, horizon: Horizon) -> Result<Event, Strin
 /// Parses a request body: the valid lines as a batch, the others refused with their line number
 /// (1-based). Blank lines are neither.
 pub fn parse_body(body: &str, now: i64, horizon: Horizon) -> (Batch, Vec<Refusal>) {
+    let (events, refused) = parse_lines(body, now, horizon);
     let mut batch = Batch::default();
+    for (_, e) in events {
+        batch.add(e);
+    }
+    (batch, refused)
+}
+
+/// Parses a request body into its valid events, each with its line number (1-based), and the
+/// refused lines.
+pub fn parse_lines(body: &str, now: i64, horizon: Horizon) -> (Vec<(usize, Event)>, Vec<Refusal>) {
+    let mut events = Vec::new();
     let mut refused = Vec::new();
     for (i, line) in body.lines().enumerate() {
         let line = line.trim();
@@ -176,14 +187,28 @@ pub fn parse_body(body: &str, now: i64, horizon: Horizon) -> (Batch, Vec<Refusal
             continue;
         }
         match parse_line(line, now, horizon) {
-            Ok(e) => batch.add(e),
+            Ok(e) => events.push((i + 1, e)),
             Err(reason) => refused.push(Refusal {
                 line: i + 1,
                 reason,
             }),
         }
     }
-    (batch, refused)
+    (events, refused)
+}
+
+/// The release an event is about (a lookup is about the registry as a whole: None).
+pub fn release_of(e: &Event) -> Option<(&str, &str)> {
+    match e {
+        Event::Install {
+            package, version, ..
+        }
+        | Event::Download {
+            package, version, ..
+        } => Some((package, version)),
+        Event::Report(r) => Some((&r.package, &r.version)),
+        Event::Lookup { .. } => None,
+    }
 }
 
 #[cfg(test)]
