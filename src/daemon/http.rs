@@ -185,48 +185,18 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
         .intake_events
         .with_label_values(&["unknown"])
         .inc_by(unknown.len() as u64);
-    refused.extend(unknown);
-    refused.sort_by_key(|r| r.line);
-    let accepted = batch.events;
-    let by_type = batch.by_type;
-    if accepted > 0 {
-        // Submitted and counted in a task of its own: a client that hangs up does not stop the
-        // write, and what is stored is counted as accepted whether or not the answer arrives.
-        let writer = intake.writer.clone();
-        let metrics = rt.metrics.clone();
-        let submitted = tokio::spawn(async move {
-            let r = writer.submit(batch).await;
-            if r.is_ok() {
-                metrics
-                    .intake_events
-                    .with_label_values(&["accepted"])
-                    .inc_by(accepted);
-                for (source, n) in crate::monitor::events::EVENT_TYPES.iter().zip(by_type) {
-                    metrics.observations.with_label_values(&[source]).inc_by(n);
-                }
-            }
-            r
-        })
-        .await
-        .unwrap_or(Err(IntakeError::Closed));
-        if let Err(e) = submitted {
-            rt.metrics
-                .intake_requests
-                .with_label_values(&["store_failed"])
-                .inc();
-            let status = match e {
-                IntakeError::Closed | IntakeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return answer(
-                status,
-                serde_json::json!({ "error": format!("{e}; nothing was stored, send again"), "accepted": 0 }),
-            );
-        }
-    }
     rt.metrics
         .intake_events
         .with_label_values(&["refused"])
         .inc_by(refused.len() as u64);
+    refused.extend(unknown);
+    refused.sort_by_key(|r| r.line);
+    let accepted = batch.events;
+    if accepted > 0 {
+        if let Err(refusal) = submit(&rt, intake, batch).await {
+            return refusal;
+        }
+    }
     rt.metrics.intake_requests.with_label_values(&["ok"]).inc();
     let listed: Vec<&Refusal> = refused.iter().take(MAX_LISTED_REFUSALS).collect();
     answer(
@@ -238,6 +208,40 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
             "errors_truncated": refused.len() > listed.len(),
         }),
     )
+}
+
+/// Stores a batch through the intake's writer, or the 503 to answer. Submitted and counted in
+/// a task of its own: a client that hangs up does not stop the write, and what is stored is
+/// counted as accepted whether or not the answer arrives.
+async fn submit(rt: &Runtime, intake: &IntakeConfig, batch: Batch) -> Result<(), Response> {
+    let (accepted, by_type) = (batch.events, batch.by_type);
+    let writer = intake.writer.clone();
+    let metrics = rt.metrics.clone();
+    let submitted = tokio::spawn(async move {
+        let r = writer.submit(batch).await;
+        if r.is_ok() {
+            metrics
+                .intake_events
+                .with_label_values(&["accepted"])
+                .inc_by(accepted);
+            for (source, n) in crate::monitor::events::EVENT_TYPES.iter().zip(by_type) {
+                metrics.observations.with_label_values(&[source]).inc_by(n);
+            }
+        }
+        r
+    })
+    .await
+    .unwrap_or(Err(IntakeError::Closed));
+    submitted.map_err(|e| {
+        rt.metrics
+            .intake_requests
+            .with_label_values(&["store_failed"])
+            .inc();
+        answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": format!("{e}; nothing was stored, send again"), "accepted": 0 }),
+        )
+    })
 }
 
 /// The events about releases the registry holds, as a batch; the others refused, each with
