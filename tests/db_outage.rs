@@ -1,4 +1,4 @@
-//! The knowledge store lost in the middle of an action (PostgreSQL behind a proxy the test cuts, right after the executor wrote its intents), then back: nothing half applied, the intents finished once it returns, the loop carried on throughout.
+//! The knowledge store lost in the middle of an action (PostgreSQL behind a proxy the test cuts, right after the executor wrote its intents), then back: nothing half applied, the intents finished once it returns, the loop carried on throughout. While it is away, /readyz says so within a second and the intake and the admin API answer 503 at once.
 
 mod common;
 
@@ -144,4 +144,119 @@ async fn a_store_outage_mid_action_leaves_nothing_half_applied_and_the_loop_carr
         .count();
     assert_eq!(audited, 3, "each applied once");
     assert!(mapek::knowledge::audit::verify_chain(&entries, &w.key.public()).is_ok());
+}
+
+/// `GET path` (with the bearer token when given) answered within `limit`: its status.
+async fn answered_within(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    limit: Duration,
+) -> axum::http::StatusCode {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(axum::body::Body::from("")).expect("request");
+    tokio::time::timeout(limit, app.clone().oneshot(req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} was not answered within {limit:?}"))
+        .expect("answer")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_store_is_away_readiness_says_so_within_a_second_and_calls_fail_fast() {
+    use axum::http::StatusCode;
+    let w = world(5).await;
+    if w.t.store.backend != mapek::knowledge::Backend::Postgres {
+        eprintln!(
+            "store outage: skipped on SQLite (set MAPEK_TEST_DATABASE_URL to run it on PostgreSQL)"
+        );
+        return;
+    }
+    let proxy = proxy("127.0.0.1:5432").await;
+    let (_, db) = w.t.url.rsplit_once('/').expect("database name");
+    let url = format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port);
+    let store = Store::open(&url).await.expect("through the proxy");
+    let mut rt = w.runtime(PolicySource::fixed(default_policies()));
+    rt.store = store.clone();
+    rt.admin_token = Some("an-admin-token-long-enough".into());
+    rt.leadership.set(mapek::daemon::lead::Role::Standalone);
+    let (writer, _task) = mapek::monitor::intake::Intake::start(store.clone(), Default::default());
+    rt.intake = Some(mapek::daemon::http::IntakeConfig {
+        writer,
+        token: "an-intake-token-long-enough".into(),
+        max_body: 1 << 20,
+        horizon: Default::default(),
+    });
+    let rt = Arc::new(rt);
+    let app = daemon::http::router(rt.clone());
+    let second = Duration::from_millis(1_500);
+    assert_eq!(
+        answered_within(&app, "GET", "/readyz", None, second).await,
+        StatusCode::OK
+    );
+
+    proxy.up.send_replace(false);
+    // Readiness: every answer within a second; 503 once the last known state (at most a
+    // second old) has seen the outage, and for as long as it lasts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while answered_within(&app, "GET", "/readyz", None, second).await == StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never saw the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            answered_within(&app, "GET", "/readyz", None, second).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Calls that need the store fail at once instead of waiting for the pool (30 s).
+    let quick = Duration::from_millis(500);
+    let admin = Some("an-admin-token-long-enough");
+    assert_eq!(
+        answered_within(&app, "GET", "/v1/admin/status", admin, quick).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        answered_within(
+            &app,
+            "POST",
+            "/v1/events",
+            Some("an-intake-token-long-enough"),
+            quick
+        )
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Without a token, still 401 first.
+    assert_eq!(
+        answered_within(&app, "GET", "/v1/admin/status", None, quick).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    proxy.up.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        answered_within(&app, "GET", "/readyz", None, Duration::from_secs(10)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        answered_within(
+            &app,
+            "GET",
+            "/v1/admin/status",
+            admin,
+            Duration::from_secs(10)
+        )
+        .await,
+        StatusCode::OK
+    );
 }

@@ -107,6 +107,7 @@ pub async fn runtime(
         admin_token: config.admin_token.clone(),
         on_task_failure: config.on_task_failure,
         fault: None,
+        store_health: Default::default(),
     })
 }
 

@@ -58,10 +58,18 @@ async fn authenticated(
     next: axum::middleware::Next,
 ) -> Response {
     let call = call_of(request.uri().path());
-    match unauthorized(&rt, request.headers(), call) {
-        Some(refusal) => refusal,
-        None => next.run(request).await,
+    if let Some(refusal) = unauthorized(&rt, request.headers(), call) {
+        return refusal;
     }
+    // Every admin call reads or writes the store: refused at once while it is unreachable.
+    if let Some(down) = super::http::store_down(&rt) {
+        rt.metrics
+            .admin_requests
+            .with_label_values(&[call.as_str(), "error"])
+            .inc();
+        return down;
+    }
+    next.run(request).await
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {

@@ -144,6 +144,13 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
             serde_json::json!({ "error": "a valid bearer token is required" }),
         );
     }
+    if let Some(down) = store_down(&rt) {
+        rt.metrics
+            .intake_requests
+            .with_label_values(&["store_failed"])
+            .inc();
+        return down;
+    }
     let bytes = match axum::body::to_bytes(request.into_body(), intake.max_body).await {
         Ok(b) => b,
         Err(_) => {
@@ -306,7 +313,7 @@ async fn metrics_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
 /// role (leader, standby or standalone: a standby is ready to take over); 503 saying why otherwise.
 async fn ready_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
     let started = std::time::Instant::now();
-    let store = rt.store.ping().await;
+    let store = rt.store_health.check(&rt.store).await;
     match &store {
         Ok(()) => rt
             .metrics
@@ -335,12 +342,34 @@ async fn ready_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
     }
 }
 
+/// The 503 for a call that needs the store while the last probe found it unreachable.
+pub(super) fn store_down(rt: &Runtime) -> Option<Response> {
+    let why = rt.store_health.down()?;
+    Some(answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "error": format!("the knowledge store is unreachable ({why}); nothing was done, try again") }),
+    ))
+}
+
 /// Serves until `cancel` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rt: Arc<Runtime>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
+    // The store's state, kept current beside the listener: /readyz answers from it and calls
+    // that need the store are refused at once while it is down.
+    let (health, store, stop) = (rt.store_health.clone(), rt.store.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(super::health::REFRESH);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => { let _ = health.refresh(&store).await; }
+            }
+        }
+    });
     axum::serve(listener, router(rt))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -1,6 +1,7 @@
 //! The daemon: each stage a task under one supervisor, joined by bounded channels, woken by a ticker.
 
 pub mod admin;
+pub mod health;
 pub mod http;
 pub mod lead;
 pub mod metrics;
@@ -59,6 +60,8 @@ pub struct Runtime {
     pub on_task_failure: supervise::OnFailure,
     /// Fault injection for tests: called with the stage's name as each stage takes a cycle.
     pub fault: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
+    /// The knowledge store's last known state, for `/readyz` and to refuse calls at once.
+    pub store_health: Arc<health::StoreHealth>,
 }
 
 /// How many cycles to run (None: until cancelled) and how often.

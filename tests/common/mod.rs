@@ -167,6 +167,7 @@ impl World {
             admin_token: None,
             on_task_failure: Default::default(),
             fault: None,
+            store_health: Default::default(),
         }
     }
 
