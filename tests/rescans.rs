@@ -1,4 +1,4 @@
-//! Full scans of a file-backed registry: what they hash, read and write again, and how analysis takes a finding that only stays.
+//! Full scans of a file-backed registry: what they hash, read and write again, and how analysis takes a finding that only stays; a restart rewrites nothing unchanged.
 
 mod common;
 
@@ -66,6 +66,48 @@ async fn a_full_scan_writes_only_the_observations_that_changed() {
     for o in after.iter().filter(|o| o.1 == NOW) {
         assert!(before.contains(o), "{o:?} is as it was");
     }
+}
+
+#[tokio::test]
+async fn a_restart_on_an_unchanged_store_rewrites_no_observation() {
+    let w = world(30).await;
+    let mut first = MonitorState::new();
+    monitor::cycle(&mut first, &w.registry, &w.t.store, &w.trust, NOW, 0)
+        .await
+        .unwrap();
+    let before = stored_observations(&w).await;
+    assert_eq!(before.len(), 30);
+    // A new process: its monitor remembers nothing of what it recorded, and its first pass is
+    // a full scan an hour later. The store already holds each release as it still is.
+    let mut restarted = MonitorState::new();
+    let later = NOW + 3_600_000;
+    monitor::cycle(&mut restarted, &w.registry, &w.t.store, &w.trust, later, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_observations(&w).await,
+        before,
+        "no observation was rewritten (observed_at stays when each was first seen as it is)"
+    );
+    // A release that did change is still written.
+    w.plant_problems().await;
+    let mut again = MonitorState::new();
+    monitor::cycle(
+        &mut again,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        later + 60_000,
+        0,
+    )
+    .await
+    .unwrap();
+    let moved = stored_observations(&w)
+        .await
+        .into_iter()
+        .filter(|o| o.1 == later + 60_000)
+        .count();
+    assert_eq!(moved, 3);
 }
 
 #[tokio::test]

@@ -130,9 +130,14 @@ impl Store {
                     "signer",
                 ],
                 &rows,
+                // Only a release whose state changed is written: a restart's first full scan
+                // (whose memory of what was recorded is empty) rewrites nothing unchanged.
                 "ON CONFLICT (package, version) DO UPDATE SET observed_at = excluded.observed_at, \
                  integrity = excluded.integrity, signature_state = excluded.signature_state, \
-                 signer = excluded.signer",
+                 signer = excluded.signer \
+                 WHERE release_observations.integrity IS DISTINCT FROM excluded.integrity \
+                 OR release_observations.signature_state IS DISTINCT FROM excluded.signature_state \
+                 OR release_observations.signer IS DISTINCT FROM excluded.signer",
             )
             .await?;
         }
