@@ -161,6 +161,10 @@ pub struct Loop {
     findings_touched: bool,
 }
 
+/// How soon a cycle whose planner left something held (a window, an approval, a cooldown, a
+/// finding's `for`) runs again without another wake-up.
+pub const HELD_RECHECK_MS: i64 = 10_000;
+
 /// A stage that failed: which one, and why.
 type Failed = (Stage, String);
 
@@ -183,6 +187,20 @@ impl Loop {
     /// next cycle is a full scan and reads everything again.
     pub fn restart(&mut self) {
         *self = Self::new(self.rules.clone(), self.settings.clone());
+    }
+
+    /// When the loop should next run for something due by time, with nothing else happening:
+    /// a verification, the next full scan, or a held plan (a window, an approval, a `for`
+    /// period, a cooldown) looked at again within [`HELD_RECHECK_MS`].
+    pub fn next_due(&self, now: i64) -> Option<i64> {
+        let scan = self
+            .monitor
+            .next_full_scan(self.settings.full_scan_every_ms);
+        let held = self.wakes.plan.then(|| now.saturating_add(HELD_RECHECK_MS));
+        [Some(scan), self.wakes.verify_at, held]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Something outside the loop wrote to the registry or the store (an event of a scenario, an

@@ -447,8 +447,10 @@ async fn healthz_says_alive_and_readyz_says_whether_the_daemon_can_work() {
             "{text}"
         );
     }
-    // The knowledge store gone: alive, but not ready.
+    // The knowledge store gone: alive, but not ready (once the last known state, at most a
+    // second old, has seen it).
     rt.store.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
     assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
     let (status, text) = probe(&app, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");

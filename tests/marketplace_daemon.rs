@@ -195,8 +195,11 @@ fn tamper_withhold_and_roll_back(s: &Setup, archive_file: &Path, max_cycles: u64
         .then_some(b)
     });
     let after = cycles(s.port);
+    // Besides the ticks, the write itself and the store's change (the quarantine) each wake a
+    // cycle; the first publication's own cycle may end after `before` was read.
+    let woken = 3;
     assert!(
-        after <= before + max_cycles,
+        after <= before + max_cycles + woken,
         "withheld within {max_cycles} cycles of the write: {before} -> {after}"
     );
     assert!(!names(&published, "packs").contains(&"fastmcp-pack".to_string()));

@@ -108,6 +108,7 @@ pub async fn runtime(
         on_task_failure: config.on_task_failure,
         fault: None,
         store_health: Default::default(),
+        wake: Default::default(),
     })
 }
 
@@ -196,6 +197,15 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(stop_on_signal(cancel.clone()));
         tokio::spawn(reload_on_hangup(rt.clone(), cancel.clone()));
     }
+    // What wakes the loop besides its own calls; the watchers stop when this is dropped.
+    let _watching = daemon::wake::start(
+        &rt,
+        &daemon::wake::Sources {
+            database_url: config.database_url.clone(),
+            reloads: vec![config.policies.clone(), config.trusted_keys.clone()],
+        },
+        &cancel,
+    );
     let summary = daemon::lead::run(
         rt.clone(),
         RunOptions {
@@ -260,8 +270,9 @@ fn reload_on_hangup(
                     _ = cancel.cancelled() => return,
                     got = hup.recv() => {
                         if got.is_none() { return }
-                        tracing::info!("SIGHUP: reloading policies at the next cycle");
+                        tracing::info!("SIGHUP: reloading policies now");
                         rt.policies.request();
+                        rt.wake.ring(daemon::wake::Reason::Reload);
                     }
                 }
             }

@@ -145,6 +145,11 @@ async fn finish(
     body: serde_json::Value,
 ) -> Response {
     let result = if status.is_success() { "ok" } else { "refused" };
+    // A decision, a rollback, a pause or resume, a reload or a closed circuit changes what the
+    // loop would do: it looks now.
+    if status.is_success() && !matches!(endpoint, AdminCall::Status | AdminCall::Plans) {
+        rt.wake.ring(super::wake::Reason::Admin);
+    }
     let write = rt.store.record(
         &rt.key,
         NewEntry {

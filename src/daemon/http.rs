@@ -203,6 +203,8 @@ async fn events_handler(State(rt): State<Arc<Runtime>>, request: Request) -> Res
         if let Err(refusal) = submit(&rt, intake, batch).await {
             return refusal;
         }
+        // Committed: the loop looks at it now, not at its next tick.
+        rt.wake.ring(super::wake::Reason::Intake);
     }
     rt.metrics.intake_requests.with_label_values(&["ok"]).inc();
     let listed: Vec<&Refusal> = refused.iter().take(MAX_LISTED_REFUSALS).collect();

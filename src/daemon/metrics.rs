@@ -35,6 +35,8 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
     pub task_restarts: IntCounterVec,
     pub store_latency: Histogram,
+    pub event_to_remediation: Histogram,
+    pub wakeups: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub observations: IntCounterVec,
     pub last_cycle: prometheus::Gauge,
@@ -109,6 +111,16 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
                 ]),
             )?,
+            event_to_remediation: Histogram::with_opts(
+                HistogramOpts::new(
+                    "mapek_event_to_remediation_seconds",
+                    "From the arrival of the event that woke a cycle (telemetry committed, a file written, a registry change, an admin call) to the commit of each remediation that cycle executed",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )?,
+            wakeups: counters("mapek_wakeups_total", "Cycles started other than by the safety-net ticker: by an event (coalesced) or because something was due by time", &["cause"])?,
             build_info: gauges("mapek_build_info", "Always 1; the labels name the running build", &["version"])?,
             observations: counters("mapek_observations_total", "Observations taken in, by source (registry: releases the monitor observed; install, download, lookup, report: telemetry events accepted)", &["source"])?,
             last_cycle: prometheus::Gauge::new(
@@ -156,6 +168,8 @@ impl Metrics {
             Box::new(m.admin_requests.clone()),
             Box::new(m.task_restarts.clone()),
             Box::new(m.store_latency.clone()),
+            Box::new(m.event_to_remediation.clone()),
+            Box::new(m.wakeups.clone()),
             Box::new(m.build_info.clone()),
             Box::new(m.observations.clone()),
             Box::new(m.last_cycle.clone()),

@@ -12,6 +12,7 @@ pub mod retention;
 mod stages;
 pub mod status;
 pub mod supervise;
+pub mod wake;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,9 @@ pub struct Runtime {
     pub fault: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
     /// The knowledge store's last known state, for `/readyz` and to refuse calls at once.
     pub store_health: Arc<health::StoreHealth>,
+    /// Rung by whatever the loop should look at now (telemetry, a registry change, an admin
+    /// call, a reload); the ticker is only the safety net.
+    pub wake: Arc<wake::Wake>,
 }
 
 /// How many cycles to run (None: until cancelled) and how often.
@@ -143,6 +147,8 @@ async fn staged(entered: Entered, task: impl std::future::Future<Output = ()>) {
 /// One cycle travelling down the pipeline; dropping `done` tells the ticker it is over.
 struct Cycle {
     n: u64,
+    /// When the earliest event this cycle answers arrived (None: woken by a timer).
+    arrived: Option<Instant>,
     /// The cycle's trace: every stage's span is its child.
     span: tracing::Span,
     started: Instant,
@@ -182,11 +188,18 @@ pub async fn run(
         completed: Arc::new(AtomicU64::new(0)),
         running: running.clone(),
         failure: failure.clone(),
+        due: Arc::default(),
     });
     let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
     tracker.spawn(staged(
         running.enter("ticker"),
-        ticker(opts, tick_tx, cancel.clone()),
+        ticker(
+            rt.clone(),
+            shared.due.clone(),
+            opts,
+            tick_tx,
+            cancel.clone(),
+        ),
     ));
     // The notifier and compaction run beside the loop and stop with it (also after a counted run).
     let side_stop = cancel.child_token();
@@ -267,7 +280,16 @@ async fn wait(
     }
 }
 
-async fn ticker(opts: RunOptions, tx: mpsc::Sender<Cycle>, cancel: CancellationToken) {
+/// Sends a cycle when something rings the loop's bell (events within [`wake::COALESCE`] make
+/// one cycle), when the next thing due by time is due, and at least every `interval` (the
+/// safety net: a lost wake-up is made good there, since each stage reads from its cursors).
+async fn ticker(
+    rt: Arc<Runtime>,
+    due: Arc<stages::Due>,
+    opts: RunOptions,
+    tx: mpsc::Sender<Cycle>,
+    cancel: CancellationToken,
+) {
     let mut interval = tokio::time::interval(opts.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0;
@@ -275,14 +297,23 @@ async fn ticker(opts: RunOptions, tx: mpsc::Sender<Cycle>, cancel: CancellationT
         if opts.cycles.is_some_and(|max| n >= max) {
             break;
         }
+        let until_due = due.wait(rt.clock.now_ms());
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = interval.tick() => {}
+            _ = rt.wake.rung() => {
+                tokio::time::sleep(wake::COALESCE).await;
+                rt.metrics.wakeups.with_label_values(&["event"]).inc();
+            }
+            _ = tokio::time::sleep(until_due) => {
+                rt.metrics.wakeups.with_label_values(&["due"]).inc();
+            }
         }
         n += 1;
         let (done_tx, done_rx) = oneshot::channel();
         let cycle = Cycle {
             n,
+            arrived: rt.wake.take_arrival(),
             started: Instant::now(),
             _done: Some(done_tx),
             span: tracing::info_span!("cycle", cycle = n),

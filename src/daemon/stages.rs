@@ -94,6 +94,8 @@ struct Reporter<'a> {
     n: u64,
     /// The stage under way (to name it when it panics).
     stage: Option<Stage>,
+    /// When the earliest event this cycle answers arrived.
+    arrived: Option<Instant>,
 }
 
 impl Observer for Reporter<'_> {
@@ -128,6 +130,14 @@ impl Observer for Reporter<'_> {
     fn executed(&mut self, out: &ExecuteOutput, took: Duration) {
         observe(self.rt, "execute", took);
         report_execute(self.rt, out);
+        if let Some(arrived) = self.arrived {
+            let since = arrived.elapsed().as_secs_f64();
+            for (_, outcome) in &out.results {
+                if matches!(outcome, crate::execute::Outcome::Executed { .. }) {
+                    self.rt.metrics.event_to_remediation.observe(since);
+                }
+            }
+        }
     }
 
     fn verified(&mut self, out: &VerifyOutput, _took: Duration) {
@@ -287,7 +297,32 @@ fn report_verify(rt: &Runtime, out: &VerifyOutput) {
 }
 
 /// What the loop task shares with the daemon around it.
+/// When the next thing due by time is (a verification, a full scan, a held plan): the loop
+/// sets it after each cycle, the ticker sleeps until it.
+#[derive(Debug, Default)]
+pub(super) struct Due(std::sync::Mutex<Option<i64>>);
+
+impl Due {
+    /// The longest the ticker sleeps when nothing is due (its interval still wakes it).
+    const NEVER: Duration = Duration::from_secs(24 * 3600);
+
+    fn set(&self, at: Option<i64>) {
+        if let Ok(mut d) = self.0.lock() {
+            *d = at;
+        }
+    }
+
+    /// How long from `now` until the next thing is due.
+    pub fn wait(&self, now: i64) -> Duration {
+        match self.0.lock().ok().and_then(|d| *d) {
+            Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)),
+            None => Self::NEVER,
+        }
+    }
+}
+
 pub(super) struct Shared {
+    pub due: Arc<Due>,
     pub errors: Arc<AtomicU64>,
     pub completed: Arc<AtomicU64>,
     pub running: Running,
@@ -333,6 +368,7 @@ pub(super) async fn loop_task(
             running: &shared.running,
             n: cycle.n,
             stage: None,
+            arrived: cycle.arrived,
         };
         let stepped = std::panic::AssertUnwindSafe(
             l.step(&ctx, &mut reporter).instrument(cycle.span.clone()),
@@ -352,6 +388,7 @@ pub(super) async fn loop_task(
             continue;
         }
         backoff = supervise::FIRST_BACKOFF;
+        shared.due.set(l.next_due(rt.clock.now_ms()));
         end_cycle(&rt, &cycle).await;
         shared.completed.fetch_add(1, Ordering::SeqCst);
     }

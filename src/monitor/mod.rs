@@ -146,6 +146,12 @@ fn healthy(o: &ReleaseObservation) -> bool {
 }
 
 impl MonitorState {
+    /// When the next full scan is due (now, before the first one).
+    pub fn next_full_scan(&self, every_ms: i64) -> i64 {
+        self.last_full_scan
+            .map_or(i64::MIN, |t| t.saturating_add(every_ms))
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

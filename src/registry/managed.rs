@@ -40,6 +40,14 @@ impl Managed {
         }
     }
 
+    /// Waits for the backend to notice a change by itself (a watched artifact or checkout file).
+    pub async fn changed(&self) {
+        match self {
+            Self::Sql(r) => r.artifact_changes.wake.notified().await,
+            Self::Marketplace(m) => m.changes.wake.notified().await,
+        }
+    }
+
     pub fn marketplace(&self) -> Option<&Marketplace> {
         match self {
             Self::Marketplace(m) => Some(m),

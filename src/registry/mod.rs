@@ -1,5 +1,6 @@
 //! The managed registry: the one narrow interface through which sensors read it and effectors change it.
 
+pub mod artifact_watch;
 pub mod artifacts;
 pub mod changes;
 pub mod fetch;
@@ -185,6 +186,9 @@ pub struct Refreshed {
     /// None: nothing to publish.
     pub published: Option<Result<PublishReport, String>>,
 }
+
+/// The PostgreSQL channel every registry change is announced on (in its transaction).
+pub const NOTIFY_CHANNEL: &str = "mapek_registry";
 
 /// What the loop needs of a registry. A second backend implements this and nothing else changes.
 pub trait Registry: Send + Sync + 'static {

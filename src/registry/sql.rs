@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::artifacts::MemoryArtifacts;
 use super::fetch::{is_url, FetchLimits, Fetcher};
 use super::{
-    Applied, Change, Dependency, PackageRecord, Registry, RegistryCounts, RegistryError,
+    Applied, Change, Dependency, PackageRecord, Refreshed, Registry, RegistryCounts, RegistryError,
     ReleaseRecord,
 };
 use crate::knowledge::{insert_rows, Conn, Fetch, Param, Store};
@@ -26,6 +26,8 @@ pub struct SqlRegistry {
     pub memory: Option<Arc<MemoryArtifacts>>,
     /// Fetches `http(s)://` artifacts; None: they cannot be read.
     pub fetcher: Option<Fetcher>,
+    /// Artifacts written since the last refresh (by this registry, or seen by its watcher).
+    pub artifact_changes: Arc<super::artifact_watch::ArtifactChanges>,
 }
 
 const RELEASE_COLUMNS: &str =
@@ -83,6 +85,12 @@ pub(crate) async fn next_seq(conn: &mut Conn) -> Result<i64, sqlx::Error> {
     let row = conn
         .fetch_one(sqlx::query("SELECT value FROM registry_seq WHERE id = 1"))
         .await?;
+    if conn.backend_name() == "PostgreSQL" {
+        // Delivered when the transaction commits (one per transaction: the same payload is
+        // sent once), to every replica's listener and none if it rolls back.
+        conn.execute(sqlx::query("SELECT pg_notify($1, '')").bind(super::NOTIFY_CHANNEL))
+            .await?;
+    }
     row.try_get(0)
 }
 
@@ -164,6 +172,7 @@ impl SqlRegistry {
             artifact_root: artifact_root.into(),
             memory: None,
             fetcher: None,
+            artifact_changes: Arc::default(),
         }
     }
 
@@ -180,6 +189,7 @@ impl SqlRegistry {
             artifact_root: PathBuf::new(),
             memory: Some(memory),
             fetcher: None,
+            artifact_changes: Arc::default(),
         }
     }
 
@@ -187,6 +197,7 @@ impl SqlRegistry {
     pub fn write_artifact(&self, location: &str, bytes: Vec<u8>) -> Result<(), RegistryError> {
         if let Some(m) = &self.memory {
             m.write(location, bytes);
+            self.artifact_changes.note(location);
             return Ok(());
         }
         let path = self.artifact_path(location)?;
@@ -197,7 +208,41 @@ impl SqlRegistry {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(failed)?;
         }
-        std::fs::write(&path, bytes).map_err(failed)
+        std::fs::write(&path, bytes).map_err(failed)?;
+        self.artifact_changes.note(location);
+        Ok(())
+    }
+
+    /// Watches `artifact_root` for writes, so that a changed file is hashed in the cycle its
+    /// write wakes rather than at the next full scan.
+    pub fn watch_artifacts(&self) -> notify::Result<()> {
+        self.artifact_changes.watch(self.artifact_root.clone())
+    }
+
+    /// The releases whose artifact was written since the last refresh (none at a full scan,
+    /// which looks at every release anyway).
+    async fn written_releases(&self, full: bool) -> Result<Vec<(String, String)>, RegistryError> {
+        let written = self.artifact_changes.take();
+        if full || written.all || written.locations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        let locations: Vec<String> = written.locations.into_iter().collect();
+        for part in locations.chunks(500) {
+            let marks = (1..=part.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("SELECT package, version FROM releases WHERE artifact IN ({marks})");
+            let mut q = self.store.reads().query_owned(sql);
+            for l in part {
+                q = q.bind(l.clone());
+            }
+            for row in q.fetch_all().await? {
+                found.push((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        Ok(found)
     }
 
     /// Changes an artifact's bytes behind the registry's back, as an attacker would: the
@@ -559,6 +604,13 @@ impl Registry for SqlRegistry {
 
     fn artifacts_generation(&self) -> Option<u64> {
         Some(self.memory.as_ref()?.generation())
+    }
+
+    async fn refresh(&self, full: bool, _now: i64) -> Result<Refreshed, RegistryError> {
+        Ok(Refreshed {
+            changed: self.written_releases(full).await?,
+            ..Default::default()
+        })
     }
 
     async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {

@@ -160,6 +160,10 @@ async fn tamper(w: &mut World, package: &str, version: &str) -> anyhow::Result<(
             if let Ok(mut t) = tampered.lock() {
                 t.insert((package.to_string(), v.clone()));
             }
+            // Judged in this tick, as a watched file would be.
+            if let Some(location) = &r.artifact {
+                w.registry.inner.artifact_changes.note(location);
+            }
         }
         None => {
             let file = r.artifact.context("the release has no artifact")?;

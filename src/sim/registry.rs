@@ -86,6 +86,17 @@ impl Registry for SimRegistry {
         self.inner.read_artifact(location)
     }
 
+    /// The artifacts written since the last pass (a `tamper_artifact` event), judged in the
+    /// tick they were written in.
+    async fn refresh(
+        &self,
+        full: bool,
+        now: i64,
+    ) -> Result<crate::registry::Refreshed, RegistryError> {
+        self.check()?;
+        self.inner.refresh(full, now).await
+    }
+
     fn vouched_digest(&self, release: &ReleaseRecord) -> Option<String> {
         let tampered = self.virtual_artifacts.as_ref()?;
         let recorded = release.checksum.clone().unwrap_or_default();

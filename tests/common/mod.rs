@@ -168,6 +168,7 @@ impl World {
             on_task_failure: Default::default(),
             fault: None,
             store_health: Default::default(),
+            wake: Default::default(),
         }
     }
 
