@@ -17,6 +17,17 @@ use crate::registry::SqlRegistry;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// `latency`: drive a running daemon with `--events` events (tampered artifacts and
+    /// corroborated malware reports, alternately) and print the quantiles of the time from each
+    /// event's arrival to its remediation's commit. Without it: the cycle bench.
+    #[arg(value_parser = ["latency"])]
+    pub what: Option<String>,
+    /// Events for `latency`.
+    #[arg(long, default_value_t = 1000)]
+    pub events: usize,
+    /// Print `latency`'s figures as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Packages in the generated registry.
     #[arg(long, default_value_t = 50_000)]
     pub packages: usize,
@@ -108,14 +119,26 @@ async fn one_cycle<R: crate::registry::Registry>(
     Ok((stages.scanned, stages.verified))
 }
 
-pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn bench(args: BenchArgs, database_url: Option<&str>) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Pretty);
-    if args.execute {
+    // `--database-url postgres://…` runs on a new database of that server, as `--pg` does.
+    let pg = args
+        .pg
+        .as_deref()
+        .or(database_url.filter(|u| u.starts_with("postgres")));
+    if args.what.as_deref() == Some("latency") {
+        super::bench_latency::latency(args.events, pg, args.json).await?;
+    } else if args.execute {
         super::bench_execute::execute(args.packages, args.runs, args.pg.as_deref()).await?;
     } else if let Some(n) = args.audit {
         super::bench_execute::audit(n, args.runs, args.pg.as_deref()).await?;
     } else if args.marketplace {
         super::bench_marketplace::bench(args.packages, args.runs, args.pg.as_deref()).await?;
+    } else if let Some(url) = pg {
+        // Refused rather than ignored: these measure a private SQLite store.
+        anyhow::bail!(
+            "{url}: the cycle and analyze benches run on a temporary SQLite store; PostgreSQL is measured by `bench latency`, `--execute`, `--audit` and `--marketplace`"
+        );
     } else if args.analyze {
         super::bench_analyze::bench(args.packages, args.max_releases, args.runs).await?;
     } else {

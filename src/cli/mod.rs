@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_analyze;
 mod bench_execute;
+mod bench_latency;
 mod bench_marketplace;
 mod demo;
 mod policy;
@@ -144,7 +145,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Status => audit::status(&cli.global).await,
             Command::Simulate(args) => simulate::simulate(args).await,
             Command::Rollback { id, by } => audit::rollback(&cli.global, &id, &by).await,
-            Command::Bench(args) => bench::bench(args).await,
+            Command::Bench(args) => bench::bench(args, cli.global.database_url.as_deref()).await,
             Command::Validate => validate::validate(&cli.global).await,
             Command::Replay(args) => replay::replay(&cli.global, args).await,
         }
