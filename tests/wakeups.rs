@@ -1,4 +1,4 @@
-//! What wakes the loop, with its ticker set to an hour: a file written under artifact_root, telemetry committed by the intake, an admin call, a change of the policy directory, a registry change by another process (PostgreSQL NOTIFY, the SQLite file); a burst makes a bounded number of cycles.
+//! What wakes the loop, with its ticker set to an hour: a file written under artifact_root, telemetry committed by the intake, an admin call, a change of the policy directory, a registry change or a pause by another process (PostgreSQL NOTIFY, the SQLite file); a burst makes a bounded number of cycles.
 
 mod common;
 
@@ -226,6 +226,21 @@ async fn a_registry_change_by_another_process_starts_a_cycle() {
     )
     .await
     .expect("yank");
+    tx.commit().await.expect("commit");
+    d.cycles_reach(before + 1).await;
+    // The same for a pause written by another process (`mapek pause` without a daemon URL).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = d.cycles();
+    let mut tx = other.begin().await.expect("tx");
+    mapek::knowledge::control::set_paused(
+        &mut tx,
+        Some(&mapek::knowledge::control::Paused {
+            by: "another process".into(),
+            at: common::NOW,
+        }),
+    )
+    .await
+    .expect("pause");
     tx.commit().await.expect("commit");
     d.cycles_reach(before + 1).await;
     d.stop().await;

@@ -173,8 +173,9 @@ async fn listen(
     }
 }
 
-/// SQLite: another process (`mapek registry import`) wrote the store file; rings when the
-/// registry's change sequence moved (the loop's own writes move nothing it has not seen).
+/// SQLite: another process (`mapek registry import`, `mapek plans approve`, `mapek pause`)
+/// wrote the store file; rings when the registry's change sequence, the maintainers' decisions
+/// or the pause moved (the loop's own writes of other tables ring nothing).
 fn watch_sqlite(
     rt: &std::sync::Arc<super::Runtime>,
     url: &str,
@@ -208,17 +209,16 @@ fn watch_sqlite(
     w.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
     let (rt, cancel) = (rt.clone(), cancel.clone());
     tokio::spawn(async move {
-        use crate::registry::Registry as _;
-        let mut seen = rt.registry.change_seq().await.unwrap_or(0);
+        let mut seen = rt.store.wake_marks().await.ok();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = touched.notified() => {}
             }
             tokio::time::sleep(COALESCE).await;
-            if let Ok(seq) = rt.registry.change_seq().await {
-                if seq != seen {
-                    seen = seq;
+            if let Ok(marks) = rt.store.wake_marks().await {
+                if seen.as_ref() != Some(&marks) {
+                    seen = Some(marks);
                     rt.wake.ring(Reason::Registry);
                 }
             }

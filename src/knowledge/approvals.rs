@@ -72,6 +72,7 @@ pub async fn insert(conn: &mut Conn, a: &Approval) -> Result<bool, StoreError> {
             .bind(a.signature.clone()),
         )
         .await?;
+    super::announce(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -36,5 +36,26 @@ pub async fn set_paused(
         Some(p) => serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         None => String::new(),
     };
-    set_cursor(conn, PAUSED, &value).await
+    set_cursor(conn, PAUSED, &value).await?;
+    super::announce(conn).await?;
+    Ok(())
+}
+
+impl Store {
+    /// What another process may have changed that the loop should look at now: the registry's
+    /// change sequence, the maintainers' decisions, the pause. Equal marks: nothing of that moved.
+    pub async fn wake_marks(&self) -> Result<(i64, i64, String), StoreError> {
+        use sqlx::Row as _;
+        let row = self
+            .reads()
+            .query(
+                "SELECT (SELECT value FROM registry_seq WHERE id = 1), \
+                 (SELECT COUNT(*) FROM approvals), \
+                 (SELECT COALESCE(MAX(value), '') FROM cursors WHERE name = $1)",
+            )
+            .bind(PAUSED)
+            .fetch_one()
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    }
 }

@@ -33,6 +33,21 @@ const DEFAULT_TX_TIMEOUT_MS: u64 = 7_500;
 /// The shortest bound, whatever the lease.
 const MIN_TX_TIMEOUT_MS: u64 = 500;
 
+/// The PostgreSQL channel on which a change that the loop should look at now is announced (a
+/// registry change, a maintainer's decision, pause or resume), in the transaction that makes it,
+/// so that every replica's daemon wakes whichever process wrote it.
+pub const NOTIFY_CHANNEL: &str = "mapek_registry";
+
+/// Announces a change on [`NOTIFY_CHANNEL`] inside the caller's transaction (delivered when it
+/// commits, once per transaction); nothing on SQLite, whose file is watched instead.
+pub async fn announce(conn: &mut Conn) -> Result<(), sqlx::Error> {
+    if conn.backend_name() == "PostgreSQL" {
+        conn.execute(sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
+            .await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database `{url}`: {source}")]

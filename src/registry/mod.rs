@@ -187,8 +187,7 @@ pub struct Refreshed {
     pub published: Option<Result<PublishReport, String>>,
 }
 
-/// The PostgreSQL channel every registry change is announced on (in its transaction).
-pub const NOTIFY_CHANNEL: &str = "mapek_registry";
+pub use crate::knowledge::NOTIFY_CHANNEL;
 
 /// What the loop needs of a registry. A second backend implements this and nothing else changes.
 pub trait Registry: Send + Sync + 'static {

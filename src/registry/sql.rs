@@ -85,12 +85,7 @@ pub(crate) async fn next_seq(conn: &mut Conn) -> Result<i64, sqlx::Error> {
     let row = conn
         .fetch_one(sqlx::query("SELECT value FROM registry_seq WHERE id = 1"))
         .await?;
-    if conn.backend_name() == "PostgreSQL" {
-        // Delivered when the transaction commits (one per transaction: the same payload is
-        // sent once), to every replica's listener and none if it rolls back.
-        conn.execute(sqlx::query("SELECT pg_notify($1, '')").bind(super::NOTIFY_CHANNEL))
-            .await?;
-    }
+    crate::knowledge::announce(conn).await?;
     row.try_get(0)
 }
 
