@@ -1,4 +1,4 @@
-//! What wakes the loop, with its ticker set to an hour: a file written under artifact_root, telemetry committed by the intake, an admin call, a change of the policy directory, a registry change or a pause by another process (PostgreSQL NOTIFY, the SQLite file); a burst makes a bounded number of cycles.
+//! What wakes the loop, with its ticker set to an hour: a file written under artifact_root, telemetry committed by the intake, an admin call, a change of the policy directory, a registry change or a pause by another process (PostgreSQL NOTIFY, the SQLite file); a burst makes a bounded number of cycles; what is due by time (here the next full scan) starts a cycle when it is due.
 
 mod common;
 
@@ -22,7 +22,16 @@ struct Running {
 
 impl Running {
     async fn start(w: &World, reloads: Vec<std::path::PathBuf>) -> Self {
+        Self::start_with(w, reloads, Duration::from_secs(3600)).await
+    }
+
+    async fn start_with(
+        w: &World,
+        reloads: Vec<std::path::PathBuf>,
+        full_scan_every: Duration,
+    ) -> Self {
         let mut rt = w.runtime(PolicySource::fixed(default_policies()));
+        rt.full_scan_every = full_scan_every;
         rt.admin_token = Some("an-admin-token-long-enough".into());
         rt.leadership.set(daemon::lead::Role::Standalone);
         let rt = Arc::new(rt);
@@ -263,5 +272,18 @@ async fn a_burst_of_a_hundred_thousand_events_makes_a_bounded_number_of_cycles()
         (1..=20).contains(&made),
         "100,000 rings made {made} cycles: coalesced, one at a time"
     );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_due_by_time_starts_a_cycle_when_it_is_due() {
+    let w = world(5).await;
+    // A full scan is due every 300 ms; nothing else happens and the ticker waits an hour.
+    let d = Running::start_with(&w, vec![], Duration::from_millis(300)).await;
+    let before = d.cycles();
+    d.cycles_reach(before + 3).await;
+    let due = d.rt.metrics.wakeups.with_label_values(&["due"]).get();
+    let event = d.rt.metrics.wakeups.with_label_values(&["event"]).get();
+    assert!(due >= 2, "due {due}, event {event}");
     d.stop().await;
 }

@@ -308,6 +308,8 @@ async fn ticker(
             _ = tokio::time::sleep(until_due) => {
                 rt.metrics.wakeups.with_label_values(&["due"]).inc();
             }
+            // A cycle ended and set the next time due: sleep until that one instead.
+            _ = due.changed() => continue,
         }
         n += 1;
         let (done_tx, done_rx) = oneshot::channel();

@@ -300,7 +300,7 @@ fn report_verify(rt: &Runtime, out: &VerifyOutput) {
 /// When the next thing due by time is (a verification, a full scan, a held plan): the loop
 /// sets it after each cycle, the ticker sleeps until it.
 #[derive(Debug, Default)]
-pub(super) struct Due(std::sync::Mutex<Option<i64>>);
+pub(super) struct Due(std::sync::Mutex<Option<i64>>, tokio::sync::Notify);
 
 impl Due {
     /// The longest the ticker sleeps when nothing is due (its interval still wakes it).
@@ -310,12 +310,23 @@ impl Due {
         if let Ok(mut d) = self.0.lock() {
             *d = at;
         }
+        self.1.notify_one();
     }
+
+    /// Waits until the time due was set again (the ticker then sleeps until the new one).
+    pub async fn changed(&self) {
+        self.1.notified().await;
+    }
+
+    /// A time already past (a stage that failed left it due) is looked at again after this
+    /// long, not at once: a failing stage must not make the loop spin.
+    const PAST: Duration = Duration::from_millis(250);
 
     /// How long from `now` until the next thing is due.
     pub fn wait(&self, now: i64) -> Duration {
         match self.0.lock().ok().and_then(|d| *d) {
-            Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)),
+            Some(at) if at > now => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)),
+            Some(_) => Self::PAST,
             None => Self::NEVER,
         }
     }
