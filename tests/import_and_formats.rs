@@ -89,6 +89,21 @@ async fn the_real_index_imports_all_77_packages_dotted_names_included() {
     assert_eq!(r.packages_changed, 77);
 }
 
+#[test]
+fn one_source_read_without_a_store_finds_what_the_import_would() {
+    use mapek::registry::import::read_source;
+    let index = std::fs::read_to_string(fixtures().join("registry-index.json")).unwrap();
+    let s = read_source("index.json", &index, NOW).unwrap();
+    assert_eq!(s.packages, 77);
+    assert!(read_source("index.json", "{\"neither\": 1}", NOW).is_err());
+    let broken = read_source("pack.toml", "[pack\nname = ", NOW).unwrap();
+    assert_eq!(
+        (broken.packages, broken.problems),
+        (0, 1),
+        "a located problem, not an error"
+    );
+}
+
 #[tokio::test]
 async fn a_marketplace_catalog_v2_imports_each_pack_with_its_digest() {
     let t = store().await;

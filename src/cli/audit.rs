@@ -48,18 +48,8 @@ pub enum AuditCommand {
 fn read_export(path: &std::path::Path) -> anyhow::Result<Vec<crate::knowledge::audit::AuditEntry>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut entries = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        entries.push(
-            serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not an audit entry", path.display(), i + 1))?,
-        );
-    }
-    Ok(entries)
+    crate::knowledge::audit::parse_export(&text)
+        .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: not an audit entry: {e}", path.display()))
 }
 
 pub async fn audit(global: &Global, command: AuditCommand) -> anyhow::Result<ExitCode> {

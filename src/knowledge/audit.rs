@@ -198,3 +198,17 @@ impl Store {
 pub const PAGE: i64 = 20_000;
 
 pub use super::chain::{verify_chain, ChainBreak};
+
+/// The entries of an exported log (JSON lines, `mapek audit export`); blank lines are skipped.
+/// A line that is not an entry is refused with its number (1-based) and why.
+pub fn parse_export(text: &str) -> Result<Vec<AuditEntry>, (usize, String)> {
+    let mut entries = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        entries.push(serde_json::from_str(line).map_err(|e| (i + 1, e.to_string()))?);
+    }
+    Ok(entries)
+}

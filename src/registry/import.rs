@@ -423,38 +423,83 @@ fn read_manifests(m: &mut Merged, dir: &Path, manifest: &str, table: &str, now: 
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let src = match std::fs::read_to_string(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                m.problem(&path, &folder, "-", format!("cannot read: {e}"));
-                continue;
-            }
-        };
-        let doc: toml::Table = match toml::from_str(&src) {
-            Ok(d) => d,
-            Err(e) => {
-                let (line, reason) = crate::located::toml_error(&src, &e);
-                m.problem(&path, &folder, &format!("line {line}"), reason);
-                continue;
-            }
-        };
-        let mut entry = match doc.get(table).cloned() {
-            Some(t @ toml::Value::Table(_)) => toml_to_json(t),
-            _ => {
-                m.problem(
-                    &path,
-                    &folder,
-                    table,
-                    format!("no [{table}] table: skipped"),
-                );
-                continue;
-            }
-        };
-        if let (Some(obj), Some(mk)) = (entry.as_object_mut(), doc.get("marketplace")) {
-            obj.insert("marketplace".into(), toml_to_json(mk.clone()));
+        match std::fs::read_to_string(&path) {
+            Ok(src) => read_manifest(m, &path, &folder, &src, table, now),
+            Err(e) => m.problem(&path, &folder, "-", format!("cannot read: {e}")),
         }
-        read_entry(m, &path, &entry, now);
     }
+}
+
+/// One manifest's text (`package.toml`, `pack.toml`) whose `[table]` holds the package fields.
+fn read_manifest(m: &mut Merged, path: &Path, folder: &str, src: &str, table: &str, now: i64) {
+    let doc: toml::Table = match toml::from_str(src) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, reason) = crate::located::toml_error(src, &e);
+            m.problem(path, folder, &format!("line {line}"), reason);
+            return;
+        }
+    };
+    let mut entry = match doc.get(table).cloned() {
+        Some(t @ toml::Value::Table(_)) => toml_to_json(t),
+        _ => {
+            m.problem(path, folder, table, format!("no [{table}] table: skipped"));
+            return;
+        }
+    };
+    if let (Some(obj), Some(mk)) = (entry.as_object_mut(), doc.get("marketplace")) {
+        obj.insert("marketplace".into(), toml_to_json(mk.clone()));
+    }
+    read_entry(m, path, &entry, now);
+}
+
+/// What reading one source found: packages, releases, problems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceSummary {
+    pub packages: usize,
+    pub releases: usize,
+    pub problems: usize,
+}
+
+/// Reads one source's text as the import does a file of that name (`package.toml`,
+/// `pack.toml`, or a JSON document: a registry index, a catalog v2, a receipt), without a store:
+/// what it would import and how many problems it would report. For the fuzz targets and tests.
+pub fn read_source(name: &str, src: &str, now: i64) -> Result<SourceSummary, RegistryError> {
+    let mut m = Merged::default();
+    let path = Path::new(name);
+    match name {
+        "package.toml" => read_manifest(&mut m, path, "p", src, "package", now),
+        "pack.toml" => read_manifest(&mut m, path, "p", src, "pack", now),
+        _ => read_json(&mut m, path, src, now)?,
+    }
+    Ok(SourceSummary {
+        packages: m.packages.len(),
+        releases: m.releases.len(),
+        problems: m.problems.len(),
+    })
+}
+
+/// A JSON document: a registry index, a catalog v2 or a validation receipt.
+fn read_json(m: &mut Merged, path: &Path, src: &str, now: i64) -> Result<(), RegistryError> {
+    let unreadable = |reason: String| RegistryError::Artifact {
+        location: path.display().to_string(),
+        reason,
+    };
+    let doc: Json = serde_json::from_str(src)
+        .map_err(|e| unreadable(format!("line {}: not JSON: {e}", e.line())))?;
+    if doc.get("schema").and_then(|s| s.as_str()) == Some(super::marketplace::catalog::SCHEMA) {
+        read_catalog(m, path, &doc, now);
+    } else if doc.get("packages").is_some() {
+        read_index(m, path, &doc, now);
+    } else if doc.get("guard_results").is_some() {
+        read_receipt(m, path, &doc);
+    } else {
+        return Err(unreadable(
+            "neither a registry index (`packages`), a catalog v2 nor a validation receipt (`guard_results`)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn read_receipt(m: &mut Merged, file: &Path, doc: &Json) {
@@ -555,21 +600,7 @@ fn read_path(m: &mut Merged, path: &Path, now: i64, depth: u8) -> Result<(), Reg
     };
     if path.is_file() {
         let src = std::fs::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
-        let doc: Json = serde_json::from_str(&src)
-            .map_err(|e| unreadable(format!("line {}: not JSON: {e}", e.line())))?;
-        if doc.get("schema").and_then(|s| s.as_str()) == Some(super::marketplace::catalog::SCHEMA) {
-            read_catalog(m, path, &doc, now);
-        } else if doc.get("packages").is_some() {
-            read_index(m, path, &doc, now);
-        } else if doc.get("guard_results").is_some() {
-            read_receipt(m, path, &doc);
-        } else {
-            return Err(unreadable(
-                "neither a registry index (`packages`), a catalog v2 nor a validation receipt (`guard_results`)"
-                    .into(),
-            ));
-        }
-        return Ok(());
+        return read_json(m, path, &src, now);
     }
     if !path.is_dir() {
         return Err(unreadable("no such file or directory".into()));
