@@ -215,6 +215,59 @@ pub async fn status(global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `mapek explain ID`: from the running daemon when `admin_url` is configured, from the store
+/// otherwise (with the policies of the configuration and the daemon's key to check signatures).
+pub async fn explain(global: &Global, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::daemon::explain::{ExplainError, Explanation};
+    let config = global.config()?;
+    let show = |x: &Explanation| -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(x)?);
+        } else {
+            print!("{x}");
+        }
+        Ok(())
+    };
+    if let Some(remote) = super::remote::Remote::of(&config)? {
+        let path = format!("/v1/admin/explain/{id}");
+        match remote.call(reqwest::Method::GET, &path, None).await {
+            Ok(Ok(body)) => {
+                let x: Explanation = serde_json::from_value(body)
+                    .with_context(|| format!("the explanation from {}", remote.url()))?;
+                show(&x)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(Err(refused)) => {
+                eprintln!("refused: {refused}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => eprintln!("{e:#}; reading the store directly instead"),
+        }
+    }
+    let store = Store::open(&config.database_url).await?;
+    let policies = crate::daemon::reload::PolicySource::load(
+        &config.policies,
+        &config.trusted_keys,
+        config.require_signed_policies,
+    )
+    .or_else(|_| crate::plan::policy::PolicySet::from_sources(&[]))
+    .map_err(|e| anyhow::anyhow!("no policy set: {e:?}"))?;
+    let key = KeyPair::load(&config.key_file).ok().map(|k| k.public());
+    let read = Explanation::read(&store, &policies, key.as_ref(), id).await;
+    store.close().await;
+    match read {
+        Ok(x) => {
+            show(&x)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ ExplainError::NotFound(_)) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(ExplainError::Store(e)) => Err(e.into()),
+    }
+}
+
 /// `mapek rollback ID`: undo an executed remediation by applying its recorded inverse.
 pub async fn rollback(global: &Global, id: &str, by: &str) -> anyhow::Result<ExitCode> {
     use crate::clock::{Clock, SystemClock};

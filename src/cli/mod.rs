@@ -77,6 +77,16 @@ pub enum Command {
     Circuit(policy::CircuitCommand),
     /// Findings and remediations at a glance.
     Status,
+    /// Why mapek did what it did: a finding, a remediation (`rem-…`) or an audit entry (its
+    /// number): what was observed, the finding's life, the policy and its condition, the gate,
+    /// the decisions, the signature, the audit entries, the verification.
+    Explain {
+        /// A finding's id, a remediation's id or an audit entry's number.
+        id: String,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo an executed remediation: its recorded inverse, applied, signed and audited.
     Rollback {
         /// The remediation's id (see `mapek status` or `mapek audit log`).
@@ -143,6 +153,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Plans(c) => policy::plans(&cli.global, c).await,
             Command::Circuit(c) => policy::circuit(&cli.global, c).await,
             Command::Status => audit::status(&cli.global).await,
+            Command::Explain { id, json } => audit::explain(&cli.global, &id, json).await,
             Command::Simulate(args) => simulate::simulate(args).await,
             Command::Rollback { id, by } => audit::rollback(&cli.global, &id, &by).await,
             Command::Bench(args) => bench::bench(args, cli.global.database_url.as_deref()).await,

@@ -33,6 +33,7 @@ pub fn routes(rt: Arc<Runtime>) -> Router<Arc<Runtime>> {
         .route("/v1/admin/plans/{id}/{decision}", post(decide))
         .route("/v1/admin/remediations/{id}/rollback", post(rollback))
         .route("/v1/admin/circuit/close", post(close_circuit))
+        .route("/v1/admin/explain/{id}", get(explain))
         .route_layer(axum::middleware::from_fn_with_state(rt, authenticated))
 }
 
@@ -47,6 +48,7 @@ fn call_of(path: &str) -> AdminCall {
         "plans" => AdminCall::Decide,
         "remediations" => AdminCall::Rollback,
         "circuit" => AdminCall::CircuitClose,
+        "explain" => AdminCall::Explain,
         _ => AdminCall::Status,
     }
 }
@@ -147,7 +149,12 @@ async fn finish(
     let result = if status.is_success() { "ok" } else { "refused" };
     // A decision, a rollback, a pause or resume, a reload or a closed circuit changes what the
     // loop would do: it looks now.
-    if status.is_success() && !matches!(endpoint, AdminCall::Status | AdminCall::Plans) {
+    if status.is_success()
+        && !matches!(
+            endpoint,
+            AdminCall::Status | AdminCall::Plans | AdminCall::Explain
+        )
+    {
         rt.wake.ring(super::wake::Reason::Admin);
     }
     let write = rt.store.record(
@@ -471,4 +478,23 @@ async fn close_circuit(State(rt): State<Arc<Runtime>>, body: axum::body::Bytes) 
         Err(e) => store_failed(e),
     };
     finish(&rt, AdminCall::CircuitClose, &by, code, body).await
+}
+
+/// Why mapek did what it did about a finding, a remediation or an audit entry.
+async fn explain(State(rt): State<Arc<Runtime>>, Path(id): Path<String>) -> Response {
+    let policies = rt.policies.get();
+    let key = rt.key.public();
+    let read = super::explain::Explanation::read(&rt.store, &policies, Some(&key), &id).await;
+    let (code, body) = match read {
+        Ok(x) => match serde_json::to_value(x) {
+            Ok(v) => (StatusCode::OK, v),
+            Err(e) => store_failed(e),
+        },
+        Err(e @ super::explain::ExplainError::NotFound(_)) => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({ "error": e.to_string() }),
+        ),
+        Err(super::explain::ExplainError::Store(e)) => store_failed(e),
+    };
+    finish(&rt, AdminCall::Explain, &id, code, body).await
 }

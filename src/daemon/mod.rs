@@ -1,6 +1,7 @@
 //! The daemon: each stage a task under one supervisor, joined by bounded channels, woken by a ticker.
 
 pub mod admin;
+pub mod explain;
 pub mod health;
 pub mod http;
 pub mod lead;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::{Conn, Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Approve,
@@ -30,7 +30,7 @@ impl Decision {
 }
 
 /// One maintainer's signed decision on one remediation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Approval {
     pub remediation_id: String,
     pub key_id: String,
@@ -77,6 +77,31 @@ pub async fn insert(conn: &mut Conn, a: &Approval) -> Result<bool, StoreError> {
 }
 
 impl Store {
+    /// Every decision recorded on one remediation, in the order they came.
+    pub async fn approvals_of(&self, remediation_id: &str) -> Result<Vec<Approval>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT remediation_id, key_id, decision, at, signature FROM approvals \
+             WHERE remediation_id = $1 ORDER BY at, key_id",
+        )
+        .bind(remediation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let decision: String = r.try_get(2)?;
+                Ok(Approval {
+                    remediation_id: r.try_get(0)?,
+                    key_id: r.try_get(1)?,
+                    decision: Decision::parse(&decision).ok_or_else(|| {
+                        StoreError::Corrupt(format!("approval decision `{decision}`"))
+                    })?,
+                    at: r.try_get(3)?,
+                    signature: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
     /// Every decision on remediations that wait for approval, by remediation id.
     pub async fn pending_approvals(&self) -> Result<HashMap<String, Vec<Approval>>, StoreError> {
         let rows = sqlx::query(

@@ -194,6 +194,50 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The entries about one remediation (its plan, execution, verification, approvals,
+    /// rollback), oldest first, at most 1,000 (for `mapek explain`).
+    pub async fn audit_entries_of(
+        &self,
+        remediation_id: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_where("remediation_id = $1", remediation_id.to_string())
+            .await
+    }
+
+    /// One entry by its sequence number.
+    pub async fn audit_entry(&self, seq: i64) -> Result<Option<AuditEntry>, StoreError> {
+        let page = self.audit_page(seq - 1, 1).await?;
+        Ok(page.into_iter().find(|e| e.seq == seq))
+    }
+
+    async fn audit_where(
+        &self,
+        clause: &str,
+        value: String,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => format!(
+                "SELECT json_group_array(json_array(seq, at, kind, actor, subject, remediation_id, \
+                 detail, prev_hash, hash, signature) ORDER BY seq) \
+                 FROM (SELECT * FROM audit_log WHERE {clause} ORDER BY seq LIMIT 1000)"
+            ),
+            Backend::Postgres => format!(
+                "SELECT COALESCE(json_agg(json_build_array(seq, at, kind, actor, subject, \
+                 remediation_id, detail, prev_hash, hash, signature) ORDER BY seq), '[]'::json)::text \
+                 FROM (SELECT * FROM audit_log WHERE {clause} ORDER BY seq LIMIT 1000) AS page"
+            ),
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_one(&self.pool)
+            .await?;
+        let text: String = row.try_get(0)?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("audit_log where {clause}: {e}")))
+    }
+}
+
 /// Entries read per query when the log is read whole.
 pub const PAGE: i64 = 20_000;
 

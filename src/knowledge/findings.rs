@@ -35,7 +35,7 @@ impl FindingState {
 }
 
 /// Whether the planner has looked at a firing finding yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanState {
     New,
@@ -69,7 +69,7 @@ impl PlanState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub id: String,
     pub fingerprint: String,

@@ -188,6 +188,21 @@ impl Store {
         rows.iter().map(decode_row).collect()
     }
 
+    /// Every remediation planned for a finding, oldest first (for `mapek explain`).
+    pub async fn remediations_of_finding(
+        &self,
+        finding_id: &str,
+    ) -> Result<Vec<Remediation>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM remediations WHERE finding_id = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(finding_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     /// Remediations created at or after `since`, oldest first (for `mapek replay`).
     pub async fn remediations_since(&self, since: i64) -> Result<Vec<Remediation>, StoreError> {
         let sql = format!(

@@ -144,6 +144,7 @@ pub enum AdminCall {
     Decide,
     Rollback,
     CircuitClose,
+    Explain,
 }
 words!(AdminCall);
 
