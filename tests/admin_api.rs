@@ -409,9 +409,38 @@ fn the_command_line_asks_a_running_daemon_when_one_is_configured() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // `mapek explain` through the API, by a finding's id (with `#` and `:` in it).
+    let text = String::from_utf8_lossy(&online.stdout).into_owned();
+    let rem = text
+        .split_whitespace()
+        .find(|w| w.starts_with("rem-"))
+        .expect("a remediation in the status")
+        .to_string();
+    let by_rem = cli(&["explain", &rem, "--json"]);
+    assert!(
+        by_rem.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_rem.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&by_rem.stderr).contains("unreachable"),
+        "answered by the daemon"
+    );
+    let x: serde_json::Value = serde_json::from_slice(&by_rem.stdout).expect("JSON");
+    let finding = x["finding"]["id"]
+        .as_str()
+        .expect("its finding")
+        .to_string();
+    assert!(finding.contains('#'), "{finding}");
+    let by_finding = cli(&["explain", &finding]);
+    assert!(
+        by_finding.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_finding.stderr)
+    );
+    assert!(String::from_utf8_lossy(&by_finding.stdout).contains(&rem));
     let _ = daemon.kill();
     let _ = daemon.wait();
-    let text = String::from_utf8_lossy(&online.stdout);
     assert!(text.contains("role: standalone"), "{text}");
     assert!(text.contains("quarantine-tampered"), "{text}");
 }

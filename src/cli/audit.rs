@@ -229,7 +229,23 @@ pub async fn explain(global: &Global, id: &str, json: bool) -> anyhow::Result<Ex
         Ok(())
     };
     if let Some(remote) = super::remote::Remote::of(&config)? {
-        let path = format!("/v1/admin/explain/{id}");
+        // A finding's id holds `#` and `:`: sent as one path segment.
+        let segment: String = id
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z'
+                | b'A'..=b'Z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'.'
+                | b'_'
+                | b'~'
+                | b':'
+                | b'@' => char::from(b).to_string(),
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let path = format!("/v1/admin/explain/{segment}");
         match remote.call(reqwest::Method::GET, &path, None).await {
             Ok(Ok(body)) => {
                 let x: Explanation = serde_json::from_value(body)
