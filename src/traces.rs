@@ -47,8 +47,15 @@ pub fn init(format: LogFormat, otlp: Option<String>) -> Traces {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
     };
     let fmt = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        // Colours only on a terminal: in a journal, a file or a pipe they are noise.
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
     };
     let (otel, provider) = match otlp.map(|url| exporter(&url)) {
         Some(Ok(provider)) => {

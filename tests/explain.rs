@@ -50,7 +50,11 @@ async fn a_remediation_its_finding_and_an_audit_entry_are_explained() {
     assert_eq!(story.signature_valid, Some(true));
     let policy = story.policy.as_ref().expect("the policy is loaded");
     assert_eq!(policy.id, r.policy);
-    assert!(policy.when.is_some(), "its condition, as written");
+    assert_eq!(
+        policy.when,
+        policies.get(&r.policy).and_then(|p| p.when.clone()),
+        "its condition, as written"
+    );
     assert!(story.audit.iter().any(|e| e.kind == "remediation.executed"));
     let finding = x.finding.as_ref().expect("the finding it answered");
     assert_eq!(Some(&finding.id), r.finding_id.as_ref());
@@ -59,6 +63,7 @@ async fn a_remediation_its_finding_and_an_audit_entry_are_explained() {
         "observed:",
         "life: first seen",
         "policy on [",
+        "when ",
         "the daemon's signature verifies",
         "audit ",
     ] {

@@ -44,6 +44,16 @@ pub enum AuditCommand {
     },
 }
 
+/// An entry of `audit log --json`: its `detail` as the JSON object it is, not a string of it
+/// (`audit export` keeps the stored text, which the hash covers).
+fn log_line(e: &crate::knowledge::audit::AuditEntry) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(e)?;
+    if let Ok(detail) = serde_json::from_str::<serde_json::Value>(&e.detail) {
+        v["detail"] = detail;
+    }
+    Ok(serde_json::to_string(&v)?)
+}
+
 /// Reads an exported log, naming the line of anything that is not an entry.
 fn read_export(path: &std::path::Path) -> anyhow::Result<Vec<crate::knowledge::audit::AuditEntry>> {
     let text =
@@ -78,7 +88,7 @@ async fn run(
             let skip = limit.map(|l| entries.len().saturating_sub(l)).unwrap_or(0);
             for e in &entries[skip..] {
                 if json {
-                    println!("{}", serde_json::to_string(e)?);
+                    println!("{}", log_line(e)?);
                 } else {
                     let detail: serde_json::Value =
                         serde_json::from_str(&e.detail).unwrap_or_default();

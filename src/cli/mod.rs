@@ -41,7 +41,12 @@ pub struct Global {
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Database URL: a SQLite path or sqlite:// URL, or postgres://. Overrides the configuration.
-    #[arg(long, global = true, env = "MAPEK_DATABASE_URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAPEK_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Use the demo's store under ./mapek-demo (created on first use).
     #[arg(long, global = true)]

@@ -65,6 +65,17 @@ fn gauges(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, promet
 }
 
 impl Metrics {
+    /// Every remediation counted since start, whatever its policy, action and outcome.
+    pub fn remediations_count(&self) -> u64 {
+        use prometheus::core::Collector as _;
+        self.remediations
+            .collect()
+            .iter()
+            .flat_map(|m| m.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let buckets = vec![

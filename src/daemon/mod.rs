@@ -190,6 +190,7 @@ pub async fn run(
         running: running.clone(),
         failure: failure.clone(),
         due: Arc::default(),
+        summary: Default::default(),
     });
     let (tick_tx, tick_rx) = mpsc::channel::<Cycle>(1);
     tracker.spawn(staged(

@@ -332,8 +332,30 @@ impl Due {
     }
 }
 
+/// What the periodic summary line says: since when, and what happened since.
+#[derive(Debug)]
+pub(super) struct Summary {
+    since: Instant,
+    cycles: u64,
+    slowest: Duration,
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            cycles: 0,
+            slowest: Duration::ZERO,
+        }
+    }
+}
+
+/// How often the loop says at info that it is alive and what it did, when nothing else is said.
+const SUMMARY_EVERY: Duration = Duration::from_secs(300);
+
 pub(super) struct Shared {
     pub due: Arc<Due>,
+    pub summary: std::sync::Mutex<Summary>,
     pub errors: Arc<AtomicU64>,
     pub completed: Arc<AtomicU64>,
     pub running: Running,
@@ -401,8 +423,39 @@ pub(super) async fn loop_task(
         backoff = supervise::FIRST_BACKOFF;
         shared.due.set(l.next_due(rt.clock.now_ms()));
         end_cycle(&rt, &cycle).await;
+        summarize(&rt, &shared.summary, cycle.n, cycle.started.elapsed());
         shared.completed.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// A line per cycle at debug; every five minutes a summary at info, so that a quiet daemon's log
+/// still says it is alive and what it did.
+fn summarize(rt: &Runtime, summary: &std::sync::Mutex<Summary>, n: u64, took: Duration) {
+    tracing::debug!(cycle = n, took_ms = took.as_millis() as u64, "cycle done");
+    let Ok(mut s) = summary.lock() else { return };
+    s.cycles += 1;
+    s.slowest = s.slowest.max(took);
+    if s.since.elapsed() < SUMMARY_EVERY {
+        return;
+    }
+    let open: i64 = {
+        use prometheus::core::Collector as _;
+        rt.metrics
+            .findings_open
+            .collect()
+            .iter()
+            .flat_map(|m| m.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    };
+    tracing::info!(
+        cycles = s.cycles,
+        slowest_ms = s.slowest.as_millis() as u64,
+        findings_open = open,
+        remediations_total = rt.metrics.remediations_count(),
+        "still watching"
+    );
+    *s = Summary::default();
 }
 
 /// After a cycle: the store's probe, the cycle's metrics, the watchdog.
