@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{store, NOW};
 use mapek::keys::KeyPair;
@@ -11,21 +11,22 @@ use mapek::plan::policy::PolicySet;
 use mapek::registry::import::import;
 use mapek::registry::{Registry, SqlRegistry};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/ggen")
-}
-
 #[tokio::test]
 async fn the_real_ggen_registry_imports_with_its_problems_reported_and_twice_changes_nothing() {
+    let Some(fixtures) = common::ggen_fixtures() else {
+        return;
+    };
     let t = store().await;
-    let first = import(&t.store, &fixtures(), NOW).await.unwrap();
+    let first = import(&t.store, &fixtures.clone(), NOW).await.unwrap();
     assert_eq!(first.sources.len(), 4, "{:?}", first.sources);
     let index: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("registry-index.json")).unwrap(),
+        &std::fs::read_to_string(fixtures.clone().join("registry-index.json")).unwrap(),
     )
     .unwrap();
     let index_names = index["packages"].as_array().unwrap().len();
-    let packs = std::fs::read_dir(fixtures().join("packs")).unwrap().count();
+    let packs = std::fs::read_dir(fixtures.clone().join("packs"))
+        .unwrap()
+        .count();
     assert!(
         first.packages_seen >= index_names && first.packages_seen <= index_names + packs,
         "{}",
@@ -60,13 +61,17 @@ async fn the_real_ggen_registry_imports_with_its_problems_reported_and_twice_cha
         .problems
         .iter()
         .any(|p| p.field == "package_id" && p.package == "io.ggen.nextjs.ontology-crud"));
-    let second = import(&t.store, &fixtures(), NOW + 1000).await.unwrap();
+    let second = import(&t.store, &fixtures.clone(), NOW + 1000)
+        .await
+        .unwrap();
     assert_eq!(second.packages_changed, 0);
     assert_eq!(second.releases_changed, 0);
     // A receipt's overall_score becomes the package's quality.
     let receipt: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            fixtures().join("receipts/academic-bibliography-manager/1.0.0.json"),
+            fixtures
+                .clone()
+                .join("receipts/academic-bibliography-manager/1.0.0.json"),
         )
         .unwrap(),
     )
@@ -81,8 +86,11 @@ async fn the_real_ggen_registry_imports_with_its_problems_reported_and_twice_cha
 
 #[tokio::test]
 async fn the_real_index_imports_all_77_packages_dotted_names_included() {
+    let Some(fixtures) = common::ggen_fixtures() else {
+        return;
+    };
     let t = store().await;
-    let r = import(&t.store, &fixtures().join("registry-index.json"), NOW)
+    let r = import(&t.store, &fixtures.clone().join("registry-index.json"), NOW)
         .await
         .unwrap();
     assert_eq!(r.packages_seen, 77, "{:#?}", r.problems);
@@ -91,8 +99,11 @@ async fn the_real_index_imports_all_77_packages_dotted_names_included() {
 
 #[test]
 fn one_source_read_without_a_store_finds_what_the_import_would() {
+    let Some(fixtures) = common::ggen_fixtures() else {
+        return;
+    };
     use mapek::registry::import::read_source;
-    let index = std::fs::read_to_string(fixtures().join("registry-index.json")).unwrap();
+    let index = std::fs::read_to_string(fixtures.clone().join("registry-index.json")).unwrap();
     let s = read_source("index.json", &index, NOW).unwrap();
     assert_eq!(s.packages, 77);
     assert!(read_source("index.json", "{\"neither\": 1}", NOW).is_err());
@@ -106,8 +117,13 @@ fn one_source_read_without_a_store_finds_what_the_import_would() {
 
 #[tokio::test]
 async fn a_marketplace_catalog_v2_imports_each_pack_with_its_digest() {
+    let Some(fixtures) = common::ggen_fixtures() else {
+        return;
+    };
     let t = store().await;
-    let catalog = fixtures().join("../ggen-marketplace/dist/site/index.json");
+    let catalog = fixtures
+        .clone()
+        .join("../ggen-marketplace/dist/site/index.json");
     let r = import(&t.store, &catalog, NOW).await.unwrap();
     assert_eq!(r.packages_seen, 48);
     assert_eq!(r.releases_seen, 48);
@@ -125,8 +141,12 @@ async fn a_marketplace_catalog_v2_imports_each_pack_with_its_digest() {
         .await
         .unwrap()
         .expect("imported");
-    let sums =
-        std::fs::read_to_string(fixtures().join("../ggen-marketplace/dist/packs.sha256")).unwrap();
+    let sums = std::fs::read_to_string(
+        fixtures
+            .clone()
+            .join("../ggen-marketplace/dist/packs.sha256"),
+    )
+    .unwrap();
     let digest = sums
         .lines()
         .find_map(|l| l.strip_prefix("fastmcp-pack 0.1.0 sha256:"))
@@ -138,17 +158,25 @@ async fn a_marketplace_catalog_v2_imports_each_pack_with_its_digest() {
 
 #[tokio::test]
 async fn each_format_is_detected_on_its_own() {
+    let Some(fixtures) = common::ggen_fixtures() else {
+        return;
+    };
     for (sub, min) in [("registry-index.json", 50), ("packages", 50), ("packs", 1)] {
         let t = store().await;
-        let r = import(&t.store, &fixtures().join(sub), NOW).await.unwrap();
+        let r = import(&t.store, &fixtures.clone().join(sub), NOW)
+            .await
+            .unwrap();
         assert!(r.packages_seen >= min, "{sub}: {}", r.packages_seen);
     }
 }
 
 #[tokio::test]
 async fn a_refused_input_changes_nothing_already_stored() {
+    let Some(fixtures) = common::ggen_fixtures() else {
+        return;
+    };
     let t = store().await;
-    import(&t.store, &fixtures().join("registry-index.json"), NOW)
+    import(&t.store, &fixtures.clone().join("registry-index.json"), NOW)
         .await
         .unwrap();
     let registry = SqlRegistry::new(t.store.clone(), ".");

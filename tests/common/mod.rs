@@ -377,3 +377,18 @@ pub async fn step(w: &World, l: &mut mapek::cycle::Loop, now: i64) -> Recorded {
     assert!(step.failed.is_none(), "{:?}", step.failed);
     r
 }
+
+/// The real ggen registry data in `../shared/fixtures/ggen`, or None (said once per test) when
+/// it is missing outside CI; in CI it must be there.
+pub fn ggen_fixtures() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/ggen");
+    if dir.join("registry-index.json").is_file() {
+        return Some(dir);
+    }
+    assert!(std::env::var("CI").is_err(), "CI needs {}", dir.display());
+    eprintln!(
+        "skipped: {} is missing (the shared fixtures)",
+        dir.display()
+    );
+    None
+}
