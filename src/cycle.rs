@@ -134,6 +134,8 @@ struct Wakes {
     learn: bool,
     /// When the next executed remediation is due for verification.
     verify_at: Option<i64>,
+    /// When an open finding next changes by time alone.
+    finding_at: Option<i64>,
 }
 
 impl Wakes {
@@ -144,6 +146,7 @@ impl Wakes {
             verify: true,
             learn: true,
             verify_at: None,
+            finding_at: None,
         }
     }
 }
@@ -190,17 +193,23 @@ impl Loop {
     }
 
     /// When the loop should next run for something due by time, with nothing else happening:
-    /// a verification, the next full scan, or a held plan (a window, an approval, a `for`
+    /// a verification, the next full scan, a finding's `for` or `keep_firing_for` ending, or a
+    /// held plan (a window, an approval, a `for`
     /// period, a cooldown) looked at again within [`HELD_RECHECK_MS`].
     pub fn next_due(&self, now: i64) -> Option<i64> {
         let scan = self
             .monitor
             .next_full_scan(self.settings.full_scan_every_ms);
         let held = self.wakes.plan.then(|| now.saturating_add(HELD_RECHECK_MS));
-        [Some(scan), self.wakes.verify_at, held]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            Some(scan),
+            self.wakes.verify_at,
+            self.wakes.finding_at,
+            held,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Something outside the loop wrote to the registry or the store (an event of a scenario, an
@@ -233,6 +242,7 @@ impl Loop {
     ) -> Result<(), Failed> {
         let every = self.settings.schedule == Schedule::EveryCycle;
         let judged = self.sense(ctx, obs, step).await?;
+        self.wakes.finding_at = judged.next_due;
         if judged.changed {
             self.wakes.plan = true;
             self.wakes.verify = true;

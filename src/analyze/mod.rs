@@ -72,6 +72,8 @@ pub struct AnalyzeOutput {
     /// refresh of a held finding's `last_seen`, which is written but changes nothing a later
     /// stage reads.
     pub changed: bool,
+    /// When an open finding next changes by time alone (a `for` or a `keep_firing_for` ends).
+    pub next_due: Option<i64>,
 }
 
 /// What one pass judges. Anything absent is not judged: its open findings stay as they are.
@@ -490,8 +492,22 @@ impl Analyzer {
         store.save_quality_states(&saved).await?;
         open_by_kind.retain(|_, n| *n > 0);
         out.open_by_kind = open_by_kind;
+        out.next_due = after.values().filter_map(|f| self.due(f)).min();
         self.open = Some(after.into_values().collect());
         Ok(out)
+    }
+
+    /// When an open finding next changes by time alone: a pending one fires once its `for`
+    /// has passed, a cleared one resolves once its `keep_firing_for` has.
+    fn due(&self, f: &Finding) -> Option<i64> {
+        let t = self.rules.timing(f.kind);
+        match (f.state, f.cleared_at) {
+            (FindingState::Pending, _) => Some(f.first_seen.saturating_add(t.for_ms)),
+            (FindingState::Firing, Some(cleared)) => {
+                Some(cleared.saturating_add(t.keep_firing_for_ms))
+            }
+            _ => None,
+        }
     }
 
     /// Keeps what the observations say of each release's integrity; a package whose integrity
