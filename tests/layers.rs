@@ -128,6 +128,29 @@ fn nothing_outside_the_knowledge_store_reaches_its_pool() {
 }
 
 #[test]
+fn no_sql_outside_the_knowledge_store_and_the_registry_backends() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    let with_sql: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("knowledge")) && !f.starts_with(src.join("registry")))
+        .filter(|f| {
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.contains("sqlx::query")
+                    || t.contains("AssertSqlSafe")
+                    || t.contains(".reads().query")
+            })
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        with_sql.is_empty(),
+        "SQL lives in knowledge/ and registry/: {with_sql:?}"
+    );
+}
+
+#[test]
 fn the_check_sees_an_edge_the_table_does_not_allow() {
     // The reader finds paths in `use` lines and in code, and not in comments.
     let found = uses("use crate::plan::policy::PolicySet;\nlet s = crate::model::daemon_subject(); // crate::daemon\n");

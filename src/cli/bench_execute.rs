@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::Connection;
-
 use super::bench::median;
 use crate::clock::{Clock, SystemClock};
 use crate::execute::{self, Outcome};
@@ -30,17 +28,8 @@ pub(super) async fn fresh_store(
             None,
         )),
         Some(base) => {
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(base).await?;
             let name = format!("mapek_bench_{}_{run}", std::process::id());
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name}"
-            )))
-            .execute(&mut conn)
-            .await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut conn)
-                .await?;
+            crate::knowledge::create_database(base, &name).await?;
             let (prefix, _) = base
                 .rsplit_once('/')
                 .ok_or_else(|| anyhow::anyhow!("--pg {base}: the URL has no database path"))?;
@@ -63,12 +52,7 @@ pub(super) async fn drop_store(
 ) -> anyhow::Result<()> {
     store.close().await;
     if let (Some(base), Some(name)) = (pg, name) {
-        let mut conn = sqlx::AnyConnection::connect(base).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name}"
-        )))
-        .execute(&mut conn)
-        .await?;
+        crate::knowledge::drop_database(base, &name).await?;
     }
     Ok(())
 }

@@ -48,6 +48,47 @@ pub async fn announce(conn: &mut Conn) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A database name the benches make: letters, digits and `_` only (it is spliced into DDL).
+fn plain_name(name: &str) -> Result<&str, StoreError> {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(name)
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "`{name}` is not a plain database name"
+        )))
+    }
+}
+
+/// Creates (after dropping any leftover) a database `name` on the PostgreSQL server of `server`
+/// (a URL of one of its databases), for a bench's run.
+pub async fn create_database(server: &str, name: &str) -> Result<(), StoreError> {
+    let name = plain_name(name)?;
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+    let mut conn = sqlx::AnyConnection::connect(server).await?;
+    for ddl in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Drops a database [`create_database`] made.
+pub async fn drop_database(server: &str, name: &str) -> Result<(), StoreError> {
+    let name = plain_name(name)?;
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+    let mut conn = sqlx::AnyConnection::connect(server).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database `{url}`: {source}")]
