@@ -130,7 +130,9 @@ impl Observer for Reporter<'_> {
     fn executed(&mut self, out: &ExecuteOutput, took: Duration) {
         observe(self.rt, "execute", took);
         report_execute(self.rt, out);
-        if let Some(arrived) = self.arrived {
+        // The event this cycle was woken by, or one that arrived while it ran (its write was
+        // seen by this cycle's monitor).
+        if let Some(arrived) = self.arrived.or_else(|| self.rt.wake.arrival()) {
             let since = arrived.elapsed().as_secs_f64();
             for (_, outcome) in &out.results {
                 if matches!(outcome, crate::execute::Outcome::Executed { .. }) {

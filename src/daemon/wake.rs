@@ -55,6 +55,12 @@ impl Wake {
         self.notify.notified().await;
     }
 
+    /// The arrival time of the earliest event not yet taken, left in place (an event that
+    /// arrived while a cycle ran and was acted on in it).
+    pub fn arrival(&self) -> Option<Instant> {
+        self.first.lock().ok().and_then(|f| *f)
+    }
+
     /// Takes the arrival time of the earliest event not yet taken: the cycle starting now
     /// answers it.
     pub fn take_arrival(&self) -> Option<Instant> {
