@@ -168,6 +168,26 @@ async fn a_dead_or_slow_webhook_is_retried_with_backoff_then_given_up_on() {
 }
 
 #[tokio::test]
+async fn a_notice_with_no_webhook_anywhere_fails_at_once_and_stays_in_the_outbox() {
+    let w = world(6).await;
+    let src = "[[policy]]\nid = \"page\"\non = \"checksum_mismatch\"\naction = \"notify\"\nmode = \"enforce\"\n";
+    let set =
+        PolicySet::from_sources(&[(PathBuf::from("n.toml"), src.to_string())]).expect("loads");
+    tamper_and_cycle(&w, &set).await;
+    let notifier = Notifier::new(NotifySettings::default()).unwrap();
+    let out = notifier
+        .deliver_due(&w.t.store, &w.key, NOW, 20)
+        .await
+        .unwrap();
+    match &out[0].1 {
+        Delivery::Failed { error } => assert!(error.starts_with("no webhook"), "{error}"),
+        other => panic!("retrying cannot help without a webhook: {other:?}"),
+    }
+    let n = w.t.store.notice(&out[0].0.id).await.unwrap().unwrap();
+    assert_eq!((n.status.as_str(), n.tries), ("failed", 1));
+}
+
+#[tokio::test]
 async fn reindex_rebuilds_the_search_index_without_quarantined_packages() {
     let w = world(8).await;
     let store = &w.t.store;

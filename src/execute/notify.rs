@@ -109,9 +109,14 @@ impl Notifier {
         let lease = (self.settings.timeout.as_millis() as i64).saturating_mul(2);
         let mut out = Vec::new();
         for n in store.claim_notices(now, lease, limit).await? {
+            let nowhere = n.url.is_none() && self.settings.default_webhook.is_none();
             let delivery = match self.post(&n).await {
                 Ok(()) => Delivery::Delivered,
-                Err(error) if n.tries + 1 >= self.settings.max_tries => Delivery::Failed { error },
+                // No webhook is a configuration, not an outage: trying again cannot help. The
+                // notice stays in the outbox (`mapek status`, the status page) as failed.
+                Err(error) if nowhere || n.tries + 1 >= self.settings.max_tries => {
+                    Delivery::Failed { error }
+                }
                 Err(error) => Delivery::Retry {
                     error,
                     next_at: now + self.settings.backoff_ms(n.tries + 1),

@@ -10,7 +10,7 @@ use foldhash::{HashMap, HashSet};
 use super::guards::{Circuit, Guards, Load};
 use super::policy::{Mode, Policy};
 use crate::knowledge::remediations::{Acted, Status};
-use crate::model::{Gate, Subject};
+use crate::model::{Action, Gate, Subject};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
@@ -81,21 +81,26 @@ impl Ledger {
             *last = (*last).max(a.at);
             if now - a.at < HOUR_MS {
                 *l.per_policy_hour.entry(a.policy.clone()).or_default() += 1;
-                l.hour += 1;
+                l.hour += u64::from(!a.notice);
             }
-            if now - a.at < DAY_MS {
+            if now - a.at < DAY_MS && !a.notice {
                 l.packages_day.insert(a.subject.package.clone());
             }
         }
         l
     }
 
-    fn record(&mut self, policy: &str, subject: &Subject, now: i64) {
+    /// A notice (`notify`) counts for its policy's cooldown and rate limit only: it changes
+    /// nothing in the registry, so the global guards neither stop nor count it.
+    fn record(&mut self, policy: &str, subject: &Subject, now: i64, notice: bool) {
         self.last
             .entry(policy.to_string())
             .or_default()
             .insert(subject.clone(), now);
         *self.per_policy_hour.entry(policy.to_string()).or_default() += 1;
+        if notice {
+            return;
+        }
         self.hour += 1;
         self.packages_day.insert(subject.package.clone());
         self.this_cycle += 1;
@@ -162,7 +167,10 @@ impl Gatekeeper<'_> {
             );
         }
         let would_execute = mode != Mode::DryRun && (!needs_approval || approved);
-        if would_execute {
+        // A notice is how a person hears of a freeze or an open circuit: those stop changes to
+        // the registry, never the word that they happened.
+        let notice = p.action == Action::Notify;
+        if would_execute && !notice {
             if let Some(v) = self.execution(input) {
                 return v;
             }
@@ -171,7 +179,7 @@ impl Gatekeeper<'_> {
             Mode::DryRun => self.dry_run(p, needs_approval.then_some(why_approval)),
             _ if needs_approval && !approved => awaiting_approval(input, why_approval),
             _ => {
-                self.ledger.record(&p.id, input.subject, input.now);
+                self.ledger.record(&p.id, input.subject, input.now, notice);
                 let reason = if needs_approval {
                     format!("approved by {}", input.approvals.approved_by.join(", "))
                 } else {

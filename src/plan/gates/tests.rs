@@ -178,6 +178,7 @@ fn cooldown_counts_what_acted_in_earlier_cycles() {
             policy: "p".into(),
             subject: subject(1),
             at: NOW - 60_000,
+            notice: false,
         }],
         NOW,
     );
@@ -328,4 +329,45 @@ fn dry_run_and_freeze_stop_before_mode_and_a_dry_run_policy_never_trips_a_guard(
     );
     assert_eq!(v.status, Status::DryRun);
     assert!(!k.circuit.open);
+}
+
+#[test]
+fn a_notice_passes_the_freeze_and_the_open_circuit_and_counts_for_no_guard() {
+    let notify = PolicySet::from_sources(&[(
+        PathBuf::from("n.toml"),
+        "[[policy]]\nid = \"page\"\non = \"circuit_open\"\naction = \"notify\"\nmode = \"enforce\"\nmax_per_hour = 3\n".into(),
+    )])
+    .expect("loads");
+    let g = Guards {
+        max_actions_per_cycle: Some(1),
+        freeze: vec![crate::plan::window::Window::parse("0 0 0 15 1 *").expect("cron")],
+        ..Guards::default()
+    };
+    let mut k = keeper(&g);
+    k.circuit.open = true;
+    for i in 0..3 {
+        let v = run(&mut k, &notify, &subject(i), 0, &Approvals::default(), NOW);
+        assert_eq!((v.status, v.gate), (Status::Ready, None), "notice {i}");
+    }
+    // Its own rate limit still holds it.
+    let v = run(&mut k, &notify, &subject(9), 0, &Approvals::default(), NOW);
+    assert_eq!(v.gate, Some(Gate::MaxPerHour));
+    // Three notices, and the guard of one action per cycle has not counted them.
+    assert_eq!(k.ledger.this_cycle, 0);
+    let acted: Vec<Acted> = (0..3)
+        .map(|i| Acted {
+            policy: "page".into(),
+            subject: subject(i),
+            at: NOW - 1000,
+            notice: true,
+        })
+        .collect();
+    let l = Ledger::from_acted(&acted, NOW);
+    assert_eq!((l.hour, l.packages_day.len()), (0, 0));
+    assert_eq!(l.per_policy_hour.get("page"), Some(&3));
+    // A change is still frozen and held by the circuit.
+    let set = policy("");
+    k.circuit.open = false;
+    let v = run(&mut k, &set, &subject(1), 0, &Approvals::default(), NOW);
+    assert_eq!(v.gate, Some(Gate::Freeze));
 }
