@@ -69,6 +69,13 @@ async fn a_remediation_its_finding_and_an_audit_entry_are_explained() {
     ] {
         assert!(text.contains(part), "`{part}` missing from:\n{text}");
     }
+    // A quarantine in force handles its (still firing) finding, and says so.
+    assert_eq!(r.action, mapek::model::Action::Quarantine);
+    assert_eq!(x.handled_by.as_deref(), Some(r.id.as_str()));
+    assert!(
+        text.contains(&format!("handled: {} (a quarantine or yank", r.id)),
+        "{text}"
+    );
 
     // From the finding: the same remediation among those planned for it.
     let by_finding = Explanation::read(&w.t.store, &policies, Some(&key), &finding.id)

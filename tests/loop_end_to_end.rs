@@ -4,6 +4,7 @@ mod common;
 
 use common::{daemon_loop, default_policies, world, Recorded, World, NOW};
 use mapek::analyze::{self, Rules};
+use mapek::daemon::status::{StatusReport, StatusView};
 use mapek::execute::{self, Outcome};
 use mapek::knowledge::audit::verify_chain;
 use mapek::knowledge::remediations::Status;
@@ -42,6 +43,22 @@ async fn plan_only(w: &World, now: i64) {
         .await
         .unwrap();
     common::plan(w, &default_policies(), false, now).await;
+}
+
+async fn status(w: &World) -> StatusReport {
+    let view = StatusView {
+        role: "test",
+        holder: "test",
+        policies: 0,
+        dry_run: false,
+        window_ms: 30 * 86_400_000,
+        now: NOW + 10_000,
+    };
+    StatusReport::read(&w.t.store, view).await.unwrap()
+}
+
+fn effective(r: &StatusReport) -> i64 {
+    r.policy_outcomes.iter().map(|o| o.effective).sum()
 }
 
 fn pair(p: &str) -> (String, String) {
@@ -373,6 +390,26 @@ async fn a_rollback_applies_the_inverse_once_and_is_audited() {
     assert_eq!(w.quarantined().await.len(), 3);
     let id = &executed[0];
     let subject = w.t.store.remediation(id).await.unwrap().unwrap().subject;
+    // Quarantined, the releases' findings still fire (the artifacts are still bad) but read as
+    // handled, and each quarantine in force counts as effective.
+    let before = status(&w).await;
+    let of_subject = |r: &StatusReport| {
+        r.findings
+            .iter()
+            .filter(|f| f.subject == subject.to_string())
+            .map(|f| f.state_word().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        of_subject(&before).iter().all(|s| s == "handled"),
+        "{before}"
+    );
+    assert!(!of_subject(&before).is_empty());
+    assert_eq!(effective(&before), 3, "{before}");
+    assert!(
+        before.to_string().contains(&format!("(by {id})")),
+        "{before}"
+    );
     let (r, outcome) = rollback(
         &w.t.store,
         &w.registry,
@@ -388,6 +425,9 @@ async fn a_rollback_applies_the_inverse_once_and_is_audited() {
     assert_eq!(w.quarantined().await.len(), 2);
     let original = w.t.store.remediation(id).await.unwrap().unwrap();
     assert_eq!(original.status, Status::RolledBack);
+    let after = status(&w).await;
+    assert!(of_subject(&after).iter().all(|s| s == "firing"), "{after}");
+    assert_eq!(effective(&after), 2, "{after}");
     // Twice: refused with a clear message, and nothing changes.
     let again = rollback(
         &w.t.store,

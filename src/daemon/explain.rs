@@ -47,6 +47,10 @@ pub struct Explanation {
     pub remediations: Vec<RemediationStory>,
     /// The audit entry asked about, when an entry's number was given.
     pub entry: Option<AuditEntry>,
+    /// The remediation in force that handles the open finding (an executed quarantine or yank
+    /// of its subject, not rolled back), as `mapek status` says "handled".
+    #[serde(default)]
+    pub handled_by: Option<String>,
 }
 
 /// Why an explanation cannot be given.
@@ -116,6 +120,7 @@ impl Explanation {
             finding: None,
             remediations: Vec::new(),
             entry: None,
+            handled_by: None,
         };
         let mut rems = Vec::new();
         if let Ok(seq) = id.parse::<i64>() {
@@ -139,6 +144,9 @@ impl Explanation {
             if let Some(fid) = rems.first().and_then(|r| r.finding_id.clone()) {
                 x.finding = store.finding(&fid).await?;
             }
+        }
+        if let Some(f) = &x.finding {
+            x.handled_by = store.handled_findings(Some(&f.id)).await?.remove(&f.id);
         }
         for r in rems {
             x.remediations.push(RemediationStory {
@@ -172,7 +180,15 @@ impl std::fmt::Display for Explanation {
             writeln!(f, "  detail: {}", e.detail)?;
         }
         match &self.finding {
-            Some(x) => write_finding(f, x)?,
+            Some(x) => {
+                write_finding(f, x)?;
+                if let Some(by) = &self.handled_by {
+                    writeln!(
+                        f,
+                        "  handled: {by} (a quarantine or yank of its subject) is in force: the finding fires on, but nobody installs what it is about"
+                    )?;
+                }
+            }
             None => writeln!(f, "finding: none recorded")?,
         }
         for s in &self.remediations {

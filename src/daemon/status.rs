@@ -35,6 +35,20 @@ pub struct OpenFinding {
     pub severity: Severity,
     pub state: FindingState,
     pub subject: String,
+    /// The remediation in force that handles it (an executed quarantine or yank of its
+    /// subject): still firing, but out of users' reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_by: Option<String>,
+}
+
+impl OpenFinding {
+    /// `pending`, `firing`, or `handled` when a remediation in force handles it.
+    pub fn state_word(&self) -> &'static str {
+        match (&self.handled_by, self.state) {
+            (Some(_), FindingState::Firing) => "handled",
+            _ => self.state.as_str(),
+        }
+    }
 }
 
 /// Everything `mapek status` shows.
@@ -64,6 +78,7 @@ impl StatusReport {
     /// Reads the report from the store.
     pub async fn read(store: &Store, v: StatusView<'_>) -> Result<Self, StoreError> {
         let open = store.open_findings().await?;
+        let handled = store.handled_findings(None).await?;
         let mut by_kind = BTreeMap::<String, i64>::new();
         for f in &open {
             *by_kind.entry(f.kind.as_str().to_string()).or_default() += 1;
@@ -76,6 +91,7 @@ impl StatusReport {
                 severity: f.severity,
                 state: f.state,
                 subject: f.subject.to_string(),
+                handled_by: handled.get(&f.id).cloned(),
             })
             .collect();
         Ok(Self {
@@ -139,12 +155,17 @@ impl StatusReport {
     fn write_findings(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "open findings: {}", self.findings_open_total)?;
         for x in &self.findings {
+            let by = x
+                .handled_by
+                .as_deref()
+                .map(|id| format!("  (by {id})"))
+                .unwrap_or_default();
             writeln!(
                 f,
-                "  {:<20} {:<9} {:<8} {}",
+                "  {:<20} {:<9} {:<8} {}{by}",
                 x.kind.as_str(),
                 x.severity.as_str(),
-                x.state.as_str(),
+                x.state_word(),
                 x.subject
             )?;
         }
@@ -166,7 +187,7 @@ impl StatusReport {
             std::time::Duration::from_millis(self.learning_window_ms.max(0).unsigned_abs());
         writeln!(
             f,
-            "policies over the last {} (executed, effective, failed verification, rolled back, superseded):",
+            "policies over the last {} (executed, effective, failed verification, rolled back, superseded; DEMOTED when demoted to dry run):",
             humantime::format_duration(window)
         )?;
         for o in &self.policy_outcomes {

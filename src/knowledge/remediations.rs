@@ -226,6 +226,30 @@ impl Store {
     }
 
     /// Counts by status, for `mapek status`.
+    /// Open findings handled by a remediation in force: an executed quarantine or yank (not
+    /// rolled back) of the finding's release, or a quarantine of its whole package, took what it
+    /// is about out of users' reach, though the condition itself (a tampered artifact, say)
+    /// still holds. Whichever finding that remediation answered: a superseded finding on the
+    /// same release is handled too. Finding id to remediation id; `only` narrows it to one.
+    pub async fn handled_findings(
+        &self,
+        only: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT f.id, MIN(r.id) FROM findings f JOIN remediations r \
+               ON r.package = f.package AND (r.version = f.version OR r.version IS NULL) \
+             WHERE f.state <> 'resolved' AND ($1 IS NULL OR f.id = $1) \
+               AND r.status = 'executed' AND r.action IN ('quarantine', 'yank') \
+             GROUP BY f.id",
+        )
+        .bind(only)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub async fn remediation_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT status, COUNT(*) FROM remediations GROUP BY status ORDER BY status",
@@ -304,13 +328,15 @@ pub struct Acted {
     pub policy: String,
     pub subject: Subject,
     pub at: i64,
+    /// A `notify`: counted by its policy's cooldown and rate limit, not by the global guards.
+    pub notice: bool,
 }
 
 impl Store {
     /// Remediations ready, executing or executed since `since`, oldest first.
     pub async fn acted_since(&self, since: i64) -> Result<Vec<Acted>, StoreError> {
         let rows = sqlx::query(
-            "SELECT policy, package, version, updated_at FROM remediations \
+            "SELECT policy, package, version, updated_at, action FROM remediations \
              WHERE status IN ('ready', 'executing', 'executed') AND updated_at >= $1 \
              ORDER BY updated_at, id",
         )
@@ -326,6 +352,7 @@ impl Store {
                         version: r.try_get(2)?,
                     },
                     at: r.try_get(3)?,
+                    notice: r.try_get::<String, _>(4)? == "notify",
                 })
             })
             .collect()

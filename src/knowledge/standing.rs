@@ -14,7 +14,9 @@ pub struct Outcomes {
     pub policy: String,
     /// Applied (and not rolled back since).
     pub executed: i64,
-    /// Verified: their finding cleared.
+    /// Verified: their finding cleared. Without `verify_after`, a quarantine or yank in force
+    /// (executed, not rolled back) counts: it handles its finding by taking the subject out of
+    /// users' reach.
     pub effective: i64,
     /// Verified: their finding had not cleared.
     pub failed_verification: i64,
@@ -101,7 +103,9 @@ impl Store {
         let rows = sqlx::query(
             "SELECT r.policy, \
                SUM(CASE WHEN r.status = 'executed' THEN 1 ELSE 0 END), \
-               SUM(CASE WHEN r.verdict = 'effective' THEN 1 ELSE 0 END), \
+               SUM(CASE WHEN r.verdict = 'effective' OR (r.verify_after_ms IS NULL \
+                 AND r.status = 'executed' AND r.action IN ('quarantine', 'yank')) \
+                 THEN 1 ELSE 0 END), \
                SUM(CASE WHEN r.verdict = 'ineffective' THEN 1 ELSE 0 END), \
                SUM(CASE WHEN r.status = 'rolled_back' THEN 1 ELSE 0 END), \
                SUM(CASE WHEN r.status = 'superseded' THEN 1 ELSE 0 END) \
