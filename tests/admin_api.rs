@@ -413,6 +413,7 @@ fn the_command_line_asks_a_running_daemon_when_one_is_configured() {
     let text = String::from_utf8_lossy(&online.stdout).into_owned();
     let rem = text
         .split_whitespace()
+        .map(|w| w.trim_end_matches(')'))
         .find(|w| w.starts_with("rem-"))
         .expect("a remediation in the status")
         .to_string();

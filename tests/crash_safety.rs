@@ -23,6 +23,7 @@ fn mapek() -> Command {
 /// with a short cycle, frequent full scans and a short lease.
 fn prepare(dir: &Path, url: &str) -> (PathBuf, PathBuf) {
     let demo = common::prepare_demo(dir, url);
+    common::integrity_only(&demo);
     // Open the limits wide enough for every tampered release in one cycle.
     common::edit_policies(
         &demo,

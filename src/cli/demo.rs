@@ -10,17 +10,51 @@ use crate::knowledge::Store;
 use crate::registry::generate::{self, GenerateSpec};
 use crate::registry::{Registry, SqlRegistry};
 
-/// The default policy set, embedded so the demo needs nothing but the binary.
-pub const DEFAULT_POLICIES: [(&str, &str); 3] = [
+/// The default policy library, embedded so the demo needs nothing but the binary.
+pub const DEFAULT_POLICIES: [(&str, &str); 13] = [
     (
         "integrity.toml",
         include_str!("../../policies/integrity.toml"),
     ),
-    ("guards.toml", include_str!("../../policies/guards.toml")),
     (
         "integrity.test.toml",
         include_str!("../../policies/integrity.test.toml"),
     ),
+    ("reports.toml", include_str!("../../policies/reports.toml")),
+    (
+        "reports.test.toml",
+        include_str!("../../policies/reports.test.toml"),
+    ),
+    (
+        "availability.toml",
+        include_str!("../../policies/availability.toml"),
+    ),
+    (
+        "availability.test.toml",
+        include_str!("../../policies/availability.test.toml"),
+    ),
+    (
+        "quality-policies.toml",
+        include_str!("../../policies/quality-policies.toml"),
+    ),
+    (
+        "quality-policies.test.toml",
+        include_str!("../../policies/quality-policies.test.toml"),
+    ),
+    (
+        "supply-chain.toml",
+        include_str!("../../policies/supply-chain.toml"),
+    ),
+    (
+        "supply-chain.test.toml",
+        include_str!("../../policies/supply-chain.test.toml"),
+    ),
+    ("daemon.toml", include_str!("../../policies/daemon.toml")),
+    (
+        "daemon.test.toml",
+        include_str!("../../policies/daemon.test.toml"),
+    ),
+    ("guards.toml", include_str!("../../policies/guards.toml")),
 ];
 
 /// The demo's folder, with its daemon key and default policies (written on first use).
@@ -161,7 +195,17 @@ mod tests {
             .map(|(n, t)| (std::path::PathBuf::from(n), t.to_string()))
             .collect();
         let set = PolicySet::from_sources(&sources).expect("loads");
-        assert_eq!(set.policies.len(), 3);
         assert_eq!(set.guards.max_actions_per_cycle, Some(50));
+        // Every file of policies/ is embedded: the demo runs the whole library.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let shipped = PolicySet::load_dir(&dir, Default::default()).expect("policies/ loads");
+        let ids = |s: &PolicySet| {
+            let mut ids: Vec<_> = s.policies.iter().map(|p| p.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&set), ids(&shipped));
+        let files = std::fs::read_dir(&dir).expect("policies/").count();
+        assert_eq!(DEFAULT_POLICIES.len(), files);
     }
 }

@@ -28,18 +28,23 @@ pub enum PolicyCommand {
         #[arg(long)]
         require_signed: bool,
     },
-    /// Sign a policy file with a maintainer key: writes FILE.sig.
+    /// Sign a policy file with a maintainer key: writes FILE.sig. Given a directory, signs
+    /// every policy file of it (`guards.toml` included; not tests or `quality.toml`).
     Sign {
         file: PathBuf,
         /// The maintainer's secret key file (from `mapek keys generate`).
         #[arg(long)]
         key: PathBuf,
     },
-    /// Check the signature of every policy file of a directory; exit 1 unless all are good.
+    /// Check the signature of every signed policy file of a directory and name the unsigned
+    /// ones; exit 1 on a bad signature, or on an unsigned file with --require-signed.
     Verify {
         dir: PathBuf,
         #[arg(long)]
         trusted_keys: Option<PathBuf>,
+        /// Fail on unsigned files too, as a daemon with `require_signed_policies = true` would.
+        #[arg(long)]
+        require_signed: bool,
     },
     /// Let a policy demoted for being ineffective act again (signed by a maintainer key,
     /// audited); its figures count afresh from now.
@@ -122,12 +127,23 @@ pub fn policy(global: &Global, command: PolicyCommand) -> anyhow::Result<ExitCod
         } => check(global, &dir, trusted_keys, require_signed),
         PolicyCommand::Sign { file, key } => {
             let key = KeyPair::load(&key)?;
-            let sig = signing::sign_file(&file, &key)
-                .with_context(|| format!("signing {}", file.display()))?;
-            println!("wrote {} (signed by `{}`)", sig.display(), key.key_id);
+            let files = if file.is_dir() {
+                policy_files(&file).map_err(|e| anyhow::anyhow!("{e}"))?
+            } else {
+                vec![file]
+            };
+            for file in files {
+                let sig = signing::sign_file(&file, &key)
+                    .with_context(|| format!("signing {}", file.display()))?;
+                println!("wrote {} (signed by `{}`)", sig.display(), key.key_id);
+            }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Verify { dir, trusted_keys } => verify(global, &dir, trusted_keys),
+        PolicyCommand::Verify {
+            dir,
+            trusted_keys,
+            require_signed,
+        } => verify(global, &dir, trusted_keys, require_signed),
         PolicyCommand::Enable { .. } => {
             anyhow::bail!("`policy enable` talks to the store: it runs through `policy::enable`")
         }
@@ -172,11 +188,16 @@ fn check(
 }
 
 /// `mapek policy verify`: each file's signature.
-fn verify(global: &Global, dir: &Path, trusted_keys: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn verify(
+    global: &Global,
+    dir: &Path,
+    trusted_keys: Option<PathBuf>,
+    require_signed: bool,
+) -> anyhow::Result<ExitCode> {
     let trust = trust_for(global, trusted_keys)?
         .context("no trust store: pass --trusted-keys or configure `trusted_keys`")?;
     let files = policy_files(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut bad = 0;
+    let (mut good, mut bad, mut unsigned) = (0, 0, Vec::new());
     for f in &files {
         let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
         let sig = std::fs::read_to_string(signing::sig_path(f)).ok();
@@ -184,28 +205,47 @@ fn verify(global: &Global, dir: &Path, trusted_keys: Option<PathBuf>) -> anyhow:
         let line = match &verdict {
             Signer::Maintainer(k) => format!("ok    {}  signed by `{k}`", f.display()),
             Signer::NotMaintainer(k) => format!(
-                "FAIL  {}  signed by `{k}`, not a maintainer key",
+                "FAIL  {}  signed by `{k}`, not a maintainer key: sign it again with a key of the `maintainer` role",
                 f.display()
             ),
-            Signer::Revoked(k) => {
-                format!("FAIL  {}  signed by `{k}`, a revoked key", f.display())
-            }
+            Signer::Revoked(k) => format!(
+                "FAIL  {}  signed by `{k}`, a revoked key: sign it again with a trusted maintainer key",
+                f.display()
+            ),
             Signer::Unknown => format!(
-                "FAIL  {}  bad signature (changed after signing, or an unknown key)",
+                "FAIL  {}  bad signature (changed after signing, or an unknown key): review the change, then `mapek policy sign {} --key KEY`",
+                f.display(),
                 f.display()
             ),
-            Signer::Unsigned => format!("FAIL  {}  unsigned", f.display()),
+            Signer::Unsigned => format!(
+                "{}  {}  unsigned: `mapek policy sign {} --key KEY`",
+                if require_signed { "FAIL" } else { "--  " },
+                f.display(),
+                f.display()
+            ),
         };
-        if !matches!(verdict, Signer::Maintainer(_)) {
-            bad += 1;
+        match verdict {
+            Signer::Maintainer(_) => good += 1,
+            Signer::Unsigned => unsigned.push(f.display().to_string()),
+            _ => bad += 1,
         }
         println!("{line}");
     }
-    println!("{} file(s), {bad} not properly signed", files.len());
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
+    println!(
+        "{} file(s): {good} signed and good, {bad} with a bad signature, {} unsigned",
+        files.len(),
+        unsigned.len()
+    );
+    if !unsigned.is_empty() {
+        println!(
+            "a daemon with `require_signed_policies = true` refuses the set while any file is unsigned; `mapek policy sign {} --key KEY` signs them all",
+            dir.display()
+        );
+    }
+    Ok(if bad > 0 || (require_signed && !unsigned.is_empty()) {
         ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -229,7 +269,8 @@ fn test(dir: &Path, strict: bool) -> anyhow::Result<ExitCode> {
     }
     if !report.untested.is_empty() {
         println!(
-            "untested policies (no case expects them): {}",
+            "policies no passing case expects to win (add a case with `expect = {{ policy = \"ID\" }}`{}): {}",
+            if strict { "; --strict fails on them" } else { "" },
             report.untested.join(", ")
         );
     }

@@ -8,7 +8,6 @@ use super::decide::{matching, rank};
 use super::facts::Facts;
 use super::policy::{PolicyError, PolicySet};
 use crate::knowledge::findings::{Finding, FindingState, PlanState};
-use crate::located::field_of;
 use crate::located::{line_of, toml_error};
 use crate::model::{FindingKind, Severity, Subject};
 use crate::registry::{PackageRecord, RegistryCounts, ReleaseRecord};
@@ -157,8 +156,11 @@ pub struct CaseResult {
     pub name: String,
     /// None: passed; Some: why not.
     pub failure: Option<String>,
-    /// The policy that won, if any.
-    pub winner: Option<String>,
+    /// The policies that won: one per subject their actions work on (a release's yank and its
+    /// package's `restore_latest` both win, as in the planner).
+    pub winners: Vec<String>,
+    /// The policy the case expects to win (`expect.policy`), if it names one.
+    pub expected: Option<String>,
 }
 
 /// All results of a directory's test files, and the policies no case expects.
@@ -203,10 +205,13 @@ pub fn run_dir(dir: &Path, set: &PolicySet) -> Result<Report, Vec<PolicyError>> 
     if !errors.is_empty() {
         return Err(errors);
     }
+    // Tested: the expected winner of a case that passes. A policy that only wins cases which
+    // expect something else, or no match, is not.
     let tested: BTreeSet<&str> = report
         .results
         .iter()
-        .filter_map(|r| r.winner.as_deref())
+        .filter(|r| r.failure.is_none())
+        .filter_map(|r| r.expected.as_deref())
         .collect();
     report.untested = set
         .policies
@@ -228,7 +233,7 @@ pub fn run_source(
         vec![PolicyError {
             file: file.to_path_buf(),
             line,
-            field: field_of(&reason),
+            field: crate::located::field_at(src, line, &reason),
             reason,
         }]
     })?;
@@ -238,12 +243,13 @@ pub fn run_source(
         let line = line_of(src, spanned.span().start);
         let case = spanned.into_inner();
         match run_case(&case, set) {
-            Ok((failure, winner)) => out.push(CaseResult {
+            Ok((failure, winners)) => out.push(CaseResult {
                 file: file.to_path_buf(),
                 line,
                 name: case.name,
                 failure,
-                winner,
+                winners,
+                expected: case.expect.policy.clone(),
             }),
             Err((field, reason)) => errors.push(PolicyError {
                 file: file.to_path_buf(),
@@ -260,7 +266,7 @@ pub fn run_source(
     }
 }
 
-type CaseOutcome = (Option<String>, Option<String>);
+type CaseOutcome = (Option<String>, Vec<String>);
 
 /// The firing finding a case describes.
 fn finding_of(case: &Case) -> Result<Finding, (String, String)> {
@@ -406,14 +412,31 @@ fn run_case(case: &Case, set: &PolicySet) -> Result<CaseOutcome, (String, String
                 "policy `{}`: condition failed: {}",
                 e.policy, e.reason
             )),
-            None,
+            Vec::new(),
         ));
     }
     let mut ranked: Vec<_> = matched.iter().map(|p| (*p, &finding)).collect();
     rank(&mut ranked);
-    let winner = ranked.first().map(|(p, _)| *p);
-    let failure = judge_winner(&case.expect, winner);
-    Ok((failure, winner.map(|w| w.id.clone())))
+    // One winner per subject the actions work on, in rank order, as the planner decides.
+    let mut winners: Vec<&super::policy::Policy> = Vec::new();
+    let mut subjects = Vec::new();
+    for (p, f) in &ranked {
+        let target = p.action.target(&f.subject);
+        if !subjects.contains(&target) {
+            subjects.push(target);
+            winners.push(p);
+        }
+    }
+    // The expectation names a policy: judge the winner that is it, if one is; else the first.
+    let judged = case
+        .expect
+        .policy
+        .as_deref()
+        .and_then(|id| winners.iter().find(|w| w.id == id))
+        .or(winners.first())
+        .copied();
+    let failure = judge_winner(&case.expect, judged);
+    Ok((failure, winners.iter().map(|w| w.id.clone()).collect()))
 }
 
 #[cfg(test)]
@@ -461,6 +484,50 @@ expect = { action = "yank" }
         let f = r[2].failure.as_deref().expect("fails");
         assert!(f.contains("action `quarantine`, expected `yank`"), "{f}");
         assert_eq!(r[2].line, 15);
+    }
+
+    #[test]
+    fn a_release_and_its_package_each_have_a_winner_and_only_expected_winners_are_tested() {
+        let src = r#"
+[[policy]]
+id = "yank"
+on = "install_failure_burn"
+action = "yank"
+mode = "enforce"
+
+[[policy]]
+id = "restore"
+on = "install_failure_burn"
+action = "restore_latest"
+mode = "enforce"
+
+[[policy]]
+id = "page"
+on = "install_failure_burn"
+action = "notify"
+mode = "enforce"
+"#;
+        let set = PolicySet::from_sources(&[(PathBuf::from("p.toml"), src.into())]).expect("loads");
+        let tests = r#"
+[[case]]
+name = "the yank of the release"
+finding = { kind = "install_failure_burn", severity = "critical" }
+release = { version = "2.0.0" }
+expect = { policy = "yank", action = "yank" }
+
+[[case]]
+name = "and latest moved back on its package"
+finding = { kind = "install_failure_burn", severity = "critical" }
+release = { version = "2.0.0" }
+expect = { policy = "restore", action = "restore_latest" }
+"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("p.test.toml"), tests).expect("write");
+        let report = run_dir(dir.path(), &set).expect("runs");
+        assert_eq!(report.failed(), 0, "{:?}", report.results);
+        assert_eq!(report.results[0].winners, vec!["yank", "restore"]);
+        // `page` loses on the release to the yank: it is the expected winner of nothing.
+        assert_eq!(report.untested, vec!["page"]);
     }
 
     #[test]

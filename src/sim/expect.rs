@@ -9,6 +9,7 @@ use crate::clock::rfc3339;
 use crate::knowledge::findings::Finding;
 use crate::knowledge::remediations::{Remediation, Status};
 use crate::knowledge::Store;
+use crate::model::Action;
 use crate::registry::{Registry, SqlRegistry};
 
 /// One expectation's verdict.
@@ -140,8 +141,13 @@ async fn action(
         other => other.map(str::to_string),
     };
     let about = |r: &&Remediation| {
-        (e.action == "*" || r.action.as_str() == e.action)
-            && pattern.matches(&r.subject.package)
+        // `*` is any change to the registry: a notice is matched by `notify` alone, so that
+        // "nothing else was done" still holds when the default library notifies a person.
+        (if e.action == "*" {
+            r.action != Action::Notify
+        } else {
+            r.action.as_str() == e.action
+        }) && pattern.matches(&r.subject.package)
             && version
                 .as_ref()
                 .is_none_or(|v| r.subject.version.as_deref() == Some(v.as_str()))
@@ -248,9 +254,11 @@ pub async fn judge(
     for (line, e) in &s.expect_final {
         out.push(final_state(e, *line, registry, &scores).await?);
     }
-    if let Some(t) = &s.expect_totals {
-        out.push(totals(t, &remediations, registry).await?);
+    if let Some((line, t)) = &s.expect_totals {
+        out.push(totals(t, *line, &remediations, registry).await?);
     }
+    // In the file's order, as a maintainer reads it.
+    out.sort_by_key(|j| j.line);
     Ok(out)
 }
 
@@ -346,14 +354,16 @@ async fn final_state(
 }
 
 /// The totals of the run: actions, quarantined releases, the share of the registry touched.
+/// Notices change nothing in the registry: they count for neither, as for the global guards.
 async fn totals(
     t: &super::scenario::ExpectTotals,
+    line: usize,
     remediations: &[Remediation],
     registry: &SqlRegistry,
 ) -> anyhow::Result<Judged> {
     let executed: Vec<&Remediation> = remediations
         .iter()
-        .filter(|r| r.status == Status::Executed)
+        .filter(|r| r.status == Status::Executed && r.action != Action::Notify)
         .collect();
     let counts = registry.counts().await?;
     let packages: BTreeSet<&str> = executed
@@ -380,10 +390,20 @@ async fn totals(
             format!("registry fraction {fraction:.4} (max {m})"),
         ));
     }
+    let expectation = [
+        t.max_actions.map(|m| format!("max_actions {m}")),
+        t.max_quarantined.map(|m| format!("max_quarantined {m}")),
+        t.max_registry_fraction
+            .map(|m| format!("max_registry_fraction {m}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
     Ok(Judged {
-        line: 0,
+        line,
         kind: "totals",
-        expectation: "totals".into(),
+        expectation,
         pass: checks.iter().all(|(ok, _)| *ok),
         evidence: checks
             .into_iter()

@@ -7,7 +7,7 @@ use super::{
     duration_ms, Event, ExpectAction, ExpectFinal, ExpectFinding, Generate, Scenario,
     ScenarioError, Source,
 };
-use crate::located::{field_of, line_of, toml_error};
+use crate::located::{line_of, toml_error};
 
 type S<T> = toml::Spanned<T>;
 
@@ -284,6 +284,16 @@ impl Check<'_> {
     }
 }
 
+/// The line of `[expect.totals]` (or of `totals =` inside `[expect]`), for reports.
+fn totals_line(src: &str) -> usize {
+    src.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.starts_with("[expect.totals]") || l.starts_with("totals")
+        })
+        .map_or(1, |i| i + 1)
+}
+
 /// Parses and checks a scenario's text within `limits`: the scenario, or every problem.
 pub(super) fn parse(
     file: &Path,
@@ -295,7 +305,7 @@ pub(super) fn parse(
         vec![ScenarioError {
             file: file.to_path_buf(),
             line,
-            field: field_of(&reason),
+            field: crate::located::field_at(src, line, &reason),
             reason,
         }]
     })?;
@@ -349,7 +359,7 @@ pub(super) fn parse(
         expect_action,
         expect_finding,
         expect_final,
-        expect_totals: raw.expect.totals,
+        expect_totals: raw.expect.totals.map(|t| (totals_line(src), t)),
         config,
     })
 }

@@ -10,7 +10,7 @@ pub use check::Limits;
 
 /// A problem in a scenario file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: field `{field}`: {reason}")]
+#[error("{file}:{line}: {}{reason}", crate::located::about(.field))]
 pub struct ScenarioError {
     pub file: PathBuf,
     pub line: usize,
@@ -205,6 +205,39 @@ pub enum EventKind {
     Resume,
 }
 
+impl EventKind {
+    /// A short label for the timeline's event markers.
+    pub fn marker(&self) -> String {
+        match self {
+            Self::Publish {
+                package, version, ..
+            } => format!("publish {package}@{version}"),
+            Self::InstallOutcomes {
+                package,
+                failure_ratio,
+                ..
+            } => format!("installs {package} ({:.0} % fail)", failure_ratio * 100.0),
+            Self::Downloads {
+                package, per_hour, ..
+            } => format!("downloads {package} {per_hour}/h"),
+            Self::LookupLatency { p99_ms, .. } => format!("lookups p99 {p99_ms} ms"),
+            Self::Report {
+                package, category, ..
+            } => format!("report {package} ({category})"),
+            Self::TamperArtifact { package, .. } => format!("tamper {package}"),
+            Self::CorruptSignature { package, .. } => format!("bad signature {package}"),
+            Self::RevokeKey { key } => format!("revoke {key}"),
+            Self::RotateKey { key, .. } => format!("rotate {key}"),
+            Self::TrustKey { key } => format!("trust {key}"),
+            Self::RegistryOutage { .. } => "registry outage".into(),
+            Self::StoreOutage { .. } => "store outage".into(),
+            Self::Approve { package, .. } => format!("approve {package}"),
+            Self::Pause { .. } => "pause".into(),
+            Self::Resume => "resume".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub at_ms: i64,
@@ -232,7 +265,8 @@ pub struct Scenario {
     pub expect_action: Vec<(usize, ExpectAction)>,
     pub expect_finding: Vec<(usize, ExpectFinding)>,
     pub expect_final: Vec<(usize, ExpectFinal)>,
-    pub expect_totals: Option<ExpectTotals>,
+    /// `[expect.totals]` and its line.
+    pub expect_totals: Option<(usize, ExpectTotals)>,
     /// `[config]`: the daemon's settings for this run (full-scan interval, dry run, detectors,
     /// learning, telemetry retention), over the defaults.
     pub config: crate::config::Config,
