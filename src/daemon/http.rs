@@ -24,6 +24,7 @@ pub struct IntakeConfig {
 
 pub fn router(rt: Arc<Runtime>) -> Router {
     Router::new()
+        .route("/", get(super::page::handler))
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))

@@ -46,6 +46,16 @@ pub struct Metrics {
     pub source_reads: IntCounter,
     /// The name of every metric, for the catalogue's test.
     pub names: Vec<String>,
+    /// The loop's last completed cycle, for the status page.
+    pub last: std::sync::Arc<std::sync::Mutex<Option<LastCycle>>>,
+}
+
+/// When the loop last completed a cycle, how long it took, and the stage error that ended it early.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastCycle {
+    pub at_ms: i64,
+    pub duration_ms: u64,
+    pub failed: Option<String>,
 }
 
 fn counter(name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
@@ -143,6 +153,7 @@ impl Metrics {
             catalog_withheld: gauge("mapek_catalog_withheld", "Packs the published catalog withholds (quarantined or yanked)")?,
             source_reads: counter("mapek_registry_source_reads_total", "Packs read again from the registry's source of record (a marketplace checkout and its archives)")?,
             names: Vec::new(),
+            last: Default::default(),
             registry,
         };
         m.register()?;

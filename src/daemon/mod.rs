@@ -8,6 +8,7 @@ pub mod lead;
 pub mod metrics;
 mod notifier;
 pub mod notify;
+pub mod page;
 pub mod reload;
 pub mod retention;
 mod stages;

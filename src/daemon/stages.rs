@@ -412,6 +412,13 @@ pub(super) async fn loop_task(
         .await;
         let stage = reporter.stage;
         shared.running.set_stage("loop");
+        let failed = match &stepped {
+            Ok(step) => step
+                .failed
+                .as_ref()
+                .map(|(stage, error)| format!("{}: {error}", stage.as_str())),
+            Err(_) => None,
+        };
         if let Err(payload) = stepped {
             let task = stage.map(Stage::as_str).unwrap_or("loop");
             if !supervise::failed(&rt, task, payload, &shared.failure, &cancel, &mut backoff).await
@@ -424,7 +431,7 @@ pub(super) async fn loop_task(
         }
         backoff = supervise::FIRST_BACKOFF;
         shared.due.set(l.next_due(rt.clock.now_ms()));
-        end_cycle(&rt, &cycle).await;
+        end_cycle(&rt, &cycle, failed).await;
         summarize(&rt, &shared.summary, cycle.n, cycle.started.elapsed());
         shared.completed.fetch_add(1, Ordering::SeqCst);
     }
@@ -461,7 +468,7 @@ fn summarize(rt: &Runtime, summary: &std::sync::Mutex<Summary>, n: u64, took: Du
 }
 
 /// After a cycle: the store's probe, the cycle's metrics, the watchdog.
-async fn end_cycle(rt: &Runtime, cycle: &Cycle) {
+async fn end_cycle(rt: &Runtime, cycle: &Cycle, failed: Option<String>) {
     let probe = Instant::now();
     match rt.store.ping().await {
         Ok(()) => rt
@@ -473,5 +480,12 @@ async fn end_cycle(rt: &Runtime, cycle: &Cycle) {
     rt.metrics.cycles.inc();
     rt.metrics.last_cycle.set(rt.clock.now_ms() as f64 / 1000.0);
     observe(rt, "cycle", cycle.started.elapsed());
+    if let Ok(mut last) = rt.metrics.last.lock() {
+        *last = Some(super::metrics::LastCycle {
+            at_ms: rt.clock.now_ms(),
+            duration_ms: cycle.started.elapsed().as_millis() as u64,
+            failed,
+        });
+    }
     notify::watchdog();
 }
