@@ -12,7 +12,7 @@ pub enum KeyError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: field `{field}`: {reason}")]
+    #[error("{file}:{line}: {}{reason}", crate::located::about(.field))]
     Invalid {
         file: PathBuf,
         line: usize,

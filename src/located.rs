@@ -32,9 +32,51 @@ pub fn field_of(reason: &str) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The field a TOML error is about: the one its message names, else the key written on its
+/// line (`mode = "enforce` unclosed: `mode`), else `-` (a table header, say: the line says
+/// where).
+pub fn field_at(src: &str, line: usize, reason: &str) -> String {
+    let named = field_of(reason);
+    if named != "-" {
+        return named;
+    }
+    src.lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.split_once('='))
+        .map(|(key, _)| key.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        })
+        .map_or_else(|| "-".to_string(), str::to_string)
+}
+
+/// `field `x`: ` before a reason, or nothing when no field is known (`-`).
+pub fn about(field: &str) -> String {
+    if field == "-" || field.is_empty() {
+        String::new()
+    } else {
+        format!("field `{field}`: ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_names_the_key_of_its_line_or_nothing() {
+        let src = "[[policy]]\nid = \"x\"\nmode = \"enforce\n";
+        assert_eq!(
+            field_at(src, 3, "invalid basic string, expected `\"`"),
+            "mode"
+        );
+        assert_eq!(field_at(src, 1, "unclosed array table, expected `]`"), "-");
+        assert_eq!(field_at(src, 2, "unknown field `colour`"), "colour");
+        assert_eq!(about("-"), "");
+        assert_eq!(about("mode"), "field `mode`: ");
+    }
 
     #[test]
     fn only_messages_about_a_field_name_one() {

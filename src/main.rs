@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
     match mapek::cli::run(args) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", mapek::cli::describe(&error));
             std::process::ExitCode::from(2)
         }
     }

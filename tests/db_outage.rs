@@ -58,7 +58,7 @@ async fn proxy(target: &str) -> Proxy {
 async fn a_store_outage_mid_action_leaves_nothing_half_applied_and_the_loop_carries_on() {
     let w = world(20).await;
     if w.t.store.backend != mapek::knowledge::Backend::Postgres {
-        eprintln!("store outage: skipped on SQLite (a file cannot be made unreachable; set MAPEK_TEST_DATABASE_URL to run it on PostgreSQL)");
+        common::skip("store outage", "on SQLite (a file cannot be made unreachable; set MAPEK_TEST_DATABASE_URL to run it on PostgreSQL)");
         return;
     }
     w.plant_problems().await;
@@ -172,8 +172,9 @@ async fn while_the_store_is_away_readiness_says_so_within_a_second_and_calls_fai
     use axum::http::StatusCode;
     let w = world(5).await;
     if w.t.store.backend != mapek::knowledge::Backend::Postgres {
-        eprintln!(
-            "store outage: skipped on SQLite (set MAPEK_TEST_DATABASE_URL to run it on PostgreSQL)"
+        common::skip(
+            "store outage readiness",
+            "on SQLite (set MAPEK_TEST_DATABASE_URL to run it on PostgreSQL)",
         );
         return;
     }

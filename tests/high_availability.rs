@@ -91,7 +91,7 @@ async fn executed_quarantines(store: &Store, package: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_applied_twice() {
     if std::env::var("MAPEK_TEST_DATABASE_URL").map_or(true, |u| u.is_empty()) {
-        eprintln!("high availability: skipped on SQLite (one replica there; set MAPEK_TEST_DATABASE_URL to run the failover test on PostgreSQL)");
+        common::skip("high availability", "on SQLite (one replica there; set MAPEK_TEST_DATABASE_URL to run the failover test on PostgreSQL)");
         return;
     }
     let t = common::store().await;
@@ -205,7 +205,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
 async fn a_deposed_leader_cannot_write_anything_with_its_old_token() {
     let t = common::store().await;
     if t.store.backend != mapek::knowledge::Backend::Postgres {
-        eprintln!("fencing: skipped on SQLite (one replica, no lease)");
+        common::skip("fencing", "on SQLite (one replica, no lease)");
         return;
     }
     let old = t.store.fenced();

@@ -97,7 +97,10 @@ async fn a_paused_leaders_transaction_is_ended_within_half_the_lease() {
     use mapek::knowledge::lease::LEADER;
     let t = store().await;
     if t.store.backend != mapek::knowledge::Backend::Postgres {
-        eprintln!("skipped on SQLite: one writer at a time, no lease row to hold");
+        common::skip(
+            "fenced transaction timeouts",
+            "on SQLite (one writer at a time, no lease row to hold)",
+        );
         return;
     }
     let leader = t

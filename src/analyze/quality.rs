@@ -109,7 +109,7 @@ impl QualityModel {
             QualityError {
                 file: file.to_path_buf(),
                 line,
-                field: crate::located::field_of(&reason),
+                field: crate::located::field_at(src, line, &reason),
                 reason,
             }
         })?;

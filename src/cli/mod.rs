@@ -141,6 +141,20 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Runs a command and maps its outcome to an exit code.
+/// An error and its causes on one line, each cause once: an error whose message already
+/// carries its source (`daemon.key: cannot read: No such file…`) does not repeat it.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -166,4 +180,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Replay(args) => replay::replay(&cli.global, args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod describe_tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let key = crate::keys::KeyError::Read {
+            file: "daemon.key".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(key).context("starting");
+        assert_eq!(
+            super::describe(&e),
+            "starting: daemon.key: cannot read: No such file or directory"
+        );
+    }
 }

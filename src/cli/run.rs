@@ -34,37 +34,71 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
-/// Builds the shared runtime of the stages from a configuration. `intake` is the telemetry
-/// writer, when the daemon serves `POST /v1/events`.
+/// What the daemon reads before it touches anything: its key, the trust store, the policies
+/// and the quality model. Loaded first, so that a missing or refused one stops `mapek run`
+/// before a database file or a lock is created.
+pub struct Inputs {
+    key: KeyPair,
+    trust: TrustStore,
+    policies: crate::plan::policy::PolicySet,
+    quality: QualityModel,
+}
+
+impl Inputs {
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let key = KeyPair::load(&config.key_file).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nthe daemon needs its signing key; create one with `mapek keys generate --id daemon --out {}`",
+                config
+                    .key_file
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| ".".into())
+            )
+        })?;
+        let trust = TrustStore::load(&config.trusted_keys).map_err(|e| {
+            anyhow::anyhow!("{e}\nthe daemon will not judge signatures without a trust store")
+        })?;
+        let policies = PolicySource::load(
+            &config.policies,
+            &config.trusted_keys,
+            config.require_signed_policies,
+        )
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("the policy set is refused:\n  {}", lines.join("\n  "))
+        })?;
+        let quality = QualityModel::load(&config.policies)?;
+        Ok(Self {
+            key,
+            trust,
+            policies,
+            quality,
+        })
+    }
+}
+
+/// Builds the shared runtime of the stages from a configuration and its loaded inputs.
+/// `intake` is the telemetry writer, when the daemon serves `POST /v1/events`.
 pub async fn runtime(
     config: &Config,
+    inputs: Inputs,
     dry_run: bool,
     intake: Option<Intake>,
 ) -> anyhow::Result<Runtime> {
+    let Inputs {
+        key,
+        trust,
+        policies,
+        quality,
+    } = inputs;
     let store = Store::open(&config.database_url).await?;
     // On PostgreSQL every transaction of the loop is fenced by the leader's lease.
     let store = match store.backend {
         crate::knowledge::Backend::Postgres => store.fenced().with_lease_ttl(config.lease_ttl),
         crate::knowledge::Backend::Sqlite => store,
     };
-    let key = KeyPair::load(&config.key_file).with_context(|| {
-        format!(
-            "the daemon needs its signing key; create one with `mapek keys generate --id daemon --out {}`",
-            config.key_file.parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".into())
-        )
-    })?;
-    let trust = TrustStore::load(&config.trusted_keys)
-        .context("the daemon will not judge signatures without a trust store")?;
-    let policies = PolicySource::load(
-        &config.policies,
-        &config.trusted_keys,
-        config.require_signed_policies,
-    )
-    .map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!("the policy set is refused:\n  {}", lines.join("\n  "))
-    })?;
-    let quality = QualityModel::load(&config.policies)?;
     let intake = match (intake, &config.intake_token) {
         (Some(writer), Some(token)) => Some(IntakeConfig {
             writer,
@@ -152,6 +186,8 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     if global.demo_marketplace {
         demo::prepare_marketplace(&config).await?;
     }
+    // Everything the daemon reads is checked before it creates or opens anything.
+    let inputs = Inputs::load(&config)?;
     let cancel = CancellationToken::new();
     let cycles = if args.once { Some(1) } else { args.cycles };
     let serving = cycles.is_none() && config.listen.is_some();
@@ -168,7 +204,7 @@ pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // A second daemon on one SQLite file refuses to start; held until the process ends.
     let _single = daemon::lead::single_replica(&config.database_url)?;
-    let rt = Arc::new(runtime(&config, args.dry_run, intake).await?);
+    let rt = Arc::new(runtime(&config, inputs, args.dry_run, intake).await?);
     tracing::info!(
         database = %redact(&config.database_url),
         policies = rt.policies.get().policies.len(),

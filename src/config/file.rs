@@ -111,7 +111,7 @@ pub(crate) fn read(path: &Path, src: &str) -> Result<(ConfigFile, Vec<ConfigErro
         ConfigError::Invalid {
             file: path.to_path_buf(),
             line,
-            field: crate::located::field_of(&reason),
+            field: crate::located::field_at(src, line, &reason),
             reason,
         }
     };

@@ -30,7 +30,7 @@ pub enum ConfigError {
     },
     #[error("field `{field}`: {reason}")]
     Secret { field: String, reason: String },
-    #[error("{file}:{line}: field `{field}`: {reason}")]
+    #[error("{file}:{line}: {}{reason}", crate::located::about(.field))]
     Invalid {
         file: PathBuf,
         line: usize,

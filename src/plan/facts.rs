@@ -170,6 +170,10 @@ pub fn compile_condition(env: &Arc<Env>, src: &str) -> Result<Program, String> {
             unknown.join(", ")
         ));
     }
+    let unknown = values::unknown_fields(&Uses::of(std::iter::once(&program)));
+    if !unknown.is_empty() {
+        return Err(unknown.join("; "));
+    }
     let steps = super::cost::steps(program.expression());
     if steps > super::cost::BUDGET {
         return Err(format!(
@@ -288,6 +292,33 @@ mod tests {
     fn unknown_variables_are_refused() {
         let e = compile_condition(&env(), "pkg.downloads > 1").unwrap_err();
         assert!(e.contains("unknown variable(s) pkg"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_with_the_fields_there_are() {
+        let e = compile_condition(&env(), "finding.severty == 'critical'").unwrap_err();
+        assert!(
+            e.contains("`finding.severty` is not a field of `finding`"),
+            "{e}"
+        );
+        assert!(e.contains("severity"), "{e}");
+        let e = compile_condition(&env(), "package.download > 10 && release.signed").unwrap_err();
+        assert!(e.contains("`package.download`"), "{e}");
+        // Every documented field of every variable compiles; labels' keys are free.
+        assert!(compile_condition(
+            &env(),
+            "finding.kind == 'x' && finding.value >= finding.threshold && finding.age_s >= 0 \
+             && finding.count > 0 && finding.labels.signer == 'a' && package.name != '' \
+             && package.category == null && package.author == null && package.license == null \
+             && package.downloads > 0 && package.stars >= 0 && package.status == 'active' \
+             && package.quality == null && package.dependents >= 0 \
+             && package.transitive_dependents >= 0 && package.age_days >= 0 \
+             && package.days_since_release >= 0 && release.version != '' \
+             && release.published_at < registry.now && release.signed && release.signer != '' \
+             && !release.yanked && !release.quarantined && registry.packages > 0 \
+             && registry.quarantined >= 0"
+        )
+        .is_ok());
     }
 
     #[test]

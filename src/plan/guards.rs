@@ -5,7 +5,6 @@ use std::path::Path;
 
 use super::policy::PolicyError;
 use super::window::Window;
-use crate::located::field_of;
 use crate::located::{line_of, toml_error};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -54,7 +53,11 @@ impl Guards {
         };
         let raw: RawFile = toml::from_str(src).map_err(|e| {
             let (line, reason) = toml_error(src, &e);
-            vec![err(line, &field_of(&reason), reason)]
+            vec![err(
+                line,
+                &crate::located::field_at(src, line, &reason),
+                reason,
+            )]
         })?;
         let g = raw.guards;
         let mut errors = Vec::new();

@@ -11,12 +11,11 @@ use super::guards::Guards;
 use super::signing;
 use super::window::Window;
 use crate::keys::{line_of, toml_error, TrustStore};
-use crate::located::field_of;
 use crate::model::{Action, FindingKind};
 
 /// One problem in a policy set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: field `{field}`: {reason}")]
+#[error("{file}:{line}: {}{reason}", crate::located::about(.field))]
 pub struct PolicyError {
     pub file: PathBuf,
     pub line: usize,
@@ -292,7 +291,7 @@ impl PolicySet {
                     errors.push(PolicyError {
                         file: file.clone(),
                         line,
-                        field: field_of(&reason),
+                        field: crate::located::field_at(src, line, &reason),
                         reason,
                     });
                     continue;

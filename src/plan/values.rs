@@ -185,6 +185,29 @@ const RELEASE_FIELDS: [&str; 6] = [
 ];
 const REGISTRY_FIELDS: [&str; 3] = ["packages", "quarantined", "now"];
 
+/// The fields conditions select that the fact schema (docs/policies.md) does not have, as
+/// `variable.field`, with the fields the variable does have: a misspelt `finding.severty` is a
+/// load error, not a condition that is quietly never true.
+pub fn unknown_fields(uses: &Uses) -> Vec<String> {
+    let mut out = Vec::new();
+    for (variable, fields, known) in [
+        ("finding", &uses.finding, &FINDING_FIELDS[..]),
+        ("package", &uses.package, &PACKAGE_FIELDS[..]),
+        ("release", &uses.release, &RELEASE_FIELDS[..]),
+        ("registry", &uses.registry, &REGISTRY_FIELDS[..]),
+    ] {
+        if let Fields::Some(selected) = fields {
+            for f in selected.iter().filter(|f| !known.contains(&f.as_str())) {
+                out.push(format!(
+                    "`{variable}.{f}` is not a field of `{variable}` (its fields: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
 impl<'v> Source<'v> {
     fn names(&self) -> &'static [&'static str] {
         match self {
@@ -405,11 +428,9 @@ mod tests {
             "release != null && !release.quarantined",
             "null == release || release.signer == 'pub-1'",
             "has(package.quality) && package.quality > 50.0",
-            "has(package.nope)",
             "finding.labels.exists(k, k == 'source') && finding.severity == 'critical'",
             "registry.now > release.published_at && registry.packages > 1",
             "package.license == null && package.age_days >= 0",
-            "release.nope == 1",
         ];
         use crate::plan::facts::{sample_finding, sample_package, sample_release};
         let finding = Finding {

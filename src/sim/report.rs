@@ -24,8 +24,8 @@ pub struct Sample {
     pub actions: Option<BTreeMap<String, i64>>,
 }
 
-/// A line of the timeline: its name, colour and points (virtual hours, value).
-type Series = (String, RGBColor, Vec<(f64, f64)>);
+/// A line of the timeline: its name, colour, stroke width and points (virtual hours, value).
+type Series = (String, RGBColor, u32, Vec<(f64, f64)>);
 
 /// Colours of the actions' lines, in the order their actions first appear.
 const ACTION_COLOURS: [RGBColor; 6] = [
@@ -52,6 +52,10 @@ pub struct Report {
     pub expectations: Vec<Judged>,
     pub notes: Vec<String>,
     pub timeline: Vec<Sample>,
+    /// The scenario's events (virtual seconds, label), marked on the timeline's chart; not in
+    /// report.json, which the scenario file already describes.
+    #[serde(skip)]
+    pub markers: Vec<(i64, String)>,
 }
 
 impl Report {
@@ -81,6 +85,11 @@ impl Report {
             expectations,
             notes,
             timeline,
+            markers: s
+                .events
+                .iter()
+                .map(|e| (e.at_ms / 1000, e.kind.marker()))
+                .collect(),
         }
     }
 
@@ -129,20 +138,25 @@ impl Report {
     /// actions by kind); below, shares in percent (mean quality, install failures).
     pub fn draw_timeline(&self, path: &Path) -> anyhow::Result<()> {
         let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+        // The registry's state is drawn wide, the actions narrow on top of it: where the count of
+        // quarantined releases equals the quarantines executed, both lines still show.
         let mut counts: Vec<Series> = vec![
             (
                 "quarantined".into(),
                 RED,
+                6,
                 self.points(|s| s.quarantined.map(|v| v as f64)),
             ),
             (
                 "deprecated".into(),
                 BLACK,
+                6,
                 self.points(|s| s.deprecated.map(|v| v as f64)),
             ),
             (
                 "open findings".into(),
                 BLUE,
+                2,
                 self.points(|s| s.open_findings.map(|v| v as f64)),
             ),
         ];
@@ -156,6 +170,7 @@ impl Report {
             counts.push((
                 format!("{kind} (executed)"),
                 ACTION_COLOURS[i % ACTION_COLOURS.len()],
+                2,
                 self.points(|s| {
                     s.actions
                         .as_ref()
@@ -167,11 +182,13 @@ impl Report {
             (
                 "mean quality".into(),
                 GREEN,
+                2,
                 self.points(|s| s.mean_quality),
             ),
             (
                 "install failures (%)".into(),
                 RED,
+                2,
                 self.points(|s| s.install_failure_ratio.map(|r| r * 100.0)),
             ),
         ];
@@ -184,13 +201,14 @@ impl Report {
             )
             .map_err(|x| e(&x))?;
         let (top, bottom) = root.split_vertically(360);
+        // Counts are whole: the axis runs to a whole number and labels only whole numbers.
         let y_max = counts
             .iter()
-            .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
-            .fold(1.0f64, f64::max)
-            * 1.1;
-        self.panel(&top, counts, 0.0..y_max, "count")?;
-        self.panel(&bottom, shares, 0.0..105.0, "percent")?;
+            .flat_map(|(_, _, _, p)| p.iter().map(|(_, y)| *y))
+            .fold(1.0f64, f64::max);
+        let y_top = (y_max * 1.15).ceil().max(2.0);
+        self.panel(&top, counts, 0.0..y_top, "count", true)?;
+        self.panel(&bottom, shares, 0.0..105.0, "percent", false)?;
         root.present().map_err(|x| e(&x))?;
         Ok(())
     }
@@ -201,6 +219,7 @@ impl Report {
         series: Vec<Series>,
         y: std::ops::Range<f64>,
         y_desc: &str,
+        markers: bool,
     ) -> anyhow::Result<()> {
         let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
         let x_max = self
@@ -209,21 +228,35 @@ impl Report {
             .map(|s| s.t_s as f64 / 3600.0)
             .unwrap_or(1.0)
             .max(0.01);
+        let y_top = y.end;
         let mut chart = ChartBuilder::on(area)
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
             .build_cartesian_2d(0.0..x_max, y)
             .map_err(|x| e(&x))?;
+        let whole = |v: &f64| {
+            if v.fract().abs() < 1e-9 {
+                format!("{v:.0}")
+            } else {
+                String::new()
+            }
+        };
         chart
             .configure_mesh()
             .x_desc("virtual hours")
             .y_desc(y_desc)
+            .y_labels((y_top as usize + 1).clamp(2, 11))
+            .y_label_formatter(&whole)
+            .x_label_formatter(&|v| format!("{v}"))
             .draw()
             .map_err(|x| e(&x))?;
-        for (name, color, points) in series {
+        if markers {
+            self.draw_markers(&mut chart, y_top)?;
+        }
+        for (name, color, width, points) in series {
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .draw_series(LineSeries::new(points, color.stroke_width(width)))
                 .map_err(|x| e(&x))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
@@ -234,6 +267,53 @@ impl Report {
             .border_style(BLACK)
             .draw()
             .map_err(|x| e(&x))?;
+        Ok(())
+    }
+
+    /// The scenario's events: a dashed grey line at each, labelled (events at one instant share
+    /// a label, cut at 48 characters; labels step down so that neighbours do not overlap).
+    fn draw_markers<DB: DrawingBackend>(
+        &self,
+        chart: &mut ChartContext<
+            '_,
+            DB,
+            Cartesian2d<
+                plotters::coord::types::RangedCoordf64,
+                plotters::coord::types::RangedCoordf64,
+            >,
+        >,
+        y_top: f64,
+    ) -> anyhow::Result<()> {
+        let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+        let mut at: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+        for (t, label) in &self.markers {
+            at.entry(*t).or_default().push(label);
+        }
+        let grey = RGBColor(150, 150, 150);
+        for (i, (t, labels)) in at.iter().enumerate() {
+            let x = *t as f64 / 3600.0;
+            let mut text = labels.join(", ");
+            if text.chars().count() > 48 {
+                text = text.chars().take(47).collect::<String>() + "…";
+            }
+            let steps = [0.97, 0.88, 0.79, 0.70];
+            let y = y_top * steps[i % steps.len()];
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(x, 0.0), (x, y_top)],
+                    4,
+                    3,
+                    grey.stroke_width(1),
+                ))
+                .map_err(|x| e(&x))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (x, y),
+                    ("sans-serif", 11).into_font().color(&RGBColor(80, 80, 80)),
+                )))
+                .map_err(|x| e(&x))?;
+        }
         Ok(())
     }
 
