@@ -246,11 +246,19 @@ async fn keep(rt: Arc<Runtime>, token: i64, ttl_ms: i64, term: CancellationToken
             _ = tokio::time::sleep(every) => {}
         }
         let now = rt.clock.now_ms();
-        match rt
-            .store
-            .renew(LEADER, &lead.holder, token, now, ttl_ms)
-            .await
-        {
+        // Each try is bounded: cut off from PostgreSQL, a renewal on an open connection waits
+        // for an answer that never comes, and the term must still end when the lease does.
+        let renewal = tokio::time::timeout(
+            every,
+            rt.store.renew(LEADER, &lead.holder, token, now, ttl_ms),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::knowledge::StoreError::TimedOut(format!(
+                "no answer within {every:?}"
+            )))
+        });
+        match renewal {
             Ok(true) => valid_until = now.saturating_add(ttl_ms),
             Ok(false) => {
                 tracing::error!(token, "the lease has another holder now");

@@ -101,6 +101,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("fenced: {0}; nothing was written")]
     Fenced(String),
+    /// A call that got no answer in its time (the network to the store is cut, say).
+    #[error("no answer from the knowledge store: {0}")]
+    TimedOut(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
