@@ -484,5 +484,5 @@ async fn healthz_says_alive_and_readyz_says_whether_the_daemon_can_work() {
     assert_eq!(probe(&app, "/healthz").await.0, StatusCode::OK);
     let (status, text) = probe(&app, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
-    assert!(text.contains("knowledge store unreachable"), "{text}");
+    assert!(text.contains("knowledge store unusable"), "{text}");
 }

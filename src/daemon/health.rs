@@ -31,7 +31,22 @@ impl StoreHealth {
 
     /// Probes the store now (at most 800 ms) and keeps what it found.
     pub async fn refresh(&self, store: &Store) -> Result<(), String> {
-        let found = match tokio::time::timeout(PROBE, store.ping()).await {
+        self.refresh_with(store, None).await
+    }
+
+    /// As [`Self::refresh`], and with `write_at` also writes the probe row: a store that answers
+    /// reads but refuses writes (a full disk, a read-only file) is not ready either. The
+    /// listener asks for it on SQLite while the loop's last cycle failed, so a healthy store
+    /// is never made to wait for the probe's write beside the loop's.
+    pub async fn refresh_with(&self, store: &Store, write_at: Option<i64>) -> Result<(), String> {
+        let probe = async {
+            store.ping().await?;
+            if let Some(now) = write_at {
+                store.probe_write(now).await?;
+            }
+            Ok::<(), crate::knowledge::StoreError>(())
+        };
+        let found = match tokio::time::timeout(PROBE, probe).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("it did not answer within {} ms", PROBE.as_millis())),

@@ -340,7 +340,7 @@ async fn ready_handler(State(rt): State<Arc<Runtime>>) -> impl IntoResponse {
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: knowledge store unreachable: {e}\n"),
+            format!("not ready: knowledge store unusable: {e}\n"),
         ),
     }
 }
@@ -363,13 +363,22 @@ pub async fn serve(
     // The store's state, kept current beside the listener: /readyz answers from it and calls
     // that need the store are refused at once while it is down.
     let (health, store, stop) = (rt.store_health.clone(), rt.store.clone(), cancel.clone());
+    let (last, clock) = (rt.metrics.last.clone(), rt.clock.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(super::health::REFRESH);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = every.tick() => { let _ = health.refresh(&store).await; }
+                _ = every.tick() => {
+                    // A SQLite file that refuses writes still answers reads: while the loop's
+                    // last cycle failed, the probe writes too.
+                    let failing = last.lock().ok().and_then(|l| l.as_ref().map(|c| c.failed.is_some()));
+                    let write = (store.backend == crate::knowledge::Backend::Sqlite
+                        && failing == Some(true))
+                        .then(|| clock.now_ms());
+                    let _ = health.refresh_with(&store, write).await;
+                }
             }
         }
     });

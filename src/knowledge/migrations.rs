@@ -333,6 +333,15 @@ CREATE INDEX releases_yanked ON releases (yanked) WHERE yanked = 1;
 CREATE INDEX packages_quality ON packages (quality) WHERE quality IS NOT NULL;
 "#;
 
+/// Version 13: one row the daemon writes to learn whether the store still takes writes (a full
+/// disk, a read-only file), where reading it would say all is well.
+const V13: &str = r#"
+CREATE TABLE store_probe (
+    id BIGINT PRIMARY KEY,
+    at BIGINT NOT NULL
+);
+"#;
+
 pub fn migrator() -> Migrator {
     let step = |version, name, sql| {
         Migration::new(
@@ -357,6 +366,7 @@ pub fn migrator() -> Migrator {
             step(10, "status indexes", V10),
             step(11, "learned snapshots", V11),
             step(12, "overlay indexes", V12),
+            step(13, "store probe", V13),
         ]),
         ..Migrator::DEFAULT
     }

@@ -128,6 +128,20 @@ pub struct Store {
     tx_timeout_ms: u64,
     /// The telemetry series this process has read or numbered.
     series: series::SharedSeries,
+    /// On SQLite, how many more released connections to check for a transaction left open
+    /// (see [`suspect_connections`]); raised when a commit or a begin fails.
+    suspect: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// A SQLite connection whose COMMIT failed (a full disk, a read-only file) keeps, inside sqlx,
+/// a transaction depth that nothing undoes: every later begin on it fails with "attempted to
+/// call begin_with at non-zero transaction depth", and the pool hands it out for ever. After a
+/// failed commit or begin, the next this many released connections are checked (a BEGIN and a
+/// ROLLBACK) and a broken one is closed instead of returned to the pool.
+const SUSPECT_CHECKS: u32 = 16;
+
+fn suspect_connections(suspect: &std::sync::atomic::AtomicU32) {
+    suspect.store(SUSPECT_CHECKS, Ordering::SeqCst);
 }
 
 static DRIVERS: Once = Once::new();
@@ -167,8 +181,25 @@ impl Store {
             url: redact(&url),
             source,
         })?;
+        let suspect = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let checks = suspect.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_release(move |conn, _| {
+                let checks = checks.clone();
+                Box::pin(async move {
+                    let due = checks
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if !due {
+                        return Ok(true);
+                    }
+                    Ok(match sqlx::Connection::begin_with(&mut *conn, "BEGIN").await {
+                        Ok(tx) => tx.rollback().await.is_ok(),
+                        Err(_) => false,
+                    })
+                })
+            })
             // A SQLite connection is a file handle that does not go stale; pinging it before
             // every use doubled the round trips of each query. A PostgreSQL server may drop a
             // connection (a restart, a proxy), so those are checked.
@@ -195,6 +226,7 @@ impl Store {
             fence: None,
             tx_timeout_ms: DEFAULT_TX_TIMEOUT_MS,
             series: Default::default(),
+            suspect,
         };
         if store.adopt_bucket_tables().await? {
             tracing::info!("telemetry buckets of an earlier version converted into batches");
@@ -267,7 +299,13 @@ impl Store {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => match self.pool.begin_with("BEGIN IMMEDIATE").await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    suspect_connections(&self.suspect);
+                    return Err(e.into());
+                }
+            },
             Backend::Postgres => self.pool.begin().await?,
         })
     }
@@ -290,8 +328,9 @@ impl Store {
     /// only way to write.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let mut tx = self.begin_unfenced().await?;
+        let suspect = (self.backend == Backend::Sqlite).then(|| self.suspect.clone());
         let Some(fence) = &self.fence else {
-            return Ok(Tx(tx));
+            return Ok(Tx(tx, suspect));
         };
         let token = fence.load(Ordering::SeqCst);
         if token == lease::NOT_LEADING {
@@ -320,13 +359,26 @@ impl Store {
                 )));
             }
         }
-        Ok(Tx(tx))
+        Ok(Tx(tx, suspect))
     }
 
     /// Checks that the store answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
         conn.ping().await?;
+        Ok(())
+    }
+
+    /// Whether the store takes a write: one row of `store_probe` written outside any fence. A
+    /// SQLite file on a full disk or a read-only mount answers reads and refuses this.
+    pub async fn probe_write(&self, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO store_probe (id, at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }
@@ -357,11 +409,19 @@ pub type Conn = AnyConnection;
 /// A transaction of the store, which only [`Store::begin`] makes: on a fenced handle, it exists
 /// only while the leader's lease is this replica's, so a deposed leader cannot write.
 #[derive(Debug)]
-pub struct Tx(sqlx::Transaction<'static, sqlx::Any>);
+pub struct Tx(
+    sqlx::Transaction<'static, sqlx::Any>,
+    Option<Arc<std::sync::atomic::AtomicU32>>,
+);
 
 impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.0.commit().await
+        let suspect = self.1;
+        let done = self.0.commit().await;
+        if let (Err(_), Some(s)) = (&done, suspect) {
+            suspect_connections(&s);
+        }
+        done
     }
 }
 
