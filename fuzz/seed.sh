@@ -38,7 +38,12 @@ if [ -d "$shared" ]; then
     { printf '\x00'; cat "$f"; } > "$c/import/receipt-$n"
   done
   cp "$shared/ggen-marketplace/dist/site/index.json" "$c/catalog/"
-  ls "$shared"/ggen-marketplace/dist/packs/*.tar.gz | head -n 10 | xargs -I{} cp {} "$c/archive/"
+  # A loop, not `ls | head`: under pipefail, head closing the pipe early kills ls (SIGPIPE, 141).
+  n=0
+  for f in "$shared"/ggen-marketplace/dist/packs/*.tar.gz; do
+    [ -f "$f" ] || continue; n=$((n + 1)); [ $n -le 10 ] || break
+    cp "$f" "$c/archive/"
+  done
 else
   echo "seed: $shared is missing; the corpora hold the repository's files only"
 fi
