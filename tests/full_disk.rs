@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use mapek::knowledge::Store;
 use mapek::registry::SqlRegistry;
-use sqlx::Row;
 
 /// A small tmpfs, unmounted when dropped.
 struct Mount(PathBuf);
@@ -74,20 +73,9 @@ fn wait_ready(port: u16, want: u16, contains: &str, what: &str) -> String {
     }
 }
 
-async fn quarantines(store: &Store, package: &str) -> i64 {
-    sqlx::query(
-        "SELECT COUNT(*) FROM remediations WHERE package = $1 AND action = 'quarantine' AND status = 'executed'",
-    )
-    .bind(package.to_string())
-    .fetch_one(store.raw_pool())
-    .await
-    .expect("count")
-    .get(0)
-}
-
 async fn quarantined_once(store: &Store, package: &str, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while quarantines(store, package).await == 0 {
+    while common::executed_quarantines(store, package).await == 0 {
         assert!(
             Instant::now() < deadline,
             "{what}: {package} never quarantined; the daemon said:\n{}",
@@ -170,7 +158,7 @@ async fn a_full_disk_and_a_read_only_store_stop_the_daemon_cleanly_and_it_resume
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        quarantines(&store, "pkg-00160").await,
+        common::executed_quarantines(&store, "pkg-00160").await,
         0,
         "nothing done while full"
     );
@@ -206,7 +194,7 @@ async fn a_full_disk_and_a_read_only_store_stop_the_daemon_cleanly_and_it_resume
     mount.remount("rw");
     let store = Store::open(&url).await.expect("the store again");
     assert_eq!(
-        quarantines(&store, "pkg-00161").await,
+        common::executed_quarantines(&store, "pkg-00161").await,
         0,
         "nothing done while read-only"
     );
@@ -217,7 +205,11 @@ async fn a_full_disk_and_a_read_only_store_stop_the_daemon_cleanly_and_it_resume
     let _ = child.kill();
     let _ = child.wait();
     for p in ["pkg-00160", "pkg-00161"] {
-        assert_eq!(quarantines(&store, p).await, 1, "{p}: once");
+        assert_eq!(
+            common::executed_quarantines(&store, p).await,
+            1,
+            "{p}: once"
+        );
     }
     let text = std::fs::read_to_string(&first_log).unwrap_or_default();
     assert!(

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use mapek::knowledge::lease::LEADER;
 use mapek::knowledge::Store;
 use mapek::registry::SqlRegistry;
-use sqlx::Row;
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -77,17 +76,6 @@ async fn wait_for_leader(store: &Store, replicas: &[Child], not: Option<u32>) ->
     }
 }
 
-async fn executed_quarantines(store: &Store, package: &str) -> i64 {
-    sqlx::query(
-        "SELECT COUNT(*) FROM remediations WHERE package = $1 AND action = 'quarantine' AND status = 'executed'",
-    )
-    .bind(package.to_string())
-    .fetch_one(store.raw_pool())
-    .await
-    .expect("count")
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_applied_twice() {
     if std::env::var("MAPEK_TEST_DATABASE_URL").map_or(true, |u| u.is_empty()) {
@@ -146,7 +134,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
         );
         // The new leader acts: the tampered release ends quarantined, once.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while executed_quarantines(&t.store, &package).await == 0 {
+        while common::executed_quarantines(&t.store, &package).await == 0 {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: {package} was never quarantined"
@@ -163,32 +151,14 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
 
     for package in &tampered {
         assert_eq!(
-            executed_quarantines(&t.store, package).await,
+            common::executed_quarantines(&t.store, package).await,
             1,
             "{package}"
         );
     }
-    let twice: Vec<(String, i64)> = sqlx::query(
-        "SELECT remediation_id, COUNT(*) FROM audit_log WHERE kind = 'remediation.executed' \
-         GROUP BY remediation_id HAVING COUNT(*) > 1",
-    )
-    .fetch_all(t.store.raw_pool())
-    .await
-    .expect("audit")
-    .iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect();
+    let twice = common::executed_twice(&t.store).await;
     assert!(twice.is_empty(), "applied twice: {twice:?}");
-    let tokens: Vec<i64> = t
-        .store
-        .audit_entries()
-        .await
-        .expect("audit")
-        .iter()
-        .filter(|e| e.kind == "leader.acquired")
-        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
-        .filter_map(|d| d["token"].as_i64())
-        .collect();
+    let tokens = common::term_tokens(&t.store).await;
     assert!(tokens.len() > rounds, "one term per leader: {tokens:?}");
     assert!(
         tokens.windows(2).all(|w| w[0] < w[1]),

@@ -437,3 +437,44 @@ pub fn skip_once(what: &str, why: &str) {
         skip(what, why);
     }
 }
+
+/// Executed quarantines of `package` (any of its releases).
+pub async fn executed_quarantines(store: &mapek::knowledge::Store, package: &str) -> i64 {
+    use sqlx::Row as _;
+    sqlx::query(
+        "SELECT COUNT(*) FROM remediations WHERE package = $1 AND action = 'quarantine' AND status = 'executed'",
+    )
+    .bind(package.to_string())
+    .fetch_one(store.raw_pool())
+    .await
+    .expect("count")
+    .get(0)
+}
+
+/// Remediations the audit log says were executed more than once, with how often.
+pub async fn executed_twice(store: &mapek::knowledge::Store) -> Vec<(String, i64)> {
+    use sqlx::Row as _;
+    sqlx::query(
+        "SELECT remediation_id, COUNT(*) FROM audit_log WHERE kind = 'remediation.executed' \
+         GROUP BY remediation_id HAVING COUNT(*) > 1",
+    )
+    .fetch_all(store.raw_pool())
+    .await
+    .expect("audit")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// The fencing tokens of the leaders' terms, in the audit log's order.
+pub async fn term_tokens(store: &mapek::knowledge::Store) -> Vec<i64> {
+    store
+        .audit_entries()
+        .await
+        .expect("audit")
+        .iter()
+        .filter(|e| e.kind == "leader.acquired")
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).ok())
+        .filter_map(|d| d["token"].as_i64())
+        .collect()
+}
