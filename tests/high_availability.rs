@@ -22,19 +22,11 @@ fn mapek() -> Command {
 
 /// A replica's configuration: the demo's files, a short interval, a short lease, no listener.
 fn write_config(dir: &Path, demo: &Path, url: &str) -> PathBuf {
-    let config = dir.join("replica.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database_url = \"{url}\"\npolicies = \"{0}/policies\"\ntrusted_keys = \"{0}/trusted-keys.toml\"\n\
-             key_file = \"{0}/daemon.key\"\nartifact_root = \"{0}/artifacts\"\ninterval = \"300ms\"\n\
-             full_scan_interval = \"1s\"\nlease_ttl = \"{1}s\"\nshutdown_grace = \"5s\"\n",
-            demo.display(),
-            TTL.as_secs()
-        ),
-    )
-    .expect("config");
-    config
+    let extra = format!(
+        "interval = \"300ms\"\nfull_scan_interval = \"1s\"\nlease_ttl = \"{}s\"\nshutdown_grace = \"5s\"\n",
+        TTL.as_secs()
+    );
+    common::demo_config(&dir.join("replica.toml"), demo, url, &extra)
 }
 
 /// Starts a replica; its log goes to `replica-N.log` beside the configuration.
@@ -54,17 +46,12 @@ fn replica(config: &Path) -> Child {
         .expect("a replica starts")
 }
 
-/// The pid in a lease holder's name (`host:pid:nonce`).
-fn pid_of(holder: &str) -> Option<u32> {
-    holder.split(':').nth(1)?.parse().ok()
-}
-
 /// Waits for a live holder of the lease that is one of `replicas` and not `not`; returns its index.
 async fn wait_for_leader(store: &Store, replicas: &[Child], not: Option<u32>) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(h) = store.lease(LEADER).await.expect("lease") {
-            let pid = pid_of(&h.holder);
+            let pid = common::pid_of(&h.holder);
             if pid != not {
                 if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
                     return i;

@@ -113,23 +113,11 @@ impl Drop for Host {
 }
 
 fn write_config(dir: &Path, demo: &Path, url: &str, name: &str) -> PathBuf {
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "database_url = \"{url}\"\npolicies = \"{0}/policies\"\ntrusted_keys = \"{0}/trusted-keys.toml\"\n\
-             key_file = \"{0}/daemon.key\"\nartifact_root = \"{0}/artifacts\"\ninterval = \"300ms\"\n\
-             full_scan_interval = \"1s\"\nlease_ttl = \"{1}s\"\nshutdown_grace = \"2s\"\n",
-            demo.display(),
-            TTL.as_secs()
-        ),
-    )
-    .expect("config");
-    config
-}
-
-fn pid_of(holder: &str) -> Option<u32> {
-    holder.split(':').nth(1)?.parse().ok()
+    let extra = format!(
+        "interval = \"300ms\"\nfull_scan_interval = \"1s\"\nlease_ttl = \"{}s\"\nshutdown_grace = \"2s\"\n",
+        TTL.as_secs()
+    );
+    common::demo_config(&dir.join(format!("{name}.toml")), demo, url, &extra)
 }
 
 /// The index among `replicas` of the live lease holder, once there is one other than `not`.
@@ -138,7 +126,7 @@ async fn leader(store: &Store, replicas: &[Child], not: Option<usize>) -> usize 
     loop {
         if let Some(h) = store.lease(LEADER).await.expect("lease") {
             let now = mapek::clock::Clock::now_ms(&mapek::clock::SystemClock);
-            let pid = pid_of(&h.holder);
+            let pid = common::pid_of(&h.holder);
             if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
                 if Some(i) != not && h.expires_at > now {
                     return i;

@@ -478,3 +478,28 @@ pub async fn term_tokens(store: &mapek::knowledge::Store) -> Vec<i64> {
         .filter_map(|d| d["token"].as_i64())
         .collect()
 }
+
+/// Writes a daemon configuration at `path` for the demo's files at `demo` and the store at
+/// `url`, with `extra` lines (interval, lease, listener, ...) after them.
+pub fn demo_config(
+    path: &std::path::Path,
+    demo: &std::path::Path,
+    url: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    std::fs::write(
+        path,
+        format!(
+            "database_url = \"{url}\"\npolicies = \"{0}/policies\"\ntrusted_keys = \"{0}/trusted-keys.toml\"\n\
+             key_file = \"{0}/daemon.key\"\nartifact_root = \"{0}/artifacts\"\n{extra}",
+            demo.display()
+        ),
+    )
+    .expect("config");
+    path.to_path_buf()
+}
+
+/// The pid in a lease holder's name (`host:pid:nonce`).
+pub fn pid_of(holder: &str) -> Option<u32> {
+    holder.split(':').nth(1)?.parse().ok()
+}
