@@ -12,6 +12,7 @@ use crate::execute::{self, ExecuteOutput};
 use crate::keys::{KeyPair, TrustStore};
 use crate::knowledge::control::Paused;
 use crate::knowledge::Store;
+use crate::monitor::facts::Facts;
 use crate::monitor::{self, MonitorOutput, MonitorState, Retention};
 use crate::plan::policy::PolicySet;
 use crate::plan::{PlanContext, PlanOutput, Planner};
@@ -241,7 +242,7 @@ impl Loop {
         step: &mut Step,
     ) -> Result<(), Failed> {
         let every = self.settings.schedule == Schedule::EveryCycle;
-        let judged = self.sense(ctx, obs, step).await?;
+        let (judged, facts) = self.sense(ctx, obs, step).await?;
         self.wakes.finding_at = judged.next_due;
         if judged.changed {
             self.wakes.plan = true;
@@ -253,7 +254,7 @@ impl Loop {
             return Ok(());
         }
         if every || self.wakes.plan {
-            self.plan(ctx, obs, step).await?;
+            self.plan(ctx, obs, step, facts).await?;
         }
         if every || self.wakes.execute {
             self.execute(ctx, obs, step).await?;
@@ -274,7 +275,7 @@ impl Loop {
         ctx: &Context<'_, R>,
         obs: &mut impl Observer,
         step: &mut Step,
-    ) -> Result<AnalyzeOutput, Failed> {
+    ) -> Result<(AnalyzeOutput, Option<Arc<Facts>>), Failed> {
         obs.entering(Stage::Monitor);
         step.ran.push(Stage::Monitor);
         let started = Instant::now();
@@ -307,7 +308,7 @@ impl Loop {
             .map_err(|e| (Stage::Analyze, e.to_string()))?;
         self.findings_touched = false;
         span.in_scope(|| obs.analyzed(&judged, started.elapsed()));
-        Ok(judged)
+        Ok((judged, m.facts))
     }
 
     async fn plan<R: Registry>(
@@ -315,6 +316,7 @@ impl Loop {
         ctx: &Context<'_, R>,
         obs: &mut impl Observer,
         step: &mut Step,
+        facts: Option<Arc<Facts>>,
     ) -> Result<(), Failed> {
         obs.entering(Stage::Plan);
         step.ran.push(Stage::Plan);
@@ -325,6 +327,7 @@ impl Loop {
             key: ctx.key,
             daemon_dry_run: self.settings.dry_run,
             now: ctx.now,
+            facts,
         };
         let span = tracing::info_span!("plan");
         let planned = self

@@ -65,6 +65,7 @@ async fn plan_with(w: &World, set: &PolicySet, trust: &TrustStore, now: i64) -> 
         key: &w.key,
         daemon_dry_run: false,
         now,
+        facts: None,
     };
     Planner::default()
         .cycle(&w.t.store, &w.registry, ctx)

@@ -2,7 +2,7 @@
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::lifecycle::Condition;
 use super::settings::Settings;
@@ -41,34 +41,64 @@ fn package_subject(name: &str) -> Subject {
 /// No release for longer than the setting while others depend on it. Deprecated and quarantined
 /// packages are already flagged and are left alone.
 ///
-/// The packages that can be unmaintained (active, depended on, released at least once) sorted
-/// by their last release, kept while the facts stay the same: a cycle then looks only at the
-/// ones whose last release is old enough instead of at every package.
+/// The packages that can be unmaintained (active, depended on, released at least once) ordered
+/// by their last release, kept up to date from the packages the facts say changed: a cycle then
+/// looks only at the ones whose last release is old enough instead of at every package.
 #[derive(Debug, Default)]
 pub struct Unmaintained {
-    seq: Option<i64>,
+    /// The facts' build and change sequence this was brought up to.
+    at: Option<(u64, i64)>,
     /// (last release, facts index), oldest first.
-    by_last: Vec<(i64, usize)>,
+    by_last: BTreeSet<(i64, usize)>,
+    /// The last release each package is ordered by (None: it cannot be unmaintained).
+    last: Vec<Option<i64>>,
 }
 
 impl Unmaintained {
-    pub fn conditions(&mut self, facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
-        if self.seq != Some(facts.change_seq) {
-            self.seq = Some(facts.change_seq);
-            self.by_last = facts
-                .packages
-                .iter()
-                .enumerate()
-                .filter(|(i, p)| facts.dependents[*i] > 0 && p.record.status == "active")
-                .filter_map(|(i, p)| Some((p.last_release_at()?, i)))
-                .collect();
-            self.by_last.sort_unstable();
+    fn eligible(facts: &Facts, i: usize) -> Option<i64> {
+        let p = &facts.packages[i];
+        if facts.dependents[i] > 0 && p.record.status == "active" {
+            p.last_release_at()
+        } else {
+            None
         }
-        let old = self
-            .by_last
-            .partition_point(|(last, _)| now - last > s.unmaintained_after_ms);
+    }
+
+    fn update(&mut self, facts: &Facts) {
+        let since = match self.at {
+            Some((build, seq)) if build == facts.build && seq == facts.change_seq => return,
+            Some((build, seq)) if build == facts.build && seq < facts.change_seq => Some(seq),
+            _ => None,
+        };
+        if since.is_none() {
+            self.by_last.clear();
+            self.last.clear();
+        }
+        self.last.resize(facts.packages.len(), None);
+        for (i, &t) in facts.touched.iter().enumerate() {
+            if since.is_some_and(|s| t <= s) {
+                continue;
+            }
+            if let Some(old) = self.last[i].take() {
+                self.by_last.remove(&(old, i));
+            }
+            self.last[i] = Self::eligible(facts, i);
+            if let Some(last) = self.last[i] {
+                self.by_last.insert((last, i));
+            }
+        }
+        self.at = Some((facts.build, facts.change_seq));
+    }
+
+    pub fn conditions(&mut self, facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
+        self.update(facts);
+        let cutoff = now.saturating_sub(s.unmaintained_after_ms);
         // In the facts' order, as a pass over every package lists them.
-        let mut due: Vec<(usize, i64)> = self.by_last[..old].iter().map(|&(l, i)| (i, l)).collect();
+        let mut due: Vec<(usize, i64)> = self
+            .by_last
+            .range(..(cutoff, 0))
+            .map(|&(l, i)| (i, l))
+            .collect();
         due.sort_unstable();
         let mut out = Vec::new();
         for (i, last) in due {
@@ -128,69 +158,75 @@ fn unavailable(facts: &Facts, name: &str, requirement: &str) -> Option<&'static 
 
 /// The latest release of an active package depends on something missing, quarantined or yanked.
 pub fn dependency_unavailable(facts: &Facts) -> Vec<Condition> {
-    let mut out = Vec::new();
-    for p in &facts.packages {
-        if p.record.status == "quarantined" {
-            continue;
-        }
-        let Some(latest) = p.latest() else { continue };
-        let mut broken = Vec::new();
-        for d in &latest.dependencies {
-            if let Some(why) = unavailable(facts, &d.name, &d.requirement) {
-                broken.push((d, why));
-            }
-        }
-        if broken.is_empty() {
-            continue;
-        }
-        let list: Vec<String> = broken
-            .iter()
-            .map(|(d, why)| format!("{} {} ({why})", d.name, d.requirement))
-            .collect();
-        let mut labels = Labels::new();
-        labels.insert(
-            "dependencies".into(),
-            broken
-                .iter()
-                .map(|(d, _)| serde_json::Value::from(d.name.clone()))
-                .collect::<Vec<_>>()
-                .into(),
-        );
-        labels.insert(
-            "reasons".into(),
-            broken
-                .iter()
-                .map(|(_, w)| serde_json::Value::from(*w))
-                .collect::<Vec<_>>()
-                .into(),
-        );
-        out.push(condition(
-            FindingKind::DependencyUnavailable,
-            Severity::Warning,
-            Subject {
-                package: p.record.name.clone(),
-                version: Some(latest.version.clone()),
-            },
-            broken.len() as f64,
-            format!(
-                "{}@{}: cannot be installed: {}",
-                p.record.name,
-                latest.version,
-                list.join(", ")
-            ),
-            labels,
-        ));
+    (0..facts.packages.len())
+        .filter_map(|i| unavailable_dependencies(facts, i))
+        .collect()
+}
+
+/// Whether the latest release of package `i` depends on something missing, quarantined or
+/// yanked: it depends on nothing but the package and the ones it names.
+pub fn unavailable_dependencies(facts: &Facts, i: usize) -> Option<Condition> {
+    let p = &facts.packages[i];
+    if p.record.status == "quarantined" {
+        return None;
     }
-    out
+    let latest = p.latest()?;
+    let mut broken = Vec::new();
+    for d in &latest.dependencies {
+        if let Some(why) = unavailable(facts, &d.name, &d.requirement) {
+            broken.push((d, why));
+        }
+    }
+    if broken.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = broken
+        .iter()
+        .map(|(d, why)| format!("{} {} ({why})", d.name, d.requirement))
+        .collect();
+    let mut labels = Labels::new();
+    labels.insert(
+        "dependencies".into(),
+        broken
+            .iter()
+            .map(|(d, _)| serde_json::Value::from(d.name.clone()))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    labels.insert(
+        "reasons".into(),
+        broken
+            .iter()
+            .map(|(_, w)| serde_json::Value::from(*w))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    Some(condition(
+        FindingKind::DependencyUnavailable,
+        Severity::Warning,
+        Subject {
+            package: p.record.name.clone(),
+            version: Some(latest.version.clone()),
+        },
+        broken.len() as f64,
+        format!(
+            "{}@{}: cannot be installed: {}",
+            p.record.name,
+            latest.version,
+            list.join(", ")
+        ),
+        labels,
+    ))
 }
 
 /// Every dependency cycle (a strongly connected component of more than one package, or a
 /// package depending on itself), reported once, on its first package by name.
 pub fn dependency_cycles(facts: &Facts) -> Vec<Condition> {
-    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(facts.packages.len(), facts.edges.len());
+    let mut g: DiGraph<usize, ()> =
+        DiGraph::with_capacity(facts.packages.len(), facts.edges().count());
     let nodes: Vec<_> = (0..facts.packages.len()).map(|i| g.add_node(i)).collect();
     let mut self_loops = Vec::new();
-    for &(a, b) in &facts.edges {
+    for (a, b) in facts.edges() {
         if a == b {
             self_loops.push(a);
         } else {
@@ -391,8 +427,10 @@ mod tests {
         for hour in 0..80 {
             let now = released + s.unmaintained_after_ms + hour * HOUR;
             if hour == 40 {
-                // A new release of the oldest: the facts change and the index is rebuilt.
+                // A new release of the oldest: the facts change, touching it, and the index is
+                // updated for it.
                 f.packages[0].releases[0].published_at = now;
+                f.touched[0] = 2;
                 f.change_seq = 2;
             }
             let got: Vec<(String, f64)> = index

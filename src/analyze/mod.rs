@@ -1,6 +1,7 @@
 //! Analyze: turn observations, registry facts and telemetry into findings, deduplicated by fingerprint, through the lifecycle.
 
 pub mod checks;
+mod incremental;
 pub mod learning;
 pub mod lifecycle;
 pub mod quality;
@@ -205,13 +206,12 @@ pub async fn cycle(
     Analyzer::new(rules.clone()).cycle(store, input, now).await
 }
 
-/// Conditions derived from the facts alone, kept while the facts stay the same: dependency
-/// conditions for as long as that; typosquats also while no package stops being new and the
+/// Conditions derived from the facts alone: dependency conditions kept up to date from what
+/// changed; typosquats kept while the facts stay the same, no package stops being new and the
 /// settings that judge them are the same.
 #[derive(Debug, Default)]
 struct FactConditions {
-    seq: Option<i64>,
-    dependencies: Vec<(FindingKind, Vec<Condition>)>,
+    dependencies: incremental::DependencyConditions,
     typosquats_key: Option<(i64, i64, i64, usize)>,
     typosquats_until: i64,
     typosquats: Vec<Condition>,
@@ -312,19 +312,7 @@ impl Analyzer {
         }
         if let (Some(facts), None) = (input.facts, input.unreachable) {
             let c = &mut self.cached;
-            if c.seq != Some(facts.change_seq) {
-                c.seq = Some(facts.change_seq);
-                c.dependencies = vec![
-                    (
-                        FindingKind::DependencyUnavailable,
-                        checks::dependency_unavailable(facts),
-                    ),
-                    (
-                        FindingKind::DependencyCycle,
-                        checks::dependency_cycles(facts),
-                    ),
-                ];
-            }
+            c.dependencies.update(facts);
             let key = (
                 facts.change_seq,
                 s.typosquat_new_within_ms,
@@ -336,7 +324,11 @@ impl Analyzer {
                 c.typosquats = checks::typosquats(facts, s, now);
                 c.typosquats_until = checks::typosquats_hold_until(facts, s, now);
             }
-            complete.extend(c.dependencies.iter().cloned());
+            complete.push((
+                FindingKind::DependencyUnavailable,
+                c.dependencies.unavailable(),
+            ));
+            complete.push((FindingKind::DependencyCycle, c.dependencies.cycles()));
             complete.push((FindingKind::TyposquatSuspect, c.typosquats.clone()));
             complete.push((
                 FindingKind::Unmaintained,

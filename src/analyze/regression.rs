@@ -27,9 +27,10 @@ type Labels = serde_json::Map<String, serde_json::Value>;
 #[derive(Debug, Default)]
 pub struct Quality {
     pub states: HashMap<String, QualityState>,
-    /// What the last pass scored against: the facts' change sequence, the model and the
-    /// settings. Any change scores every package again.
-    scored: Option<(i64, QualityModel, Settings)>,
+    /// What the last pass scored against: the facts' build and change sequence, the model and the
+    /// settings. Another build, model or settings scores every package again; a later change
+    /// sequence of the same build, the packages touched since.
+    scored: Option<(u64, i64, QualityModel, Settings)>,
     /// When each package (by facts index) must be scored again though nothing it is scored on
     /// changed; `i64::MAX` for never.
     next_due: Vec<i64>,
@@ -52,12 +53,28 @@ impl Quality {
         touched: impl IntoIterator<Item = usize>,
     ) -> (Vec<Condition>, Vec<String>) {
         let n = facts.packages.len();
-        let same = self
-            .scored
-            .as_ref()
-            .is_some_and(|(seq, m, st)| *seq == facts.change_seq && m == model && st == s);
-        let mut todo: Vec<usize> = if same {
+        // Within one build of the facts, under the same model and settings, only the packages
+        // the facts say changed since the last pass are scored again (with those whose evidence
+        // changed and those due); otherwise every package is.
+        let since = match &self.scored {
+            Some((build, seq, m, st)) if *build == facts.build && m == model && st == s => {
+                Some(*seq)
+            }
+            _ => None,
+        };
+        let mut todo: Vec<usize> = if let Some(seq) = since {
+            self.next_due.resize(n, i64::MAX);
             let mut todo: Vec<usize> = touched.into_iter().filter(|&i| i < n).collect();
+            if seq != facts.change_seq {
+                todo.extend(
+                    facts
+                        .touched
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &t)| t > seq)
+                        .map(|(i, _)| i),
+                );
+            }
             while let Some(&Reverse((at, i))) = self.due.peek() {
                 if at > now {
                     break;
@@ -69,12 +86,15 @@ impl Quality {
             }
             todo
         } else {
-            self.scored = Some((facts.change_seq, model.clone(), s.clone()));
             self.next_due = vec![i64::MAX; n];
             self.due.clear();
             self.regressions.clear();
             (0..n).collect()
         };
+        match &mut self.scored {
+            Some((_, seq, _, _)) if since.is_some() => *seq = facts.change_seq,
+            _ => self.scored = Some((facts.build, facts.change_seq, model.clone(), s.clone())),
+        }
         todo.sort_unstable();
         todo.dedup();
         let checks = model.checks();

@@ -9,7 +9,6 @@ use crate::analyze::Rules;
 use crate::clock::{Clock, SystemClock};
 use crate::cycle::{self, Context, Loop, Observer, Stage};
 use crate::keys::KeyPair;
-use crate::knowledge::Store;
 use crate::monitor::MonitorOutput;
 use crate::plan::policy::PolicySet;
 use crate::registry::generate::{self, GenerateSpec};
@@ -75,18 +74,28 @@ pub(super) fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Prints where a cycle's time went, stage by stage.
+/// Where a cycle's time went, stage by stage, and the monitor's registry pass step by step.
 #[derive(Default)]
 struct Stages {
     parts: Vec<(Stage, Duration)>,
     scanned: usize,
     verified: usize,
+    pass: crate::monitor::PassTimings,
+    /// Releases observed with an invalid signature.
+    invalid: Vec<(String, String)>,
 }
 
 impl Observer for Stages {
     fn monitored(&mut self, out: &MonitorOutput, took: Duration) {
         self.scanned = out.scanned;
         self.verified = out.verified;
+        self.pass = out.timings;
+        self.invalid = out
+            .observations
+            .iter()
+            .filter(|o| o.signature == crate::model::SignatureState::Invalid)
+            .map(|o| (o.package.clone(), o.version.clone()))
+            .collect();
         self.parts.push((Stage::Monitor, took));
     }
     fn analyzed(&mut self, _: &crate::analyze::AnalyzeOutput, took: Duration) {
@@ -100,23 +109,46 @@ impl Observer for Stages {
     }
 }
 
-/// One full loop cycle, the daemon's own, with every stage called; (scanned, verified).
+impl Stages {
+    fn took(&self, stage: Stage) -> Duration {
+        self.parts
+            .iter()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, d)| *d)
+            .sum()
+    }
+
+    /// read, facts, hash and verify (worker time), write; analyze, plan, execute.
+    fn line(&self) -> String {
+        let p = &self.pass;
+        let s = |d: Duration| format!("{:.3}", d.as_secs_f64());
+        format!(
+            "read {} s, facts {} s, check {} s (workers: read+hash {} s, verify {} s), write {} s; analyze {} s, plan {} s, execute {} s",
+            s(p.read),
+            s(p.facts),
+            s(p.check),
+            s(p.read_hash_cpu),
+            s(p.verify_cpu),
+            s(p.write),
+            s(self.took(Stage::Analyze)),
+            s(self.took(Stage::Plan)),
+            s(self.took(Stage::Execute)),
+        )
+    }
+}
+
+/// One full loop cycle, the daemon's own, with every stage called.
 async fn one_cycle<R: crate::registry::Registry>(
     l: &mut Loop,
     ctx: &Context<'_, R>,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<Stages> {
     let mut stages = Stages::default();
     let step = l.step(ctx, &mut stages).await;
     if let Some((stage, error)) = step.failed {
         anyhow::bail!("{stage}: {error}");
     }
-    let parts: Vec<String> = stages
-        .parts
-        .iter()
-        .map(|(s, d)| format!("{s} {:.3} s", d.as_secs_f64()))
-        .collect();
-    eprintln!("  stages: {}", parts.join(", "));
-    Ok((stages.scanned, stages.verified))
+    eprintln!("  {}", stages.line());
+    Ok(stages)
 }
 
 pub async fn bench(args: BenchArgs, database_url: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -125,24 +157,38 @@ pub async fn bench(args: BenchArgs, database_url: Option<&str>) -> anyhow::Resul
     let pg = args
         .pg
         .as_deref()
-        .or(database_url.filter(|u| u.starts_with("postgres")));
-    if args.what.as_deref() == Some("latency") {
-        super::bench_latency::latency(args.events, pg, args.json).await?;
-    } else if args.execute {
-        super::bench_execute::execute(args.packages, args.runs, args.pg.as_deref()).await?;
-    } else if let Some(n) = args.audit {
-        super::bench_execute::audit(n, args.runs, args.pg.as_deref()).await?;
-    } else if args.marketplace {
-        super::bench_marketplace::bench(args.packages, args.runs, args.pg.as_deref()).await?;
-    } else if let Some(url) = pg {
-        // Refused rather than ignored: these measure a private SQLite store.
-        anyhow::bail!(
-            "{url}: the cycle and analyze benches run on a temporary SQLite store; PostgreSQL is measured by `bench latency`, `--execute`, `--audit` and `--marketplace`"
-        );
-    } else if args.analyze {
-        super::bench_analyze::bench(args.packages, args.max_releases, args.runs).await?;
-    } else {
-        cycles(&args).await?;
+        .or(database_url.filter(|u| u.starts_with("postgres")))
+        .map(str::to_string);
+    let work = async {
+        let pg = pg.as_deref();
+        if args.what.as_deref() == Some("latency") {
+            super::bench_latency::latency(args.events, pg, args.json).await
+        } else if args.execute {
+            super::bench_execute::execute(args.packages, args.runs, pg).await
+        } else if let Some(n) = args.audit {
+            super::bench_execute::audit(n, args.runs, pg).await
+        } else if args.marketplace {
+            super::bench_marketplace::bench(args.packages, args.runs, pg).await
+        } else if args.analyze {
+            if let Some(url) = pg {
+                // Refused rather than ignored: it measures analysis over a private SQLite store.
+                anyhow::bail!(
+                    "{url}: `--analyze` runs on a temporary SQLite store; the cycle bench (without `--analyze`) runs on PostgreSQL"
+                );
+            }
+            super::bench_analyze::bench(args.packages, args.max_releases, args.runs).await
+        } else {
+            cycles(&args, pg).await
+        }
+    };
+    tokio::select! {
+        done = work => done?,
+        _ = tokio::signal::ctrl_c() => {
+            // The bench's future is dropped by now, and its temporary folders with it.
+            super::bench_execute::drop_bench_databases().await;
+            eprintln!("interrupted: the temporary folders and databases of the bench are removed");
+            return Ok(ExitCode::from(130));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -150,16 +196,25 @@ pub async fn bench(args: BenchArgs, database_url: Option<&str>) -> anyhow::Resul
 /// What one run of the cycle bench measured.
 struct Run {
     releases: usize,
+    generation: Duration,
     full: Duration,
     unchanged: Duration,
+    changed: Duration,
     cycle_peak: Option<f64>,
     generation_peak: Option<f64>,
 }
 
-/// A fresh store and generated registry; its first full cycle and an unchanged one.
-async fn run_once(args: &BenchArgs, policies: &PolicySet, key: &KeyPair) -> anyhow::Result<Run> {
+/// A fresh store and generated registry; its first full cycle, an unchanged one, and one after
+/// a single release's signature was replaced by a bad one (which that cycle must find).
+async fn run_once(
+    args: &BenchArgs,
+    policies: &PolicySet,
+    key: &KeyPair,
+    pg: Option<&str>,
+    run: usize,
+) -> anyhow::Result<Run> {
     let dir = tempfile::Builder::new().prefix("mapek-bench").tempdir()?;
-    let store = Store::open(&dir.path().join("bench.db").display().to_string()).await?;
+    let (store, database) = super::bench_execute::fresh_store(dir.path(), pg, run).await?;
     let registry = Arc::new(SqlRegistry::new(
         store.clone(),
         dir.path().join("artifacts"),
@@ -168,9 +223,12 @@ async fn run_once(args: &BenchArgs, policies: &PolicySet, key: &KeyPair) -> anyh
         packages: args.packages,
         max_releases: args.max_releases,
         seed: 1,
+        shard_artifacts: true,
         ..GenerateSpec::default()
     };
+    let t = Instant::now();
     let generated = generate::generate(&registry, &spec, SystemClock.now_ms()).await?;
+    let generation = t.elapsed();
     let releases = generated.releases;
     let trust = Arc::new(generated.trust);
     let generation_peak = peak_rss_mib();
@@ -191,29 +249,72 @@ async fn run_once(args: &BenchArgs, policies: &PolicySet, key: &KeyPair) -> anyh
         key,
         now: SystemClock.now_ms(),
     };
-    let t = Instant::now();
-    let (seen, verified) = one_cycle(&mut l, &ctx).await?;
-    let full = t.elapsed();
-    anyhow::ensure!(
-        seen == releases && verified == releases,
-        "first cycle saw {seen} and verified {verified} of {releases} releases"
+    eprintln!(
+        "  generated {} packages, {releases} releases in {:.1} s",
+        args.packages,
+        generation.as_secs_f64()
     );
     let t = Instant::now();
-    let (seen, _) = one_cycle(&mut l, &ctx).await?;
+    let first = one_cycle(&mut l, &ctx).await?;
+    let full = t.elapsed();
+    anyhow::ensure!(
+        first.scanned == releases && first.verified == releases,
+        "first cycle saw {} and verified {} of {releases} releases",
+        first.scanned,
+        first.verified
+    );
+    let t = Instant::now();
+    let again = one_cycle(&mut l, &ctx).await?;
     let unchanged = t.elapsed();
-    anyhow::ensure!(seen == 0, "unchanged cycle rescanned {seen} releases");
-    store.close().await;
+    anyhow::ensure!(
+        again.scanned == 0,
+        "unchanged cycle rescanned {} releases",
+        again.scanned
+    );
+    // One release of a package in the middle of the registry gets a signature over other bytes.
+    let package = generate::package_name(args.packages / 2, args.packages);
+    let publisher = generated
+        .publishers
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the generated registry has no publisher"))?;
+    registry
+        .set_signature(
+            &package,
+            "1.0.0",
+            &publisher.sign(b"other bytes"),
+            &publisher.key_id,
+        )
+        .await?;
+    let ctx = Context {
+        now: SystemClock.now_ms(),
+        ..ctx
+    };
+    let t = Instant::now();
+    let after = one_cycle(&mut l, &ctx).await?;
+    let changed = t.elapsed();
+    anyhow::ensure!(
+        after
+            .invalid
+            .iter()
+            .any(|(p, v)| *p == package && v == "1.0.0"),
+        "the cycle after {package}@1.0.0 got a bad signature did not find it"
+    );
+    let cycle_peak = if reset { peak_rss_mib() } else { None };
+    super::bench_execute::drop_store(store, pg, database).await?;
     Ok(Run {
         releases,
+        generation,
         full,
         unchanged,
-        cycle_peak: if reset { peak_rss_mib() } else { None },
+        changed,
+        cycle_peak,
         generation_peak,
     })
 }
 
-/// `mapek bench`: the first full cycle and an unchanged one, `--runs` times; medians.
-async fn cycles(args: &BenchArgs) -> anyhow::Result<()> {
+/// `mapek bench`: the first full cycle, an unchanged one and a one-release change, `--runs`
+/// times; medians.
+async fn cycles(args: &BenchArgs, pg: Option<&str>) -> anyhow::Result<()> {
     let policies = PolicySet::from_sources(
         &super::demo::DEFAULT_POLICIES
             .iter()
@@ -224,28 +325,36 @@ async fn cycles(args: &BenchArgs) -> anyhow::Result<()> {
     let key = KeyPair::from_seed("daemon", [7; 32]);
     let mut runs = Vec::new();
     for n in 0..args.runs.max(1) {
-        let r = run_once(args, &policies, &key).await?;
+        let r = run_once(args, &policies, &key, pg, n).await?;
         eprintln!(
-            "run {}: full {:?}, unchanged {:?}",
+            "run {}: full {:?}, unchanged {:?}, one release changed {:?}",
             n + 1,
             r.full,
-            r.unchanged
+            r.unchanged,
+            r.changed
         );
         runs.push(r);
     }
     let releases = runs.last().map(|r| r.releases).unwrap_or(0);
     println!(
-        "packages: {}, releases: {releases}, runs: {}",
+        "packages: {}, releases: {releases}, runs: {}, store: {}",
         args.packages,
-        runs.len()
+        runs.len(),
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" }
+    );
+    let med = |f: fn(&Run) -> Duration| median(runs.iter().map(f).collect()).as_secs_f64();
+    println!(
+        "generating the registry: median {:.3} s",
+        med(|r| r.generation)
     );
     println!(
         "first full cycle (every signature verified): median {:.3} s",
-        median(runs.iter().map(|r| r.full).collect()).as_secs_f64()
+        med(|r| r.full)
     );
+    println!("unchanged cycle: median {:.3} s", med(|r| r.unchanged));
     println!(
-        "unchanged cycle: median {:.3} s",
-        median(runs.iter().map(|r| r.unchanged).collect()).as_secs_f64()
+        "cycle after one release changed (found and judged): median {:.3} s",
+        med(|r| r.changed)
     );
     print_memory(&runs);
     Ok(())

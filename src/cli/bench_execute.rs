@@ -30,6 +30,9 @@ pub(super) async fn fresh_store(
         Some(base) => {
             let name = format!("mapek_bench_{}_{run}", std::process::id());
             crate::knowledge::create_database(base, &name).await?;
+            if let Ok(mut made) = MADE.lock() {
+                made.push((base.to_string(), name.clone()));
+            }
             let (prefix, _) = base
                 .rsplit_once('/')
                 .ok_or_else(|| anyhow::anyhow!("--pg {base}: the URL has no database path"))?;
@@ -45,6 +48,23 @@ pub(super) async fn fresh_store(
     }
 }
 
+/// The databases the bench made and has not dropped yet: (server URL, name).
+static MADE: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Drops every database the bench made and has not dropped (after Ctrl-C); a failure is said,
+/// with the command that finishes the job.
+pub(super) async fn drop_bench_databases() {
+    let made = MADE
+        .lock()
+        .map(|mut m| std::mem::take(&mut *m))
+        .unwrap_or_default();
+    for (base, name) in made {
+        if let Err(e) = crate::knowledge::drop_database(&base, &name).await {
+            eprintln!("could not drop database {name} ({e}): run `DROP DATABASE {name}` on {base}");
+        }
+    }
+}
+
 pub(super) async fn drop_store(
     store: Store,
     pg: Option<&str>,
@@ -53,6 +73,9 @@ pub(super) async fn drop_store(
     store.close().await;
     if let (Some(base), Some(name)) = (pg, name) {
         crate::knowledge::drop_database(base, &name).await?;
+        if let Ok(mut made) = MADE.lock() {
+            made.retain(|(_, n)| *n != name);
+        }
     }
     Ok(())
 }

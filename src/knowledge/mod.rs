@@ -22,6 +22,10 @@ mod telemetry_upgrade;
 pub use batch::{insert_rows, Param};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::ConnectOptions as _;
+
+/// The level at which sqlx logs a statement slower than a second.
+pub const SLOW_STATEMENT_LEVEL: log::LevelFilter = log::LevelFilter::Debug;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -76,13 +80,14 @@ pub async fn create_database(server: &str, name: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Drops a database [`create_database`] made.
+/// Drops a database [`create_database`] made, closing what is still connected to it (a bench
+/// interrupted with its pool still open); PostgreSQL 13 or later.
 pub async fn drop_database(server: &str, name: &str) -> Result<(), StoreError> {
     let name = plain_name(name)?;
     DRIVERS.call_once(sqlx::any::install_default_drivers);
     let mut conn = sqlx::AnyConnection::connect(server).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
     .execute(&mut conn)
     .await?;
@@ -177,10 +182,15 @@ impl Store {
         } else {
             Backend::Postgres
         };
-        let options = AnyConnectOptions::from_str(&url).map_err(|source| StoreError::Connect {
-            url: redact(&url),
-            source,
-        })?;
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|source| StoreError::Connect {
+                url: redact(&url),
+                source,
+            })?
+            // A statement over a second is worth knowing when tracing a slow cycle, not a warning
+            // in every bench and every full scan of a large registry (the cycle's own timings
+            // and metrics say when it is slow).
+            .log_slow_statements(SLOW_STATEMENT_LEVEL, std::time::Duration::from_secs(1));
         let suspect = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let checks = suspect.clone();
         let pool = AnyPoolOptions::new()

@@ -1,6 +1,6 @@
-//! Registry facts for analysis: every package with its releases, receipts and dependency edges, rebuilt only when the registry's change sequence moves.
+//! Registry facts for analysis: every package with its releases, receipts and dependency edges, updated from what changed when the registry's change sequence moves.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::registry::{Dependency, PackageRecord, Registry, RegistryError, ReleaseRecord};
@@ -58,22 +58,166 @@ impl PackageFacts {
     }
 }
 
-/// The registry at one change sequence.
-#[derive(Debug, Default)]
+/// The registry at one change sequence, kept up to date from what changed (see [`FactsCache`]).
+/// Packages are never removed between rebuilds: a registry does not delete package records.
+#[derive(Debug, Default, Clone)]
 pub struct Facts {
     pub packages: Vec<PackageFacts>,
     pub index: HashMap<String, usize>,
     /// Direct dependents of each package (by index), from every release's dependencies.
     pub dependents: Vec<u32>,
-    /// Package-level dependency edges (dependent, dependency) between existing packages.
-    pub edges: Vec<(usize, usize)>,
+    /// The packages each package depends on (by index, existing packages only), sorted, once each.
+    pub depends_on: Vec<Vec<u32>>,
+    /// The packages that depend on each package: `depends_on` reversed, in no order.
+    pub depended_by: Vec<Vec<u32>>,
+    /// The change sequence at which each package's facts last changed: its record, its
+    /// releases, or the packages it depends on.
+    pub touched: Vec<i64>,
+    /// The change sequence at which a dependency edge last appeared or went.
+    pub edges_changed: i64,
+    /// Which build these facts are an update of: package indices hold within one build, so
+    /// what is derived from them by index can be updated rather than derived again.
+    pub build: u64,
     pub change_seq: i64,
+    /// Dependency names that name no package yet, with the packages (by index) naming them.
+    unresolved: HashMap<String, BTreeSet<u32>>,
 }
 
 impl Facts {
     pub fn package(&self, name: &str) -> Option<&PackageFacts> {
         self.index.get(name).map(|&i| &self.packages[i])
     }
+
+    /// Every package-level dependency edge (dependent, dependency).
+    pub fn edges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.depends_on
+            .iter()
+            .enumerate()
+            .flat_map(|(a, bs)| bs.iter().map(move |&b| (a, b as usize)))
+    }
+
+    /// Takes in what changed of one package at `seq`: its record (None: unchanged) and its
+    /// releases (None: unchanged). A package not known yet needs its record; releases of a
+    /// package with no record are not a package, as a rebuild sees it.
+    pub fn update(
+        &mut self,
+        name: &str,
+        record: Option<PackageRecord>,
+        releases: Option<Vec<ReleaseFacts>>,
+        seq: i64,
+    ) {
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                let Some(record) = record.clone() else { return };
+                self.insert(record, seq)
+            }
+        };
+        if let Some(record) = record {
+            if record != self.packages[i].record {
+                self.packages[i].receipt = receipt_guards(record.quality_detail.as_deref());
+                self.packages[i].record = record;
+                self.touched[i] = seq;
+            }
+        }
+        let Some(mut releases) = releases else { return };
+        releases.sort_by_key(|r| r.published_at);
+        if releases == self.packages[i].releases {
+            return;
+        }
+        let before = dependency_names(&self.packages[i].releases);
+        let after = dependency_names(&releases);
+        self.packages[i].releases = releases;
+        self.touched[i] = seq;
+        if before == after {
+            return;
+        }
+        let a = i as u32;
+        for gone in before.difference(&after) {
+            match self.index.get(gone) {
+                Some(&b) => self.unlink(a, b as u32, seq),
+                None => {
+                    if let Some(waiting) = self.unresolved.get_mut(gone) {
+                        waiting.remove(&a);
+                        if waiting.is_empty() {
+                            self.unresolved.remove(gone);
+                        }
+                    }
+                }
+            }
+        }
+        for new in after.difference(&before) {
+            match self.index.get(new) {
+                Some(&b) => self.link(a, b as u32, seq),
+                None => {
+                    self.unresolved.entry(new.clone()).or_default().insert(a);
+                }
+            }
+        }
+    }
+
+    /// A new package, with no releases yet; those that named it before it existed now depend on it.
+    fn insert(&mut self, record: PackageRecord, seq: i64) -> usize {
+        let i = self.packages.len();
+        self.index.insert(record.name.clone(), i);
+        let waiting = self.unresolved.remove(&record.name);
+        self.packages.push(PackageFacts {
+            receipt: receipt_guards(record.quality_detail.as_deref()),
+            record,
+            releases: Vec::new(),
+        });
+        self.dependents.push(0);
+        self.depends_on.push(Vec::new());
+        self.depended_by.push(Vec::new());
+        self.touched.push(seq);
+        for a in waiting.into_iter().flatten() {
+            self.link(a, i as u32, seq);
+        }
+        i
+    }
+
+    /// `a` depends on `b` now; both are touched at `seq` (`b`'s dependents changed).
+    fn link(&mut self, a: u32, b: u32, seq: i64) {
+        if let Err(at) = self.depends_on[a as usize].binary_search(&b) {
+            self.depends_on[a as usize].insert(at, b);
+            // Unordered: a popular package has many thousands of dependents.
+            self.depended_by[b as usize].push(a);
+            self.dependents[b as usize] += 1;
+            self.touched[a as usize] = seq;
+            self.touched[b as usize] = seq;
+            self.edges_changed = seq;
+        }
+    }
+
+    /// `a` no longer depends on `b`; both are touched at `seq`.
+    fn unlink(&mut self, a: u32, b: u32, seq: i64) {
+        if let Ok(at) = self.depends_on[a as usize].binary_search(&b) {
+            self.depends_on[a as usize].remove(at);
+            let by = &mut self.depended_by[b as usize];
+            if let Some(at) = by.iter().position(|&x| x == a) {
+                by.swap_remove(at);
+            }
+            self.dependents[b as usize] -= 1;
+            self.touched[a as usize] = seq;
+            self.touched[b as usize] = seq;
+            self.edges_changed = seq;
+        }
+    }
+}
+
+/// A number for each rebuild of the facts, never the same twice in a process.
+pub fn next_build() -> u64 {
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The names a package's releases depend on, once each.
+fn dependency_names(releases: &[ReleaseFacts]) -> BTreeSet<String> {
+    releases
+        .iter()
+        .flat_map(|r| &r.dependencies)
+        .map(|d| d.name.clone())
+        .collect()
 }
 
 /// Reads ggen's receipt guard results out of a package's stored `quality_detail`.
@@ -95,82 +239,156 @@ pub fn receipt_guards(detail: Option<&str>) -> HashMap<String, bool> {
         .collect()
 }
 
-/// Keeps the releases seen so far (updated from every monitor pass) and the last facts built.
+/// Above this share of the registry's packages changed at once, the facts are rebuilt rather
+/// than updated package by package (one read of everything beats many reads by name).
+const REBUILD_ABOVE_SHARE: usize = 10;
+
+/// Keeps the releases seen so far, with their dependencies (updated from every monitor pass),
+/// and the facts, updated from what changed since they were built: the package records changed
+/// since their change sequence and the releases read since. They are rebuilt from
+/// every record on a full read, when the registry cannot say what changed, or when most changed.
 #[derive(Debug, Default)]
 pub struct FactsCache {
     releases: HashMap<String, BTreeMap<String, ReleaseFacts>>,
     facts: Option<Arc<Facts>>,
+    /// Packages whose releases changed (or went) since the facts were last brought up to date.
+    dirty: BTreeSet<String>,
+    /// How the last call brought the facts up to date, for the logs and the bench.
+    pub last: Option<Updated>,
+}
+
+/// How the facts were brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updated {
+    Unchanged,
+    Rebuilt,
+    /// Updated in place: this many packages changed.
+    Incremental(usize),
 }
 
 impl FactsCache {
-    /// Takes in the releases a monitor pass read.
-    pub fn note_releases(&mut self, releases: &[ReleaseRecord]) {
+    /// Takes in the releases a monitor pass read, with their dependencies, which are moved
+    /// here (the monitor keeps the records without them).
+    pub fn note_releases(&mut self, releases: &mut [ReleaseRecord]) {
         for r in releases {
+            let mut facts = ReleaseFacts::from(&*r);
+            facts.dependencies = std::mem::take(&mut r.dependencies);
             self.releases
                 .entry(r.package.clone())
                 .or_default()
-                .insert(r.version.clone(), r.into());
+                .insert(r.version.clone(), facts);
+            self.dirty.insert(r.package.clone());
         }
     }
 
-    /// Facts at `seq`; rebuilt from the registry's packages and edges only when `seq` moved.
+    /// Forgets releases that left the registry.
+    pub fn forget(&mut self, removed: &[(String, String)]) {
+        for (p, v) in removed {
+            if let Some(versions) = self.releases.get_mut(p) {
+                versions.remove(v);
+            }
+            self.dirty.insert(p.clone());
+        }
+    }
+
+    /// Facts at `seq`: unchanged while `seq` stays and no release changed; rebuilt from every
+    /// record when `full` (or the registry cannot say what changed); otherwise updated in place.
     pub async fn facts<R: Registry>(
         &mut self,
         registry: &R,
         seq: i64,
+        full: bool,
     ) -> Result<Arc<Facts>, RegistryError> {
-        if let Some(f) = &self.facts {
-            if f.change_seq == seq {
-                return Ok(Arc::clone(f));
+        let current = match &self.facts {
+            Some(f) if !full => Arc::clone(f),
+            _ => return self.rebuild(registry, seq).await,
+        };
+        if current.change_seq == seq && self.dirty.is_empty() {
+            self.last = Some(Updated::Unchanged);
+            return Ok(current);
+        }
+        let Some(records) = registry.packages_since(current.change_seq).await? else {
+            return self.rebuild(registry, seq).await;
+        };
+        // A package new to the facts brings the releases seen before its record.
+        for r in &records {
+            if !current.index.contains_key(&r.name) {
+                self.dirty.insert(r.name.clone());
             }
         }
-        let records = registry.packages().await?;
-        let mut deps: HashMap<(String, String), Vec<Dependency>> = HashMap::new();
-        for (p, v, d) in registry.release_dependencies().await? {
-            deps.entry((p, v)).or_default().push(d);
+        if self.dirty.len() + records.len()
+            > (current.packages.len() / REBUILD_ABOVE_SHARE).max(1_000)
+        {
+            return self.rebuild(registry, seq).await;
         }
+        drop(current);
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut records: BTreeMap<String, PackageRecord> =
+            records.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut names: BTreeSet<String> = records.keys().cloned().collect();
+        names.extend(dirty.iter().cloned());
+        let Some(f) = self.facts.as_mut() else {
+            return self.rebuild(registry, seq).await;
+        };
+        let facts = Arc::make_mut(f);
+        for name in &names {
+            let releases = dirty
+                .contains(name)
+                .then(|| releases_of(&self.releases, name));
+            facts.update(name, records.remove(name), releases, seq);
+        }
+        facts.change_seq = seq;
+        self.last = Some(Updated::Incremental(names.len()));
+        Ok(Arc::clone(f))
+    }
+
+    /// Facts rebuilt from every package record and dependency row.
+    async fn rebuild<R: Registry>(
+        &mut self,
+        registry: &R,
+        seq: i64,
+    ) -> Result<Arc<Facts>, RegistryError> {
+        let started = std::time::Instant::now();
+        let records = registry.packages().await?;
+        let packages_s = started.elapsed().as_secs_f64();
+        self.dirty.clear();
         let mut facts = Facts {
             change_seq: seq,
+            edges_changed: seq,
+            build: next_build(),
             ..Default::default()
         };
         for record in records {
-            let mut releases: Vec<ReleaseFacts> = self
-                .releases
-                .get(&record.name)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
-            for r in &mut releases {
-                if let Some(d) = deps.remove(&(record.name.clone(), r.version.clone())) {
-                    r.dependencies = d;
-                }
-            }
-            releases.sort_by_key(|r| r.published_at);
-            facts
-                .index
-                .insert(record.name.clone(), facts.packages.len());
-            facts.packages.push(PackageFacts {
-                receipt: receipt_guards(record.quality_detail.as_deref()),
-                record,
-                releases,
-            });
+            let releases = releases_of(&self.releases, &record.name);
+            let name = record.name.clone();
+            facts.update(&name, Some(record), Some(releases), seq);
         }
-        facts.dependents = vec![0; facts.packages.len()];
-        let mut edges = std::collections::HashSet::new();
-        for (a, p) in facts.packages.iter().enumerate() {
-            for d in p.releases.iter().flat_map(|r| &r.dependencies) {
-                if let Some(&b) = facts.index.get(&d.name) {
-                    if edges.insert((a, b)) {
-                        facts.dependents[b] += 1;
-                        facts.edges.push((a, b));
-                    }
-                }
-            }
-        }
+        tracing::debug!(
+            packages_s,
+            built_s = started.elapsed().as_secs_f64() - packages_s,
+            "facts rebuilt"
+        );
         let facts = Arc::new(facts);
         self.facts = Some(Arc::clone(&facts));
+        self.last = Some(Updated::Rebuilt);
         Ok(facts)
     }
 }
+
+/// A package's releases as kept, in version order (the facts sort them by publication).
+fn releases_of(
+    releases: &HashMap<String, BTreeMap<String, ReleaseFacts>>,
+    name: &str,
+) -> Vec<ReleaseFacts> {
+    releases
+        .get(name)
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+#[path = "facts_tests.rs"]
+mod incremental;
 
 /// Hand-made facts for unit tests.
 #[cfg(test)]
@@ -218,10 +436,15 @@ pub mod testing {
                 .enumerate()
                 .map(|(i, p)| (p.record.name.clone(), i))
                 .collect(),
+            depends_on: vec![Vec::new(); packages.len()],
+            depended_by: vec![Vec::new(); packages.len()],
+            touched: vec![seq; packages.len()],
+            edges_changed: seq,
+            build: super::next_build(),
             dependents,
             packages,
-            edges: vec![],
             change_seq: seq,
+            unresolved: HashMap::new(),
         }
     }
 }

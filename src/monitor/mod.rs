@@ -8,6 +8,8 @@ mod pass;
 
 pub use integrity::observe_release;
 use integrity::Observed;
+pub use integrity::WorkTimes;
+use integrity::{observe_batch, BATCH};
 use pass::registry_pass;
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,6 +58,24 @@ pub struct MonitorOutput {
     /// What the registry's backend judges by its own rules (a marketplace's admission and
     /// content checks): the kinds and everything that holds of them now.
     pub registry: crate::registry::Refreshed,
+    /// Where the registry pass's time went.
+    pub timings: PassTimings,
+}
+
+/// Where a registry pass's time went: wall-clock times of its steps, and the time its workers
+/// spent reading and hashing artifacts and verifying signatures (summed over the workers).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassTimings {
+    /// Reading changed records from the registry.
+    pub read: std::time::Duration,
+    /// Bringing the facts up to date (package records, dependencies).
+    pub facts: std::time::Duration,
+    /// Looking at the releases: artifacts read, hashed, signatures verified.
+    pub check: std::time::Duration,
+    pub read_hash_cpu: std::time::Duration,
+    pub verify_cpu: std::time::Duration,
+    /// Writing what changed (observations, verdicts, the cursor).
+    pub write: std::time::Duration,
 }
 
 /// How long telemetry is kept, in ms: minute buckets, hour buckets, reports.
@@ -196,6 +216,7 @@ fn forget(state: &mut MonitorState, removed: &[(String, String)]) {
     if removed.is_empty() {
         return;
     }
+    state.facts.forget(removed);
     let known = Arc::make_mut(&mut state.known);
     for (p, v) in removed {
         let key = (p.clone(), v.clone());
@@ -217,6 +238,7 @@ enum Looked {
 
 /// Observes `releases` on worker threads (all cores); a release judged before from bytes the
 /// registry vouches are the same, under the same trust store, is not observed again.
+#[allow(clippy::too_many_arguments)]
 async fn scan<R: Registry>(
     registry: &Arc<R>,
     trust: &Arc<TrustStore>,
@@ -225,12 +247,14 @@ async fn scan<R: Registry>(
     unhealthy: &BTreeMap<(String, String), ReleaseObservation>,
     trust_generation: u64,
     now: i64,
+    times: &Arc<WorkTimes>,
 ) -> Result<Vec<Looked>, MonitorError> {
-    let (registry, trust, cache, releases) = (
+    let (registry, trust, cache, releases, times) = (
         Arc::clone(registry),
         Arc::clone(trust),
         Arc::clone(cache),
         Arc::clone(releases),
+        Arc::clone(times),
     );
     let unhealthy: std::collections::HashSet<(String, String)> =
         unhealthy.keys().cloned().collect();
@@ -241,27 +265,53 @@ async fn scan<R: Registry>(
             .unwrap_or(1)
             .min(8);
         let chunk = all.len().div_ceil(workers).max(1);
-        let look = |k: &Known| -> Option<Looked> {
-            let digest = k
-                .record
-                .artifact
-                .as_deref()
-                .and_then(|a| registry.artifact_digest(a));
-            if let (Some(d), Some(j)) = (digest, &k.judged) {
-                if j.digest == d && j.trust_generation == trust_generation {
-                    let key = (k.record.package.clone(), k.record.version.clone());
-                    return unhealthy.contains(&key).then_some(Looked::Again(key));
+        let times = times.as_ref();
+        // A release judged before from the same bytes, under the same trust, is not observed
+        // again (only handed on when it is not healthy); the others are observed a batch at a
+        // time, so that their signatures are verified together.
+        let look = |part: &[&Known]| -> Vec<Looked> {
+            let mut out = Vec::with_capacity(part.len());
+            let mut due: Vec<(&Known, Option<[u8; 32]>)> = Vec::with_capacity(BATCH);
+            let observe = |due: &mut Vec<(&Known, Option<[u8; 32]>)>, out: &mut Vec<Looked>| {
+                let records: Vec<&ReleaseRecord> = due.iter().map(|(k, _)| &k.record).collect();
+                let seen = observe_batch(registry.as_ref(), &trust, &cache, &records, now, times);
+                out.extend(
+                    seen.into_iter()
+                        .zip(due.drain(..))
+                        .map(|(o, (_, digest))| Looked::Observed(o, digest)),
+                );
+            };
+            for &k in part {
+                let digest = k
+                    .record
+                    .artifact
+                    .as_deref()
+                    .and_then(|a| registry.artifact_digest(a));
+                if let (Some(d), Some(j)) = (digest, &k.judged) {
+                    if j.digest == d && j.trust_generation == trust_generation {
+                        let key = (k.record.package.clone(), k.record.version.clone());
+                        if unhealthy.contains(&key) {
+                            out.push(Looked::Again(key));
+                        }
+                        continue;
+                    }
+                }
+                due.push((k, digest));
+                if due.len() == BATCH {
+                    observe(&mut due, &mut out);
                 }
             }
-            let observed = observe_release(registry.as_ref(), &trust, &cache, &k.record, now);
-            Some(Looked::Observed(observed, digest))
+            if !due.is_empty() {
+                observe(&mut due, &mut out);
+            }
+            out
         };
         std::thread::scope(|scope| {
             let handles: Vec<_> = all
                 .chunks(chunk)
                 .map(|part| {
                     let look = &look;
-                    scope.spawn(move || part.iter().filter_map(|k| look(k)).collect::<Vec<_>>())
+                    scope.spawn(move || look(part))
                 })
                 .collect();
             handles

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::integrity::WorkTimes;
 use super::{
     forget, healthy, scan, Judged, Known, Looked, MonitorError, MonitorOutput, MonitorState,
     CURSOR, FULL_READ_EVERY_MS,
@@ -56,17 +57,23 @@ pub(super) async fn registry_pass<R: Registry>(
     // up to date first; what it judges by its own rules comes with them.
     let refreshed = registry.refresh(plan.full_scan, now).await?;
     forget(state, &refreshed.removed);
-    let read = read(registry.as_ref(), &plan, &refreshed.changed).await?;
-    state.facts.note_releases(&read.releases);
-    let facts = state.facts.facts(registry.as_ref(), read.seq).await?;
+    let mut read = read(registry.as_ref(), &plan, &refreshed.changed).await?;
+    let read_took = t_read.elapsed();
+    let t_facts = std::time::Instant::now();
+    state.facts.note_releases(&mut read.releases);
+    let facts = state
+        .facts
+        .facts(registry.as_ref(), read.seq, plan.full_read)
+        .await?;
     update_known(state, &read.releases, plan.full_read);
-    let read_s = t_read.elapsed().as_secs_f64();
     let mut output = MonitorOutput {
         full_scan: plan.full_scan,
         facts: Some(facts),
         registry: refreshed,
         ..Default::default()
     };
+    output.timings.read = read_took;
+    output.timings.facts = t_facts.elapsed();
     let t_check = std::time::Instant::now();
     let generation = registry.artifacts_generation();
     // When no record changed, the registry vouches that no artifact's bytes changed, and the
@@ -74,6 +81,7 @@ pub(super) async fn registry_pass<R: Registry>(
     // ones are handed on again, without looking at each.
     let unchanged = read.releases.is_empty()
         && generation.is_some_and(|g| state.all_judged == Some((g, state.trust_generation)));
+    let times = Arc::new(WorkTimes::default());
     let looked = look(
         state,
         registry,
@@ -83,9 +91,11 @@ pub(super) async fn registry_pass<R: Registry>(
         read.releases,
         &mut output,
         now,
+        &times,
     )
     .await?;
-    let check_s = t_check.elapsed().as_secs_f64();
+    output.timings.check = t_check.elapsed();
+    (output.timings.read_hash_cpu, output.timings.verify_cpu) = times.totals();
     let t_write = std::time::Instant::now();
     let (observed, fresh) = take_looked(state, looked, &mut output, now);
     if plan.full_scan && !unchanged {
@@ -104,11 +114,14 @@ pub(super) async fn registry_pass<R: Registry>(
     if read.head != plan.cursor {
         store.set_cursor(CURSOR, &read.head.to_string()).await?;
     }
+    output.timings.write = t_write.elapsed();
+    let t = output.timings;
     tracing::debug!(
         releases = output.scanned,
-        read_s,
-        check_s,
-        write_s = t_write.elapsed().as_secs_f64(),
+        read_s = t.read.as_secs_f64(),
+        facts_s = t.facts.as_secs_f64(),
+        check_s = t.check.as_secs_f64(),
+        write_s = t.write.as_secs_f64(),
         "monitor pass timings"
     );
     state.cursor = Some(read.head);
@@ -237,6 +250,7 @@ async fn look<R: Registry>(
     releases: Vec<ReleaseRecord>,
     output: &mut MonitorOutput,
     now: i64,
+    times: &Arc<WorkTimes>,
 ) -> Result<Vec<Looked>, MonitorError> {
     let (g, unhealthy) = (state.trust_generation, &state.unhealthy);
     let looked: Vec<Looked> = if plan.full_scan && unchanged {
@@ -252,6 +266,7 @@ async fn look<R: Registry>(
             unhealthy,
             g,
             now,
+            times,
         )
         .await?
     } else if releases.is_empty() {
@@ -277,6 +292,7 @@ async fn look<R: Registry>(
             unhealthy,
             g,
             now,
+            times,
         )
         .await?
     };

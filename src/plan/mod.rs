@@ -74,7 +74,7 @@ pub struct PlanOutput {
 }
 
 /// What the planner needs besides the stores.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct PlanContext<'a> {
     pub policies: &'a PolicySet,
     pub trust: &'a TrustStore,
@@ -82,10 +82,13 @@ pub struct PlanContext<'a> {
     /// `--dry-run` or the configuration's `dry_run`.
     pub daemon_dry_run: bool,
     pub now: i64,
+    /// The registry's facts as the monitor left them this cycle: the dependency graph is read
+    /// from them. None: it is read from the registry.
+    pub facts: Option<Arc<crate::monitor::facts::Facts>>,
 }
 
-/// The plan stage with what it keeps between cycles: the dependency graph, rebuilt only when
-/// the registry changed.
+/// The plan stage with what it keeps between cycles: the dependency graph read from the
+/// registry when no facts come with the cycle, read again only when the registry changed.
 #[derive(Debug, Default)]
 pub struct Planner {
     graph: Option<(i64, Arc<DependencyGraph>)>,
@@ -95,7 +98,13 @@ impl Planner {
     async fn graph<R: Registry>(
         &mut self,
         registry: &R,
+        facts: Option<&Arc<crate::monitor::facts::Facts>>,
     ) -> Result<Arc<DependencyGraph>, PlanError> {
+        if let Some(facts) = facts {
+            // Kept for this pass only: the facts are updated in place next cycle.
+            self.graph = None;
+            return Ok(Arc::new(DependencyGraph::from_facts(Arc::clone(facts))));
+        }
         let seq = registry.change_seq().await?;
         if let Some((at, g)) = &self.graph {
             if *at == seq {
@@ -135,7 +144,7 @@ impl Planner {
             return Ok(out);
         }
         let counts = registry.counts().await?;
-        let graph = self.graph(registry.as_ref()).await?;
+        let graph = self.graph(registry.as_ref(), ctx.facts.as_ref()).await?;
         let mut keeper = gatekeeper(store, &ctx, &stored_circuit, counts, &mut out).await?;
         let moved = regate(store, &ctx, &graph, &mut keeper, pending).await?;
         let (cands, on_hold) = candidates_of(store, registry.as_ref(), &graph, candidates).await?;

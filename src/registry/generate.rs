@@ -23,6 +23,9 @@ pub struct GenerateSpec {
     /// Dependency cycles to add (none by default).
     pub cycles: usize,
     pub seed: u64,
+    /// Artifact files in 256 folders (`ab/name-version.pack`) rather than one: a million files
+    /// in one folder make every create wait on the folder's lock (the bench sets it).
+    pub shard_artifacts: bool,
 }
 
 impl Default for GenerateSpec {
@@ -36,6 +39,7 @@ impl Default for GenerateSpec {
             unmaintained_fraction: 0.0,
             cycles: 0,
             seed: 0,
+            shard_artifacts: false,
         }
     }
 }
@@ -131,7 +135,11 @@ pub async fn generate(
                 version: version.clone(),
                 published_at,
                 checksum: None,
-                artifact: Some(format!("{name}-{version}.pack")),
+                artifact: Some(if spec.shard_artifacts {
+                    format!("{:02x}/{name}-{version}.pack", i % 256)
+                } else {
+                    format!("{name}-{version}.pack")
+                }),
                 signature: None,
                 signer: signed.then(|| key.key_id.clone()),
                 yanked: false,
@@ -163,9 +171,16 @@ pub async fn generate(
         });
     }
     add_cycles(&mut rng, spec, &mut releases);
+    let started = std::time::Instant::now();
     make_artifacts(registry, &publishers, &mut releases)?;
+    let artifacts_s = started.elapsed().as_secs_f64();
     let count = releases.len();
     registry.insert_all(&packages, &releases).await?;
+    tracing::debug!(
+        artifacts_s,
+        rows_s = started.elapsed().as_secs_f64() - artifacts_s,
+        "registry generated"
+    );
     Ok(Generated {
         publishers,
         trust,

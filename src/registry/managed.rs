@@ -119,6 +119,12 @@ impl Registry for Managed {
     async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {
         each!(self, r => r.dependency_edges().await)
     }
+    async fn packages_since(
+        &self,
+        cursor: i64,
+    ) -> Result<Option<Vec<PackageRecord>>, RegistryError> {
+        each!(self, r => r.packages_since(cursor).await)
+    }
     async fn release_dependencies(
         &self,
     ) -> Result<Vec<(String, String, Dependency)>, RegistryError> {

@@ -9,10 +9,13 @@ pub mod import;
 mod managed;
 pub mod marketplace;
 mod release_pages;
+mod since;
 mod sql;
 
 pub use managed::Managed;
 pub use marketplace::PublishReport;
+#[cfg(test)]
+pub(crate) use sql::next_seq;
 pub use sql::SqlRegistry;
 
 use serde::{Deserialize, Serialize};
@@ -191,7 +194,8 @@ pub use crate::knowledge::NOTIFY_CHANNEL;
 
 /// What the loop needs of a registry. A second backend implements this and nothing else changes.
 pub trait Registry: Send + Sync + 'static {
-    /// Releases changed after `cursor` (0: all of them), with the cursor to pass next time.
+    /// Releases changed after `cursor` (0: all of them), with their dependencies, and the cursor
+    /// to pass next time.
     fn releases_since(
         &self,
         cursor: i64,
@@ -278,6 +282,15 @@ pub trait Registry: Send + Sync + 'static {
     fn release_dependencies(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String, Dependency)>, RegistryError>> + Send;
+
+    /// The package records changed after change sequence `cursor`, for facts kept up to date
+    /// instead of rebuilt; None: the registry cannot tell, and every package is read again.
+    fn packages_since(
+        &self,
+        _cursor: i64,
+    ) -> impl Future<Output = Result<Option<Vec<PackageRecord>>, RegistryError>> + Send {
+        async { Ok(None) }
+    }
 
     /// Applies a change inside the caller's transaction (which also holds its audit entry).
     fn apply(

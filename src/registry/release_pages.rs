@@ -2,12 +2,13 @@
 
 use sqlx::Row;
 
-use super::{RegistryError, ReleaseRecord, SqlRegistry};
+use super::{Dependency, RegistryError, ReleaseRecord, SqlRegistry};
 use crate::knowledge::{Backend, Fetch, StoreError};
 
 impl SqlRegistry {
-    /// The releases with `cursor < change_seq <= head`, ordered by package and version, read
-    /// `page` at a time (so a full scan holds one page of JSON, not the whole table).
+    /// The releases with `cursor < change_seq <= head`, ordered by package and version, with
+    /// their dependencies (by name), read `page` at a time (so a full scan holds one page of
+    /// JSON, not the whole table, and never reads the dependency table apart).
     pub async fn releases_between(
         &self,
         conn: &mut impl Fetch,
@@ -20,14 +21,21 @@ impl SqlRegistry {
         let sql = match self.store.backend {
             Backend::Sqlite => {
                 "SELECT json_group_array(json_array(package, version, published_at, checksum, \
-                 artifact, signature, signer, yanked, quarantined) ORDER BY package, version) \
+                 artifact, signature, signer, yanked, quarantined, \
+                 json((SELECT json_group_array(json_array(d.dependency, d.requirement) \
+                 ORDER BY d.dependency) FROM dependencies d \
+                 WHERE d.package = page.package AND d.version = page.version))) \
+                 ORDER BY package, version) \
                  FROM (SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
                  AND (package > $3 OR (package = $3 AND version > $4)) \
-                 ORDER BY package, version LIMIT $5)"
+                 ORDER BY package, version LIMIT $5) AS page"
             }
             Backend::Postgres => {
                 "SELECT COALESCE(json_agg(json_build_array(package, version, published_at, \
-                 checksum, artifact, signature, signer, yanked, quarantined) \
+                 checksum, artifact, signature, signer, yanked, quarantined, \
+                 (SELECT COALESCE(json_agg(json_build_array(d.dependency, d.requirement) \
+                 ORDER BY d.dependency), '[]'::json) FROM dependencies d \
+                 WHERE d.package = page.package AND d.version = page.version)) \
                  ORDER BY package, version), '[]'::json)::text \
                  FROM (SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
                  AND (package > $3 OR (package = $3 AND version > $4)) \
@@ -44,6 +52,7 @@ impl SqlRegistry {
             Option<String>,
             i64,
             i64,
+            Vec<(String, String)>,
         );
         let mut releases = Vec::new();
         let mut after = (String::new(), String::new());
@@ -66,8 +75,18 @@ impl SqlRegistry {
                 )))
             })?;
             let full = rows.len() as i64 == page;
-            for (package, version, published_at, checksum, artifact, signature, signer, y, q) in
-                rows
+            for (
+                package,
+                version,
+                published_at,
+                checksum,
+                artifact,
+                signature,
+                signer,
+                y,
+                q,
+                deps,
+            ) in rows
             {
                 releases.push(ReleaseRecord {
                     package,
@@ -79,7 +98,10 @@ impl SqlRegistry {
                     signer,
                     yanked: y != 0,
                     quarantined: q != 0,
-                    dependencies: Vec::new(),
+                    dependencies: deps
+                        .into_iter()
+                        .map(|(name, requirement)| Dependency { name, requirement })
+                        .collect(),
                 });
             }
             match releases.last() {

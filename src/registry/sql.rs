@@ -33,7 +33,8 @@ pub struct SqlRegistry {
 const RELEASE_COLUMNS: &str =
     "package, version, published_at, checksum, artifact, signature, signer, yanked, quarantined";
 
-const PACKAGE_COLUMNS: &str = "name, description, category, author, license, repository, tags, \
+pub(super) const PACKAGE_COLUMNS: &str =
+    "name, description, category, author, license, repository, tags, \
     keywords, downloads, stars, status, latest, quality, quality_detail, production_ready, \
     created_at, updated_at";
 
@@ -53,7 +54,7 @@ fn decode_release(row: &AnyRow) -> Result<ReleaseRecord, sqlx::Error> {
     })
 }
 
-fn decode_package(row: &AnyRow) -> Result<PackageRecord, sqlx::Error> {
+pub(super) fn decode_package(row: &AnyRow) -> Result<PackageRecord, sqlx::Error> {
     let list = |s: String| serde_json::from_str::<Vec<String>>(&s).unwrap_or_default();
     Ok(PackageRecord {
         name: row.try_get("name")?,
@@ -669,12 +670,14 @@ impl Registry for SqlRegistry {
     }
 
     async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
-        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM packages ORDER BY name");
-        let rows = self.store.reads().query_owned(sql).fetch_all().await?;
-        Ok(rows
-            .iter()
-            .map(decode_package)
-            .collect::<Result<Vec<_>, _>>()?)
+        self.all_packages().await
+    }
+
+    async fn packages_since(
+        &self,
+        cursor: i64,
+    ) -> Result<Option<Vec<PackageRecord>>, RegistryError> {
+        Ok(Some(self.packages_changed_since(cursor).await?))
     }
 
     async fn release_dependencies(

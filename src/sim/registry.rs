@@ -131,6 +131,14 @@ impl Registry for SimRegistry {
         self.inner.package(name).await
     }
 
+    async fn packages_since(
+        &self,
+        cursor: i64,
+    ) -> Result<Option<Vec<PackageRecord>>, RegistryError> {
+        self.check()?;
+        self.inner.packages_since(cursor).await
+    }
+
     async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
         self.check()?;
         self.inner.packages().await

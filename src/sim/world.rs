@@ -96,6 +96,7 @@ pub(super) async fn setup(s: &Scenario) -> anyhow::Result<World> {
                 unmaintained_fraction: g.unmaintained_fraction,
                 cycles: g.cycles,
                 seed: s.seed,
+                shard_artifacts: false,
             };
             generate::generate(&inner, &spec, START_MS).await?.trust
         }

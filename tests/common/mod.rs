@@ -209,6 +209,7 @@ pub async fn plan(
         key: &w.key,
         daemon_dry_run: dry_run,
         now,
+        facts: None,
     };
     mapek::plan::Planner::default()
         .cycle(&w.t.store, &w.registry, ctx)

@@ -445,19 +445,26 @@ impl Marketplace {
             return Ok(None);
         }
         let started = std::time::Instant::now();
-        let overlay = overlay::read(&self.sql.store).await?;
-        let overlay_s = started.elapsed().as_secs_f64();
-        let Some(key) = self.key.clone() else {
-            return Err(RegistryError::Unavailable(
-                "no key to sign the published catalog with".into(),
-            ));
-        };
         let path = self.config.publish.clone();
         let failed = |e: std::io::Error| {
             RegistryError::Unavailable(format!(
                 "publishing {}: {e}",
                 path.as_deref().unwrap_or(Path::new("-")).display()
             ))
+        };
+        // The daemon and `mapek rollback` both publish: one at a time, each from the state it
+        // reads under the lock, so the file is never left older than the last change (the
+        // daemon's cycle used to write what it read before a rollback, after the rollback's).
+        let _lock = match &path {
+            Some(p) => Some(publish::lock(p).await.map_err(failed)?),
+            None => None,
+        };
+        let overlay = overlay::read(&self.sql.store).await?;
+        let overlay_s = started.elapsed().as_secs_f64();
+        let Some(key) = self.key.clone() else {
+            return Err(RegistryError::Unavailable(
+                "no key to sign the published catalog with".into(),
+            ));
         };
         let Some((published, mut report)) = st
             .projection
@@ -641,6 +648,13 @@ impl Registry for Marketplace {
 
     async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
         self.sql.packages().await
+    }
+
+    async fn packages_since(
+        &self,
+        cursor: i64,
+    ) -> Result<Option<Vec<PackageRecord>>, RegistryError> {
+        self.sql.packages_since(cursor).await
     }
 
     async fn release(

@@ -44,6 +44,35 @@ pub fn signature_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The lock file beside `path` (`.index.json.lock`), held while a publication is made.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.lock"))
+}
+
+/// Takes the exclusive lock on publishing `path` (an advisory lock on the lock file beside it,
+/// released when the returned file is dropped), waiting for another process that holds it.
+pub async fn lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let lock = lock_path(path);
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)?;
+        f.lock()?;
+        Ok(f)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Writes `bytes` to `path` so that a reader sees the old file or the new one, never a part:
 /// a temporary file in the same folder, fsynced, renamed over `path`, then the folder fsynced.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -129,6 +158,26 @@ pub fn write(path: &Path, published: &Published) -> std::io::Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_second_publisher_waits_for_the_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.json");
+        let first = super::lock(&path).await.expect("lock");
+        let waiting = tokio::spawn({
+            let path = path.clone();
+            async move { super::lock(&path).await.map(|_| std::time::Instant::now()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second waits while the first holds the lock"
+        );
+        let released = std::time::Instant::now();
+        drop(first);
+        let took = waiting.await.expect("join").expect("lock");
+        assert!(took >= released);
+    }
+
     use super::*;
 
     #[test]
