@@ -280,3 +280,103 @@ async fn sql_a_rollback_undoes_once_and_a_restored_artifact_resolves() {
 async fn marketplace_a_rollback_undoes_once_and_a_restored_artifact_resolves() {
     a_rollback_undoes_once_and_a_restored_artifact_resolves(Kind::Marketplace).await
 }
+
+/// The plan of `sql` (with `params` bound) as the store explains it, one line per step; on
+/// PostgreSQL with sequential scans off, as tables this small would be scanned whole anyway.
+async fn plan(
+    store: &mapek::knowledge::Store,
+    sql: &str,
+    params: &[&str],
+    ordered: bool,
+) -> Vec<String> {
+    use sqlx::{Executor as _, Row as _};
+    let postgres = store.backend == mapek::knowledge::Backend::Postgres;
+    let mut tx = store.begin().await.expect("begin");
+    if postgres {
+        // Tables this small would be scanned (and sorted) whole whatever the indexes: ask for
+        // the plan the indexes allow (costs added, not prohibitions). `ordered`: a plan that
+        // reads in order from an index rather than sorting, where one exists.
+        tx.execute("SET LOCAL enable_seqscan = off")
+            .await
+            .expect("seqscan off");
+        if ordered {
+            tx.execute("SET LOCAL enable_sort = off")
+                .await
+                .expect("sort off");
+        }
+    }
+    let explain = if postgres {
+        format!("EXPLAIN {sql}")
+    } else {
+        format!("EXPLAIN QUERY PLAN {sql}")
+    };
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(explain));
+    for p in params {
+        q = match p.parse::<i64>() {
+            Ok(n) => q.bind(n),
+            Err(_) => q.bind(p.to_string()),
+        };
+    }
+    let rows = tx.fetch_all(q).await.expect("explain");
+    rows.iter()
+        .map(|r| {
+            r.try_get::<String, _>(if postgres { 0 } else { 3 })
+                .expect("plan line")
+        })
+        .collect()
+}
+
+/// The statements a cycle makes against the registry at every size use their indexes: the page
+/// of changed releases, each release's dependencies (the dependency table's primary key), the
+/// packages changed since the facts were built (the change sequence's index, not the name's).
+#[tokio::test]
+async fn the_hot_statements_of_a_cycle_use_their_indexes() {
+    let t = common::store().await;
+    let backend = t.store.backend;
+    let page = plan(
+        &t.store,
+        mapek::registry::release_page_sql(backend, false),
+        &["5", "6", "", "", "20000"],
+        false,
+    )
+    .await;
+    let full = plan(
+        &t.store,
+        mapek::registry::release_page_sql(backend, true),
+        &["a-pack", "1.0.0", "20000"],
+        true,
+    )
+    .await;
+    let since = plan(
+        &t.store,
+        &format!("SELECT name FROM {}", mapek::registry::PACKAGES_SINCE),
+        &["5"],
+        false,
+    )
+    .await;
+    println!("page of releases: {page:#?}\nfull read: {full:#?}\npackages since: {since:#?}");
+    let uses = |plan: &[String], index: &str| plan.iter().any(|l| l.contains(index));
+    let (releases_seq, releases_key, dependencies_key, packages_seq) = match backend {
+        mapek::knowledge::Backend::Sqlite => (
+            "releases_change_seq",
+            "sqlite_autoindex_releases_1",
+            "sqlite_autoindex_dependencies_1",
+            "packages_change_seq",
+        ),
+        mapek::knowledge::Backend::Postgres => (
+            "releases_change_seq",
+            "releases_pkey",
+            "dependencies_pkey",
+            "packages_change_seq",
+        ),
+    };
+    assert!(uses(&page, releases_seq), "{page:#?}");
+    assert!(uses(&page, dependencies_key), "{page:#?}");
+    // A full read walks the primary key from where the last page ended, never a sort of all.
+    assert!(uses(&full, releases_key), "{full:#?}");
+    assert!(!uses(&full, releases_seq), "{full:#?}");
+    let sorts = |l: &String| l.contains("TEMP B-TREE FOR ORDER BY") || l.contains("Sort Key");
+    assert!(!full.iter().any(sorts), "{full:#?}");
+    assert!(uses(&full, dependencies_key), "{full:#?}");
+    assert!(uses(&since, packages_seq), "{since:#?}");
+}

@@ -65,7 +65,10 @@ pub(super) async fn registry_pass<R: Registry>(
         .facts
         .facts(registry.as_ref(), read.seq, plan.full_read)
         .await?;
-    update_known(state, &read.releases, plan.full_read);
+    let nothing_read = read.releases.is_empty();
+    // A full scan looks at every known release: the records read are moved in, not copied (at
+    // a million releases the copy was most of a gigabyte held through the scan).
+    let releases = update_known(state, read.releases, plan.full_read, !plan.full_scan);
     let mut output = MonitorOutput {
         full_scan: plan.full_scan,
         facts: Some(facts),
@@ -79,7 +82,7 @@ pub(super) async fn registry_pass<R: Registry>(
     // When no record changed, the registry vouches that no artifact's bytes changed, and the
     // trust store is the same, every release would be judged as it was: only the unhealthy
     // ones are handed on again, without looking at each.
-    let unchanged = read.releases.is_empty()
+    let unchanged = nothing_read
         && generation.is_some_and(|g| state.all_judged == Some((g, state.trust_generation)));
     let times = Arc::new(WorkTimes::default());
     let looked = look(
@@ -88,7 +91,7 @@ pub(super) async fn registry_pass<R: Registry>(
         trust,
         &plan,
         unchanged,
-        read.releases,
+        releases,
         &mut output,
         now,
         &times,
@@ -202,8 +205,14 @@ async fn read<R: Registry>(
     })
 }
 
-/// Keeps the releases read; on a full read, forgets those no longer there.
-fn update_known(state: &mut MonitorState, releases: &[ReleaseRecord], full_read: bool) {
+/// Keeps the releases read; on a full read, forgets those no longer there. Gives the records
+/// back when `give_back` (an incremental pass looks at them), otherwise keeps them without a copy.
+fn update_known(
+    state: &mut MonitorState,
+    releases: Vec<ReleaseRecord>,
+    full_read: bool,
+    give_back: bool,
+) -> Vec<ReleaseRecord> {
     let known = Arc::make_mut(&mut state.known);
     if full_read {
         let read: std::collections::HashSet<(&str, &str)> = releases
@@ -215,26 +224,31 @@ fn update_known(state: &mut MonitorState, releases: &[ReleaseRecord], full_read:
             .unhealthy
             .retain(|(p, v), _| read.contains(&(p.as_str(), v.as_str())));
     }
+    let mut back = Vec::new();
     for r in releases {
+        if give_back {
+            back.push(r.clone());
+        }
         let key = (r.package.clone(), r.version.clone());
         match known.get_mut(&key) {
             // An unchanged record keeps what its observation was judged from.
-            Some(k) if k.record == *r => {}
+            Some(k) if k.record == r => {}
             Some(k) => {
-                k.record = r.clone();
+                k.record = r;
                 k.judged = None;
             }
             None => {
                 known.insert(
                     key,
                     Known {
-                        record: r.clone(),
+                        record: r,
                         judged: None,
                     },
                 );
             }
         }
     }
+    back
 }
 
 /// Looks at what this pass is to look at: every known release at a full scan (or only the

@@ -14,6 +14,8 @@ mod sql;
 
 pub use managed::Managed;
 pub use marketplace::PublishReport;
+pub use release_pages::release_page_sql;
+pub use since::PACKAGES_SINCE;
 #[cfg(test)]
 pub(crate) use sql::next_seq;
 pub use sql::SqlRegistry;

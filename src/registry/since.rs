@@ -6,14 +6,17 @@ use super::sql::{decode_package, PACKAGE_COLUMNS};
 use super::{PackageRecord, RegistryError, SqlRegistry};
 use crate::knowledge::{Backend, StoreError};
 
+/// The packages changed after `$1`. Sorted by the caller: with `ORDER BY name` SQLite walked
+/// the name index past every package instead of using the change sequence's index.
+pub const PACKAGES_SINCE: &str = "packages WHERE change_seq > $1";
+
 impl SqlRegistry {
     /// Package records with a change sequence after `cursor` (the `packages_change_seq` index).
     pub(super) async fn packages_changed_since(
         &self,
         cursor: i64,
     ) -> Result<Vec<PackageRecord>, RegistryError> {
-        let sql =
-            format!("SELECT {PACKAGE_COLUMNS} FROM packages WHERE change_seq > $1 ORDER BY name");
+        let sql = format!("SELECT {PACKAGE_COLUMNS} FROM {PACKAGES_SINCE}");
         let rows = self
             .store
             .reads()
@@ -21,10 +24,12 @@ impl SqlRegistry {
             .bind(cursor)
             .fetch_all()
             .await?;
-        Ok(rows
+        let mut out = rows
             .iter()
             .map(decode_package)
-            .collect::<Result<Vec<_>, _>>()?)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 }
 
