@@ -25,6 +25,20 @@ macro_rules! page_select {
     };
 }
 
+/// The page itself, the same on both backends: the releases changed in `($1, $2]` after
+/// (`$3`, `$4`), at most `$5`; or every release after (`$1`, `$2`), at most `$3`.
+macro_rules! page_from {
+    (changed) => {
+        "(SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
+         AND (package > $3 OR (package = $3 AND version > $4)) \
+         ORDER BY package, version LIMIT $5) AS page"
+    };
+    (full) => {
+        "(SELECT * FROM releases WHERE (package, version) > ($1, $2) \
+         ORDER BY package, version LIMIT $3) AS page"
+    };
+}
+
 /// A page of releases changed in `($1, $2]` after (`$3`, `$4`) by package and version, at most
 /// `$5`, each with its dependencies (found by the dependency table's primary key). A `full`
 /// read takes every release after (`$1`, `$2`), at most `$3`, walking the releases' primary key
@@ -33,28 +47,10 @@ macro_rules! page_select {
 /// index (walking that for a full read visited every release again for every page).
 pub fn release_page_sql(backend: Backend, full: bool) -> &'static str {
     match (backend, full) {
-        (Backend::Sqlite, false) => concat!(
-            page_select!(sqlite),
-            "(SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
-             AND (package > $3 OR (package = $3 AND version > $4)) \
-             ORDER BY package, version LIMIT $5) AS page"
-        ),
-        (Backend::Sqlite, true) => concat!(
-            page_select!(sqlite),
-            "(SELECT * FROM releases WHERE (package, version) > ($1, $2) \
-             ORDER BY package, version LIMIT $3) AS page"
-        ),
-        (Backend::Postgres, false) => concat!(
-            page_select!(postgres),
-            "(SELECT * FROM releases WHERE change_seq > $1 AND change_seq <= $2 \
-             AND (package > $3 OR (package = $3 AND version > $4)) \
-             ORDER BY package, version LIMIT $5) AS page"
-        ),
-        (Backend::Postgres, true) => concat!(
-            page_select!(postgres),
-            "(SELECT * FROM releases WHERE (package, version) > ($1, $2) \
-             ORDER BY package, version LIMIT $3) AS page"
-        ),
+        (Backend::Sqlite, false) => concat!(page_select!(sqlite), page_from!(changed)),
+        (Backend::Sqlite, true) => concat!(page_select!(sqlite), page_from!(full)),
+        (Backend::Postgres, false) => concat!(page_select!(postgres), page_from!(changed)),
+        (Backend::Postgres, true) => concat!(page_select!(postgres), page_from!(full)),
     }
 }
 

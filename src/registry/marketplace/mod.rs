@@ -2,11 +2,13 @@
 
 pub mod archive;
 pub mod catalog;
+mod from_tree;
 pub mod generate;
 mod mirror;
 pub mod overlay;
 mod projection;
 pub mod publish;
+mod registry_impl;
 pub mod sense;
 pub mod tree;
 pub mod watch;
@@ -15,18 +17,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+pub use from_tree::catalog_from_tree;
+
 use catalog::Catalog;
 use publish::Published;
 use sense::ArchiveSeen;
 use tree::PackTree;
 
 use super::fetch::{is_url, FetchLimits, Fetcher};
-use super::{
-    Applied, Change, Dependency, PackageRecord, Problem, Refreshed, Registry, RegistryCounts,
-    RegistryError, ReleaseRecord, SqlRegistry,
-};
+use super::{Problem, Refreshed, Registry, RegistryError, SqlRegistry};
 use crate::keys::KeyPair;
-use crate::knowledge::Conn;
 use crate::model::FindingKind;
 
 /// The kinds this backend judges on every refresh, completely.
@@ -595,174 +595,4 @@ fn read_all(
         }
         Ok(out)
     })
-}
-
-impl Registry for Marketplace {
-    async fn releases_since(
-        &self,
-        cursor: i64,
-    ) -> Result<(Vec<ReleaseRecord>, i64), RegistryError> {
-        self.sql.releases_since(cursor).await
-    }
-
-    fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError> {
-        if is_url(location) {
-            let Some(f) = &self.fetcher else {
-                return Err(RegistryError::Artifact {
-                    location: location.into(),
-                    reason: "no HTTP client is configured".into(),
-                });
-            };
-            return f.get_blocking(location).map(|(b, _)| b).map_err(|e| {
-                if e.unreachable() {
-                    RegistryError::Unavailable(e.to_string())
-                } else {
-                    RegistryError::Artifact {
-                        location: location.into(),
-                        reason: e.to_string(),
-                    }
-                }
-            });
-        }
-        std::fs::read(location).map_err(|e| RegistryError::Artifact {
-            location: location.into(),
-            reason: e.to_string(),
-        })
-    }
-
-    fn artifact_digest(&self, location: &str) -> Option<[u8; 32]> {
-        self.digests.read().ok()?.get(location).copied()
-    }
-
-    fn records_follow_sequence(&self) -> bool {
-        true
-    }
-
-    fn signatures_required(&self) -> bool {
-        self.config.require_signatures
-    }
-
-    async fn package(&self, name: &str) -> Result<Option<PackageRecord>, RegistryError> {
-        self.sql.package(name).await
-    }
-
-    async fn packages(&self) -> Result<Vec<PackageRecord>, RegistryError> {
-        self.sql.packages().await
-    }
-
-    async fn packages_since(
-        &self,
-        cursor: i64,
-    ) -> Result<Option<Vec<PackageRecord>>, RegistryError> {
-        self.sql.packages_since(cursor).await
-    }
-
-    async fn release(
-        &self,
-        package: &str,
-        version: &str,
-    ) -> Result<Option<ReleaseRecord>, RegistryError> {
-        self.sql.release(package, version).await
-    }
-
-    async fn counts(&self) -> Result<RegistryCounts, RegistryError> {
-        self.sql.counts().await
-    }
-
-    async fn change_seq(&self) -> Result<i64, RegistryError> {
-        self.sql.change_seq().await
-    }
-
-    async fn dependency_edges(&self) -> Result<Vec<(String, String)>, RegistryError> {
-        self.sql.dependency_edges().await
-    }
-
-    async fn release_dependencies(
-        &self,
-    ) -> Result<Vec<(String, String, Dependency)>, RegistryError> {
-        self.sql.release_dependencies().await
-    }
-
-    async fn apply(
-        &self,
-        conn: &mut Conn,
-        change: &Change,
-        now: i64,
-    ) -> Result<Applied, RegistryError> {
-        self.sql.apply(conn, change, now).await
-    }
-
-    async fn refresh(&self, full: bool, now: i64) -> Result<Refreshed, RegistryError> {
-        self.refresh_now(full, now).await
-    }
-
-    async fn publish(&self) -> Result<Option<PublishReport>, RegistryError> {
-        let mut st = self.state.lock().await;
-        if st.catalog.is_none() {
-            // A process that never refreshed (`mapek rollback`): the input catalog is all it needs.
-            self.read_catalog(&mut st)?;
-        }
-        self.publish_now(&mut st).await
-    }
-}
-
-/// The catalog the marketplace's own tool would build from the checkout: every admitted pack's
-/// record, its digest and size from its archive. A refused pack is left out, as the tool
-/// leaves it; a pack whose archive cannot be read is an error.
-pub async fn catalog_from_tree(config: &MarketplaceConfig) -> Result<Catalog, String> {
-    let checkout = config.checkout.clone();
-    let archives = config.archives.clone();
-    let fetcher = match &archives {
-        Archives::Url(_) => Some(Fetcher::new(config.fetch)?),
-        Archives::Dir(_) => None,
-    };
-    let repository = config.repository();
-    let max = config.fetch.max_bytes;
-    tokio::task::spawn_blocking(move || {
-        let trees =
-            tree::read_checkout(&checkout).map_err(|e| format!("{}: {e}", checkout.display()))?;
-        let mut packs = Vec::new();
-        for t in trees.values().filter(|t| t.admitted()) {
-            let (Some(name), Some(version)) = (&t.manifest.name, &t.manifest.version) else {
-                continue;
-            };
-            let file = format!("{name}-{version}.tar.gz");
-            let bytes = match &archives {
-                Archives::Dir(d) => std::fs::read(d.join(&file))
-                    .map_err(|e| format!("{}: {e}", d.join(&file).display()))?,
-                Archives::Url(base) => {
-                    let f = fetcher.as_ref().ok_or("no HTTP client")?;
-                    f.get_blocking(&format!("{base}/{file}"))
-                        .map_err(|e| e.to_string())?
-                        .0
-                }
-            };
-            if bytes.len() as u64 > max {
-                return Err(format!("{file}: larger than {max} bytes"));
-            }
-            packs.extend(catalog::record_of(t, &bytes, &repository));
-        }
-        packs.sort_by(|a, b| a.name.cmp(&b.name));
-        let version = std::fs::read_to_string(checkout.join("marketplace.toml"))
-            .ok()
-            .and_then(|s| toml::from_str::<toml::Table>(&s).ok())
-            .and_then(|t| {
-                t.get("marketplace")?
-                    .get("version")?
-                    .as_str()
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                format!(
-                    "{}: no [marketplace] version",
-                    checkout.join("marketplace.toml").display()
-                )
-            })?;
-        let mut top = serde_json::Map::new();
-        top.insert("marketplace_version".into(), version.into());
-        top.insert("schema".into(), catalog::SCHEMA.into());
-        Ok(Catalog::new(packs, top))
-    })
-    .await
-    .map_err(|e| e.to_string())?
 }
