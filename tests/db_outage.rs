@@ -5,54 +5,14 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
+use common::proxy::proxy;
 use common::{default_policies, world};
 use mapek::daemon::reload::PolicySource;
 use mapek::daemon::{self, RunOptions};
 use mapek::knowledge::remediations::Status;
 use mapek::knowledge::Store;
 use mapek::registry::SqlRegistry;
-
-/// A TCP proxy to PostgreSQL that the test can cut (every connection closed, new ones refused)
-/// and restore.
-struct Proxy {
-    port: u16,
-    up: watch::Sender<bool>,
-}
-
-async fn proxy(target: &str) -> Proxy {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let (up, _) = watch::channel(true);
-    let state = up.clone();
-    let target = target.to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = listener.accept().await else {
-                continue;
-            };
-            if !*state.borrow() {
-                let _ = client.shutdown().await;
-                continue;
-            }
-            let mut cut = state.subscribe();
-            let target = target.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(&target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    _ = cut.wait_for(|up| !*up) => {}
-                }
-            });
-        }
-    });
-    Proxy { port, up }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_mid_action_leaves_nothing_half_applied_and_the_loop_carries_on() {

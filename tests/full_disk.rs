@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,27 +41,10 @@ impl Drop for Mount {
     }
 }
 
-/// `GET /readyz`: the status code and the text.
-fn readyz(port: u16) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, out)
-}
-
 fn wait_ready(port: u16, want: u16, contains: &str, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, text) = readyz(port);
+        let (code, text) = common::readyz(port);
         if code == want && text.contains(contains) {
             return text;
         }

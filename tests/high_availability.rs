@@ -3,11 +3,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mapek::knowledge::lease::LEADER;
-use mapek::knowledge::Store;
 use mapek::registry::SqlRegistry;
 
 const TTL: Duration = Duration::from_secs(3);
@@ -27,40 +26,6 @@ fn write_config(dir: &Path, demo: &Path, url: &str) -> PathBuf {
         TTL.as_secs()
     );
     common::demo_config(&dir.join("replica.toml"), demo, url, &extra)
-}
-
-/// Starts a replica; its log goes to `replica-N.log` beside the configuration.
-fn replica(config: &Path) -> Child {
-    // MAPEK_TEST_LOGS=DIR keeps the replicas' logs there, for a failure to be read.
-    let dir = std::env::var("MAPEK_TEST_LOGS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| config.parent().expect("config dir").to_path_buf());
-    let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-    let log = std::fs::File::create(dir.join(format!("replica-{n}.log"))).expect("log file");
-    mapek()
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("MAPEK_LOG", "info,sqlx=warn")
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("a replica starts")
-}
-
-/// Waits for a live holder of the lease that is one of `replicas` and not `not`; returns its index.
-async fn wait_for_leader(store: &Store, replicas: &[Child], not: Option<u32>) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(h) = store.lease(LEADER).await.expect("lease") {
-            let pid = common::pid_of(&h.holder);
-            if pid != not {
-                if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
-                    return i;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "no replica took the lease");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,9 +49,9 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
     let config = write_config(dir, &demo, &t.url);
     let registry = SqlRegistry::new(t.store.clone(), demo.join("artifacts"));
 
-    let mut replicas = vec![replica(&config), replica(&config)];
+    let mut replicas = vec![common::replica(&config), common::replica(&config)];
     // A counted run (as from cron) does not stand by for ever behind the leader.
-    wait_for_leader(&t.store, &replicas, None).await;
+    common::wait_for_leader(&t.store, &replicas, None).await;
     let once = mapek()
         .args(["--config", &config.display().to_string(), "run", "--once"])
         .stderr(Stdio::piped())
@@ -99,7 +64,7 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
     let mut takeovers = Vec::new();
     let mut tampered = Vec::new();
     for round in 0..rounds {
-        let leader = wait_for_leader(&t.store, &replicas, None).await;
+        let leader = common::wait_for_leader(&t.store, &replicas, None).await;
         // New work for the leader: a tampered artifact, found at the next full scan.
         let package = format!("pkg-{:05}", 200 + round);
         common::tamper(&registry, &package).await;
@@ -111,8 +76,8 @@ async fn a_killed_leader_is_replaced_within_the_lease_period_and_nothing_is_appl
         replicas[leader].kill().expect("SIGKILL");
         let _ = replicas[leader].wait();
         let at = Instant::now();
-        replicas.push(replica(&config));
-        let next = wait_for_leader(&t.store, &replicas, Some(killed)).await;
+        replicas.push(common::replica(&config));
+        let next = common::wait_for_leader(&t.store, &replicas, Some(killed)).await;
         let took = at.elapsed();
         takeovers.push(took);
         assert!(
@@ -209,7 +174,7 @@ fn a_second_replica_on_one_sqlite_store_refuses_to_start() {
     let db = dir.path().join("mapek-demo").join("mapek.db");
     let demo = common::prepare_demo(dir.path(), &db.display().to_string());
     let config = write_config(dir.path(), &demo, &db.display().to_string());
-    let mut first = replica(&config);
+    let mut first = common::replica(&config);
     // Wait until the first replica holds the lock file.
     let lock = PathBuf::from(format!("{}.lock", db.display()));
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -2,6 +2,8 @@
 //! `MAPEK_TEST_DATABASE_URL` is set), and a generated registry with planted problems.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use sqlx::Connection;
 use std::sync::Arc;
 
@@ -280,6 +282,16 @@ pub async fn tamper_release(registry: &SqlRegistry, package: &str, version: &str
 /// must not leave a daemon running that holds the test runner's output open.
 pub struct Daemon(pub std::process::Child);
 
+impl Daemon {
+    /// Stops the daemon with SIGTERM, as systemd does, and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -503,4 +515,102 @@ pub fn demo_config(
 /// The pid in a lease holder's name (`host:pid:nonce`).
 pub fn pid_of(holder: &str) -> Option<u32> {
     holder.split(':').nth(1)?.parse().ok()
+}
+
+/// A demo-like folder at `dir` (keys, a trust store, the integrity and guard policies) over a
+/// generated registry of `packages` packages in the store at `url`, with nothing planted: for
+/// tests that need more work than the demo's 300 packages give.
+pub async fn sized_demo(dir: &std::path::Path, url: &str, packages: usize) -> std::path::PathBuf {
+    let demo = dir.join("demo");
+    let policies = demo.join("policies");
+    std::fs::create_dir_all(&policies).expect("the demo folder");
+    let store = Store::open(url).await.expect("open store");
+    let registry = SqlRegistry::new(store.clone(), demo.join("artifacts"));
+    let spec = GenerateSpec {
+        packages,
+        publishers: 5,
+        seed: 42,
+        shard_artifacts: true,
+        ..GenerateSpec::default()
+    };
+    let generated = generate::generate(&registry, &spec, NOW)
+        .await
+        .expect("generate the registry");
+    std::fs::write(demo.join("trusted-keys.toml"), generated.trust.to_toml()).expect("trust");
+    KeyPair::generate("daemon")
+        .expect("a key")
+        .save(&demo)
+        .expect("the daemon key");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for file in ["integrity.toml", "guards.toml"] {
+        std::fs::copy(shipped.join(file), policies.join(file)).expect("a shipped policy");
+    }
+    store.close().await;
+    demo
+}
+
+/// `GET /readyz` on the daemon listening at `port`: the status code (0 when nothing answered
+/// within three seconds) and the whole answer.
+pub fn readyz(port: u16) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(3)));
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+/// Starts a replica of the daemon on `config`; its log goes to `replica-N.log` beside the
+/// configuration (or in `MAPEK_TEST_LOGS=DIR`, kept there for a failure to be read).
+pub fn replica(config: &std::path::Path) -> std::process::Child {
+    let dir = std::env::var("MAPEK_TEST_LOGS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| config.parent().expect("config dir").to_path_buf());
+    let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    let log = std::fs::File::create(dir.join(format!("replica-{n}.log"))).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_mapek"))
+        .args(["--config", &config.display().to_string(), "run"])
+        .env("MAPEK_LOG", "info,sqlx=warn")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("a replica starts")
+}
+
+/// Waits (30 s at most) for a live holder of the leader's lease that is one of `replicas` and
+/// not the process `not`; returns its index.
+pub async fn wait_for_leader(
+    store: &Store,
+    replicas: &[std::process::Child],
+    not: Option<u32>,
+) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(h) = store
+            .lease(mapek::knowledge::lease::LEADER)
+            .await
+            .expect("lease")
+        {
+            let pid = pid_of(&h.holder);
+            if pid != not {
+                if let Some(i) = replicas.iter().position(|c| Some(c.id()) == pid) {
+                    return i;
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took the lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
