@@ -259,7 +259,7 @@ impl PolicySet {
     /// Loads policies from (file name, content) pairs; a file named `guards.toml` holds the guards.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Self, Vec<PolicyError>> {
         use sha2::Digest;
-        let env = Arc::new(Env::stdlib());
+        let env = stdlib();
         let mut hasher = sha2::Sha256::new();
         let mut policies = Vec::new();
         let mut guards = Guards::default();
@@ -618,4 +618,13 @@ fn compile(
         enabled: p.enabled,
         file: file.to_path_buf(),
     })
+}
+
+/// The CEL environment every policy set compiles and evaluates in: built once per process and
+/// shared (it holds only the standard functions; building it for every load or reload is work
+/// thrown away).
+fn stdlib() -> Arc<Env> {
+    static STDLIB: std::sync::LazyLock<Arc<Env>> =
+        std::sync::LazyLock::new(|| Arc::new(Env::stdlib()));
+    STDLIB.clone()
 }
