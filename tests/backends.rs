@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::{default_policies, NOW};
-use mapek::execute::{rollback::rollback, Outcome};
+use mapek::execute::rollback::{finish, record, rollback};
+use mapek::execute::Outcome;
 use mapek::keys::{KeyPair, TrustStore};
 use mapek::knowledge::audit::verify_chain;
 use mapek::knowledge::remediations::Status;
@@ -249,6 +250,78 @@ async fn a_rollback_undoes_once_and_a_restored_artifact_resolves(kind: Kind) {
         &b.key.public()
     )
     .is_ok());
+}
+
+/// `mapek rollback` against a running daemon: the daemon, woken by the recorded rollback, may
+/// execute it first. The command then reports the daemon's outcome (not "another executor took
+/// it") and returns only once the catalog users read has moved: here the other executor
+/// applies the change without publishing, as a daemon between its commit and its publication.
+async fn a_rollback_another_executor_takes_first_still_reports_and_publishes(kind: Kind) {
+    let b = bed(kind).await;
+    let mut l = Loop::new();
+    b.tamper();
+    l.cycle(&b, NOW, true, false).await;
+    let done =
+        b.t.store
+            .remediations_with_status(Status::Executed)
+            .await
+            .expect("read");
+    assert_eq!(done.len(), 1, "{kind:?}");
+    let published = b.t.dir.path().join("www/index.json");
+    let withheld = || -> Vec<String> {
+        let bytes = std::fs::read(&published).expect("the catalog was published");
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON");
+        doc["withheld"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    if matches!(kind, Kind::Marketplace) {
+        assert_eq!(
+            withheld(),
+            [b.subject.0.as_str()],
+            "quarantined and published"
+        );
+    }
+    let r = record(&b.t.store, &b.key, &done[0].id, "maint", NOW + 1)
+        .await
+        .expect("recorded");
+    // The other executor: the same store, applying without publishing anything.
+    let other = Arc::new(SqlRegistry::new(b.t.store.clone(), b.t.dir.path()));
+    let e = mapek::execute::cycle(&b.t.store, &other, &b.key, NOW + 2)
+        .await
+        .expect("the other executor");
+    assert_eq!(e.results.len(), 1, "{kind:?}: it took the rollback");
+    let outcome = finish(&b.t.store, &b.registry, &b.key, &r, NOW + 3)
+        .await
+        .expect("finished");
+    assert_eq!(outcome, Outcome::Executed { changed: true }, "{kind:?}");
+    assert!(!b.quarantined().await, "{kind:?}");
+    if matches!(kind, Kind::Marketplace) {
+        assert!(
+            withheld().is_empty(),
+            "published when the rollback returned"
+        );
+    }
+    let entries = b.t.store.audit_entries().await.expect("audit");
+    let executed = entries
+        .iter()
+        .filter(|e| e.kind == "remediation.executed" && e.remediation_id.as_deref() == Some(&r.id))
+        .count();
+    assert_eq!(executed, 1, "{kind:?}: executed once");
+    assert!(verify_chain(&entries, &b.key.public()).is_ok());
+}
+
+#[tokio::test]
+async fn sql_a_rollback_another_executor_takes_first_still_reports_and_publishes() {
+    a_rollback_another_executor_takes_first_still_reports_and_publishes(Kind::Sql).await
+}
+
+#[tokio::test]
+async fn marketplace_a_rollback_another_executor_takes_first_still_reports_and_publishes() {
+    a_rollback_another_executor_takes_first_still_reports_and_publishes(Kind::Marketplace).await
 }
 
 #[tokio::test]

@@ -22,6 +22,12 @@ pub enum ExecuteError {
     Store(#[from] StoreError),
 }
 
+/// The reason of the `Retry` an executor gets when another took the remediation before it.
+pub const TAKEN: &str = "another executor took it";
+
+/// The reason an executed remediation records when it changed the registry.
+pub const APPLIED: &str = "applied";
+
 /// What happened to one remediation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -143,8 +149,7 @@ pub async fn cycle<R: Registry>(
             r.status = Status::Executing;
             intended.push(r);
         } else {
-            out.results
-                .push((r, Outcome::Retry("another executor took it".into())));
+            out.results.push((r, Outcome::Retry(TAKEN.into())));
         }
     }
     tx.commit().await.map_err(StoreError::from)?;
@@ -231,7 +236,7 @@ pub(crate) async fn execute_one<R: Registry>(
         let moved = write_intent(&mut tx, r, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
         if !moved {
-            return Ok(Outcome::Retry("another executor took it".into()));
+            return Ok(Outcome::Retry(TAKEN.into()));
         }
     }
     // The effect, its audit entry and the outcome, together.
@@ -326,7 +331,7 @@ async fn record_applied(
     )
     .await?;
     let reason = if applied.changed {
-        "applied"
+        APPLIED
     } else {
         "already in effect: nothing changed"
     };
@@ -422,7 +427,7 @@ async fn queue_notice(
     let body = notice_body(r, finding.as_ref(), now);
     let mut tx = store.begin().await?;
     if r.status == Status::Ready && !write_intent(&mut tx, r, now).await? {
-        return Ok(Outcome::Retry("another executor took it".into()));
+        return Ok(Outcome::Retry(TAKEN.into()));
     }
     outbox::enqueue(&mut tx, &r.id, url, &body, now).await?;
     audit::append(

@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-use super::{execute_one, ExecuteError, Outcome};
+use super::{execute_one, ExecuteError, Outcome, APPLIED, TAKEN};
 use crate::keys::KeyPair;
 use crate::knowledge::audit::{self, NewEntry};
 use crate::knowledge::remediations::{self, Remediation, Status};
@@ -63,6 +63,9 @@ fn action_of(change: &Change) -> (Action, Subject) {
     }
 }
 
+/// How long `finish` waits for another executor that took the rollback first.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Rolls back remediation `id` on behalf of `actor`; returns the rollback remediation and how
 /// its execution went.
 pub async fn rollback<R: Registry>(
@@ -73,6 +76,20 @@ pub async fn rollback<R: Registry>(
     actor: &str,
     now: i64,
 ) -> Result<(Remediation, Outcome), RollbackError> {
+    let r = record(store, key, id, actor, now).await?;
+    let outcome = finish(store, registry, key, &r, now).await?;
+    Ok((r, outcome))
+}
+
+/// The first half of a rollback: its remediation recorded `ready`, signed, with its audit
+/// entry, and the original marked rolled back, in one transaction.
+pub async fn record(
+    store: &Store,
+    key: &KeyPair,
+    id: &str,
+    actor: &str,
+    now: i64,
+) -> Result<Remediation, RollbackError> {
     let original = store
         .remediation(id)
         .await?
@@ -163,13 +180,60 @@ pub async fn rollback<R: Registry>(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    let outcome = execute_one(store, registry.as_ref(), key, &r, now).await?;
+    Ok(r)
+}
+
+/// The second half: executes the recorded rollback `r` and publishes what users read. A
+/// running daemon, woken by the record, may take it first; then this waits for its outcome
+/// (up to 30 s) and publishes after it, so that when `mapek rollback` returns, the catalog
+/// users read has moved (it used to return at once, before the daemon had published).
+pub async fn finish<R: Registry>(
+    store: &Store,
+    registry: &Arc<R>,
+    key: &KeyPair,
+    r: &Remediation,
+    now: i64,
+) -> Result<Outcome, RollbackError> {
+    let mut outcome = execute_one(store, registry.as_ref(), key, r, now).await?;
+    if matches!(&outcome, Outcome::Retry(why) if why == TAKEN) {
+        if let Some(settled) = settled(store, &r.id).await? {
+            outcome = settled;
+        }
+    }
     if matches!(outcome, Outcome::Executed { changed: true }) {
         // What users read follows at once (a marketplace's catalog); a failure here is caught up
-        // by the daemon's next cycle, which publishes whatever differs.
+        // by the daemon's next cycle, which publishes whatever differs. (Publications take a
+        // lock and read the state under it: this one and the daemon's cannot undo each other.)
         if let Err(error) = registry.publish().await {
             tracing::error!(%error, "rolled back, but the catalog could not be published again yet");
         }
     }
-    Ok((r, outcome))
+    Ok(outcome)
+}
+
+/// The outcome another executor gave remediation `id`, once it has one; None if it has none
+/// within `SETTLE` (it stays `executing`, and the daemon finishes it).
+async fn settled(store: &Store, id: &str) -> Result<Option<Outcome>, StoreError> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let Some(r) = store.remediation(id).await? else {
+            return Ok(None);
+        };
+        match r.status {
+            Status::Ready | Status::Executing => {}
+            // Rolled back in turn: only a remediation that changed something can be.
+            Status::RolledBack => return Ok(Some(Outcome::Executed { changed: true })),
+            Status::Executed => {
+                return Ok(Some(Outcome::Executed {
+                    changed: r.reason == APPLIED,
+                }))
+            }
+            Status::Refused => return Ok(Some(Outcome::Refused)),
+            _ => return Ok(Some(Outcome::Failed(r.reason))),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
