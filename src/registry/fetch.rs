@@ -110,6 +110,34 @@ pub fn is_url(location: &str) -> bool {
     location.starts_with("http://") || location.starts_with("https://")
 }
 
+/// An artifact's bytes from `location`, a URL (with `fetcher`) or a file, as every registry
+/// reads one: a host that cannot be reached is the registry unavailable; anything else is that
+/// artifact's own problem.
+pub fn read_artifact(
+    fetcher: Option<&Fetcher>,
+    location: &str,
+    file: &std::path::Path,
+) -> Result<Vec<u8>, crate::registry::RegistryError> {
+    use crate::registry::RegistryError;
+    let artifact = |reason: String| RegistryError::Artifact {
+        location: location.into(),
+        reason,
+    };
+    if !is_url(location) {
+        return std::fs::read(file).map_err(|e| artifact(e.to_string()));
+    }
+    let Some(f) = fetcher else {
+        return Err(artifact("no HTTP client is configured".into()));
+    };
+    f.get_blocking(location).map(|(b, _)| b).map_err(|e| {
+        if e.unreachable() {
+            RegistryError::Unavailable(e.to_string())
+        } else {
+            artifact(e.to_string())
+        }
+    })
+}
+
 impl Fetcher {
     /// A fetcher; made inside a tokio runtime, blocking callers can use it from plain threads.
     pub fn new(limits: FetchLimits) -> Result<Self, String> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::artifacts::MemoryArtifacts;
-use super::fetch::{is_url, FetchLimits, Fetcher};
+use super::fetch::{self, is_url, FetchLimits, Fetcher};
 use super::{
     Applied, Change, Dependency, PackageRecord, Refreshed, Registry, RegistryCounts, RegistryError,
     ReleaseRecord,
@@ -280,28 +280,10 @@ impl Registry for SqlRegistry {
                 });
         }
         if is_url(location) {
-            let Some(f) = &self.fetcher else {
-                return Err(RegistryError::Artifact {
-                    location: location.into(),
-                    reason: "no HTTP client is configured".into(),
-                });
-            };
-            return f.get_blocking(location).map(|(b, _)| b).map_err(|e| {
-                if e.unreachable() {
-                    RegistryError::Unavailable(e.to_string())
-                } else {
-                    RegistryError::Artifact {
-                        location: location.into(),
-                        reason: e.to_string(),
-                    }
-                }
-            });
+            return fetch::read_artifact(self.fetcher.as_ref(), location, Path::new(location));
         }
         let path = self.artifact_path(location)?;
-        std::fs::read(&path).map_err(|e| RegistryError::Artifact {
-            location: location.into(),
-            reason: e.to_string(),
-        })
+        fetch::read_artifact(None, location, &path)
     }
 
     fn artifact_digest(&self, location: &str) -> Option<[u8; 32]> {

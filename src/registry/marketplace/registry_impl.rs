@@ -2,11 +2,12 @@
 
 use super::{Marketplace, PublishReport};
 use crate::knowledge::Conn;
-use crate::registry::fetch::is_url;
+use crate::registry::fetch::read_artifact;
 use crate::registry::{
     Applied, Change, Dependency, PackageRecord, Refreshed, Registry, RegistryCounts, RegistryError,
     ReleaseRecord,
 };
+use std::path::Path;
 
 impl Registry for Marketplace {
     async fn releases_since(
@@ -17,28 +18,7 @@ impl Registry for Marketplace {
     }
 
     fn read_artifact(&self, location: &str) -> Result<Vec<u8>, RegistryError> {
-        if is_url(location) {
-            let Some(f) = &self.fetcher else {
-                return Err(RegistryError::Artifact {
-                    location: location.into(),
-                    reason: "no HTTP client is configured".into(),
-                });
-            };
-            return f.get_blocking(location).map(|(b, _)| b).map_err(|e| {
-                if e.unreachable() {
-                    RegistryError::Unavailable(e.to_string())
-                } else {
-                    RegistryError::Artifact {
-                        location: location.into(),
-                        reason: e.to_string(),
-                    }
-                }
-            });
-        }
-        std::fs::read(location).map_err(|e| RegistryError::Artifact {
-            location: location.into(),
-            reason: e.to_string(),
-        })
+        read_artifact(self.fetcher.as_ref(), location, Path::new(location))
     }
 
     fn artifact_digest(&self, location: &str) -> Option<[u8; 32]> {
