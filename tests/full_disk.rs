@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mapek::knowledge::Store;
@@ -78,18 +78,6 @@ fn fill(dir: &Path) -> PathBuf {
     filler
 }
 
-fn daemon(config: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log");
-    Command::new(env!("CARGO_BIN_EXE_mapek"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("MAPEK_LOG", "info,sqlx=warn")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("the daemon starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_and_a_read_only_store_stop_the_daemon_cleanly_and_it_resumes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -127,7 +115,7 @@ async fn a_full_disk_and_a_read_only_store_stop_the_daemon_cleanly_and_it_resume
     let store = Store::open(&url).await.expect("the store");
     let registry = SqlRegistry::new(store.clone(), demo.join("artifacts"));
     let log = dir.path().join("daemon.log");
-    let mut child = daemon(&config, &log);
+    let mut child = common::replica_logged(&config, &log);
     wait_ready(port, 200, "ready:", "at start");
     let first_log = log.with_extension("1.log");
 
@@ -181,7 +169,7 @@ async fn a_full_disk_and_a_read_only_store_stop_the_daemon_cleanly_and_it_resume
         0,
         "nothing done while read-only"
     );
-    let mut child = daemon(&config, &log);
+    let mut child = common::replica_logged(&config, &log);
     wait_ready(port, 200, "ready:", "writable again");
     quarantined_once(&store, "pkg-00161", "after read-only", &log).await;
 

@@ -575,7 +575,12 @@ pub fn replica(config: &std::path::Path) -> std::process::Child {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| config.parent().expect("config dir").to_path_buf());
     let n = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
-    let log = std::fs::File::create(dir.join(format!("replica-{n}.log"))).expect("log file");
+    replica_logged(config, &dir.join(format!("replica-{n}.log")))
+}
+
+/// Starts a replica of the daemon on `config`, logging at `info` to `log`.
+pub fn replica_logged(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::File::create(log).expect("log file");
     std::process::Command::new(env!("CARGO_BIN_EXE_mapek"))
         .args(["--config", &config.display().to_string(), "run"])
         .env("MAPEK_LOG", "info,sqlx=warn")
