@@ -7,6 +7,8 @@
 #   RUNS=1000000 ./fuzz/long.sh     fewer executions
 #   SANITIZER=address ./fuzz/long.sh  with AddressSanitizer (the default here is none: the
 #                                   crate forbids unsafe code, and ASan halves the rate)
+#   ARGS=-max_len=16384 ./fuzz/long.sh import   more libFuzzer options (the table's row is
+#                                   then for those options: say so where it is quoted)
 #
 # Logs go to fuzz/logs/<target>.log; a crash or a hang leaves its input under
 # fuzz/artifacts/<target>/ and makes the script exit 1 after the remaining targets.
@@ -14,6 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-10000000}"
 sanitizer="${SANITIZER:-none}"
+read -r -a extra <<<"${ARGS:-}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(intake audit_export scenario config archive catalog import policy)
 [ -d fuzz/corpus ] || ./fuzz/seed.sh
@@ -27,7 +30,7 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   if cargo +nightly fuzz run -O -s "$sanitizer" "$t" "fuzz/corpus/$t" -- \
       -runs="$runs" -rss_limit_mb=1024 -malloc_limit_mb=1024 -timeout=1 \
-      -print_final_stats=1 >"$log" 2>&1; then
+      -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
     found="none"
   else
     found="FAILED: see $log and fuzz/artifacts/$t/"
