@@ -204,7 +204,9 @@ async fn a_dry_run_daemon_records_and_changes_nothing(kind: Kind) {
     assert_eq!(dry.len(), 1, "{kind:?}");
 }
 
-async fn a_rollback_undoes_once_and_a_restored_artifact_resolves(kind: Kind) {
+/// A bed whose release was tampered with and quarantined by one cycle; the loop, and the one
+/// executed remediation.
+async fn quarantined(kind: Kind) -> (Bed, Loop, Vec<mapek::knowledge::remediations::Remediation>) {
     let b = bed(kind).await;
     let mut l = Loop::new();
     b.tamper();
@@ -215,6 +217,11 @@ async fn a_rollback_undoes_once_and_a_restored_artifact_resolves(kind: Kind) {
             .await
             .expect("read");
     assert_eq!(done.len(), 1, "{kind:?}");
+    (b, l, done)
+}
+
+async fn a_rollback_undoes_once_and_a_restored_artifact_resolves(kind: Kind) {
+    let (b, mut l, done) = quarantined(kind).await;
     let (r, outcome) = rollback(
         &b.t.store,
         &b.registry,
@@ -257,16 +264,7 @@ async fn a_rollback_undoes_once_and_a_restored_artifact_resolves(kind: Kind) {
 /// it") and returns only once the catalog users read has moved: here the other executor
 /// applies the change without publishing, as a daemon between its commit and its publication.
 async fn a_rollback_another_executor_takes_first_still_reports_and_publishes(kind: Kind) {
-    let b = bed(kind).await;
-    let mut l = Loop::new();
-    b.tamper();
-    l.cycle(&b, NOW, true, false).await;
-    let done =
-        b.t.store
-            .remediations_with_status(Status::Executed)
-            .await
-            .expect("read");
-    assert_eq!(done.len(), 1, "{kind:?}");
+    let (b, _, done) = quarantined(kind).await;
     let published = b.t.dir.path().join("www/index.json");
     let withheld = || -> Vec<String> {
         let bytes = std::fs::read(&published).expect("the catalog was published");
