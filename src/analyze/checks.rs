@@ -1,17 +1,17 @@
-//! Detectors on the registry's facts alone: unmaintained packages, unavailable dependencies, dependency cycles, typosquats.
+//! Detectors on the registry's facts alone: unmaintained packages, unavailable dependencies, dependency cycles (typosquats are in `typosquats.rs`).
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use super::lifecycle::Condition;
 use super::settings::Settings;
 use crate::model::{FindingKind, Severity, Subject};
-use crate::monitor::facts::{Facts, PackageFacts};
+use crate::monitor::facts::Facts;
 
 const DAY_MS: f64 = 86_400_000.0;
 
-type Labels = serde_json::Map<String, serde_json::Value>;
+pub(super) type Labels = serde_json::Map<String, serde_json::Value>;
 
 pub fn condition(
     kind: FindingKind,
@@ -31,7 +31,7 @@ pub fn condition(
     }
 }
 
-fn package_subject(name: &str) -> Subject {
+pub(super) fn package_subject(name: &str) -> Subject {
     Subject {
         package: name.to_string(),
         version: None,
@@ -274,119 +274,11 @@ pub fn dependency_cycles(facts: &Facts) -> Vec<Condition> {
         .collect()
 }
 
-/// A name with the look-alikes of the spec folded: `_` as `-`, `1` as `l`, `rn` as `m`.
-pub fn fold_confusables(name: &str) -> String {
-    name.to_lowercase()
-        .replace('_', "-")
-        .replace('1', "l")
-        .replace("rn", "m")
-}
-
-/// How far a name may be from a popular one to be suspect: the setting, but at most a quarter
-/// of its length, so that short names (`cli`, `api`) are only suspect when confusable.
-fn allowed_distance(len: usize, max: usize) -> usize {
-    max.min(len / 4)
-}
-
-fn author_of(p: &PackageFacts) -> Option<&str> {
-    p.record
-        .author
-        .as_deref()
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-}
-
-/// New packages whose names are confusable with, or a small edit away from, a popular package
-/// by another author.
-/// Until when [`typosquats`] of these facts and settings stays as it is at `now`: the moment
-/// the first package that is new now stops being new (`i64::MAX` when none is new).
-pub fn typosquats_hold_until(facts: &Facts, s: &Settings, now: i64) -> i64 {
-    facts
-        .packages
-        .iter()
-        .map(|p| {
-            p.record
-                .created_at
-                .saturating_add(s.typosquat_new_within_ms)
-        })
-        .filter(|end| *end >= now)
-        .min()
-        .unwrap_or(i64::MAX)
-}
-
-pub fn typosquats(facts: &Facts, s: &Settings, now: i64) -> Vec<Condition> {
-    let mut popular: HashMap<usize, Vec<(String, &PackageFacts)>> = HashMap::new();
-    for p in &facts.packages {
-        if p.record.downloads >= s.typosquat_popular_downloads {
-            let folded = fold_confusables(&p.record.name);
-            popular
-                .entry(folded.chars().count())
-                .or_default()
-                .push((folded, p));
-        }
-    }
-    if popular.is_empty() {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for p in &facts.packages {
-        if now - p.record.created_at > s.typosquat_new_within_ms {
-            continue;
-        }
-        let folded = fold_confusables(&p.record.name);
-        let len = folded.chars().count();
-        let d_max = allowed_distance(len, s.typosquat_max_distance);
-        let mut best: Option<(usize, &PackageFacts)> = None;
-        for l in len.saturating_sub(d_max)..=len + d_max {
-            for (other, q) in popular.get(&l).into_iter().flatten() {
-                if q.record.name == p.record.name {
-                    continue;
-                }
-                let same_author =
-                    matches!((author_of(p), author_of(q)), (Some(a), Some(b)) if a == b);
-                if same_author {
-                    continue;
-                }
-                let d = strsim::damerau_levenshtein(&folded, other);
-                if d <= d_max
-                    && best.is_none_or(|(bd, bq)| {
-                        (d, std::cmp::Reverse(q.record.downloads))
-                            < (bd, std::cmp::Reverse(bq.record.downloads))
-                    })
-                {
-                    best = Some((d, q));
-                }
-            }
-        }
-        let Some((d, q)) = best else { continue };
-        let why = if d == 0 {
-            "confusable with".to_string()
-        } else {
-            format!("{d} edit(s) from")
-        };
-        let mut labels = Labels::new();
-        labels.insert("similar_to".into(), q.record.name.clone().into());
-        labels.insert("distance".into(), d.into());
-        labels.insert("similar_downloads".into(), q.record.downloads.into());
-        out.push(condition(
-            FindingKind::TyposquatSuspect,
-            Severity::Warning,
-            package_subject(&p.record.name),
-            d as f64,
-            format!(
-                "{}: new package {why} popular `{}` ({} downloads) by another author",
-                p.record.name, q.record.name, q.record.downloads
-            ),
-            labels,
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::monitor::facts::testing::{facts, package};
+    use crate::monitor::facts::PackageFacts;
 
     /// Which packages a pass over every package finds unmaintained, with their day counts.
     fn every_package(f: &Facts, s: &Settings, now: i64) -> Vec<(String, f64)> {
@@ -443,61 +335,5 @@ mod tests {
             grew = grew.max(got.len());
         }
         assert!(grew >= 6, "packages crossed the threshold: {grew}");
-    }
-
-    #[test]
-    fn typosquat_conditions_hold_until_the_first_new_package_is_new_no_more() {
-        const DAY: i64 = 86_400_000;
-        let s = Settings::default();
-        let t0 = 1_800_000_000_000;
-        let mut popular = package("rest-api-template", t0 - 400 * DAY);
-        popular.record.downloads = 50_000;
-        popular.record.author = Some("alice".into());
-        let mut squat = package("rest-api-templat", t0 - 400 * DAY);
-        squat.record.created_at = t0 - 10 * DAY;
-        squat.record.author = Some("mallory".into());
-        let mut later = package("rest-api-tempIate", t0);
-        later.record.created_at = t0 - 5 * DAY;
-        later.record.author = Some("eve".into());
-        let f = facts(vec![popular, squat, later], vec![0, 0, 0], 1);
-        let until = typosquats_hold_until(&f, &s, t0);
-        assert_eq!(until, t0 - 10 * DAY + s.typosquat_new_within_ms);
-        let names = |now| -> Vec<String> {
-            typosquats(&f, &s, now)
-                .into_iter()
-                .map(|c| c.subject.package)
-                .collect()
-        };
-        // The same conditions at every time up to `until`, different just after it.
-        for now in [t0, t0 + DAY, until - 1, until] {
-            assert_eq!(
-                names(now),
-                ["rest-api-templat", "rest-api-tempIate"],
-                "{now}"
-            );
-        }
-        assert_eq!(names(until + 1), ["rest-api-tempIate"]);
-        assert_eq!(
-            typosquats_hold_until(&f, &s, until + 1),
-            t0 - 5 * DAY + s.typosquat_new_within_ms
-        );
-    }
-
-    #[test]
-    fn confusables_fold_to_the_same_name() {
-        assert_eq!(fold_confusables("rest_api-1ib"), "rest-api-lib");
-        assert_eq!(fold_confusables("modern"), fold_confusables("modem"));
-        assert_ne!(
-            fold_confusables("sparql-cli"),
-            fold_confusables("sparql-cil")
-        );
-    }
-
-    #[test]
-    fn short_names_allow_no_edits() {
-        assert_eq!(allowed_distance(3, 2), 0);
-        assert_eq!(allowed_distance(7, 2), 1);
-        assert_eq!(allowed_distance(8, 2), 2);
-        assert_eq!(allowed_distance(40, 2), 2);
     }
 }

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod quality;
 pub mod regression;
 pub mod settings;
+pub mod typosquats;
 pub mod windows;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -123,14 +124,11 @@ pub async fn cycle(
 }
 
 /// Conditions derived from the facts alone: dependency conditions kept up to date from what
-/// changed; typosquats kept while the facts stay the same, no package stops being new and the
-/// settings that judge them are the same.
+/// changed; typosquats kept up to date from the packages touched and the passing of time.
 #[derive(Debug, Default)]
 struct FactConditions {
     dependencies: incremental::DependencyConditions,
-    typosquats_key: Option<(i64, i64, i64, usize)>,
-    typosquats_until: i64,
-    typosquats: Vec<Condition>,
+    typosquats: typosquats::Typosquats,
 }
 
 /// The analyze stage's memory: telemetry windows, what it learned, what it last observed.
@@ -229,23 +227,13 @@ impl Analyzer {
         if let (Some(facts), None) = (input.facts, input.unreachable) {
             let c = &mut self.cached;
             c.dependencies.update(facts);
-            let key = (
-                facts.change_seq,
-                s.typosquat_new_within_ms,
-                s.typosquat_popular_downloads,
-                s.typosquat_max_distance,
-            );
-            if c.typosquats_key != Some(key) || now > c.typosquats_until {
-                c.typosquats_key = Some(key);
-                c.typosquats = checks::typosquats(facts, s, now);
-                c.typosquats_until = checks::typosquats_hold_until(facts, s, now);
-            }
+            c.typosquats.update(facts, s, now);
             complete.push((
                 FindingKind::DependencyUnavailable,
                 c.dependencies.unavailable(),
             ));
             complete.push((FindingKind::DependencyCycle, c.dependencies.cycles()));
-            complete.push((FindingKind::TyposquatSuspect, c.typosquats.clone()));
+            complete.push((FindingKind::TyposquatSuspect, c.typosquats.conditions()));
             complete.push((
                 FindingKind::Unmaintained,
                 self.unmaintained.conditions(facts, s, now),
