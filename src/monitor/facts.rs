@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::registry::{Dependency, PackageRecord, Registry, RegistryError, ReleaseRecord};
+use crate::registry::{
+    Dependency, PackageRecord, Registry, RegistryCounts, RegistryError, ReleaseRecord,
+};
 
 /// What analysis needs of one release (no artifact, checksum or signature: those are observed).
 #[derive(Debug, Clone, PartialEq)]
@@ -81,11 +83,30 @@ pub struct Facts {
     pub change_seq: i64,
     /// Dependency names that name no package yet, with the packages (by index) naming them.
     unresolved: HashMap<String, BTreeSet<u32>>,
+    /// Quarantined packages plus quarantined releases, kept as packages change (what the
+    /// registry's `counts` says, without counting a million rows each planning pass).
+    quarantined: i64,
 }
 
 impl Facts {
     pub fn package(&self, name: &str) -> Option<&PackageFacts> {
         self.index.get(name).map(|&i| &self.packages[i])
+    }
+
+    /// The registry's counts as these facts hold them: every package, and the quarantined
+    /// packages and releases (as [`crate::registry::Registry::counts`] counts them).
+    pub fn counts(&self) -> RegistryCounts {
+        RegistryCounts {
+            packages: self.packages.len() as i64,
+            quarantined: self.quarantined,
+        }
+    }
+
+    /// What package `i` adds to the quarantined count.
+    fn quarantine_weight(&self, i: usize) -> i64 {
+        let p = &self.packages[i];
+        i64::from(p.record.status == "quarantined")
+            + p.releases.iter().filter(|r| r.quarantined).count() as i64
     }
 
     /// Every package-level dependency edge (dependent, dependency).
@@ -113,6 +134,19 @@ impl Facts {
                 self.insert(record, seq)
             }
         };
+        let before = self.quarantine_weight(i);
+        self.change(i, record, releases, seq);
+        self.quarantined += self.quarantine_weight(i) - before;
+    }
+
+    /// [`Facts::update`] of the known package `i`.
+    fn change(
+        &mut self,
+        i: usize,
+        record: Option<PackageRecord>,
+        releases: Option<Vec<ReleaseFacts>>,
+        seq: i64,
+    ) {
         if let Some(record) = record {
             if record != self.packages[i].record {
                 self.packages[i].receipt = receipt_guards(record.quality_detail.as_deref());
@@ -170,6 +204,7 @@ impl Facts {
         self.depends_on.push(Vec::new());
         self.depended_by.push(Vec::new());
         self.touched.push(seq);
+        self.quarantined += self.quarantine_weight(i);
         for a in waiting.into_iter().flatten() {
             self.link(a, i as u32, seq);
         }
@@ -243,16 +278,18 @@ pub fn receipt_guards(detail: Option<&str>) -> HashMap<String, bool> {
 /// than updated package by package (one read of everything beats many reads by name).
 const REBUILD_ABOVE_SHARE: usize = 10;
 
-/// Keeps the releases seen so far, with their dependencies (updated from every monitor pass),
-/// and the facts, updated from what changed since they were built: the package records changed
-/// since their change sequence and the releases read since. They are rebuilt from
-/// every record on a full read, when the registry cannot say what changed, or when most changed.
+/// Keeps the facts up to date from what each monitor pass read: the package records changed
+/// since their change sequence and the releases read (or gone) since. Each release's facts are
+/// held once, in the facts (or, for a package with no record yet, aside until its record
+/// comes). The facts are rebuilt from every record on a full read, when the registry cannot say
+/// what changed, or when most changed.
 #[derive(Debug, Default)]
 pub struct FactsCache {
-    releases: HashMap<String, BTreeMap<String, ReleaseFacts>>,
     facts: Option<Arc<Facts>>,
-    /// Packages whose releases changed (or went) since the facts were last brought up to date.
-    dirty: BTreeSet<String>,
+    /// Releases read (Some) or gone (None) since the facts were last brought up to date.
+    changes: HashMap<String, BTreeMap<String, Option<ReleaseFacts>>>,
+    /// Releases of packages the facts do not hold (no record yet), by version.
+    orphans: HashMap<String, BTreeMap<String, ReleaseFacts>>,
     /// How the last call brought the facts up to date, for the logs and the bench.
     pub last: Option<Updated>,
 }
@@ -266,6 +303,27 @@ pub enum Updated {
     Incremental(usize),
 }
 
+/// A package's releases by version, with these changes applied.
+fn apply(
+    mut releases: BTreeMap<String, ReleaseFacts>,
+    changes: BTreeMap<String, Option<ReleaseFacts>>,
+) -> BTreeMap<String, ReleaseFacts> {
+    for (version, change) in changes {
+        match change {
+            Some(r) => releases.insert(version, r),
+            None => releases.remove(&version),
+        };
+    }
+    releases
+}
+
+fn by_version(releases: Vec<ReleaseFacts>) -> BTreeMap<String, ReleaseFacts> {
+    releases
+        .into_iter()
+        .map(|r| (r.version.clone(), r))
+        .collect()
+}
+
 impl FactsCache {
     /// Takes in the releases a monitor pass read, with their dependencies, which are moved
     /// here (the monitor keeps the records without them).
@@ -273,21 +331,20 @@ impl FactsCache {
         for r in releases {
             let mut facts = ReleaseFacts::from(&*r);
             facts.dependencies = std::mem::take(&mut r.dependencies);
-            self.releases
+            self.changes
                 .entry(r.package.clone())
                 .or_default()
-                .insert(r.version.clone(), facts);
-            self.dirty.insert(r.package.clone());
+                .insert(r.version.clone(), Some(facts));
         }
     }
 
     /// Forgets releases that left the registry.
     pub fn forget(&mut self, removed: &[(String, String)]) {
         for (p, v) in removed {
-            if let Some(versions) = self.releases.get_mut(p) {
-                versions.remove(v);
-            }
-            self.dirty.insert(p.clone());
+            self.changes
+                .entry(p.clone())
+                .or_default()
+                .insert(v.clone(), None);
         }
     }
 
@@ -303,46 +360,63 @@ impl FactsCache {
             Some(f) if !full => Arc::clone(f),
             _ => return self.rebuild(registry, seq).await,
         };
-        if current.change_seq == seq && self.dirty.is_empty() {
+        if current.change_seq == seq && self.changes.is_empty() {
             self.last = Some(Updated::Unchanged);
             return Ok(current);
         }
         let Some(records) = registry.packages_since(current.change_seq).await? else {
             return self.rebuild(registry, seq).await;
         };
-        // A package new to the facts brings the releases seen before its record.
-        for r in &records {
-            if !current.index.contains_key(&r.name) {
-                self.dirty.insert(r.name.clone());
-            }
-        }
-        if self.dirty.len() + records.len()
+        if self.changes.len() + records.len()
             > (current.packages.len() / REBUILD_ABOVE_SHARE).max(1_000)
         {
             return self.rebuild(registry, seq).await;
         }
         drop(current);
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut changes = std::mem::take(&mut self.changes);
         let mut records: BTreeMap<String, PackageRecord> =
             records.into_iter().map(|r| (r.name.clone(), r)).collect();
         let mut names: BTreeSet<String> = records.keys().cloned().collect();
-        names.extend(dirty.iter().cloned());
+        names.extend(changes.keys().cloned());
         let Some(f) = self.facts.as_mut() else {
             return self.rebuild(registry, seq).await;
         };
         let facts = Arc::make_mut(f);
         for name in &names {
-            let releases = dirty
-                .contains(name)
-                .then(|| releases_of(&self.releases, name));
-            facts.update(name, records.remove(name), releases, seq);
+            let record = records.remove(name);
+            let held = facts.index.get(name).copied();
+            // A package new to the facts brings the releases seen before its record.
+            let orphaned = held.is_none().then(|| self.orphans.remove(name)).flatten();
+            let change = changes.remove(name);
+            let releases = match (held, change, orphaned) {
+                (Some(i), Some(change), _) => Some(apply(
+                    by_version(facts.packages[i].releases.clone()),
+                    change,
+                )),
+                (Some(_), None, _) => None,
+                (None, change, orphaned) => Some(apply(
+                    orphaned.unwrap_or_default(),
+                    change.unwrap_or_default(),
+                )),
+            };
+            if held.is_none() && record.is_none() {
+                // Still no record: the releases wait aside for it.
+                if let Some(releases) = releases.filter(|r| !r.is_empty()) {
+                    self.orphans.insert(name.clone(), releases);
+                }
+                continue;
+            }
+            let releases = releases.map(|r| r.into_values().collect());
+            facts.update(name, record, releases, seq);
         }
         facts.change_seq = seq;
         self.last = Some(Updated::Incremental(names.len()));
         Ok(Arc::clone(f))
     }
 
-    /// Facts rebuilt from every package record and dependency row.
+    /// Facts rebuilt from every package record and dependency row, with the releases the facts
+    /// held (moved out of them, not copied, when nothing else holds them), those held aside and
+    /// those that changed since.
     async fn rebuild<R: Registry>(
         &mut self,
         registry: &R,
@@ -351,7 +425,25 @@ impl FactsCache {
         let started = std::time::Instant::now();
         let records = registry.packages().await?;
         let packages_s = started.elapsed().as_secs_f64();
-        self.dirty.clear();
+        let mut releases = std::mem::take(&mut self.orphans);
+        match self.facts.take().map(Arc::try_unwrap) {
+            Some(Ok(old)) => {
+                for p in old.packages {
+                    releases.insert(p.record.name, by_version(p.releases));
+                }
+            }
+            // Still read by someone: only the releases are copied.
+            Some(Err(shared)) => {
+                for p in &shared.packages {
+                    releases.insert(p.record.name.clone(), by_version(p.releases.clone()));
+                }
+            }
+            None => {}
+        }
+        for (name, change) in std::mem::take(&mut self.changes) {
+            let held = releases.remove(&name).unwrap_or_default();
+            releases.insert(name, apply(held, change));
+        }
         let mut facts = Facts {
             change_seq: seq,
             edges_changed: seq,
@@ -359,10 +451,12 @@ impl FactsCache {
             ..Default::default()
         };
         for record in records {
-            let releases = releases_of(&self.releases, &record.name);
             let name = record.name.clone();
-            facts.update(&name, Some(record), Some(releases), seq);
+            let of = releases.remove(&name).unwrap_or_default();
+            facts.update(&name, Some(record), Some(of.into_values().collect()), seq);
         }
+        releases.retain(|_, r| !r.is_empty());
+        self.orphans = releases;
         tracing::debug!(
             packages_s,
             built_s = started.elapsed().as_secs_f64() - packages_s,
@@ -373,17 +467,6 @@ impl FactsCache {
         self.last = Some(Updated::Rebuilt);
         Ok(facts)
     }
-}
-
-/// A package's releases as kept, in version order (the facts sort them by publication).
-fn releases_of(
-    releases: &HashMap<String, BTreeMap<String, ReleaseFacts>>,
-    name: &str,
-) -> Vec<ReleaseFacts> {
-    releases
-        .get(name)
-        .map(|m| m.values().cloned().collect())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -430,7 +513,7 @@ pub mod testing {
 
     /// Facts of these packages, with these numbers of dependents, at change sequence `seq`.
     pub fn facts(packages: Vec<PackageFacts>, dependents: Vec<u32>, seq: i64) -> Facts {
-        Facts {
+        let mut facts = Facts {
             index: packages
                 .iter()
                 .enumerate()
@@ -445,6 +528,11 @@ pub mod testing {
             packages,
             change_seq: seq,
             unresolved: HashMap::new(),
-        }
+            quarantined: 0,
+        };
+        facts.quarantined = (0..facts.packages.len())
+            .map(|i| facts.quarantine_weight(i))
+            .sum();
+        facts
     }
 }

@@ -123,6 +123,7 @@ impl Planner {
         registry: &Arc<R>,
         ctx: PlanContext<'_>,
     ) -> Result<PlanOutput, PlanError> {
+        let started = std::time::Instant::now();
         let now = ctx.now;
         let policies = ctx.policies;
         if store.cursor(POLICY_DIGEST).await?.as_deref() != Some(policies.digest.as_str()) {
@@ -143,12 +144,21 @@ impl Planner {
             out.idle = !stored_circuit.open;
             return Ok(out);
         }
-        let counts = registry.counts().await?;
+        // The monitor's facts hold the counts (kept as packages change); counting rows instead
+        // cost tens of milliseconds a pass at a million packages.
+        let counts = match &ctx.facts {
+            Some(facts) => facts.counts(),
+            None => registry.counts().await?,
+        };
         let graph = self.graph(registry.as_ref(), ctx.facts.as_ref()).await?;
         let mut keeper = gatekeeper(store, &ctx, &stored_circuit, counts, &mut out).await?;
+        let gates_s = started.elapsed().as_secs_f64();
         let moved = regate(store, &ctx, &graph, &mut keeper, pending).await?;
+        let regate_s = started.elapsed().as_secs_f64() - gates_s;
         let (cands, on_hold) = candidates_of(store, registry.as_ref(), &graph, candidates).await?;
+        let candidates_s = started.elapsed().as_secs_f64() - gates_s - regate_s;
         let decided = decide::decide(policies, &cands, counts, &mut keeper, now);
+        let decide_s = started.elapsed().as_secs_f64() - gates_s - regate_s - candidates_s;
         out.eval_errors = decided.eval_errors;
         out.unmatched = decided.unmatched.len();
         if keeper.circuit.open
@@ -163,6 +173,7 @@ impl Planner {
             moved,
             decisions: decided.decisions,
         };
+        let before_commit = started.elapsed().as_secs_f64();
         commit(
             store,
             &ctx,
@@ -172,6 +183,15 @@ impl Planner {
             &mut out,
         )
         .await?;
+        tracing::debug!(
+            candidates = cands.len(),
+            gates_s,
+            regate_s,
+            candidates_s,
+            decide_s,
+            commit_s = started.elapsed().as_secs_f64() - before_commit,
+            "plan pass"
+        );
         Ok(out)
     }
 }
