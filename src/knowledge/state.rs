@@ -97,7 +97,7 @@ impl Store {
     /// Records the latest observation of each release (replacing the previous one).
     pub async fn record_observations(
         &self,
-        observations: &[ReleaseObservation],
+        observations: &[&ReleaseObservation],
     ) -> Result<(), StoreError> {
         if observations.is_empty() {
             return Ok(());

@@ -387,19 +387,26 @@ async fn record(
             .and_then(|v| v.get(o.version.as_str()));
         !matches!(seen, Some((i, s, g)) if *i == o.integrity && *s == o.signature && *g == o.signer)
     };
-    let news: Vec<ReleaseObservation> = observed.iter().filter(|o| is_new(o)).cloned().collect();
+    // Whether each is new, before any is noted as recorded; the new ones are written from where
+    // they are (a first scan of two million releases made a copy of every observation here).
+    let new: Vec<bool> = observed.iter().map(is_new).collect();
+    let news: Vec<&ReleaseObservation> = observed
+        .iter()
+        .zip(&new)
+        .filter_map(|(o, &n)| n.then_some(o))
+        .collect();
     store.record_observations(&news).await?;
+    for o in news {
+        state.recorded.entry(o.package.clone()).or_default().insert(
+            o.version.clone(),
+            (o.integrity.clone(), o.signature, o.signer.clone()),
+        );
+    }
     output.observations.extend(
         observed
             .into_iter()
-            .filter(|o| !full_scan || !healthy(o) || is_new(o)),
+            .zip(new)
+            .filter_map(|(o, n)| (!full_scan || !healthy(&o) || n).then_some(o)),
     );
-    for o in news {
-        state
-            .recorded
-            .entry(o.package)
-            .or_default()
-            .insert(o.version, (o.integrity, o.signature, o.signer));
-    }
     Ok(())
 }
