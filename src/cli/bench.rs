@@ -83,6 +83,8 @@ struct Stages {
     pass: crate::monitor::PassTimings,
     /// Releases observed with an invalid signature.
     invalid: Vec<(String, String)>,
+    /// The process's peak resident memory (MiB) when each stage ended.
+    peaks: Vec<(Stage, f64)>,
 }
 
 impl Observer for Stages {
@@ -97,15 +99,22 @@ impl Observer for Stages {
             .map(|o| (o.package.clone(), o.version.clone()))
             .collect();
         self.parts.push((Stage::Monitor, took));
+        self.peaks
+            .extend(peak_rss_mib().map(|m| (Stage::Monitor, m)));
     }
     fn analyzed(&mut self, _: &crate::analyze::AnalyzeOutput, took: Duration) {
         self.parts.push((Stage::Analyze, took));
+        self.peaks
+            .extend(peak_rss_mib().map(|m| (Stage::Analyze, m)));
     }
     fn planned(&mut self, _: &crate::plan::PlanOutput, took: Duration) {
         self.parts.push((Stage::Plan, took));
+        self.peaks.extend(peak_rss_mib().map(|m| (Stage::Plan, m)));
     }
     fn executed(&mut self, _: &crate::execute::ExecuteOutput, took: Duration) {
         self.parts.push((Stage::Execute, took));
+        self.peaks
+            .extend(peak_rss_mib().map(|m| (Stage::Execute, m)));
     }
 }
 
@@ -118,12 +127,18 @@ impl Stages {
             .sum()
     }
 
-    /// read, facts, hash and verify (worker time), write; analyze, plan, execute.
+    /// read, facts, hash and verify (worker time), write; analyze, plan, execute; the peak
+    /// resident memory when each stage ended.
     fn line(&self) -> String {
         let p = &self.pass;
         let s = |d: Duration| format!("{:.3}", d.as_secs_f64());
+        let peaks: Vec<String> = self
+            .peaks
+            .iter()
+            .map(|(stage, m)| format!("{stage} {m:.0}"))
+            .collect();
         format!(
-            "read {} s, facts {} s, check {} s (workers: read+hash {} s, verify {} s), write {} s; analyze {} s, plan {} s, execute {} s",
+            "read {} s, facts {} s, check {} s (workers: read+hash {} s, verify {} s), write {} s; analyze {} s, plan {} s, execute {} s; peak MiB after {}",
             s(p.read),
             s(p.facts),
             s(p.check),
@@ -133,6 +148,7 @@ impl Stages {
             s(self.took(Stage::Analyze)),
             s(self.took(Stage::Plan)),
             s(self.took(Stage::Execute)),
+            peaks.join(", "),
         )
     }
 }
