@@ -63,12 +63,21 @@ fn plain_name(name: &str) -> Result<&str, StoreError> {
     }
 }
 
+/// A connection to the server for creating and dropping a bench's database: a `CREATE
+/// DATABASE` over a second is logged at debug as the store's slow statements are, not warned
+/// into the bench's output.
+async fn admin(server: &str) -> Result<AnyConnection, StoreError> {
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+    let options = AnyConnectOptions::from_str(server)?
+        .log_slow_statements(SLOW_STATEMENT_LEVEL, std::time::Duration::from_secs(1));
+    Ok(options.connect().await?)
+}
+
 /// Creates (after dropping any leftover) a database `name` on the PostgreSQL server of `server`
 /// (a URL of one of its databases), for a bench's run.
 pub async fn create_database(server: &str, name: &str) -> Result<(), StoreError> {
     let name = plain_name(name)?;
-    DRIVERS.call_once(sqlx::any::install_default_drivers);
-    let mut conn = sqlx::AnyConnection::connect(server).await?;
+    let mut conn = admin(server).await?;
     for ddl in [
         format!("DROP DATABASE IF EXISTS {name}"),
         format!("CREATE DATABASE {name}"),
@@ -84,8 +93,7 @@ pub async fn create_database(server: &str, name: &str) -> Result<(), StoreError>
 /// interrupted with its pool still open); PostgreSQL 13 or later.
 pub async fn drop_database(server: &str, name: &str) -> Result<(), StoreError> {
     let name = plain_name(name)?;
-    DRIVERS.call_once(sqlx::any::install_default_drivers);
-    let mut conn = sqlx::AnyConnection::connect(server).await?;
+    let mut conn = admin(server).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
