@@ -373,14 +373,14 @@ impl FactsCache {
             return self.rebuild(registry, seq).await;
         }
         drop(current);
+        let Some(f) = self.facts.as_mut() else {
+            return self.rebuild(registry, seq).await;
+        };
         let mut changes = std::mem::take(&mut self.changes);
         let mut records: BTreeMap<String, PackageRecord> =
             records.into_iter().map(|r| (r.name.clone(), r)).collect();
         let mut names: BTreeSet<String> = records.keys().cloned().collect();
         names.extend(changes.keys().cloned());
-        let Some(f) = self.facts.as_mut() else {
-            return self.rebuild(registry, seq).await;
-        };
         let facts = Arc::make_mut(f);
         for name in &names {
             let record = records.remove(name);
