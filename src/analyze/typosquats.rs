@@ -159,13 +159,18 @@ impl Typosquats {
         let k = key(s);
         let mut changed = match self.at {
             Some((build, seq, was, then)) if build == facts.build && was == k && then <= now => {
-                let touched: Vec<usize> = facts
-                    .touched
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &t)| t > seq)
-                    .map(|(i, _)| i)
-                    .collect();
+                // Same sequence: nothing touched, only time may have moved (below).
+                let touched: Vec<usize> = if seq == facts.change_seq {
+                    Vec::new()
+                } else {
+                    facts
+                        .touched
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &t)| t > seq)
+                        .map(|(i, _)| i)
+                        .collect()
+                };
                 for &i in &touched {
                     self.index(facts, i, s, now);
                 }
