@@ -118,9 +118,6 @@ pub struct MonitorState {
     telemetry_cursor: i64,
     pub retention: Retention,
     last_prune: Option<i64>,
-    /// What the store holds of each release's observation (integrity, signature, signer), so
-    /// that a full scan writes only the releases whose observation changed.
-    recorded: HashMap<String, HashMap<String, Seen>>,
     /// Every release the monitor knows, as the change sequence left it, in the registry's
     /// order: what a full scan hashes again.
     known: Arc<BTreeMap<(String, String), Known>>,
@@ -139,6 +136,10 @@ pub struct MonitorState {
 struct Known {
     record: ReleaseRecord,
     judged: Option<Judged>,
+    /// What the store holds of its observation (integrity, signature, signer), so that a full
+    /// scan writes only the releases whose observation changed. Kept here rather than in a map
+    /// of its own: at a million packages a map per package cost a third of a gigabyte.
+    recorded: Option<Seen>,
 }
 
 /// The inputs of a release's last observation: while the registry vouches that the artifact's
@@ -222,9 +223,6 @@ fn forget(state: &mut MonitorState, removed: &[(String, String)]) {
         let key = (p.clone(), v.clone());
         known.remove(&key);
         state.unhealthy.remove(&key);
-        if let Some(versions) = state.recorded.get_mut(p) {
-            versions.remove(v);
-        }
     }
 }
 
@@ -248,7 +246,7 @@ async fn scan<R: Registry>(
     trust_generation: u64,
     now: i64,
     times: &Arc<WorkTimes>,
-) -> Result<Vec<Looked>, MonitorError> {
+) -> Result<Vec<Vec<Looked>>, MonitorError> {
     let (registry, trust, cache, releases, times) = (
         Arc::clone(registry),
         Arc::clone(trust),
@@ -314,12 +312,19 @@ async fn scan<R: Registry>(
                     scope.spawn(move || look(part))
                 })
                 .collect();
+            // Each worker's part as it made it: joining them into one would copy every
+            // observation of a first scan.
+            // A worker that stopped fails the pass rather than leave its part unjudged.
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect::<Vec<_>>()
+                .map(|h| {
+                    h.join().map_err(|_| {
+                        MonitorError::Worker("a worker looking at releases stopped".into())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
         })
     })
     .await
-    .map_err(|e| MonitorError::Worker(e.to_string()))
+    .map_err(|e| MonitorError::Worker(e.to_string()))?
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::integrity::WorkTimes;
 use super::{
-    forget, healthy, scan, Judged, Known, Looked, MonitorError, MonitorOutput, MonitorState,
+    forget, healthy, scan, Judged, Known, Looked, MonitorError, MonitorOutput, MonitorState, Seen,
     CURSOR, FULL_READ_EVERY_MS,
 };
 use crate::keys::TrustStore;
@@ -243,6 +243,7 @@ fn update_known(
                     Known {
                         record: r,
                         judged: None,
+                        recorded: None,
                     },
                 );
             }
@@ -265,11 +266,11 @@ async fn look<R: Registry>(
     output: &mut MonitorOutput,
     now: i64,
     times: &Arc<WorkTimes>,
-) -> Result<Vec<Looked>, MonitorError> {
+) -> Result<Vec<Vec<Looked>>, MonitorError> {
     let (g, unhealthy) = (state.trust_generation, &state.unhealthy);
-    let looked: Vec<Looked> = if plan.full_scan && unchanged {
+    let looked: Vec<Vec<Looked>> = if plan.full_scan && unchanged {
         output.scanned = state.known.len();
-        unhealthy.keys().cloned().map(Looked::Again).collect()
+        vec![unhealthy.keys().cloned().map(Looked::Again).collect()]
     } else if plan.full_scan {
         output.scanned = state.known.len();
         scan(
@@ -294,6 +295,7 @@ async fn look<R: Registry>(
                 let known = Known {
                     record: r,
                     judged: None,
+                    recorded: None,
                 };
                 (key, known)
             })
@@ -310,7 +312,7 @@ async fn look<R: Registry>(
         )
         .await?
     };
-    if let Some(why) = looked.iter().find_map(|l| match l {
+    if let Some(why) = looked.iter().flatten().find_map(|l| match l {
         Looked::Observed(o, _) => o.unreachable.clone(),
         Looked::Again(_) => None,
     }) {
@@ -319,25 +321,57 @@ async fn look<R: Registry>(
     Ok(looked)
 }
 
-/// The observations made, and the signature checks to cache; what each release was judged from
-/// is kept, and whether it is healthy.
+/// An observation, and whether the store does not hold it yet (it is to be written).
+type Made = (ReleaseObservation, bool);
+
+/// What an observation says that the store keeps (its time aside).
+fn seen(o: &ReleaseObservation) -> Seen {
+    (o.integrity.clone(), o.signature, o.signer.clone())
+}
+
+/// Whether the store does not hold `o` yet, noting that it does; and the release it is of.
+fn note<'a>(
+    known: &'a mut BTreeMap<(String, String), Known>,
+    key: &(String, String),
+    o: &ReleaseObservation,
+) -> (bool, Option<&'a mut Known>) {
+    match known.get_mut(key) {
+        Some(k) => {
+            let s = seen(o);
+            let new = k.recorded.as_ref() != Some(&s);
+            if new {
+                k.recorded = Some(s);
+            }
+            (new, Some(k))
+        }
+        None => (true, None),
+    }
+}
+
+/// The observations made (each with whether the store does not hold it yet, which is noted as
+/// held: [`record`] takes it back if the write fails), and the signature checks to cache; what
+/// each release was judged from is kept, and whether it is healthy.
 fn take_looked(
     state: &mut MonitorState,
-    looked: Vec<Looked>,
+    looked: Vec<Vec<Looked>>,
     output: &mut MonitorOutput,
     now: i64,
-) -> (Vec<ReleaseObservation>, Vec<(VerificationKey, bool)>) {
+) -> (Vec<Made>, Vec<(VerificationKey, bool)>) {
     let mut fresh = Vec::new();
-    let mut observed = Vec::new();
+    let mut observed = Vec::with_capacity(looked.iter().map(Vec::len).sum());
     let known = Arc::make_mut(&mut state.known);
-    for l in looked {
+    // A worker's part at a time, each freed once taken (at a first scan of two million
+    // releases, holding every part through the loop held a second copy of every observation).
+    for l in looked.into_iter().flatten() {
         match l {
             Looked::Again(key) => {
                 if let Some(o) = state.unhealthy.get(&key) {
-                    observed.push(ReleaseObservation {
+                    let o = ReleaseObservation {
                         observed_at: now,
                         ..o.clone()
-                    });
+                    };
+                    let (new, _) = note(known, &key, &o);
+                    observed.push((o, new));
                 }
             }
             Looked::Observed(r, digest) => {
@@ -356,13 +390,14 @@ fn take_looked(
                 } else {
                     state.unhealthy.insert(key.clone(), o.clone());
                 }
-                if let (Some(digest), Some(k)) = (digest, known.get_mut(&key)) {
+                let (new, k) = note(known, &key, &o);
+                if let (Some(digest), Some(k)) = (digest, k) {
                     k.judged = Some(Judged {
                         digest,
                         trust_generation: state.trust_generation,
                     });
                 }
-                observed.push(o);
+                observed.push((o, new));
             }
         }
     }
@@ -376,36 +411,30 @@ fn take_looked(
 async fn record(
     state: &mut MonitorState,
     store: &Store,
-    observed: Vec<ReleaseObservation>,
+    observed: Vec<Made>,
     output: &mut MonitorOutput,
     full_scan: bool,
 ) -> Result<(), MonitorError> {
-    let is_new = |o: &ReleaseObservation| {
-        let seen = state
-            .recorded
-            .get(o.package.as_str())
-            .and_then(|v| v.get(o.version.as_str()));
-        !matches!(seen, Some((i, s, g)) if *i == o.integrity && *s == o.signature && *g == o.signer)
-    };
-    // Whether each is new, before any is noted as recorded; the new ones are written from where
-    // they are (a first scan of two million releases made a copy of every observation here).
-    let new: Vec<bool> = observed.iter().map(is_new).collect();
+    // The new ones are written from where they are (a first scan of two million releases made
+    // a copy of every observation here).
     let news: Vec<&ReleaseObservation> = observed
         .iter()
-        .zip(&new)
-        .filter_map(|(o, &n)| n.then_some(o))
+        .filter_map(|(o, new)| new.then_some(o))
         .collect();
-    store.record_observations(&news).await?;
-    for o in news {
-        state.recorded.entry(o.package.clone()).or_default().insert(
-            o.version.clone(),
-            (o.integrity.clone(), o.signature, o.signer.clone()),
-        );
+    if let Err(e) = store.record_observations(&news).await {
+        // Not written: not held by the store, so written at the next pass.
+        let known = Arc::make_mut(&mut state.known);
+        for o in news {
+            if let Some(k) = known.get_mut(&(o.package.clone(), o.version.clone())) {
+                k.recorded = None;
+            }
+        }
+        return Err(e.into());
     }
+    drop(news);
     output.observations.extend(
         observed
             .into_iter()
-            .zip(new)
             .filter_map(|(o, n)| (!full_scan || !healthy(&o) || n).then_some(o)),
     );
     Ok(())
