@@ -330,7 +330,7 @@ fn ggen_weights_give_every_receipt_its_overall_score_and_readiness() {
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             let guards =
                 mapek::monitor::facts::receipt_guards(Some(&doc["guard_results"].to_string()));
-            let s = model.score(|g| guards.get(g).copied().unwrap_or(false));
+            let s = model.score(|g| guards.get(g).unwrap_or(false));
             let want = doc["overall_score"].as_f64().unwrap();
             assert!(
                 (s.score - want).abs() < 1e-9,

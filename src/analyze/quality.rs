@@ -320,7 +320,7 @@ pub fn check_passed(
 ) -> bool {
     if !p.receipt.is_empty() {
         if let Some(r) = p.receipt.get(guard) {
-            return *r;
+            return r;
         }
     }
     let filled = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());

@@ -40,8 +40,8 @@ impl ReleaseFacts {
 #[derive(Debug, Clone)]
 pub struct PackageFacts {
     pub record: PackageRecord,
-    /// Guard results of the imported ggen receipt (`guard_type` -> passed).
-    pub receipt: HashMap<String, bool>,
+    /// Guard results of the imported ggen receipt.
+    pub receipt: Receipt,
     /// Oldest first.
     pub releases: Vec<ReleaseFacts>,
 }
@@ -155,7 +155,8 @@ impl Facts {
             }
         }
         let Some(mut releases) = releases else { return };
-        releases.sort_by_key(|r| r.published_at);
+        // Oldest first; releases published at the same time by version.
+        releases.sort_by(|a, b| (a.published_at, &a.version).cmp(&(b.published_at, &b.version)));
         if releases == self.packages[i].releases {
             return;
         }
@@ -255,23 +256,45 @@ fn dependency_names(releases: &[ReleaseFacts]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The guard results of a ggen receipt (`guard_type`, passed), in the receipt's order: a
+/// package has a handful, and a map of them per package cost more than the package's record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Receipt(Vec<(Box<str>, bool)>);
+
+impl Receipt {
+    /// Whether `guard` passed (the last result for it, where the receipt repeats one).
+    pub fn get(&self, guard: &str) -> Option<bool> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(g, _)| g.as_ref() == guard)
+            .map(|&(_, passed)| passed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Reads ggen's receipt guard results out of a package's stored `quality_detail`.
-pub fn receipt_guards(detail: Option<&str>) -> HashMap<String, bool> {
+pub fn receipt_guards(detail: Option<&str>) -> Receipt {
     let Some(detail) = detail else {
-        return HashMap::new();
+        return Receipt::default();
     };
     let Ok(serde_json::Value::Array(guards)) = serde_json::from_str(detail) else {
-        return HashMap::new();
+        return Receipt::default();
     };
-    guards
-        .iter()
-        .filter_map(|g| {
-            Some((
-                g.get("guard_type")?.as_str()?.to_string(),
-                g.get("passed")?.as_bool()?,
-            ))
-        })
-        .collect()
+    Receipt(
+        guards
+            .iter()
+            .filter_map(|g| {
+                Some((
+                    g.get("guard_type")?.as_str()?.into(),
+                    g.get("passed")?.as_bool()?,
+                ))
+            })
+            .collect(),
+    )
 }
 
 /// Above this share of the registry's packages changed at once, the facts are rebuilt rather
@@ -286,10 +309,12 @@ const REBUILD_ABOVE_SHARE: usize = 10;
 #[derive(Debug, Default)]
 pub struct FactsCache {
     facts: Option<Arc<Facts>>,
-    /// Releases read (Some) or gone (None) since the facts were last brought up to date.
-    changes: HashMap<String, BTreeMap<String, Option<ReleaseFacts>>>,
-    /// Releases of packages the facts do not hold (no record yet), by version.
-    orphans: HashMap<String, BTreeMap<String, ReleaseFacts>>,
+    /// Releases read (Some) or gone (None) since the facts were last brought up to date, by
+    /// version, in the order seen (a later one wins). A list, not a map, per package: at a first
+    /// read of a million packages a map per package held a gigabyte for a moment.
+    changes: HashMap<String, Vec<(String, Option<ReleaseFacts>)>>,
+    /// Releases of packages the facts do not hold (no record yet).
+    orphans: HashMap<String, Vec<ReleaseFacts>>,
     /// How the last call brought the facts up to date, for the logs and the bench.
     pub last: Option<Updated>,
 }
@@ -303,25 +328,38 @@ pub enum Updated {
     Incremental(usize),
 }
 
-/// A package's releases by version, with these changes applied.
+/// A package's releases with these changes applied (in no particular order: [`Facts::update`]
+/// orders them).
 fn apply(
-    mut releases: BTreeMap<String, ReleaseFacts>,
-    changes: BTreeMap<String, Option<ReleaseFacts>>,
-) -> BTreeMap<String, ReleaseFacts> {
+    mut releases: Vec<ReleaseFacts>,
+    changes: Vec<(String, Option<ReleaseFacts>)>,
+) -> Vec<ReleaseFacts> {
+    if releases.len() + changes.len() > 32 {
+        // Many: by version, so that each change finds its release at once.
+        let mut by: BTreeMap<String, ReleaseFacts> = releases
+            .into_iter()
+            .map(|r| (r.version.clone(), r))
+            .collect();
+        for (version, change) in changes {
+            match change {
+                Some(r) => by.insert(version, r),
+                None => by.remove(&version),
+            };
+        }
+        return by.into_values().collect();
+    }
     for (version, change) in changes {
-        match change {
-            Some(r) => releases.insert(version, r),
-            None => releases.remove(&version),
-        };
+        let at = releases.iter().position(|r| r.version == version);
+        match (at, change) {
+            (Some(i), Some(r)) => releases[i] = r,
+            (None, Some(r)) => releases.push(r),
+            (Some(i), None) => {
+                releases.swap_remove(i);
+            }
+            (None, None) => {}
+        }
     }
     releases
-}
-
-fn by_version(releases: Vec<ReleaseFacts>) -> BTreeMap<String, ReleaseFacts> {
-    releases
-        .into_iter()
-        .map(|r| (r.version.clone(), r))
-        .collect()
 }
 
 impl FactsCache {
@@ -334,7 +372,7 @@ impl FactsCache {
             self.changes
                 .entry(r.package.clone())
                 .or_default()
-                .insert(r.version.clone(), Some(facts));
+                .push((r.version.clone(), Some(facts)));
         }
     }
 
@@ -344,7 +382,7 @@ impl FactsCache {
             self.changes
                 .entry(p.clone())
                 .or_default()
-                .insert(v.clone(), None);
+                .push((v.clone(), None));
         }
     }
 
@@ -389,10 +427,9 @@ impl FactsCache {
             let orphaned = held.is_none().then(|| self.orphans.remove(name)).flatten();
             let change = changes.remove(name);
             let releases = match (held, change, orphaned) {
-                (Some(i), Some(change), _) => Some(apply(
-                    by_version(facts.packages[i].releases.clone()),
-                    change,
-                )),
+                (Some(i), Some(change), _) => {
+                    Some(apply(facts.packages[i].releases.clone(), change))
+                }
                 (Some(_), None, _) => None,
                 (None, change, orphaned) => Some(apply(
                     orphaned.unwrap_or_default(),
@@ -406,7 +443,6 @@ impl FactsCache {
                 }
                 continue;
             }
-            let releases = releases.map(|r| r.into_values().collect());
             facts.update(name, record, releases, seq);
         }
         facts.change_seq = seq;
@@ -429,13 +465,13 @@ impl FactsCache {
         match self.facts.take().map(Arc::try_unwrap) {
             Some(Ok(old)) => {
                 for p in old.packages {
-                    releases.insert(p.record.name, by_version(p.releases));
+                    releases.insert(p.record.name, p.releases);
                 }
             }
             // Still read by someone: only the releases are copied.
             Some(Err(shared)) => {
                 for p in &shared.packages {
-                    releases.insert(p.record.name.clone(), by_version(p.releases.clone()));
+                    releases.insert(p.record.name.clone(), p.releases.clone());
                 }
             }
             None => {}
@@ -453,7 +489,7 @@ impl FactsCache {
         for record in records {
             let name = record.name.clone();
             let of = releases.remove(&name).unwrap_or_default();
-            facts.update(&name, Some(record), Some(of.into_values().collect()), seq);
+            facts.update(&name, Some(record), Some(of), seq);
         }
         releases.retain(|_, r| !r.is_empty());
         self.orphans = releases;
@@ -500,7 +536,7 @@ pub mod testing {
                 created_at: released,
                 updated_at: released,
             },
-            receipt: HashMap::new(),
+            receipt: Receipt::default(),
             releases: vec![ReleaseFacts {
                 version: "1.0.0".into(),
                 published_at: released,
