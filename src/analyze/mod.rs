@@ -139,8 +139,9 @@ pub struct Analyzer {
     downloads: learning::Downloads,
     quality: regression::Quality,
     reports: learning::Reports,
-    /// package -> version -> (checksum matches, signature valid), as last observed.
-    integrity: HashMap<String, HashMap<String, (bool, bool)>>,
+    /// package -> (version, checksum matches, signature valid) as last observed, by version: a
+    /// sorted list per package (a map per package cost twice as much at a million packages).
+    integrity: HashMap<String, Vec<(Box<str>, bool, bool)>>,
     /// Packages whose integrity changed since the quality pass last ran.
     integrity_changed: HashSet<String>,
     /// Packages whose install success the last quality pass judged (a failure in 3 days).
@@ -319,10 +320,11 @@ impl Analyzer {
         let evidence = |i: usize| {
             let p = &facts.packages[i];
             let observed = p.latest().and_then(|r| {
-                integrity
-                    .get(p.record.name.as_str())
-                    .and_then(|v| v.get(r.version.as_str()))
-                    .copied()
+                let of = integrity.get(p.record.name.as_str())?;
+                let at = of
+                    .binary_search_by(|e| e.0.as_ref().cmp(r.version.as_str()))
+                    .ok()?;
+                Some((of[at].1, of[at].2))
             });
             Evidence {
                 signed: observed.map(|o| o.1),
@@ -412,11 +414,22 @@ impl Analyzer {
         for o in observations {
             let checksum = matches!(o.integrity, Integrity::Ok);
             let signed = o.signature == SignatureState::Valid;
-            let before = self
-                .integrity
-                .entry(o.package.clone())
-                .or_default()
-                .insert(o.version.clone(), (checksum, signed));
+            let of = match self.integrity.get_mut(o.package.as_str()) {
+                Some(of) => of,
+                None => self.integrity.entry(o.package.clone()).or_default(),
+            };
+            let before = match of.binary_search_by(|e| e.0.as_ref().cmp(o.version.as_str())) {
+                Ok(at) => {
+                    let e = &mut of[at];
+                    let before = (e.1, e.2);
+                    (e.1, e.2) = (checksum, signed);
+                    Some(before)
+                }
+                Err(at) => {
+                    of.insert(at, (o.version.as_str().into(), checksum, signed));
+                    None
+                }
+            };
             if before != Some((checksum, signed)) {
                 self.integrity_changed.insert(o.package.clone());
             }
