@@ -69,6 +69,54 @@ async fn a_full_scan_writes_only_the_observations_that_changed() {
 }
 
 #[tokio::test]
+async fn an_observation_the_store_failed_to_write_is_written_at_the_next_pass() {
+    let w = world(30).await;
+    let mut state = MonitorState::new();
+    let pool = w.t.store.raw_pool();
+    monitor::cycle(&mut state, &w.registry, &w.t.store, &w.trust, NOW, 0)
+        .await
+        .unwrap();
+    w.plant_problems().await;
+    // The observations' table is away: the pass that finds the three bad releases fails to
+    // write them, and must not take them as written.
+    sqlx::query("ALTER TABLE release_observations RENAME TO release_observations_away")
+        .execute(pool)
+        .await
+        .unwrap();
+    let failed = monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        NOW + 60_000,
+        0,
+    )
+    .await;
+    assert!(failed.is_err(), "the write failed, so the pass did");
+    sqlx::query("ALTER TABLE release_observations_away RENAME TO release_observations")
+        .execute(pool)
+        .await
+        .unwrap();
+    monitor::cycle(
+        &mut state,
+        &w.registry,
+        &w.t.store,
+        &w.trust,
+        NOW + 120_000,
+        0,
+    )
+    .await
+    .unwrap();
+    let written: Vec<String> = stored_observations(&w)
+        .await
+        .into_iter()
+        .filter(|o| o.1 == NOW + 120_000)
+        .map(|o| o.0)
+        .collect();
+    assert_eq!(written, ["pkg-00002", "pkg-00003", "pkg-00004"]);
+}
+
+#[tokio::test]
 async fn a_restart_on_an_unchanged_store_rewrites_no_observation() {
     let w = world(30).await;
     let mut first = MonitorState::new();
