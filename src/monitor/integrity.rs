@@ -44,8 +44,8 @@ pub fn observe_release<R: Registry>(
 }
 
 /// Releases handed to [`observe_batch`] at a time. Ed25519 batch verification costs less per
-/// signature the larger the batch (measured here: ~20 us a signature in batches of 64, ~15 us
-/// in batches of 512, ~42 us alone).
+/// signature the larger the batch (a one-off timing here: ~20 us a signature in batches of 64,
+/// ~15 us in batches of 512, ~42 us alone).
 pub const BATCH: usize = 512;
 
 /// A batch's signatures are verified once the artifacts read for them reach this many bytes, so
